@@ -1,0 +1,79 @@
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import TINY
+from traintricks.cli import main
+from traintricks.registry import all_registries
+from traintricks.training import checkpoint as ckpt
+
+
+def cli(*args, cwd=None):
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+    return subprocess.run([sys.executable, "-m", "traintricks", *args], capture_output=True, text=True,
+                          timeout=300, cwd=cwd, env=env)
+
+
+def sets(*extra):
+    return [a for kv in [*TINY, *extra] for a in ("--set", kv)]
+
+
+def test_list_prints_every_registered_name(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for reg in all_registries():
+        for name in reg.names():
+            assert f"  {name} " in out, (reg.kind, name)
+
+
+def test_config_errors_name_the_key_before_any_work(tmp_path, capsys):
+    assert main(["train", "--set", "optim.momentom=0.5", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "optim.momentom" in err and "options:" in err
+    assert not (tmp_path / "r").exists()
+    assert main(["train", "--set", "epochs=-1", "--out", str(tmp_path / "r")]) == 2
+    assert "'epochs'" in capsys.readouterr().err
+
+
+def test_missing_data_is_a_clear_error(tmp_path, capsys):
+    code = main(["train", "--set", f"data.root={tmp_path}", "--out", str(tmp_path / "r"), "--no-progress"])
+    assert code == 2 and "Fashion-MNIST not found" in capsys.readouterr().err
+
+
+def test_cli_train_kill_and_resume_matches_uninterrupted(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    r = cli("train", *sets("epochs=3"), "--out", str(a), "--no-progress")
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    assert summary["epochs"] == 3 and summary["test_accuracy"] > 0.5
+    r = cli("train", *sets("epochs=3"), "--out", str(b), "--no-progress")
+    assert r.returncode == 0, r.stderr
+    # make b look like a run killed during epoch 3: its last checkpoint, final weights and summary never written
+    shutil.rmtree(b / "checkpoints" / "epoch-0003")
+    for f in ("summary.json", "model.safetensors"):
+        (b / f).unlink()
+    r = cli("train", *sets("epochs=3"), "--out", str(b))
+    assert r.returncode == 2 and "--resume" in r.stderr                 # refuses to overwrite the run
+    r = cli("train", "--resume", str(b), "--no-progress")
+    assert r.returncode == 0, r.stderr
+    wa, wb = ckpt.load_weights(a / "model.safetensors"), ckpt.load_weights(b / "model.safetensors")
+    assert all((wa[k] == wb[k]).all() for k in wa)
+    assert json.loads((a / "summary.json").read_text())["test_accuracy"] == \
+        json.loads((b / "summary.json").read_text())["test_accuracy"]
+    assert len((b / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+def test_diverging_run_exits_with_message(tmp_path):
+    r = cli("train", *sets("epochs=2", "lr=1e30", "model.norm=\"none\"", "schedule.name=constant"),
+            "--out", str(tmp_path), "--no-progress")
+    assert r.returncode == 1 and "loss became" in r.stderr
+    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "diverged"
+
+
+def test_resume_refuses_overrides(tmp_path, capsys):
+    assert main(["train", "--resume", str(tmp_path), "--set", "epochs=5"]) == 2
+    assert "--resume" in capsys.readouterr().err

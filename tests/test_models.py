@@ -1,0 +1,55 @@
+import pytest
+import torch
+
+from traintricks.models import MODELS, PreActBottleneck, PreActResNet
+from traintricks.nn import NORMS
+
+SMALL = {"cnn": {"widths": [4, 8], "blocks": [1, 1]},
+         "preact_resnet": {"widths": [2, 4], "blocks": [1, 1], "stem_width": 4},
+         "mlp": {"hidden": [16]}}
+
+
+@pytest.mark.parametrize("name", MODELS.names())
+@pytest.mark.parametrize("in_shape", [(1, 12, 12), (3, 16), (2, 8, 8)])
+@pytest.mark.parametrize("norm", NORMS.names())
+def test_every_model_with_every_norm_on_1d_and_2d_inputs(name, in_shape, norm):
+    torch.manual_seed(0)
+    model = MODELS.get(name)(in_shape, 5, norm=norm, **SMALL[name])
+    x = torch.randn(4, *in_shape, dtype=torch.float64, requires_grad=True)
+    out = model.double()(x)
+    assert out.shape == (4, 5)
+    out.sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_bottleneck_is_pre_activation_with_identity_path():
+    torch.manual_seed(0)
+    block = PreActBottleneck(16, 4, 1, "batchnorm", "relu", 2, 8).eval()
+    x = torch.randn(2, 16, 5, 5)
+    torch.nn.init.zeros_(block.branch[-1].weight)       # last conv of the residual branch
+    assert block.shortcut is None
+    assert torch.equal(block(x), x)                       # the identity path carries x untouched
+    # norm and activation come before the first convolution
+    assert isinstance(block.pre[0], torch.nn.BatchNorm2d) and isinstance(block.branch[0], torch.nn.Conv2d)
+
+
+def test_resnet_stages_downsample_and_expand():
+    m = PreActResNet((1, 28, 28), 10, blocks=[2, 1, 1], widths=[4, 8, 16], stem_width=8)
+    blocks = [b for b in m.features if isinstance(b, PreActBottleneck)]
+    assert len(blocks) == 4 and blocks[0].shortcut is not None and blocks[1].shortcut is None
+    feats = m.features(torch.randn(1, 1, 28, 28))
+    assert feats.shape == (1, 64, 7, 7)                   # 16 * expansion 4, two stride-2 stages
+    basic = PreActResNet((1, 28, 28), 10, blocks=[1, 1], widths=[4, 8], bottleneck=False)
+    assert basic(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("kwargs", [{"widths": [0, 4]}, {"widths": [4], "blocks": [1, 1]}, {"blocks": []}])
+def test_bad_architecture_is_rejected(kwargs):
+    with pytest.raises(ValueError):
+        MODELS.get("cnn")((1, 28, 28), 10, **kwargs)
+
+
+def test_conv_model_rejects_flat_input():
+    with pytest.raises(ValueError, match="needs inputs shaped"):
+        MODELS.get("cnn")((784,), 10)

@@ -1,0 +1,100 @@
+"""The ``traintricks`` command line.
+
+    traintricks train [--config FILE.toml] [--set key=value ...] [--out DIR] [--no-progress]
+    traintricks train --resume DIR
+    traintricks list
+    traintricks config [--config FILE.toml] [--set key=value ...]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from .config import ConfigError, component_options, load_config, to_toml
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .data import DataError
+    from .training import CheckpointError, NonFiniteLossError, RunExistsError, run
+
+    try:
+        if args.resume:
+            if args.config or args.set or args.out:
+                raise ConfigError("--resume", "continues a run exactly as configured; do not combine it with "
+                                              "--config, --set or --out")
+            out, cfg = Path(args.resume), None
+        else:
+            cfg = load_config(args.config, args.set)
+            out = Path(args.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}")
+        summary = run(cfg, out, resume=bool(args.resume), progress=not args.no_progress)
+    except (ConfigError, DataError, CheckpointError, RunExistsError) as e:
+        print(f"traintricks: error: {e}", file=sys.stderr)
+        return 2
+    except NonFiniteLossError as e:
+        print(f"traintricks: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"\ntraintricks: interrupted; continue with: traintricks train --resume {out}", file=sys.stderr)
+        return 130
+    keys = ("test_accuracy", "best_epoch", "epochs", "train_seconds", "wall_seconds", "stopped_early")
+    print(json.dumps({k: summary[k] for k in keys if k in summary}))
+    print(f"wrote {out}/summary.json, metrics.jsonl, curves.png, report.md, model.safetensors", file=sys.stderr)
+    return 0
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from .registry import all_registries
+
+    for reg in all_registries():
+        print(f"{reg.plural} ({reg.section}):")
+        for name in reg.names():
+            opts = ", ".join(component_options(reg, name))
+            print(f"  {name:16s} {reg.summary(name)}")
+            if opts and args.verbose:
+                print(f"  {'':16s} options: {opts}")
+        print()
+    return 0
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    try:
+        cfg = load_config(args.config, args.set)
+    except ConfigError as e:
+        print(f"traintricks: error: {e}", file=sys.stderr)
+        return 2
+    sys.stdout.write(to_toml(cfg))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="traintricks", description="Train deep networks with the techniques of the "
+                                "course notes, each implemented from its math and verified.")
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="train a model (default: the default recipe on Fashion-MNIST)")
+    t.add_argument("--config", help="TOML config file (defaults fill what it leaves out)")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set lr=0.1 --set model.name=mlp (repeatable)")
+    t.add_argument("--out", help="output directory (default: runs/<timestamp>)")
+    t.add_argument("--resume", metavar="DIR", help="continue the interrupted run in DIR")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar or per-epoch lines")
+    t.set_defaults(func=_cmd_train)
+    ls = sub.add_parser("list", help="list every technique usable by name in a config")
+    ls.add_argument("-v", "--verbose", action="store_true", help="also list each technique's options")
+    ls.set_defaults(func=_cmd_list)
+    c = sub.add_parser("config", help="print the resolved config (defaults + file + overrides) as TOML")
+    c.add_argument("--config")
+    c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    c.set_defaults(func=_cmd_config)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

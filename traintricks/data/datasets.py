@@ -1,0 +1,171 @@
+"""Datasets held in memory as tensors, chosen by name through :data:`DATASETS`.
+
+- ``fashion_mnist``: Zalando's Fashion-MNIST (60k train / 10k test, 28x28 grey), read from IDX
+  files in ``root``, ``$TRAINTRICKS_DATA`` or Debian's ``/usr/share/datasets/fashion-mnist``
+  (``apt-get install dataset-fashion-mnist``). Never downloaded at run time.
+- ``digits``: scikit-learn's bundled 8x8 digits (1,797 images), for quick runs.
+- ``mnist1d``: MNIST-1D (Greydanus 2020, arXiv:2011.14439), generated offline by the ``mnist1d``
+  package (4,000 train / 1,000 test sequences of length 40).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..registry import Registry
+from .idx import DataError, read_idx
+
+DATASETS = Registry("dataset", section="data")
+
+DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
+FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                   "Sneaker", "Bag", "Ankle boot"]
+
+
+@dataclass
+class RawData:
+    """A dataset as loaded: images (N, C, ...) of any dtype, integer labels, fixed test split."""
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    class_names: list[str]
+
+
+@dataclass
+class DataSplits:
+    """Standardized float32 train / validation / test tensors plus what a model needs to know."""
+
+    name: str
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    class_names: list[str]
+    mean: list[float] = field(default_factory=list)
+    std: list[float] = field(default_factory=list)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.train_x.shape[1:])
+
+
+def _find_fashion_dir(root: str) -> tuple[Path | None, list[str]]:
+    candidates: list[Path] = []
+    if root:
+        candidates.append(Path(root).expanduser())
+    env = os.environ.get("TRAINTRICKS_DATA")
+    if env:
+        candidates += [Path(env).expanduser() / "fashion-mnist", Path(env).expanduser()]
+    if not root:
+        candidates.append(Path(DEBIAN_FASHION_MNIST))
+    for c in candidates:
+        if any((c / f"train-images-idx3-ubyte{ext}").is_file() for ext in (".gz", "")):
+            return c, [str(c) for c in candidates]
+    return None, [str(c) for c in candidates]
+
+
+def _idx_file(directory: Path, stem: str) -> Path:
+    for ext in (".gz", ""):
+        p = directory / (stem + ext)
+        if p.is_file():
+            return p
+    raise DataError(f"{directory / (stem + '.gz')}: file not found (nor without .gz)")
+
+
+@DATASETS.register("fashion_mnist")
+def fashion_mnist(root: str = "") -> RawData:
+    """Fashion-MNIST (Xiao et al. 2017, 1708.07747) from IDX files; never downloaded at run time."""
+    directory, searched = _find_fashion_dir(root)
+    if directory is None:
+        raise DataError(
+            "Fashion-MNIST not found; looked in: " + ", ".join(searched) + ". Install it with "
+            "`apt-get install dataset-fashion-mnist`, or put train-images-idx3-ubyte.gz, "
+            "train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz "
+            "in a directory and pass it as data.root (or set $TRAINTRICKS_DATA).")
+    out = []
+    for split in ("train", "t10k"):
+        img_path = _idx_file(directory, f"{split}-images-idx3-ubyte")
+        lab_path = _idx_file(directory, f"{split}-labels-idx1-ubyte")
+        x, y = read_idx(img_path), read_idx(lab_path)
+        if x.ndim != 3:
+            raise DataError(f"{img_path}: expected images of shape (N, H, W), got {tuple(x.shape)}")
+        if y.ndim != 1 or len(y) != len(x):
+            raise DataError(f"{lab_path}: {len(y)} labels for {len(x)} images in {img_path.name}")
+        if y.numel() and int(y.max()) >= len(FASHION_CLASSES):
+            raise DataError(f"{lab_path}: label {int(y.max())} out of range 0..9")
+        out += [x.unsqueeze(1), y.long()]
+    return RawData(*out, class_names=list(FASHION_CLASSES))
+
+
+def _fixed_test_split(x: torch.Tensor, y: torch.Tensor, test_fraction: float) -> tuple:
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
+    n_test = int(round(len(x) * test_fraction))
+    te, tr = perm[:n_test], perm[n_test:]
+    return x[tr], y[tr], x[te], y[te]
+
+
+@DATASETS.register("digits")
+def digits(root: str = "") -> RawData:
+    """scikit-learn's bundled 8x8 handwritten digits (1,797 images; fixed 20% test split)."""
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        raise DataError("dataset 'digits' needs scikit-learn: pip install 'traintricks[small-data]'") from None
+    d = load_digits()
+    x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    y = torch.tensor(d.target, dtype=torch.long)
+    return RawData(*_fixed_test_split(x, y, 0.2), class_names=[str(i) for i in range(10)])
+
+
+@DATASETS.register("mnist1d")
+def mnist1d(root: str = "") -> RawData:
+    """MNIST-1D (Greydanus 2020, 2011.14439): 1-D sequences of length 40, generated offline."""
+    try:
+        from mnist1d.data import get_dataset_args, make_dataset
+    except ImportError:
+        raise DataError("dataset 'mnist1d' needs the mnist1d package: pip install 'traintricks[small-data]'") from None
+    d = make_dataset(get_dataset_args())  # generated locally; get_dataset() would download
+    f = lambda a: torch.as_tensor(a, dtype=torch.float32).unsqueeze(1)  # noqa: E731
+    return RawData(f(d["x"]), torch.as_tensor(d["y"]).long(), f(d["x_test"]),
+                   torch.as_tensor(d["y_test"]).long(), class_names=[str(i) for i in range(10)])
+
+
+def load_data(name: str, root: str = "", limit: int = 0, val_size: float = 0.1, seed: int = 0) -> DataSplits:
+    """Load dataset ``name`` and split it.
+
+    ``limit`` keeps only the first N training examples (0: all). ``val_size`` takes that many
+    (if >= 1) or that fraction (if < 1) of them, chosen with ``seed``, as the validation set;
+    the test set is the dataset's own. Inputs are standardized per channel with the training
+    portion's mean and standard deviation.
+    """
+    if limit < 0:
+        raise ValueError(f"limit must be >= 0, got {limit}")
+    raw = DATASETS.get(name)(root=root)
+    tx, ty = raw.train_x, raw.train_y
+    if limit:
+        tx, ty = tx[:limit], ty[:limit]
+    n = len(tx)
+    n_val = int(val_size) if val_size >= 1 else int(round(val_size * n))
+    if val_size < 0 or n_val >= n:
+        raise ValueError(f"val_size {val_size} leaves no training examples out of {n}")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    vi, ti = perm[:n_val].sort().values, perm[n_val:].sort().values
+    train_x = tx[ti].float()
+    dims = [0] + list(range(2, train_x.ndim))
+    mean = train_x.mean(dim=dims, keepdim=True)
+    std = train_x.std(dim=dims, keepdim=True).clamp_min(1e-8)
+    norm = lambda x: ((x.float() - mean) / std).contiguous()  # noqa: E731
+    return DataSplits(name=name, train_x=norm(train_x), train_y=ty[ti], val_x=norm(tx[vi]), val_y=ty[vi],
+                      test_x=norm(raw.test_x), test_y=raw.test_y, class_names=raw.class_names,
+                      mean=mean.flatten().tolist(), std=std.flatten().tolist())

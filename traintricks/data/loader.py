@@ -1,0 +1,63 @@
+"""Batches from tensors held in memory.
+
+A :class:`TensorLoader` shuffles with a generator seeded by ``(seed, epoch)``, so every epoch's
+order and augmentation are a function of the seed and the epoch number alone: a run resumed
+from a checkpoint sees exactly the batches an uninterrupted run would.
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterator
+
+import torch
+
+
+class TensorLoader:
+    """Iterate over ``(x[idx], y[idx])`` batches of in-memory tensors.
+
+    Args:
+        x, y: inputs and targets, same first dimension.
+        batch_size: examples per batch.
+        shuffle: draw a new permutation each epoch (seeded by ``seed`` and the epoch).
+        drop_last: skip the final incomplete batch.
+        transform: ``transform(x_batch, generator)``, e.g. an augmentation, applied per batch.
+        memory_format: e.g. ``torch.channels_last`` for 4-D batches.
+    """
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bool = False,
+                 drop_last: bool = False, seed: int = 0,
+                 transform: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
+                 memory_format: torch.memory_format | None = None) -> None:
+        if len(x) != len(y):
+            raise ValueError(f"x has {len(x)} examples but y has {len(y)}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if drop_last and len(x) < batch_size:
+            raise ValueError(f"batch_size {batch_size} is larger than the {len(x)} examples and drop_last is set")
+        self.x, self.y, self.batch_size = x, y, batch_size
+        self.shuffle, self.drop_last, self.seed = shuffle, drop_last, seed
+        self.transform, self.memory_format = transform, memory_format
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        n = len(self.x)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        n = len(self.x)
+        order = torch.randperm(n, generator=g) if self.shuffle else None
+        for b in range(len(self)):
+            sl = slice(b * self.batch_size, min(n, (b + 1) * self.batch_size))
+            if order is None:
+                xb, yb = self.x[sl], self.y[sl]
+            else:
+                idx = order[sl]
+                xb, yb = self.x[idx], self.y[idx]
+            if self.transform is not None:
+                xb = self.transform(xb, g)
+            if self.memory_format is not None and xb.ndim == 4:
+                xb = xb.contiguous(memory_format=self.memory_format)
+            yield xb, yb

@@ -1,0 +1,81 @@
+"""Pre-activation ResNet (ResNet v2; He, Zhang, Ren & Sun 2016, "Identity Mappings in Deep Residual
+Networks", arXiv:1603.05027), with bottleneck or basic blocks.
+
+A pre-activation bottleneck block computes, for input ``x``,
+
+    h = act(norm1(x))
+    y = conv1x1(act(norm3(conv3x3_s(act(norm2(conv1x1(h)))))))  # width -> width -> 4*width
+    out = y + (x if shapes agree else proj_s(h))
+
+so the identity path carries ``x`` untouched from block to block; normalization and activation
+come *before* each convolution. A final norm-activation precedes global average pooling.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from .common import NormAct, check_positive, conv, spatial_dims
+
+
+class PreActBlock(nn.Module):
+    """Basic pre-activation block: two 3x3 convolutions."""
+
+    expansion = 1
+
+    def __init__(self, cin: int, width: int, stride: int, norm: str, activation: str, dim: int, groups: int):
+        super().__init__()
+        cout = width * self.expansion
+        self.pre = NormAct(cin, norm, activation, dim, groups)
+        self.branch = nn.Sequential(conv(dim, cin, width, 3, stride), NormAct(width, norm, activation, dim, groups),
+                                    conv(dim, width, cout, 3))
+        self.shortcut = conv(dim, cin, cout, 1, stride) if stride != 1 or cin != cout else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.pre(x)
+        return self.branch(h) + (x if self.shortcut is None else self.shortcut(h))
+
+
+class PreActBottleneck(PreActBlock):
+    """Bottleneck pre-activation block: 1x1 reduce, 3x3 (strided), 1x1 expand by 4."""
+
+    expansion = 4
+
+    def __init__(self, cin: int, width: int, stride: int, norm: str, activation: str, dim: int, groups: int):
+        nn.Module.__init__(self)
+        cout = width * self.expansion
+        self.pre = NormAct(cin, norm, activation, dim, groups)
+        self.branch = nn.Sequential(
+            conv(dim, cin, width, 1), NormAct(width, norm, activation, dim, groups),
+            conv(dim, width, width, 3, stride), NormAct(width, norm, activation, dim, groups),
+            conv(dim, width, cout, 1))
+        self.shortcut = conv(dim, cin, cout, 1, stride) if stride != 1 or cin != cout else None
+
+
+class PreActResNet(nn.Module):
+    def __init__(self, in_shape: Sequence[int], num_classes: int, blocks: Sequence[int] = (1, 1, 1),
+                 widths: Sequence[int] = (16, 32, 64), stem_width: int = 32, bottleneck: bool = True,
+                 norm: str = "batchnorm", activation: str = "relu", norm_groups: int = 8) -> None:
+        super().__init__()
+        dim = spatial_dims(in_shape, "preact_resnet")
+        blocks, widths = check_positive("blocks", blocks), check_positive("widths", widths)
+        if len(blocks) != len(widths):
+            raise ValueError(f"blocks ({len(blocks)} stages) and widths ({len(widths)} stages) differ in length")
+        if stem_width < 1:
+            raise ValueError(f"stem_width must be >= 1, got {stem_width}")
+        block = PreActBottleneck if bottleneck else PreActBlock
+        layers: list[nn.Module] = [conv(dim, in_shape[0], stem_width, 3)]
+        cin = stem_width
+        for s, (n, w) in enumerate(zip(blocks, widths)):
+            for i in range(n):
+                layers.append(block(cin, w, 2 if s > 0 and i == 0 else 1, norm, activation, dim, norm_groups))
+                cin = w * block.expansion
+        layers.append(NormAct(cin, norm, activation, dim, norm_groups))
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1) if dim == 2 else nn.AdaptiveAvgPool1d(1)
+        self.head = nn.Linear(cin, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.pool(self.features(x)).flatten(1))

@@ -1,0 +1,142 @@
+"""From a config to a trained model: build every component by name, train, write the report.
+
+This is what ``traintricks train`` runs. :func:`build_trainer` turns a validated config (see
+:mod:`traintricks.config`) into a :class:`Trainer`; :func:`run` adds the output directory
+(``config.toml``, ``metrics.jsonl``, ``summary.json``, ``curves.png``, ``report.md``,
+``model.safetensors``, ``checkpoints/``) and resumption.
+"""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from ..config import ConfigError, load_config, to_toml
+from ..data import AUGMENTATIONS, Compose, DataSplits, TensorLoader, load_data
+from ..evaluation import EARLY_STOPPING
+from ..losses import LOSSES
+from ..models import MODELS
+from ..optim import OPTIMIZERS, SCHEDULES, param_groups
+from . import checkpoint as ckpt
+from .report import plot_curves, write_report
+from .trainer import NonFiniteLossError, Trainer
+
+EVAL_BATCH = 1000
+
+
+class RunExistsError(RuntimeError):
+    """The output directory already holds a run."""
+
+
+def _build(section: str, spec: dict[str, Any], fn: Callable, *args: Any, **kwargs: Any) -> Any:
+    """Call a factory; turn its ValueError/TypeError into a ConfigError naming the option when possible."""
+    try:
+        return fn(*args, **kwargs)
+    except (ValueError, TypeError) as e:
+        first = str(e).split(" ", 1)[0].strip(":")
+        key = f"{section}.{first}" if first in spec else section
+        raise ConfigError(key, str(e)) from None
+
+
+def _options(spec: dict[str, Any], drop: Sequence[str] = ()) -> dict[str, Any]:
+    return {k: v for k, v in spec.items() if k != "name" and k not in drop}
+
+
+def build_augment(specs: list) -> Compose | None:
+    augs = []
+    for i, s in enumerate(specs):
+        spec = {"name": s} if isinstance(s, str) else dict(s)
+        augs.append(_build(f"data.augment[{i}]", spec, AUGMENTATIONS.get(spec["name"]), **_options(spec)))
+    return Compose(augs) if augs else None
+
+
+def build_model(cfg: dict[str, Any], in_shape: Sequence[int], num_classes: int) -> torch.nn.Module:
+    spec = cfg["model"]
+    model = _build("model", spec, MODELS.get(spec["name"]), tuple(in_shape), num_classes, **_options(spec))
+    model.eval()
+    try:  # a dry forward pass: shape problems surface now, naming the model, not mid-training
+        with torch.no_grad():
+            model(torch.zeros(2, *in_shape))
+    except RuntimeError as e:
+        raise ConfigError("model", f"model {spec['name']!r} cannot process inputs of shape {tuple(in_shape)} "
+                                   f"from data.name={cfg['data']['name']!r}: {e}") from None
+    model.train()
+    return model
+
+
+def build_trainer(cfg: dict[str, Any], data: DataSplits | None = None, out_dir: str | Path | None = None,
+                  progress: bool = True, callbacks: Sequence[Callable] = ()) -> Trainer:
+    """Build data, model, optimizer, schedule, loss and trainer from a validated config."""
+    if cfg["threads"]:
+        torch.set_num_threads(cfg["threads"])
+    torch.manual_seed(cfg["seed"])
+    random.seed(cfg["seed"])
+    d = cfg["data"]
+    if data is None:
+        data = _build("data", d, load_data, d["name"], root=d["root"], limit=d["limit"],
+                      val_size=d["val_size"], seed=cfg["seed"])
+    model = build_model(cfg, data.input_shape, data.num_classes)
+
+    bs = cfg["batch_size"]
+    train = TensorLoader(data.train_x, data.train_y, bs, shuffle=True, drop_last=len(data.train_x) > bs,
+                         seed=cfg["seed"], transform=build_augment(d["augment"]))
+    val = TensorLoader(data.val_x, data.val_y, EVAL_BATCH) if len(data.val_x) else None
+    test = TensorLoader(data.test_x, data.test_y, EVAL_BATCH)
+
+    o = cfg["optim"]
+    opt_fn = OPTIMIZERS.get(o["name"])
+    wd = o.get("weight_decay", 0.0)
+    groups = param_groups(model, wd, o.get("decay_norm_and_bias", False))
+    optimizer = _build("optim", o, opt_fn, groups, lr=cfg["lr"], **_options(o, drop=["decay_norm_and_bias"]))
+    s = cfg["schedule"]
+    scheduler = _build("schedule", s, SCHEDULES.get(s["name"]), optimizer, cfg["epochs"] * len(train), len(train),
+                       **_options(s))
+    loss_fn = _build("loss", cfg["loss"], LOSSES.get(cfg["loss"]["name"]), **_options(cfg["loss"]))
+    es = cfg["early_stopping"]
+    early = None if es["name"] == "none" else _build("early_stopping", es, EARLY_STOPPING.get(es["name"]), **_options(es))
+    if early is not None and val is None and early.monitor.startswith("val"):
+        raise ConfigError("early_stopping.monitor", f"monitors {early.monitor!r} but data.val_size is 0")
+    return Trainer(model, optimizer, loss_fn, train, val, test, scheduler=scheduler, epochs=cfg["epochs"],
+                   early_stopping=early, out_dir=out_dir, device=cfg["device"], precision=cfg["precision"],
+                   channels_last=cfg["channels_last"], compile=cfg["compile"], tta_flip=cfg["eval"]["tta_flip"],
+                   test_every_epoch=cfg["eval"]["test_every_epoch"], callbacks=callbacks, progress=progress)
+
+
+def run(cfg: dict[str, Any] | None, out_dir: str | Path, resume: bool = False, progress: bool = True,
+        callbacks: Sequence[Callable] = ()) -> dict[str, Any]:
+    """Train per ``cfg`` into ``out_dir`` (or continue the run there when ``resume``); return the summary."""
+    out = Path(out_dir)
+    if resume:
+        if not (out / "config.toml").is_file():
+            raise ckpt.CheckpointError(f"{out / 'config.toml'}: not found; is {out} a traintricks run directory?")
+        cfg = load_config(out / "config.toml")
+        if ckpt.latest_checkpoint(out / "checkpoints") is None:
+            raise ckpt.CheckpointError(f"{out / 'checkpoints'}: no complete checkpoint to resume from")
+    else:
+        if cfg is None:
+            cfg = load_config()
+        if ckpt.latest_checkpoint(out / "checkpoints") is not None or (out / "summary.json").exists():
+            raise RunExistsError(f"{out} already holds a run; continue it with --resume {out} or choose another --out")
+        out.mkdir(parents=True, exist_ok=True)
+        ckpt.atomic_write_text(out / "config.toml", to_toml(cfg))
+    trainer = build_trainer(cfg, out_dir=out, progress=progress, callbacks=callbacks)
+    if resume:
+        trainer.resume(out)
+    meta = {"dataset": cfg["data"]["name"], "model": cfg["model"]["name"], "seed": cfg["seed"],
+            "parameters": sum(p.numel() for p in trainer.model.parameters()), "threads": torch.get_num_threads()}
+    try:
+        summary = trainer.fit()
+    except NonFiniteLossError as e:
+        summary = {**meta, "status": "diverged", "error": str(e), "epochs": trainer.epoch,
+                   "last_checkpoint": str(trainer.last_checkpoint) if trainer.last_checkpoint else None}
+        ckpt.atomic_write_json(out / "summary.json", summary)
+        raise
+    summary = {**meta, "status": "finished", **summary}
+    ckpt.save_weights(trainer.model.state_dict(), out / "model.safetensors", {"epoch": str(trainer.epoch)})
+    ckpt.atomic_write_json(out / "summary.json", summary)
+    if trainer.history:
+        plot_curves(trainer.history, out / "curves.png", title=f"{meta['dataset']} / {meta['model']}")
+    write_report(out, summary, trainer.history, to_toml(cfg))
+    return summary

@@ -77,3 +77,28 @@ def test_diverging_run_exits_with_message(tmp_path):
 def test_resume_refuses_overrides(tmp_path, capsys):
     assert main(["train", "--resume", str(tmp_path), "--set", "epochs=5"]) == 2
     assert "--resume" in capsys.readouterr().err
+
+
+def test_sigkilled_run_resumes_to_the_same_weights(tmp_path):
+    import signal
+    import time
+
+    args = sets("epochs=6", "data.limit=1200")
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert cli("train", *args, "--out", str(a), "--no-progress").returncode == 0
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+    proc = subprocess.Popen([sys.executable, "-m", "traintricks", "train", *args, "--out", str(b), "--no-progress"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None and not (b / "checkpoints" / "epoch-0002").exists():
+        time.sleep(0.005)
+    killed_mid_run = proc.poll() is None
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert killed_mid_run, "the run finished before it could be killed"
+    assert ckpt.latest_checkpoint(b / "checkpoints").name in ("epoch-0002", "epoch-0003")
+    assert not (b / "summary.json").exists()
+    r = cli("train", "--resume", str(b), "--no-progress")
+    assert r.returncode == 0, r.stderr
+    wa, wb = ckpt.load_weights(a / "model.safetensors"), ckpt.load_weights(b / "model.safetensors")
+    assert all((wa[k] == wb[k]).all() for k in wa)

@@ -103,3 +103,11 @@ def test_toml_round_trip(tmp_path):
     p = tmp_path / "c.toml"
     p.write_text(to_toml(cfg))
     assert load_config(p) == cfg
+
+
+def test_shipped_configs_are_valid():
+    from pathlib import Path
+    configs = sorted((Path(__file__).parent.parent / "configs").glob("*.toml"))
+    assert configs
+    for p in configs:
+        load_config(p)

@@ -12,9 +12,11 @@ component's ``name``, the options written by lower layers for the old component 
 """
 from __future__ import annotations
 
+import collections.abc
 import copy
 import inspect
 import tomllib
+import types
 import typing
 from pathlib import Path
 from typing import Any, Callable
@@ -103,26 +105,27 @@ def default_config() -> dict[str, Any]:
     return copy.deepcopy(DEFAULTS)
 
 
-def _type_name(t: Any) -> str:
-    return getattr(t, "__name__", None) or str(t).replace("typing.", "")
-
-
 def check_type(key: str, value: Any, annotation: Any) -> Any:
-    """Check ``value`` against a simple annotation; ints are accepted for floats. Returns the value."""
+    """Check ``value`` against a simple annotation (bool, int, float, str, list[...], X | None).
+
+    Integers are accepted where a float is expected; booleans are never taken for numbers.
+    Returns the value (lists as lists). Raises :class:`ConfigError` naming ``key``.
+    """
     if annotation is inspect.Parameter.empty or annotation is Any:
         return value
     origin = typing.get_origin(annotation)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
-        errors = []
+    if origin in (typing.Union, types.UnionType):
         for arm in typing.get_args(annotation):
-            if arm is type(None) and value is None:
-                return value
+            if arm is type(None):
+                if value is None:
+                    return value
+                continue
             try:
                 return check_type(key, value, arm)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(key, f"expected {_type_name(annotation)}, got {value!r}")
-    if origin in (list, tuple, typing.Sequence, __import__("collections.abc").abc.Sequence):
+            except ConfigError:
+                pass
+        raise ConfigError(key, f"expected {annotation}, got {value!r}")
+    if origin in (list, tuple, collections.abc.Sequence):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(key, f"expected a list, got {type(value).__name__} {value!r}")
         args = typing.get_args(annotation)
@@ -135,10 +138,8 @@ def check_type(key: str, value: Any, annotation: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(key, f"expected an integer, got {type(value).__name__} {value!r}")
         return value
-    if annotation in (bool, str, list, dict):
-        if not isinstance(value, annotation):
-            raise ConfigError(key, f"expected {annotation.__name__}, got {type(value).__name__} {value!r}")
-        return value
+    if isinstance(annotation, type) and not isinstance(value, annotation):
+        raise ConfigError(key, f"expected {annotation.__name__}, got {type(value).__name__} {value!r}")
     return value
 
 

@@ -76,8 +76,8 @@ class Trainer:
                  *, scheduler: Any = None, epochs: int = 10, early_stopping: EarlyStopping | None = None,
                  grad_transforms: Sequence[GradTransform] = (), out_dir: str | Path | None = None,
                  device: str | torch.device = "cpu", precision: str = "fp32", channels_last: bool = False,
-                 compile: bool = False, tta_flip: bool = False, test_every_epoch: bool = True, callbacks: Sequence[Callable] = (),
-                 progress: bool = True, keep_checkpoints: int = 2) -> None:
+                 compile: bool = False, tta_flip: bool = False, test_every_epoch: bool = True,
+                 callbacks: Sequence[Callable] = (), progress: bool = True, keep_checkpoints: int = 2) -> None:
         if epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {epochs}")
         self.device = resolve_device(device) if isinstance(device, str) else device

@@ -14,5 +14,5 @@ fi
 # torch is pinned to the 2.13.0 CPU build in pyproject.toml (see README for a CUDA build)
 spec="."
 [ -n "$extras" ] && spec=".[$extras]"
-.venv/bin/python -m pip install -q --disable-pip-version-check -e "$spec" 2>&1 | grep -v -i "^warning: location" || true
+.venv/bin/python -m pip install -q --disable-pip-version-check -e "$spec"
 .venv/bin/python -c "import traintricks, torch; print('traintricks', traintricks.__version__, 'torch', torch.__version__)"

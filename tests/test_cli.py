@@ -102,3 +102,18 @@ def test_sigkilled_run_resumes_to_the_same_weights(tmp_path):
     assert r.returncode == 0, r.stderr
     wa, wb = ckpt.load_weights(a / "model.safetensors"), ckpt.load_weights(b / "model.safetensors")
     assert all((wa[k] == wb[k]).all() for k in wa)
+
+
+@pytest.mark.skipif(not os.path.isdir("/usr/share/datasets/fashion-mnist") and not os.environ.get("TRAINTRICKS_DATA"),
+                    reason="Fashion-MNIST not installed")
+def test_default_recipe_runs_end_to_end_on_a_fashion_mnist_subset(tmp_path, capsys):
+    # the default recipe (bf16 where supported, channels-last, crop+flip, flip TTA) on 3,000 images;
+    # batches of 64 with the rate scaled linearly from the recipe's 0.4 at 512
+    assert main(["train", "--set", "data.limit=3000", "--set", "epochs=2", "--set", "batch_size=64",
+                 "--set", "lr=0.05", "--out", str(tmp_path),
+                 "--no-progress"]) == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["dataset"] == "fashion_mnist" and summary["epochs"] == 2
+    assert summary["test_accuracy"] > 0.7        # 10 classes: chance is 0.1
+    cfg = (tmp_path / "config.toml").read_text()
+    assert 'name = "fashion_mnist"' in cfg and "limit = 3000" in cfg

@@ -164,3 +164,19 @@ def test_grad_transforms_run_between_backward_and_step(tiny_cfg):
     assert seen and all(n == len(list(t.model.parameters())) for n in seen)
     for k, v in t.model.named_parameters():
         assert torch.equal(v, before[k]), k                  # zero gradients: nothing moved
+
+
+def test_flip_tta_without_flip_training_warns(tiny_cfg):
+    with pytest.warns(UserWarning, match="tta_flip"):
+        build_trainer(tiny_cfg("eval.tta_flip=true"), progress=False)
+
+
+def test_flip_tta_averages_the_mirror_logits(tiny_cfg):
+    t = build_trainer(tiny_cfg("epochs=1"), progress=False)
+    t.tta_flip = True
+    x, y = t.test_loader.x[:50], t.test_loader.y[:50]
+    t.model.eval()
+    with torch.no_grad():
+        logits = 0.5 * (t.model(x) + t.model(x.flip(-1)))
+    expected = (logits.argmax(1) == y).float().mean().item()
+    assert t.evaluate([(x, y)])["accuracy"] == pytest.approx(expected)

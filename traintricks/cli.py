@@ -20,6 +20,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from .data import DataError
     from .training import CheckpointError, NonFiniteLossError, RunExistsError, run
 
+    out: Path | None = None
     try:
         if args.resume:
             if args.config or args.set or args.out:
@@ -37,7 +38,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print(f"traintricks: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"\ntraintricks: interrupted; continue with: traintricks train --resume {out}", file=sys.stderr)
+        hint = f"; continue with: traintricks train --resume {out}" if out is not None else ""
+        print(f"\ntraintricks: interrupted{hint}", file=sys.stderr)
         return 130
     keys = ("test_accuracy", "best_epoch", "epochs", "train_seconds", "wall_seconds", "stopped_early")
     print(json.dumps({k: summary[k] for k in keys if k in summary}))

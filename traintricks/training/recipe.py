@@ -8,6 +8,7 @@ This is what ``traintricks train`` runs. :func:`build_trainer` turns a validated
 from __future__ import annotations
 
 import random
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -94,6 +95,9 @@ def build_trainer(cfg: dict[str, Any], data: DataSplits | None = None, out_dir: 
     scheduler = _build("schedule", s, SCHEDULES.get(s["name"]), optimizer, cfg["epochs"] * len(train), len(train),
                        **_options(s))
     loss_fn = _build("loss", cfg["loss"], LOSSES.get(cfg["loss"]["name"]), **_options(cfg["loss"]))
+    if cfg["eval"]["tta_flip"] and not any((a if isinstance(a, str) else a["name"]) == "flip" for a in d["augment"]):
+        warnings.warn("eval.tta_flip is on but data.augment has no 'flip': the model is tested on mirror images "
+                      "it never trained on", stacklevel=2)
     es = cfg["early_stopping"]
     early = None if es["name"] == "none" else _build("early_stopping", es, EARLY_STOPPING.get(es["name"]), **_options(es))
     if early is not None and val is None and early.monitor.startswith("val"):

@@ -180,3 +180,11 @@ def test_flip_tta_averages_the_mirror_logits(tiny_cfg):
         logits = 0.5 * (t.model(x) + t.model(x.flip(-1)))
     expected = (logits.argmax(1) == y).float().mean().item()
     assert t.evaluate([(x, y)])["accuracy"] == pytest.approx(expected)
+
+
+def test_accuracy_with_hard_and_soft_targets():
+    from traintricks.evaluation import accuracy
+    logits = torch.tensor([[2.0, 1.0, 0.0], [0.0, 3.0, 1.0], [1.0, 0.0, 5.0], [0.0, 1.0, 0.5]])
+    assert accuracy(logits, torch.tensor([0, 1, 0, 2])) == 0.5
+    soft = torch.tensor([[0.9, 0.05, 0.05], [0.1, 0.8, 0.1], [0.1, 0.1, 0.8], [0.2, 0.7, 0.1]])
+    assert accuracy(logits, soft) == 1.0

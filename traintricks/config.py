@@ -180,7 +180,7 @@ def _check_component(section: str, spec: Any, registry: Registry, extra: dict) -
 
 def validate(cfg: dict[str, Any]) -> dict[str, Any]:
     """Check every key, type and simple range; raise :class:`ConfigError` naming the first bad key."""
-    from .data import AUGMENTATIONS, DATASETS
+    from .data import AUGMENTATIONS, DATASETS, as_spec
 
     components = _components()
     for key, value in cfg.items():
@@ -208,12 +208,12 @@ def validate(cfg: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError("data.name", f"unknown dataset {cfg['data']['name']!r}; choose one of: {', '.join(DATASETS.names())}")
     for i, aug in enumerate(cfg["data"]["augment"]):
         key = f"data.augment[{i}]"
-        spec = {"name": aug} if isinstance(aug, str) else aug
-        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+        if not isinstance(aug, (str, dict)) or not isinstance(as_spec(aug).get("name"), str):
             raise ConfigError(key, f"expected an augmentation name or a table with a 'name', got {aug!r}")
+        spec = as_spec(aug)
         if spec["name"] not in AUGMENTATIONS:
             raise ConfigError(key, f"unknown augmentation {spec['name']!r}; choose one of: {', '.join(AUGMENTATIONS.names())}")
-        _check_component(key, dict(spec), AUGMENTATIONS, {})
+        _check_component(key, spec, AUGMENTATIONS, {})
     for section, (registry, extra) in components.items():
         if section not in cfg:
             raise ConfigError(section, "missing table")

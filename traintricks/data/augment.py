@@ -74,6 +74,11 @@ class Compose:
         return f"Compose({self.augs})"
 
 
+def as_spec(item: str | dict) -> dict:
+    """A config's augmentation entry, ``"flip"`` or ``{name = "crop", padding = 4}``, as a dict with a name."""
+    return {"name": item} if isinstance(item, str) else dict(item)
+
+
 @AUGMENTATIONS.register("crop")
 def crop(padding: int = 2) -> RandomCrop:
     """Random crop after zero padding (random translation by up to `padding` pixels)."""

@@ -15,7 +15,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from ..config import ConfigError, load_config, to_toml
-from ..data import AUGMENTATIONS, Compose, DataSplits, TensorLoader, load_data
+from ..data import AUGMENTATIONS, Compose, DataSplits, TensorLoader, as_spec, load_data
 from ..evaluation import EARLY_STOPPING
 from ..losses import LOSSES
 from ..models import MODELS
@@ -47,8 +47,8 @@ def _options(spec: dict[str, Any], drop: Sequence[str] = ()) -> dict[str, Any]:
 
 def build_augment(specs: list) -> Compose | None:
     augs = []
-    for i, s in enumerate(specs):
-        spec = {"name": s} if isinstance(s, str) else dict(s)
+    for i, item in enumerate(specs):
+        spec = as_spec(item)
         augs.append(_build(f"data.augment[{i}]", spec, AUGMENTATIONS.get(spec["name"]), **_options(spec)))
     return Compose(augs) if augs else None
 
@@ -95,7 +95,7 @@ def build_trainer(cfg: dict[str, Any], data: DataSplits | None = None, out_dir: 
     scheduler = _build("schedule", s, SCHEDULES.get(s["name"]), optimizer, cfg["epochs"] * len(train), len(train),
                        **_options(s))
     loss_fn = _build("loss", cfg["loss"], LOSSES.get(cfg["loss"]["name"]), **_options(cfg["loss"]))
-    if cfg["eval"]["tta_flip"] and not any((a if isinstance(a, str) else a["name"]) == "flip" for a in d["augment"]):
+    if cfg["eval"]["tta_flip"] and not any(as_spec(a)["name"] == "flip" for a in d["augment"]):
         warnings.warn("eval.tta_flip is on but data.augment has no 'flip': the model is tested on mirror images "
                       "it never trained on", stacklevel=2)
     es = cfg["early_stopping"]

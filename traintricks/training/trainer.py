@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from ..evaluation import EarlyStopping
+from ..evaluation import EarlyStopping, correct_count
 from . import checkpoint as ckpt
 
 GradTransform = Callable[[Sequence[torch.Tensor]], None]
@@ -155,8 +155,7 @@ class Trainer:
                     self.scheduler.step()
                 n = y.shape[0]
                 loss_sum += value * n
-                target = y.argmax(-1) if y.ndim == logits.ndim else y
-                correct += (logits.detach().argmax(-1) == target).sum().cpu()
+                correct += correct_count(logits, y).cpu()
                 seen += n
                 if self.progress and step % 10 == 0:
                     bar.set_postfix(loss=f"{value:.3f}", lr=f"{self.current_lr():.3g}", refresh=False)
@@ -175,8 +174,7 @@ class Trainer:
                 if self.tta_flip and x.ndim == 4:
                     logits = 0.5 * (logits + self.forward(x.flip(-1)).float())
             loss_sum += self.loss_fn(logits, y).item() * y.shape[0]
-            target = y.argmax(-1) if y.ndim == logits.ndim else y
-            correct += (logits.argmax(-1) == target).sum().item()
+            correct += correct_count(logits, y).item()
             seen += y.shape[0]
         self.model.train()
         return {"loss": loss_sum / max(seen, 1), "accuracy": correct / max(seen, 1)}

@@ -17,8 +17,10 @@ import copy
 import torch
 from torch import nn
 
+from .batchnorm import _BatchNorm as _OurBatchNorm
+
 _FOLDABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
-_BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+_BN = (nn.modules.batchnorm._BatchNorm, _OurBatchNorm)
 
 
 def _first_leaf(module: nn.Module) -> tuple[nn.Module, nn.Module | None, str | None]:
@@ -30,11 +32,11 @@ def _first_leaf(module: nn.Module) -> tuple[nn.Module, nn.Module | None, str | N
 
 
 @torch.no_grad()
-def fold_pair(layer: nn.Module, bn: nn.modules.batchnorm._BatchNorm) -> nn.Module:
+def fold_pair(layer: nn.Module, bn: nn.Module) -> nn.Module:
     """Return a new conv/linear layer equal to ``bn(layer(x))`` in eval mode."""
     if not isinstance(layer, _FOLDABLE):
         raise ValueError(f"cannot fold {type(bn).__name__} into {type(layer).__name__}: only Conv and Linear layers fold")
-    if not bn.track_running_stats or bn.running_mean is None:
+    if not getattr(bn, "track_running_stats", True) or getattr(bn, "running_mean", None) is None:
         raise ValueError(f"cannot fold {bn}: it has no running statistics (track_running_stats=False), "
                          "so it normalizes with batch statistics even at inference")
     out_ch = layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels

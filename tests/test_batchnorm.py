@@ -1,0 +1,108 @@
+import pytest
+import torch
+from torch import nn
+
+from traintricks.nn import BatchNorm1d, BatchNorm2d, BatchNormFunction, fold_batchnorm
+
+
+@pytest.mark.parametrize("shape", [(6, 3, 4, 5), (7, 4), (5, 3, 6)])
+def test_hand_written_backward_passes_gradcheck(shape):
+    torch.manual_seed(0)
+    x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    gamma = torch.randn(shape[1], dtype=torch.float64, requires_grad=True)
+    beta = torch.randn(shape[1], dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b, c: BatchNormFunction.apply(a, b, c, 1e-5)[0], (x, gamma, beta))
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_module_gradcheck_train_and_eval(train):
+    torch.manual_seed(0)
+    bn = BatchNorm2d(3).double()
+    bn.running_mean.normal_()
+    bn.running_var.uniform_(0.5, 2)
+    bn.train(train)
+    x = torch.randn(4, 3, 3, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a: bn(a), (x,))
+
+
+@pytest.mark.parametrize("cls, ref, shape", [(BatchNorm2d, nn.BatchNorm2d, (8, 5, 7, 6)),
+                                             (BatchNorm1d, nn.BatchNorm1d, (16, 5)),
+                                             (BatchNorm1d, nn.BatchNorm1d, (8, 5, 9))])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_matches_pytorch_outputs_grads_and_running_stats(cls, ref, shape, channels_last):
+    if channels_last and len(shape) != 4:
+        pytest.skip("channels_last is for 4-D inputs")
+    torch.manual_seed(0)
+    ours, theirs = cls(5, alpha=0.9), ref(5, momentum=0.1)
+    with torch.no_grad():
+        for m in (ours, theirs):
+            m.weight.copy_(torch.linspace(0.5, 2, 5))
+            m.bias.copy_(torch.linspace(-1, 1, 5))
+    for step in range(3):
+        x = torch.randn(*shape) * 3 + 1
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+        ya, yb = ours(xa), theirs(xb)
+        torch.testing.assert_close(ya, yb, rtol=1e-5, atol=1e-5)
+        if channels_last:
+            assert ya.is_contiguous(memory_format=torch.channels_last)
+        w = torch.randn_like(ya)
+        (ya * w).sum().backward()
+        (yb * w).sum().backward()
+        torch.testing.assert_close(xa.grad, xb.grad, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(ours.weight.grad, theirs.weight.grad, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(ours.bias.grad, theirs.bias.grad, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(ours.running_mean, theirs.running_mean)
+    torch.testing.assert_close(ours.running_var, theirs.running_var)
+    assert int(ours.num_batches_tracked) == 3
+    ours.eval(), theirs.eval()
+    x = torch.randn(*shape)
+    torch.testing.assert_close(ours(x), theirs(x), rtol=1e-5, atol=1e-5)
+
+
+def test_training_normalizes_each_channel_over_batch_and_space():
+    bn = BatchNorm2d(4, eps=1e-5)
+    x = torch.randn(16, 4, 5, 5, dtype=torch.float64) * torch.tensor([1.0, 5, 0.1, 3]).view(1, 4, 1, 1) + 7
+    y = bn.double()(x)
+    var_b = x.var(dim=(0, 2, 3), unbiased=False)
+    torch.testing.assert_close(y.mean(dim=(0, 2, 3)), torch.zeros(4, dtype=torch.float64), atol=1e-12, rtol=0)
+    torch.testing.assert_close(y.var(dim=(0, 2, 3), unbiased=False), var_b / (var_b + 1e-5), atol=1e-12, rtol=0)
+
+
+def test_alpha_momentum_mapping_and_validation():
+    assert BatchNorm2d(3, alpha=0.99).momentum == pytest.approx(0.01)
+    assert BatchNorm2d(3, momentum=0.2).alpha == pytest.approx(0.8)
+    with pytest.raises(ValueError, match="disagree"):
+        BatchNorm2d(3, alpha=0.9, momentum=0.5)
+    with pytest.raises(ValueError, match="alpha"):
+        BatchNorm2d(3, alpha=1.0)
+
+
+def test_bad_inputs_name_the_layer_and_problem():
+    bn = BatchNorm2d(3)
+    with pytest.raises(ValueError, match=r"BatchNorm2d\(3\): input has 4 channels"):
+        bn(torch.randn(2, 4, 3, 3))
+    with pytest.raises(ValueError, match="batch of one"):
+        BatchNorm1d(3)(torch.randn(1, 3))
+    with pytest.raises(ValueError, match="non-finite"):
+        bn(torch.full((2, 3, 2, 2), float("nan")))
+    with pytest.raises(ValueError, match="4-D"):
+        bn(torch.randn(2, 3))
+    bn.eval()
+    assert bn(torch.randn(1, 3, 2, 2)).shape == (1, 3, 2, 2)     # a single example is fine at inference
+
+
+def test_state_dict_round_trip_and_fold():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 4, 3), BatchNorm2d(4, alpha=0.5), nn.ReLU())
+    for _ in range(3):
+        model(torch.randn(8, 2, 6, 6))
+    copy = nn.Sequential(nn.Conv2d(2, 4, 3), BatchNorm2d(4, alpha=0.5), nn.ReLU())
+    copy.load_state_dict(model.state_dict())
+    model.eval(), copy.eval()
+    x = torch.randn(3, 2, 6, 6)
+    assert torch.equal(model(x), copy(x))
+    folded = fold_batchnorm(model)
+    assert folded.folded_batchnorms == 1
+    torch.testing.assert_close(folded(x), model(x), rtol=1e-5, atol=1e-5)

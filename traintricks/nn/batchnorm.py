@@ -1,0 +1,136 @@
+"""Batch normalization from its math (Ioffe & Szegedy 2015, arXiv:1502.03167), with a hand-derived backward.
+
+Training, per channel ``c`` over the ``m = N * H * W`` values of the batch (the notes' (N, H, W) axes):
+
+    mu_B = (1/m) sum x,   var_B = (1/m) sum (x - mu_B)^2,   xhat = (x - mu_B) / sqrt(var_B + eps)
+    y = gamma * xhat + beta
+
+Running estimates, with the notes' rate ``alpha`` (0.99) -- PyTorch's ``momentum`` is ``1 - alpha``:
+
+    mu = alpha * mu + (1 - alpha) * mu_B,   var = alpha * var + (1 - alpha) * var_B * m / (m - 1)
+
+(the running variance takes the unbiased batch variance, as PyTorch does). Inference uses ``mu``/``var``.
+
+Backward (training), with ``g = dL/dy * gamma`` and sums over the channel's ``m`` values:
+
+    dL/dx = (1 / (m * sqrt(var_B + eps))) * (m * g - sum(g) - xhat * sum(g * xhat))
+    dL/dgamma = sum(dL/dy * xhat),   dL/dbeta = sum(dL/dy)
+
+Inference is a fixed affine map: ``dL/dx = dL/dy * gamma / sqrt(var + eps)``.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def _axes(x: torch.Tensor) -> list[int]:
+    return [0] + list(range(2, x.ndim))
+
+
+def _shape(x: torch.Tensor) -> list[int]:
+    return [1, -1] + [1] * (x.ndim - 2)
+
+
+class BatchNormFunction(torch.autograd.Function):
+    """Training-mode batch norm with the hand-derived backward above. Returns ``(y, mu_B, var_B)``."""
+
+    @staticmethod
+    def forward(ctx, x, gamma, beta, eps):
+        axes, shape = _axes(x), _shape(x)
+        mu = x.mean(dim=axes)
+        xc = x - mu.view(shape)
+        var = xc.square().mean(dim=axes)
+        invstd = (var + eps).rsqrt()
+        xhat = xc * invstd.view(shape)
+        y = xhat * gamma.view(shape) + beta.view(shape)
+        ctx.save_for_backward(xhat, gamma, invstd)
+        ctx.mark_non_differentiable(mu, var)
+        return y, mu, var
+
+    @staticmethod
+    def backward(ctx, dy, _dmu, _dvar):
+        xhat, gamma, invstd = ctx.saved_tensors
+        axes, shape = _axes(dy), _shape(dy)
+        m = dy.numel() // dy.shape[1]
+        dbeta = dy.sum(dim=axes)
+        dgamma = (dy * xhat).sum(dim=axes)
+        # g = dy * gamma: sum(g) = gamma * dbeta, sum(g * xhat) = gamma * dgamma
+        k = (gamma * invstd).view(shape)
+        dx = k * (dy - (dbeta.view(shape) + xhat * dgamma.view(shape)) / m)
+        return dx, dgamma, dbeta, None
+
+
+class _BatchNorm(nn.Module):
+    """Batch norm over channel dim 1. ``alpha`` is the notes' running-average rate (momentum = 1 - alpha)."""
+
+    _dims: tuple[int, ...] = ()
+
+    def __init__(self, num_features: int, eps: float = 1e-5, alpha: float | None = None,
+                 momentum: float | None = None, affine: bool = True) -> None:
+        super().__init__()
+        if num_features < 1:
+            raise ValueError(f"num_features must be >= 1, got {num_features}")
+        if alpha is not None and momentum is not None and abs(alpha - (1 - momentum)) > 1e-12:
+            raise ValueError(f"alpha={alpha} and momentum={momentum} disagree (momentum = 1 - alpha)")
+        alpha = alpha if alpha is not None else (1 - momentum if momentum is not None else 0.9)
+        if not 0.0 <= alpha < 1.0:
+            raise ValueError(f"alpha must be in [0, 1), got {alpha}")
+        if eps <= 0:
+            raise ValueError(f"eps must be positive, got {eps}")
+        self.num_features, self.eps, self.alpha, self.affine = num_features, eps, alpha, affine
+        if affine:
+            self.weight = nn.Parameter(torch.ones(num_features))
+            self.bias = nn.Parameter(torch.zeros(num_features))
+        else:  # fixed gamma = 1, beta = 0
+            self.register_buffer("weight", torch.ones(num_features))
+            self.register_buffer("bias", torch.zeros(num_features))
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_var", torch.ones(num_features))
+        self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
+
+    @property
+    def momentum(self) -> float:
+        """PyTorch's name for ``1 - alpha``."""
+        return 1.0 - self.alpha
+
+    def _check(self, x: torch.Tensor) -> None:
+        if x.ndim not in self._dims:
+            raise ValueError(f"{type(self).__name__}: expected a {' or '.join(f'{d}-D' for d in self._dims)} "
+                             f"input, got shape {tuple(x.shape)}")
+        if x.shape[1] != self.num_features:
+            raise ValueError(f"{type(self).__name__}({self.num_features}): input has {x.shape[1]} channels")
+        if self.training and x.numel() // x.shape[1] < 2:
+            raise ValueError(f"{type(self).__name__}({self.num_features}): a batch of one value per channel "
+                             f"(shape {tuple(x.shape)}) has no variance to normalize with in training mode")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check(x)
+        shape = _shape(x)
+        if self.training:
+            y, mu, var = BatchNormFunction.apply(x, self.weight, self.bias, self.eps)
+            if not bool(torch.isfinite(mu).all() and torch.isfinite(var).all()):
+                raise ValueError(f"{type(self).__name__}({self.num_features}): non-finite values in the input")
+            m = x.numel() // x.shape[1]
+            with torch.no_grad():
+                self.running_mean.lerp_(mu.to(self.running_mean.dtype), 1 - self.alpha)
+                self.running_var.lerp_((var * (m / (m - 1))).to(self.running_var.dtype), 1 - self.alpha)
+                self.num_batches_tracked += 1
+            return y
+        scale = self.weight * (self.running_var + self.eps).rsqrt()
+        return x * scale.view(shape) + (self.bias - self.running_mean * scale).view(shape)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps}, alpha={self.alpha} (momentum={self.momentum:g}), affine={self.affine}"
+
+
+class BatchNorm1d(_BatchNorm):
+    """Batch norm for (N, C) or (N, C, L) inputs; see the module docstring for the math."""
+
+    _dims = (2, 3)
+
+
+class BatchNorm2d(_BatchNorm):
+    """Batch norm for (N, C, H, W) inputs; see the module docstring for the math."""
+
+    _dims = (4,)

@@ -75,3 +75,15 @@ def test_refuses_what_cannot_be_folded():
         fold_pair(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(5))
     with pytest.raises(ValueError, match="only Conv and Linear"):
         fold_pair(nn.ReLU(), nn.BatchNorm2d(5))
+
+
+def test_named_nested_sequentials_fold_in_place():
+    from collections import OrderedDict
+    torch.manual_seed(0)
+    model = nn.Sequential(OrderedDict(conv=nn.Conv2d(1, 4, 3), post=nn.Sequential(OrderedDict(
+        bn=nn.BatchNorm2d(4), act=nn.ReLU()))))
+    model = randomize_bn(model).eval()
+    folded = fold_batchnorm(model)
+    assert list(folded.post._modules) == ["bn", "act"] and isinstance(folded.post.bn, nn.Identity)
+    x = torch.randn(2, 1, 6, 6)
+    torch.testing.assert_close(folded(x), model(x), rtol=1e-5, atol=1e-5)

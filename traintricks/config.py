@@ -208,9 +208,9 @@ def validate(cfg: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError("data.name", f"unknown dataset {cfg['data']['name']!r}; choose one of: {', '.join(DATASETS.names())}")
     for i, aug in enumerate(cfg["data"]["augment"]):
         key = f"data.augment[{i}]"
-        if not isinstance(aug, (str, dict)) or not isinstance(as_spec(aug).get("name"), str):
+        spec = as_spec(aug) if isinstance(aug, (str, dict)) else {}
+        if not isinstance(spec.get("name"), str):
             raise ConfigError(key, f"expected an augmentation name or a table with a 'name', got {aug!r}")
-        spec = as_spec(aug)
         if spec["name"] not in AUGMENTATIONS:
             raise ConfigError(key, f"unknown augmentation {spec['name']!r}; choose one of: {', '.join(AUGMENTATIONS.names())}")
         _check_component(key, spec, AUGMENTATIONS, {})

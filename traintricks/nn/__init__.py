@@ -5,4 +5,5 @@ from .batchnorm import BatchNorm1d, BatchNorm2d, BatchNormFunction
 from .fold import fold_batchnorm, fold_pair
 from .normalization import NORMS, make_norm
 
-__all__ = ["ACTIVATIONS", "BatchNorm1d", "BatchNorm2d", "BatchNormFunction", "NORMS", "fold_batchnorm", "fold_pair", "make_activation", "make_norm"]
+__all__ = ["ACTIVATIONS", "BatchNorm1d", "BatchNorm2d", "BatchNormFunction", "NORMS", "fold_batchnorm", "fold_pair",
+           "make_activation", "make_norm"]

@@ -27,7 +27,8 @@ def _first_leaf(module: nn.Module) -> tuple[nn.Module, nn.Module | None, str | N
     """The first module applied by ``module`` when it is a chain of Sequentials, with its parent and name."""
     parent, name = None, None
     while isinstance(module, nn.Sequential) and len(module) > 0:
-        parent, name, module = module, "0", module[0]
+        name = next(iter(module._modules))           # named Sequentials (OrderedDict) too
+        parent, module = module, module._modules[name]
     return module, parent, name
 
 

@@ -14,10 +14,11 @@ def test_hand_written_backward_passes_gradcheck(shape):
     assert torch.autograd.gradcheck(lambda a, b, c: BatchNormFunction.apply(a, b, c, 1e-5)[0], (x, gamma, beta))
 
 
+@pytest.mark.parametrize("impl", ["fast", "reference"])
 @pytest.mark.parametrize("train", [True, False])
-def test_module_gradcheck_train_and_eval(train):
+def test_module_gradcheck_train_and_eval(train, impl):
     torch.manual_seed(0)
-    bn = BatchNorm2d(3).double()
+    bn = BatchNorm2d(3, impl=impl).double()
     bn.running_mean.normal_()
     bn.running_var.uniform_(0.5, 2)
     bn.train(train)
@@ -29,11 +30,12 @@ def test_module_gradcheck_train_and_eval(train):
                                              (BatchNorm1d, nn.BatchNorm1d, (16, 5)),
                                              (BatchNorm1d, nn.BatchNorm1d, (8, 5, 9))])
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_matches_pytorch_outputs_grads_and_running_stats(cls, ref, shape, channels_last):
+@pytest.mark.parametrize("impl", ["fast", "reference"])
+def test_matches_pytorch_outputs_grads_and_running_stats(cls, ref, shape, channels_last, impl):
     if channels_last and len(shape) != 4:
         pytest.skip("channels_last is for 4-D inputs")
     torch.manual_seed(0)
-    ours, theirs = cls(5, alpha=0.9), ref(5, momentum=0.1)
+    ours, theirs = cls(5, alpha=0.9, impl=impl), ref(5, momentum=0.1)
     with torch.no_grad():
         for m in (ours, theirs):
             m.weight.copy_(torch.linspace(0.5, 2, 5))
@@ -77,10 +79,37 @@ def test_alpha_momentum_mapping_and_validation():
         BatchNorm2d(3, alpha=0.9, momentum=0.5)
     with pytest.raises(ValueError, match="alpha"):
         BatchNorm2d(3, alpha=1.0)
+    with pytest.raises(ValueError, match="impl"):
+        BatchNorm2d(3, impl="cuda")
 
 
-def test_bad_inputs_name_the_layer_and_problem():
-    bn = BatchNorm2d(3)
+def test_fast_path_equals_reference_in_float64():
+    torch.manual_seed(0)
+    fast, ref = BatchNorm2d(4, alpha=0.7).double(), BatchNorm2d(4, alpha=0.7, impl="reference").double()
+    for _ in range(3):
+        x = (torch.randn(6, 4, 3, 5, dtype=torch.float64) * 2 + 1).requires_grad_()
+        x2 = x.detach().clone().requires_grad_()
+        g = torch.randn(6, 4, 3, 5, dtype=torch.float64)
+        fast(x).backward(g)
+        ref(x2).backward(g)
+        torch.testing.assert_close(x.grad, x2.grad, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(fast.running_mean, ref.running_mean, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(fast.running_var, ref.running_var, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(fast.weight.grad, ref.weight.grad, rtol=1e-10, atol=1e-12)
+
+
+def test_bf16_autocast_inputs_work():
+    bn = BatchNorm2d(4)
+    x = torch.randn(8, 4, 5, 5).bfloat16().requires_grad_()
+    y = bn(x)
+    assert y.dtype == torch.bfloat16 and bn.running_mean.dtype == torch.float32
+    y.float().sum().backward()
+    assert x.grad is not None and bn.weight.grad.dtype == torch.float32
+
+
+@pytest.mark.parametrize("impl", ["fast", "reference"])
+def test_bad_inputs_name_the_layer_and_problem(impl):
+    bn = BatchNorm2d(3, impl=impl)
     with pytest.raises(ValueError, match=r"BatchNorm2d\(3\): input has 4 channels"):
         bn(torch.randn(2, 4, 3, 3))
     with pytest.raises(ValueError, match="batch of one"):

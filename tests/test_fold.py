@@ -4,13 +4,16 @@ from torch import nn
 
 from traintricks.models import MODELS
 from traintricks.nn import fold_batchnorm, fold_pair
+from traintricks.nn.batchnorm import _BatchNorm
+
+BN = (nn.modules.batchnorm._BatchNorm, _BatchNorm)
 
 
 def randomize_bn(model, seed=0):
     """Give every BN non-trivial running statistics and affine parameters (as after training)."""
     g = torch.Generator().manual_seed(seed)
     for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+        if isinstance(m, BN):
             n = m.num_features
             m.running_mean.copy_(torch.randn(n, generator=g))
             m.running_var.copy_(torch.rand(n, generator=g) * 2 + 0.1)
@@ -21,7 +24,7 @@ def randomize_bn(model, seed=0):
 
 
 def count_bn(model):
-    return sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    return sum(isinstance(m, BN) for m in model.modules())
 
 
 @pytest.mark.parametrize("bias", [True, False])

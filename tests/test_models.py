@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from traintricks.models import MODELS, PreActBottleneck, PreActResNet
-from traintricks.nn import NORMS
+from traintricks.nn import NORMS, BatchNorm2d
 
 SMALL = {"cnn": {"widths": [4, 8], "blocks": [1, 1]},
          "preact_resnet": {"widths": [2, 4], "blocks": [1, 1], "stem_width": 4},
@@ -14,6 +14,10 @@ SMALL = {"cnn": {"widths": [4, 8], "blocks": [1, 1]},
 @pytest.mark.parametrize("norm", NORMS.names())
 def test_every_model_with_every_norm_on_1d_and_2d_inputs(name, in_shape, norm):
     torch.manual_seed(0)
+    if name == "mlp" and norm == "instancenorm":
+        with pytest.raises(ValueError, match="instancenorm needs inputs with spatial positions"):
+            MODELS.get(name)(in_shape, 5, norm=norm, **SMALL[name])
+        return
     model = MODELS.get(name)(in_shape, 5, norm=norm, **SMALL[name])
     x = torch.randn(4, *in_shape, dtype=torch.float64, requires_grad=True)
     out = model.double()(x)
@@ -31,7 +35,7 @@ def test_bottleneck_is_pre_activation_with_identity_path():
     assert block.shortcut is None
     assert torch.equal(block(x), x)                       # the identity path carries x untouched
     # norm and activation come before the first convolution
-    assert isinstance(block.pre[0], torch.nn.BatchNorm2d) and isinstance(block.branch[0], torch.nn.Conv2d)
+    assert isinstance(block.pre[0], BatchNorm2d) and isinstance(block.branch[0], torch.nn.Conv2d)
 
 
 def test_resnet_stages_downsample_and_expand():
@@ -53,3 +57,14 @@ def test_bad_architecture_is_rejected(kwargs):
 def test_conv_model_rejects_flat_input():
     with pytest.raises(ValueError, match="needs inputs shaped"):
         MODELS.get("cnn")((784,), 10)
+
+
+@pytest.mark.parametrize("activation", ["relu", "gelu"])
+def test_fused_norm_is_one_module_and_equals_the_unfused_model(activation):
+    torch.manual_seed(0)
+    fused = MODELS.get("cnn")((1, 12, 12), 5, norm="batchnorm_act", activation=activation, **SMALL["cnn"])
+    torch.manual_seed(0)
+    plain = MODELS.get("cnn")((1, 12, 12), 5, norm="batchnorm", activation=activation, **SMALL["cnn"])
+    assert sum(isinstance(m, torch.nn.ReLU) or isinstance(m, torch.nn.GELU) for m in fused.modules()) == 0
+    x = torch.randn(6, 1, 12, 12)
+    torch.testing.assert_close(fused(x), plain(x), rtol=1e-5, atol=1e-5)

@@ -5,7 +5,7 @@ from typing import Sequence
 
 from torch import nn
 
-from ..nn import make_activation, make_norm
+from ..nn import fuses_norm_activation, make_activation, make_norm
 
 
 def spatial_dims(in_shape: Sequence[int], model: str) -> int:
@@ -32,7 +32,10 @@ def check_positive(name: str, values: Sequence[int]) -> list[int]:
 
 
 class NormAct(nn.Sequential):
-    """Normalization followed by an activation, both chosen by name."""
+    """Normalization followed by an activation, both chosen by name (one module when the norm fuses them)."""
 
     def __init__(self, channels: int, norm: str, activation: str, dim: int, groups: int) -> None:
-        super().__init__(make_norm(norm, channels, dim=dim, groups=groups), make_activation(activation))
+        if fuses_norm_activation(norm):
+            super().__init__(make_norm(norm, channels, dim=dim, groups=groups, activation=activation))
+        else:
+            super().__init__(make_norm(norm, channels, dim=dim, groups=groups), make_activation(activation))

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from .batchnorm import _BatchNorm as _OurBatchNorm
+from .fused import _BatchNormAct
 
 _FOLDABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 _BN = (nn.modules.batchnorm._BatchNorm, _OurBatchNorm)
@@ -57,6 +58,14 @@ def fold_pair(layer: nn.Module, bn: nn.Module) -> nn.Module:
     return fused
 
 
+def _remainder(bn: nn.Module) -> nn.Module:
+    """What is left of ``bn`` once folded: nothing, or the activation of a fused norm + activation."""
+    if isinstance(bn, _BatchNormAct):
+        return {"relu": lambda: nn.ReLU(inplace=True), "gelu": nn.GELU,
+                "leaky_relu": lambda: nn.LeakyReLU(bn.negative_slope, inplace=True)}[bn.activation]()
+    return nn.Identity()
+
+
 def _fold_children(module: nn.Module) -> int:
     folded = 0
     if isinstance(module, nn.Sequential):
@@ -67,9 +76,9 @@ def _fold_children(module: nn.Module) -> int:
             if isinstance(layer, _FOLDABLE) and isinstance(bn, _BN):
                 module._modules[a] = fold_pair(layer, bn)
                 if parent is None:
-                    module._modules[b] = nn.Identity()
+                    module._modules[b] = _remainder(bn)
                 else:
-                    parent._modules[pname] = nn.Identity()
+                    parent._modules[pname] = _remainder(bn)
                 folded += 1
     for child in module.children():
         folded += _fold_children(child)
@@ -80,7 +89,8 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     """A copy of ``model`` in eval mode with every batch norm that directly follows a Conv/Linear layer in a
     ``nn.Sequential`` (possibly as the first module of the next nested Sequential) folded into that layer.
 
-    Batch norms in other positions (e.g. pre-activation ones, which follow an addition) are left in place;
+    Batch renorm folds the same way (at inference it is batch norm with its running estimates); a fused
+    batch norm + activation leaves its activation behind. Batch norms in other positions (e.g. pre-activation ones, which follow an addition) are left in place;
     a pair that cannot be folded (no running statistics, mismatched channels) raises ``ValueError``.
     The number folded is stored as ``model.folded_batchnorms``.
     """

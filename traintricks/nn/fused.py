@@ -1,0 +1,109 @@
+"""Batch norm and its activation as one operation: ``y = act(BN(x))`` with ``act`` ReLU, leaky ReLU or GELU.
+
+Forward: batch norm (:mod:`traintricks.nn.batchnorm`), then the activation applied in place on BN's output,
+so no separate pre-activation tensor is kept. Backward, with ``z = BN(x)``:
+
+    dL/dz = dL/dy * act'(z),   then batch norm's backward from dL/dz
+
+ReLU and leaky ReLU get ``act'(z)`` from the output alone (``z > 0`` iff ``y > 0``); GELU's derivative
+needs ``z``, which is recomputed from ``x`` and the saved statistics (``z = gamma * (x - mu_B) * invstd +
+beta``, one elementwise pass) instead of being stored. Saved for backward: ``x`` and ``y`` (ReLU family)
+or ``x`` alone (GELU), against ``x`` + ``z`` (+ ``y``'s mask) for the unfused pair.
+
+:class:`BatchNormAct1d`/:class:`BatchNormAct2d` are batch norms (same arguments, running estimates,
+``alpha``/``momentum``, ``fold_batchnorm`` support) with an ``activation`` argument; ``impl="reference"``
+composes the reference batch norm with the activation for testing.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .batchnorm import BatchNormFunction, _BatchNorm
+
+FUSED_ACTIVATIONS = ("relu", "leaky_relu", "gelu")
+
+
+def _act(z: torch.Tensor, kind: str, slope: float, inplace: bool) -> torch.Tensor:
+    if kind == "relu":
+        return z.relu_() if inplace else z.relu()
+    if kind == "leaky_relu":
+        return F.leaky_relu(z, slope, inplace=inplace)
+    return F.gelu(z)
+
+
+class BatchNormActFunction(torch.autograd.Function):
+    """Training-mode ``act(BN(x))`` on ATen kernels. Returns ``(y, mu_B, var_B)``."""
+
+    @staticmethod
+    def forward(ctx, x, gamma, beta, eps, kind, slope):
+        z, mu, invstd = torch.native_batch_norm(x, gamma, beta, None, None, True, 0.0, eps)
+        y = _act(z, kind, slope, inplace=True)
+        if kind == "gelu":
+            ctx.save_for_backward(x, gamma, beta, mu, invstd)
+        else:
+            ctx.save_for_backward(x, gamma, beta, mu, invstd, y)
+        ctx.eps, ctx.kind, ctx.slope = eps, kind, slope
+        var = invstd.pow(-2).sub_(eps)
+        ctx.mark_non_differentiable(mu, var)
+        return y, mu, var
+
+    @staticmethod
+    def backward(ctx, dy, _dmu, _dvar):
+        x, gamma, beta, mu, invstd = ctx.saved_tensors[:5]
+        if ctx.kind == "relu":
+            dz = torch.ops.aten.threshold_backward(dy, ctx.saved_tensors[5], 0)
+        elif ctx.kind == "leaky_relu":
+            dz = torch.ops.aten.leaky_relu_backward(dy, ctx.saved_tensors[5], ctx.slope, True)
+        else:
+            z = F.batch_norm(x, mu, invstd.pow(-2).sub_(ctx.eps), gamma, beta, False, 0.0, ctx.eps)
+            dz = torch.ops.aten.gelu_backward(dy, z)
+        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]]
+        dx, dgamma, dbeta = torch.ops.aten.native_batch_norm_backward(
+            dz, x, gamma, None, None, mu, invstd, True, ctx.eps, mask)
+        return dx, dgamma, dbeta, None, None, None
+
+
+class _BatchNormAct(_BatchNorm):
+    """Batch norm followed by an activation as one op; see the module docstring."""
+
+    def __init__(self, num_features: int, activation: str = "relu", negative_slope: float = 0.01,
+                 eps: float = 1e-5, alpha: float | None = None, momentum: float | None = None,
+                 affine: bool = True, impl: str = "fast") -> None:
+        super().__init__(num_features, eps=eps, alpha=alpha, momentum=momentum, affine=affine, impl=impl)
+        if activation not in FUSED_ACTIVATIONS:
+            raise ValueError(f"{type(self).__name__}: activation must be one of {', '.join(FUSED_ACTIVATIONS)}, "
+                             f"got {activation!r}")
+        self.activation, self.negative_slope = activation, float(negative_slope)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check(x)
+        if not self.training:
+            return _act(self._inference(x), self.activation, self.negative_slope, inplace=True)
+        if self.impl == "reference":
+            z, mu, var = BatchNormFunction.apply(x, self.weight, self.bias, self.eps)
+            y = _act(z, self.activation, self.negative_slope, inplace=False)
+        else:
+            y, mu, var = BatchNormActFunction.apply(x, self.weight, self.bias, self.eps, self.activation,
+                                                    self.negative_slope)
+        self._update_running(x, mu, var)
+        return y
+
+    def extra_repr(self) -> str:
+        act = self.activation + (f"({self.negative_slope:g})" if self.activation == "leaky_relu" else "")
+        return super().extra_repr() + f", activation={act}"
+
+
+class BatchNormAct1d(_BatchNormAct):
+    """``act(BatchNorm1d(x))`` as one op for (N, C) or (N, C, L) inputs."""
+
+    _dims = (2, 3)
+
+
+class BatchNormAct2d(_BatchNormAct):
+    """``act(BatchNorm2d(x))`` as one op for (N, C, H, W) inputs."""
+
+    _dims = (4,)
+
+
+__all__ = ["BatchNormAct1d", "BatchNormAct2d", "BatchNormActFunction", "FUSED_ACTIVATIONS"]

@@ -58,3 +58,76 @@ def test_loader_applies_transform_and_memory_format():
     assert torch.equal(xb, x[:4].flip(-1)) and xb.is_contiguous(memory_format=torch.channels_last)
     with pytest.raises(ValueError):
         TensorLoader(x, torch.zeros(7), 4)
+
+
+# ---------------------------------------------------------------- translate, cutout, erasing, mixup, cutmix
+from traintricks.data.augment import CutMix, Cutout, Mixup, RandomErasing, RandomTranslate  # noqa: E402
+
+
+def test_translate_shifts_whole_images_within_range():
+    x = torch.zeros(50, 1, 9, 9)
+    x[:, 0, 4, 4] = 1.0
+    y = RandomTranslate(2)(x, torch.Generator().manual_seed(0))
+    pos = y.flatten(1).argmax(1)
+    dy, dx = pos // 9 - 4, pos % 9 - 4
+    assert (y.flatten(1).sum(1) == 1).all() and dy.abs().max() == 2 and dx.abs().max() == 2
+    assert len(set(zip(dy.tolist(), dx.tolist()))) > 10
+
+
+def test_cutout_zeroes_one_square_per_image_clipped_at_the_border():
+    x = torch.ones(200, 2, 16, 16)
+    y = Cutout(6)(x, torch.Generator().manual_seed(0))
+    zeros = (y == 0).all(1)                     # same square on every channel
+    assert torch.equal((y == 0).any(1), zeros)
+    counts = zeros.flatten(1).sum(1)
+    assert counts.max() == 36 and counts.min() >= 9 and (counts < 36).any()   # clipped squares are smaller
+    rows, cols = zeros.any(2), zeros.any(1)
+    assert (rows.sum(1) * cols.sum(1) == counts).all()   # a rectangle
+
+
+def test_random_erasing_rectangles_stay_in_area_and_ratio_ranges():
+    x = torch.zeros(400, 1, 20, 20)
+    y = RandomErasing(p=0.5, scale=(0.05, 0.2), ratio=(0.5, 2.0))(x, torch.Generator().manual_seed(0))
+    erased = (y != 0).flatten(1).sum(1)
+    frac = (erased > 0).float().mean().item()
+    assert 0.4 < frac < 0.6
+    area = erased[erased > 0].float() / 400
+    assert area.min() >= 0.03 and area.max() <= 0.25    # rounding of the sides widens the range slightly
+
+
+def test_mixup_soft_targets_and_inputs_use_the_same_lambda():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(32, 1, 4, 4)
+    y = torch.randint(0, 5, (32,))
+    xm, ym = Mixup(5, alpha=0.4)(x, y, g)
+    assert ym.shape == (32, 5) and torch.allclose(ym.sum(1), torch.ones(32))
+    g = torch.Generator().manual_seed(0)
+    lam, j = Mixup(5, alpha=0.4)._lam_perm(32, g)
+    torch.testing.assert_close(xm, lam * x + (1 - lam) * x[j])
+    torch.testing.assert_close(ym[torch.arange(32), y] >= min(lam, 1 - lam) - 1e-6, torch.ones(32, dtype=torch.bool))
+    lams = [Mixup(5, alpha=0.2)._lam_perm(4, torch.Generator().manual_seed(s))[0] for s in range(400)]
+    mean = sum(lams) / len(lams)
+    assert abs(mean - 0.5) < 0.05 and sum(min(v, 1 - v) < 0.1 for v in lams) > 150   # Beta(0.2, 0.2): U-shaped
+
+
+def test_cutmix_targets_follow_the_pasted_area():
+    g = torch.Generator().manual_seed(1)
+    x = torch.arange(8.0).view(8, 1, 1, 1).expand(8, 1, 10, 10).contiguous()
+    y = torch.arange(8)
+    xm, ym = CutMix(8, alpha=1.0)(x, y, g)
+    own = (xm == x).flatten(1).float().mean(1)
+    torch.testing.assert_close(ym[torch.arange(8), y], own)
+    assert torch.allclose(ym.sum(1), torch.ones(8))
+
+
+def test_loader_with_mixup_yields_soft_targets_and_training_accepts_them():
+    from traintricks.config import load_config
+    from traintricks.training import build_trainer
+    cfg = load_config(overrides=["data.name=digits", "epochs=3", 'data.augment=[{name = "cutout", size = 3}, "mixup"]',
+                                 "model.widths=[8, 16]", "model.blocks=[1, 1]", "batch_size=64", "lr=0.1",
+                                 "eval.tta_flip=false", "precision=fp32"])
+    trainer = build_trainer(cfg, progress=False)
+    xb, yb = next(iter(trainer.train_loader))
+    assert yb.shape == (64, 10) and yb.dtype == torch.float32
+    summary = trainer.fit()
+    assert summary["test_accuracy"] > 0.5

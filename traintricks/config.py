@@ -89,16 +89,16 @@ def _components() -> dict[str, tuple[Registry, dict[str, tuple[Any, Any]]]]:
     from .optim import OPTIMIZERS, SCHEDULES
 
     return {
-        "model": (MODELS, {}),
+        "model": (MODELS, {"regularization": (list, None)}),
         "optim": (OPTIMIZERS, {"decay_norm_and_bias": (bool, None)}),
         "schedule": (SCHEDULES, {}),
-        "loss": (LOSSES, {}),
+        "loss": (LOSSES, {"penalties": (list, None)}),
         "early_stopping": (EARLY_STOPPING, {}),
     }
 
 
 # factory parameters filled by the builder, never by the config
-_SUPPLIED = {"in_shape", "num_classes", "params", "lr", "optimizer", "total_steps", "steps_per_epoch"}
+_SUPPLIED = {"in_shape", "num_classes", "class_counts", "model", "params", "lr", "optimizer", "total_steps", "steps_per_epoch"}
 
 
 def default_config() -> dict[str, Any]:
@@ -218,6 +218,18 @@ def validate(cfg: dict[str, Any]) -> dict[str, Any]:
         if section not in cfg:
             raise ConfigError(section, "missing table")
         _check_component(section, cfg[section], registry, extra)
+    from .losses import PENALTIES
+    from .models import REGULARIZERS
+    for key, registry in (("model.regularization", REGULARIZERS), ("loss.penalties", PENALTIES)):
+        sect, _, leaf = key.partition(".")
+        for i, item in enumerate(cfg[sect].get(leaf, [])):
+            k = f"{key}[{i}]"
+            spec = as_spec(item) if isinstance(item, (str, dict)) else {}
+            if not isinstance(spec.get("name"), str):
+                raise ConfigError(k, f"expected a {registry.kind} name or a table with a 'name', got {item!r}")
+            if spec["name"] not in registry:
+                raise ConfigError(k, f"unknown {registry.kind} {spec['name']!r}; choose one of: {', '.join(registry.names())}")
+            _check_component(k, spec, registry, {})
     return cfg
 
 

@@ -76,11 +76,11 @@ class Registry:
 def all_registries() -> list[Registry]:
     """Every registry, in the order of the notes: forward pass, backward pass, weight update, evaluation."""
     from .data import AUGMENTATIONS, DATASETS
-    from .losses import LOSSES
-    from .models import MODELS
+    from .losses import LOSSES, PENALTIES
+    from .models import MODELS, REGULARIZERS
     from .nn import ACTIVATIONS, NORMS
     from .optim import OPTIMIZERS, SCHEDULES
     from .evaluation import EARLY_STOPPING
 
-    return [NORMS, ACTIVATIONS, AUGMENTATIONS, LOSSES, OPTIMIZERS, SCHEDULES,
+    return [NORMS, ACTIVATIONS, REGULARIZERS, AUGMENTATIONS, LOSSES, PENALTIES, OPTIMIZERS, SCHEDULES,
             EARLY_STOPPING, MODELS, DATASETS]

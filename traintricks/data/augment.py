@@ -6,6 +6,9 @@ per example from ``generator`` so that a seeded epoch replays exactly.
 """
 from __future__ import annotations
 
+import math
+import random
+
 import torch
 import torch.nn.functional as F
 
@@ -59,16 +62,163 @@ class RandomFlip:
         return f"RandomFlip(p={self.p})"
 
 
+class RandomTranslate(RandomCrop):
+    """Shift each image by a random whole number of pixels in ``[-max_shift, max_shift]`` along each axis,
+    filling with zeros (the same map as a random crop of a ``max_shift``-padded image)."""
+
+    def __init__(self, max_shift: int = 2) -> None:
+        super().__init__(max_shift)
+
+    def __repr__(self) -> str:
+        return f"RandomTranslate(max_shift={self.padding})"
+
+
+def _box_masks(n: int, h: int, w: int, cy: torch.Tensor, cx: torch.Tensor, bh: torch.Tensor,
+               bw: torch.Tensor) -> torch.Tensor:
+    """(N, 1, H, W) boolean masks of the boxes with centres (cy, cx) and sizes (bh, bw), clipped to the image."""
+    rows, cols = torch.arange(h).view(1, h, 1), torch.arange(w).view(1, 1, w)
+    y0, x0 = (cy - bh // 2).view(n, 1, 1), (cx - bw // 2).view(n, 1, 1)
+    inside = (rows >= y0) & (rows < y0 + bh.view(n, 1, 1)) & (cols >= x0) & (cols < x0 + bw.view(n, 1, 1))
+    return inside.unsqueeze(1)
+
+
+class Cutout:
+    """Cutout (DeVries & Taylor 2017, arXiv:1708.04552): zero a ``size`` x ``size`` square at a uniformly
+    random centre in each image (the square may extend past the border), with probability ``p``."""
+
+    def __init__(self, size: int = 8, p: float = 1.0) -> None:
+        if size < 1:
+            raise ValueError(f"cutout: size must be >= 1, got {size}")
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"cutout: p must be in [0, 1], got {p}")
+        self.size, self.p = size, p
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        if x.ndim != 4:
+            raise ValueError(f"cutout needs images (N, C, H, W), got shape {tuple(x.shape)}")
+        n, _, h, w = x.shape
+        cy, cx = torch.randint(0, h, (n,), generator=generator), torch.randint(0, w, (n,), generator=generator)
+        apply = (torch.rand(n, generator=generator) < self.p).view(n, 1, 1, 1)
+        size = torch.full((n,), self.size)
+        mask = _box_masks(n, h, w, cy, cx, size, size) & apply
+        return x.masked_fill(mask, 0.0)
+
+    def __repr__(self) -> str:
+        return f"Cutout(size={self.size}, p={self.p})"
+
+
+class RandomErasing:
+    """Random erasing (Zhong et al. 2017, arXiv:1708.04896): with probability ``p`` per image, a rectangle of
+    area ``s * H * W`` (``s ~ U(scale)``) and aspect ratio ``r`` (log-uniform in ``ratio``), inside the image,
+    is filled with random values ``N(0, 1)`` (the data are standardized) or ``value``."""
+
+    def __init__(self, p: float = 0.5, scale: tuple[float, float] = (0.02, 0.33),
+                 ratio: tuple[float, float] = (0.3, 3.3), value: float | None = None) -> None:
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"random_erasing: p must be in [0, 1], got {p}")
+        if not 0.0 < scale[0] <= scale[1] <= 1.0:
+            raise ValueError(f"random_erasing: scale must satisfy 0 < low <= high <= 1, got {scale}")
+        if not 0.0 < ratio[0] <= ratio[1]:
+            raise ValueError(f"random_erasing: ratio must satisfy 0 < low <= high, got {ratio}")
+        self.p, self.scale, self.ratio, self.value = p, tuple(scale), tuple(ratio), value
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        if x.ndim != 4:
+            raise ValueError(f"random_erasing needs images (N, C, H, W), got shape {tuple(x.shape)}")
+        n, _, h, w = x.shape
+        area = torch.empty(n).uniform_(*self.scale, generator=generator) * h * w
+        logr = torch.empty(n).uniform_(math.log(self.ratio[0]), math.log(self.ratio[1]), generator=generator)
+        bh = (area * logr.exp()).sqrt().round().clamp(1, h).long()
+        bw = (area / logr.exp()).sqrt().round().clamp(1, w).long()
+        y0 = (torch.rand(n, generator=generator) * (h - bh + 1)).long()
+        x0 = (torch.rand(n, generator=generator) * (w - bw + 1)).long()
+        apply = (torch.rand(n, generator=generator) < self.p).view(n, 1, 1, 1)
+        mask = _box_masks(n, h, w, y0 + bh // 2, x0 + bw // 2, bh, bw) & apply
+        fill = torch.randn(x.shape, generator=generator, dtype=x.dtype) if self.value is None else self.value
+        return torch.where(mask, fill, x)
+
+    def __repr__(self) -> str:
+        return f"RandomErasing(p={self.p}, scale={self.scale}, ratio={self.ratio}, value={self.value})"
+
+
+def one_hot(y: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Class indices as float one-hot rows; soft targets (already 2-D) pass through."""
+    return y.float() if y.ndim == 2 else F.one_hot(y, num_classes).float()
+
+
+class Mixup:
+    """Mixup (Zhang et al. 2017, arXiv:1710.09412): with ``lam ~ Beta(alpha, alpha)`` per batch and a random
+    pairing ``j`` of the batch, ``x = lam * x + (1 - lam) * x[j]`` and soft targets
+    ``y = lam * onehot(y) + (1 - lam) * onehot(y[j])``, which the cross-entropy loss accepts."""
+
+    mixes_labels = True
+
+    def __init__(self, num_classes: int, alpha: float = 0.2) -> None:
+        if alpha <= 0:
+            raise ValueError(f"mixup: alpha must be > 0, got {alpha}")
+        self.num_classes, self.alpha = num_classes, alpha
+
+    def _lam_perm(self, n: int, generator: torch.Generator | None) -> tuple[float, torch.Tensor]:
+        # lam from Python's Beta sampler seeded by the loader's generator, so epochs replay exactly
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+        lam = random.Random(seed).betavariate(self.alpha, self.alpha)
+        return lam, torch.randperm(n, generator=generator)
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None):
+        lam, j = self._lam_perm(x.shape[0], generator)
+        t = one_hot(y, self.num_classes)
+        return x * lam + x[j] * (1 - lam), t * lam + t[j] * (1 - lam)
+
+    def __repr__(self) -> str:
+        return f"Mixup(alpha={self.alpha})"
+
+
+class CutMix(Mixup):
+    """CutMix (Yun et al. 2019, arXiv:1905.04899): paste a box from a paired image, box area ``1 - lam`` of
+    the image with ``lam ~ Beta(alpha, alpha)`` and a uniform centre (clipped at the border); the targets
+    mix in proportion to the pixels actually kept, ``lam = 1 - box area / image area``."""
+
+    def __init__(self, num_classes: int, alpha: float = 1.0) -> None:
+        super().__init__(num_classes, alpha)
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None):
+        if x.ndim != 4:
+            raise ValueError(f"cutmix needs images (N, C, H, W), got shape {tuple(x.shape)}")
+        n, _, h, w = x.shape
+        lam, j = self._lam_perm(n, generator)
+        cut = math.sqrt(1.0 - lam)
+        bh, bw = int(round(h * cut)), int(round(w * cut))
+        cy = int(torch.randint(0, h, (1,), generator=generator))
+        cx = int(torch.randint(0, w, (1,), generator=generator))
+        y0, y1 = max(cy - bh // 2, 0), min(cy - bh // 2 + bh, h)
+        x0, x1 = max(cx - bw // 2, 0), min(cx - bw // 2 + bw, w)
+        out = x.clone()
+        out[:, :, y0:y1, x0:x1] = x[j, :, y0:y1, x0:x1]
+        lam = 1.0 - (y1 - y0) * (x1 - x0) / (h * w)
+        t = one_hot(y, self.num_classes)
+        return out, t * lam + t[j] * (1 - lam)
+
+    def __repr__(self) -> str:
+        return f"CutMix(alpha={self.alpha})"
+
+
 class Compose:
-    """Apply augmentations in order."""
+    """Apply augmentations in order. Those that mix labels (``mixes_labels``: mixup, cutmix) also take and
+    return the targets; call ``compose(x, generator, y)`` then, which returns ``(x, y)``."""
 
     def __init__(self, augs: list) -> None:
         self.augs = list(augs)
+        self.mixes_labels = any(getattr(a, "mixes_labels", False) for a in self.augs)
 
-    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None, y: torch.Tensor | None = None):
         for a in self.augs:
-            x = a(x, generator)
-        return x
+            if getattr(a, "mixes_labels", False):
+                if y is None:
+                    raise ValueError(f"{a!r} mixes labels: call the augmentation with the targets too")
+                x, y = a(x, y, generator)
+            else:
+                x = a(x, generator)
+        return x if y is None else (x, y)
 
     def __repr__(self) -> str:
         return f"Compose({self.augs})"
@@ -89,3 +239,33 @@ def crop(padding: int = 2) -> RandomCrop:
 def flip(p: float = 0.5) -> RandomFlip:
     """Random horizontal flip with probability p."""
     return RandomFlip(p)
+
+
+@AUGMENTATIONS.register("translate")
+def translate(max_shift: int = 2) -> RandomTranslate:
+    """Random shift by up to max_shift pixels per axis, zero fill."""
+    return RandomTranslate(max_shift)
+
+
+@AUGMENTATIONS.register("cutout")
+def cutout(size: int = 8, p: float = 1.0) -> Cutout:
+    """Cutout: zero a size x size square at a random centre (1708.04552)."""
+    return Cutout(size, p)
+
+
+@AUGMENTATIONS.register("random_erasing")
+def random_erasing(p: float = 0.5, scale: list[float] = (0.02, 0.33), ratio: list[float] = (0.3, 3.3)) -> RandomErasing:
+    """Random erasing: fill a random rectangle with noise, with probability p (1708.04896)."""
+    return RandomErasing(p, tuple(scale), tuple(ratio))
+
+
+@AUGMENTATIONS.register("mixup")
+def mixup(num_classes: int, alpha: float = 0.2) -> Mixup:
+    """Mixup: convex combinations of image pairs and of their one-hot targets, lam ~ Beta(alpha, alpha) (1710.09412)."""
+    return Mixup(num_classes, alpha)
+
+
+@AUGMENTATIONS.register("cutmix")
+def cutmix(num_classes: int, alpha: float = 1.0) -> CutMix:
+    """CutMix: paste a box from a paired image, targets mixed by the pasted area (1905.04899)."""
+    return CutMix(num_classes, alpha)

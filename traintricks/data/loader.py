@@ -19,7 +19,9 @@ class TensorLoader:
         batch_size: examples per batch.
         shuffle: draw a new permutation each epoch (seeded by ``seed`` and the epoch).
         drop_last: skip the final incomplete batch.
-        transform: ``transform(x_batch, generator)``, e.g. an augmentation, applied per batch.
+        transform: ``transform(x_batch, generator)``, e.g. an augmentation, applied per batch; one with
+            ``mixes_labels`` (mixup, cutmix) is called ``transform(x, generator, y)`` and returns ``(x, y)``
+            with soft targets of shape (N, classes).
         memory_format: e.g. ``torch.channels_last`` for 4-D batches.
     """
 
@@ -57,7 +59,10 @@ class TensorLoader:
                 idx = order[sl]
                 xb, yb = self.x[idx], self.y[idx]
             if self.transform is not None:
-                xb = self.transform(xb, g)
+                if getattr(self.transform, "mixes_labels", False):   # mixup/cutmix: soft targets
+                    xb, yb = self.transform(xb, g, yb)
+                else:
+                    xb = self.transform(xb, g)
             if self.memory_format is not None and xb.ndim == 4:
                 xb = xb.contiguous(memory_format=self.memory_format)
             yield xb, yb

@@ -1,26 +1,127 @@
-"""Error calculation (notes: *Error Calculation*): losses chosen by name through :data:`LOSSES`.
+"""Error calculation (notes: *Error Calculation*): losses and penalties, chosen by name through
+:data:`LOSSES` (``loss.name``) and :data:`PENALTIES` (``loss.penalties``).
 
-Softmax cross-entropy is the KL divergence between the target distribution ``q`` and the
-softmax output ``p`` up to the target's entropy:
-``CE(q, p) = -sum_k q_k log p_k = KL(q || p) + H(q)``; for one-hot targets ``H(q) = 0``.
-Label smoothing (Szegedy 2016; Müller 2019, arXiv:1906.02629) replaces the one-hot target with
-``q = (1 - eps) * onehot(y) + eps / K``.
+Every loss is a ``torch.nn.Module`` called as ``loss(logits, target)`` with class-index or soft
+(N, K) targets; the math and the paper are in each module's docstring:
+
+| file | losses |
+|---|---|
+| ``classification.py`` | :class:`CrossEntropy` (label smoothing, class weights), :class:`KLDivergence`, :class:`ConfidencePenalty` |
+| ``regression.py`` | :class:`L1Loss`, :class:`L2Loss`, :class:`HuberLoss` |
+| ``sinkhorn.py`` | :class:`SinkhornLoss` (entropic optimal transport with a class cost matrix) |
+| ``margin.py`` | :class:`LargeMarginSoftmax` (L-Softmax) |
+| ``distillation.py`` | :class:`Distillation` (temperature, T^2 scaling) |
+| ``hierarchical.py`` | :class:`HierarchicalLoss` (class tree) |
+| ``penalties.py`` | :class:`WeightPenalty` (L1/L2), :class:`SpectralNormPenalty` |
+| ``auxiliary.py`` | :class:`AuxiliaryHeads` |
 """
 from __future__ import annotations
+
+from typing import Sequence
 
 from torch import nn
 
 from ..registry import Registry
+from .auxiliary import AuxiliaryHeads
+from .classification import (ConfidencePenalty, CrossEntropy, KLDivergence, NonFiniteInputError, balanced_weights,
+                             cross_entropy, soft_targets)
+from .distillation import Distillation, distillation_loss, load_teacher
+from .hierarchical import HierarchicalLoss
+from .margin import LargeMarginLoss, LargeMarginSoftmax, large_margin_logits
+from .penalties import SpectralNormPenalty, WeightPenalty, WithPenalties
+from .regression import HuberLoss, L1Loss, L2Loss
+from .sinkhorn import SinkhornLoss, sinkhorn_plan
 
 LOSSES = Registry("loss", section="error calculation", plural="losses")
+PENALTIES = Registry("penalty", section="error calculation", plural="penalties")
 
 
 @LOSSES.register("cross_entropy")
-def cross_entropy(label_smoothing: float = 0.0) -> nn.Module:
-    """Softmax cross-entropy, optionally against label-smoothed targets q = (1-eps)*onehot + eps/K (1906.02629)."""
-    if not 0.0 <= label_smoothing < 1.0:
-        raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
-    return nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+def cross_entropy_loss(label_smoothing: float = 0.0, class_weights: list[float] | str | None = None,
+                       ignore_index: int = -100, class_counts: Sequence[int] | None = None) -> nn.Module:
+    """Softmax cross-entropy; label smoothing = KL to (1-eps)*onehot + eps/K (1906.02629); class weights or "balanced"."""
+    return CrossEntropy(label_smoothing, class_weights, class_counts, ignore_index)
 
 
-__all__ = ["LOSSES", "cross_entropy"]
+@LOSSES.register("kl_divergence")
+def kl_divergence(label_smoothing: float = 0.0) -> nn.Module:
+    """KL(q || softmax(z)) to soft, one-hot or smoothed targets q."""
+    return KLDivergence(label_smoothing)
+
+
+@LOSSES.register("confidence_penalty")
+def confidence_penalty(beta: float = 0.1, label_smoothing: float = 0.0) -> nn.Module:
+    """Cross-entropy minus beta times the output entropy: penalizes over-confident outputs (1701.06548)."""
+    return ConfidencePenalty(beta, label_smoothing)
+
+
+@LOSSES.register("sinkhorn")
+def sinkhorn(num_classes: int, cost: list[list[float]] | None = None, eps: float = 0.05, iters: int = 50) -> nn.Module:
+    """Entropic optimal-transport (Wasserstein) loss with a class ground metric, log-domain Sinkhorn (1506.05439)."""
+    return SinkhornLoss(cost, num_classes, eps, iters)
+
+
+@LOSSES.register("l1")
+def l1(reduction: str = "mean") -> nn.Module:
+    """Mean absolute error to the (one-hot) target."""
+    return L1Loss(reduction)
+
+
+@LOSSES.register("l2")
+def l2(reduction: str = "mean") -> nn.Module:
+    """Mean squared error to the (one-hot) target."""
+    return L2Loss(reduction)
+
+
+@LOSSES.register("huber")
+def huber(delta: float = 1.0) -> nn.Module:
+    """Huber loss: quadratic below delta, linear above (robust)."""
+    return HuberLoss(delta)
+
+
+@LOSSES.register("large_margin")
+def large_margin(model: nn.Module, m: int = 2, lam: float = 0.0) -> nn.Module:
+    """Large-margin softmax (L-Softmax): target logit ||W|| ||x|| psi(theta) with margin m on the model's head (1612.02295)."""
+    return LargeMarginLoss(model, m, lam)
+
+
+@LOSSES.register("distillation")
+def distillation(model: nn.Module, in_shape: Sequence[int], num_classes: int, teacher: str = "",
+                 temperature: float = 4.0, alpha: float = 0.9) -> nn.Module:
+    """Knowledge distillation from a finished run's model (teacher = its directory): alpha*T^2*KL + (1-alpha)*CE (1503.02531)."""
+    if not teacher:
+        raise ValueError("teacher: give the directory of a finished traintricks run (loss.teacher = \"runs/...\")")
+    return Distillation(temperature, alpha, load_teacher(teacher, in_shape, num_classes), model)
+
+
+@LOSSES.register("hierarchical")
+def hierarchical(num_classes: int, parents: list[int] = (), weights: list[float] | None = None) -> nn.Module:
+    """Hierarchical loss over a class tree given as parent indices (1709.01062)."""
+    if not parents:
+        raise ValueError("parents: give the class tree as a list of parent indices (classes first, root = -1)")
+    return HierarchicalLoss(parents, num_classes, weights)
+
+
+@PENALTIES.register("l1")
+def l1_penalty(model: nn.Module, coef: float = 1e-5, include_norm_and_bias: bool = False) -> nn.Module:
+    """coef * sum |w| over the weights (norm and bias parameters excluded by default)."""
+    return WeightPenalty(model, l1=coef, include_norm_and_bias=include_norm_and_bias)
+
+
+@PENALTIES.register("l2")
+def l2_penalty(model: nn.Module, coef: float = 5e-4, include_norm_and_bias: bool = False) -> nn.Module:
+    """coef/2 * sum w^2 over the weights (norm and bias parameters excluded by default)."""
+    return WeightPenalty(model, l2=coef, include_norm_and_bias=include_norm_and_bias)
+
+
+@PENALTIES.register("spectral_norm")
+def spectral_norm(model: nn.Module, lam: float = 0.01, iters: int = 1) -> nn.Module:
+    """lam/2 * sum of squared largest singular values of the weights, power iteration (1705.10941)."""
+    return SpectralNormPenalty(model, lam, iters)
+
+
+__all__ = ["LOSSES", "PENALTIES", "AuxiliaryHeads", "ConfidencePenalty", "CrossEntropy", "Distillation",
+           "HierarchicalLoss", "HuberLoss", "KLDivergence", "L1Loss", "L2Loss", "LargeMarginLoss",
+           "LargeMarginSoftmax", "NonFiniteInputError", "SinkhornLoss", "SpectralNormPenalty", "WeightPenalty", "WithPenalties",
+           "balanced_weights", "cross_entropy", "distillation_loss", "large_margin_logits", "load_teacher",
+           "sinkhorn_plan", "soft_targets"]

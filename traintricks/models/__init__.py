@@ -29,9 +29,11 @@ def cnn(in_shape: Sequence[int], num_classes: int, widths: list[int] = (16, 32, 
 @MODELS.register("preact_resnet")
 def preact_resnet(in_shape: Sequence[int], num_classes: int, blocks: list[int] = (1, 1, 1),
                   widths: list[int] = (16, 32, 64), stem_width: int = 32, bottleneck: bool = True,
-                  norm: str = "batchnorm", activation: str = "relu", norm_groups: int = 8) -> nn.Module:
-    """Pre-activation ResNet v2 with bottleneck (or basic) blocks, configurable stages/blocks/widths (1603.05027)."""
-    return PreActResNet(in_shape, num_classes, blocks, widths, stem_width, bottleneck, norm, activation, norm_groups)
+                  norm: str = "batchnorm", activation: str = "relu", norm_groups: int = 8,
+                  aux_heads: list[int] = (), aux_weight: float = 0.3) -> nn.Module:
+    """Pre-activation ResNet v2 with bottleneck (or basic) blocks, configurable stages/blocks/widths (1603.05027); optional auxiliary heads after chosen stages."""
+    return PreActResNet(in_shape, num_classes, blocks, widths, stem_width, bottleneck, norm, activation, norm_groups,
+                        aux_heads, aux_weight)
 
 
 @MODELS.register("mlp")
@@ -41,4 +43,6 @@ def mlp(in_shape: Sequence[int], num_classes: int, hidden: list[int] = (256, 256
     return MLP(in_shape, num_classes, hidden, norm, activation, norm_groups, dropout)
 
 
-__all__ = ["MODELS", "SmallCNN", "MLP", "PreActResNet", "PreActBlock", "PreActBottleneck"]
+from .regularizers import REGULARIZERS  # noqa: E402
+
+__all__ = ["MODELS", "REGULARIZERS", "SmallCNN", "MLP", "PreActResNet", "PreActBlock", "PreActBottleneck"]

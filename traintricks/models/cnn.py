@@ -3,6 +3,7 @@
 Stage ``i`` has ``blocks[i]`` conv3x3-norm-activation layers of ``widths[i]`` channels; stages are
 separated by 2x2 max pooling; a global max pool and a linear layer classify. The first stage is
 kept to one layer because it runs at full resolution, where a layer costs four times as much.
+Convolutions have no bias (the normalization's beta plays its part) unless ``norm="none"``.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ class SmallCNN(nn.Module):
             if s > 0:
                 layers.append(max_pool(dim))
             for _ in range(b):
-                layers += [conv(dim, cin, w, 3), NormAct(w, norm, activation, dim, norm_groups)]
+                layers += [conv(dim, cin, w, 3, bias=norm == "none"), NormAct(w, norm, activation, dim, norm_groups)]
                 cin = w
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveMaxPool2d(1) if dim == 2 else nn.AdaptiveMaxPool1d(1)

@@ -7,6 +7,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from ..nn import Dropout
 from .common import NormAct, check_positive
 
 
@@ -23,10 +24,10 @@ class MLP(nn.Module):
         for h in hidden:
             layers += [nn.Linear(cin, h, bias=norm == "none"), NormAct(h, norm, activation, 0, norm_groups)]
             if dropout:
-                layers.append(nn.Dropout(dropout))
+                layers.append(Dropout(dropout))
             cin = h
-        layers.append(nn.Linear(cin, num_classes))
         self.net = nn.Sequential(*layers)
+        self.head = nn.Linear(cin, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        return self.head(self.net(x))

@@ -35,3 +35,10 @@ def gelu() -> nn.Module:
 def silu() -> nn.Module:
     """SiLU / swish, x * sigmoid(x) (1710.05941)."""
     return nn.SiLU(inplace=True)
+
+
+@ACTIVATIONS.register("noisy_hardtanh")
+def noisy_hardtanh(alpha: float = 1.15, c: float = 0.5) -> nn.Module:
+    """Noisy hard-tanh: half-normal noise where the unit saturates, its expectation at inference (Gulcehre 2016, 1603.00391)."""
+    from .noise import NoisyHardTanh
+    return NoisyHardTanh(alpha, c)

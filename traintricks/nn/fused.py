@@ -8,7 +8,9 @@ so no separate pre-activation tensor is kept. Backward, with ``z = BN(x)``:
 ReLU and leaky ReLU get ``act'(z)`` from the output alone (``z > 0`` iff ``y > 0``); GELU's derivative
 needs ``z``, which is recomputed from ``x`` and the saved statistics (``z = gamma * (x - mu_B) * invstd +
 beta``, one elementwise pass) instead of being stored. Saved for backward: ``x`` and ``y`` (ReLU family)
-or ``x`` alone (GELU), against ``x`` + ``z`` (+ ``y``'s mask) for the unfused pair.
+or ``x`` alone (GELU), against ``x`` + ``z`` for an unfused BN + GELU. For the ReLU family the module's fast
+path gets the same saved tensors from batch norm's ATen kernel followed by the in-place activation under
+autograd (no Python backward, so no overhead); :class:`BatchNormActFunction` implements all three.
 
 :class:`BatchNormAct1d`/:class:`BatchNormAct2d` are batch norms (same arguments, running estimates,
 ``alpha``/``momentum``, ``fold_batchnorm`` support) with an ``activation`` argument; ``impl="reference"``
@@ -83,6 +85,14 @@ class _BatchNormAct(_BatchNorm):
         if self.impl == "reference":
             z, mu, var = BatchNormFunction.apply(x, self.weight, self.bias, self.eps)
             y = _act(z, self.activation, self.negative_slope, inplace=False)
+        elif self.activation != "gelu":
+            # ReLU family: batch norm's kernel, then the activation in place on its output; autograd then
+            # saves exactly what the fused function would (x for BN, y for the mask) with no Python backward
+            z, mu, _ = torch.native_batch_norm(x, self.weight, self.bias, self.running_mean, self.running_var,
+                                               True, 1.0 - self.alpha, self.eps)
+            self._check_finite(x, mu)
+            self.num_batches_tracked.add_(1)
+            return _act(z, self.activation, self.negative_slope, inplace=True)
         else:
             y, mu, var = BatchNormActFunction.apply(x, self.weight, self.bias, self.eps, self.activation,
                                                     self.negative_slope)

@@ -7,6 +7,7 @@ This is what ``traintricks train`` runs. :func:`build_trainer` turns a validated
 """
 from __future__ import annotations
 
+import inspect
 import random
 import warnings
 from pathlib import Path
@@ -17,8 +18,8 @@ import torch
 from ..config import ConfigError, load_config, to_toml
 from ..data import AUGMENTATIONS, Compose, DataSplits, TensorLoader, as_spec, load_data
 from ..evaluation import EARLY_STOPPING
-from ..losses import LOSSES
-from ..models import MODELS
+from ..losses import LOSSES, PENALTIES, AuxiliaryHeads, WithPenalties
+from ..models import MODELS, REGULARIZERS
 from ..optim import OPTIMIZERS, SCHEDULES, param_groups
 from . import checkpoint as ckpt
 from .report import plot_curves, write_report
@@ -45,17 +46,50 @@ def _options(spec: dict[str, Any], drop: Sequence[str] = ()) -> dict[str, Any]:
     return {k: v for k, v in spec.items() if k != "name" and k not in drop}
 
 
-def build_augment(specs: list) -> Compose | None:
+def build_augment(specs: list, num_classes: int | None = None) -> Compose | None:
+    """The config's ``data.augment`` list as one transform (mixup/cutmix get the number of classes)."""
     augs = []
     for i, item in enumerate(specs):
         spec = as_spec(item)
-        augs.append(_build(f"data.augment[{i}]", spec, AUGMENTATIONS.get(spec["name"]), **_options(spec)))
+        factory = AUGMENTATIONS.get(spec["name"])
+        takes_classes = "num_classes" in inspect.signature(factory).parameters
+        extra = {"num_classes": num_classes} if takes_classes else {}
+        augs.append(_build(f"data.augment[{i}]", spec, factory, **extra, **_options(spec)))
     return Compose(augs) if augs else None
+
+
+def _supplied(factory: Callable, values: dict[str, Any]) -> dict[str, Any]:
+    """The builder-supplied arguments (model, shapes, class counts) that ``factory`` asks for."""
+    params = inspect.signature(factory).parameters
+    return {k: v for k, v in values.items() if k in params}
+
+
+def build_loss(cfg: dict[str, Any], model: torch.nn.Module, data: DataSplits) -> torch.nn.Module:
+    """The configured loss, with its penalty terms and the model's auxiliary heads."""
+    spec = cfg["loss"]
+    supplied = {"model": model, "in_shape": tuple(data.input_shape), "num_classes": data.num_classes,
+                "class_counts": torch.bincount(data.train_y, minlength=data.num_classes).tolist()}
+    factory = LOSSES.get(spec["name"])
+    loss = _build("loss", spec, factory, **_supplied(factory, supplied), **_options(spec, drop=["penalties"]))
+    penalties = []
+    for i, item in enumerate(spec.get("penalties", [])):
+        p = as_spec(item)
+        pf = PENALTIES.get(p["name"])
+        penalties.append(_build(f"loss.penalties[{i}]", p, pf, **_supplied(pf, supplied), **_options(p)))
+    if penalties:
+        loss = WithPenalties(loss, penalties)
+    if getattr(model, "aux_heads", None):
+        loss = AuxiliaryHeads(loss, model, model.aux_weight)
+    return loss
 
 
 def build_model(cfg: dict[str, Any], in_shape: Sequence[int], num_classes: int) -> torch.nn.Module:
     spec = cfg["model"]
-    model = _build("model", spec, MODELS.get(spec["name"]), tuple(in_shape), num_classes, **_options(spec))
+    model = _build("model", spec, MODELS.get(spec["name"]), tuple(in_shape), num_classes,
+                   **_options(spec, drop=["regularization"]))
+    for i, item in enumerate(spec.get("regularization", [])):
+        r = as_spec(item)
+        model = _build(f"model.regularization[{i}]", r, REGULARIZERS.get(r["name"]), model, **_options(r))
     model.eval()
     try:  # a dry forward pass: shape problems surface now, naming the model, not mid-training
         with torch.no_grad():
@@ -82,7 +116,7 @@ def build_trainer(cfg: dict[str, Any], data: DataSplits | None = None, out_dir: 
 
     bs = cfg["batch_size"]
     train = TensorLoader(data.train_x, data.train_y, bs, shuffle=True, drop_last=len(data.train_x) > bs,
-                         seed=cfg["seed"], transform=build_augment(d["augment"]))
+                         seed=cfg["seed"], transform=build_augment(d["augment"], data.num_classes))
     val = TensorLoader(data.val_x, data.val_y, EVAL_BATCH) if len(data.val_x) else None
     test = TensorLoader(data.test_x, data.test_y, EVAL_BATCH)
 
@@ -94,7 +128,7 @@ def build_trainer(cfg: dict[str, Any], data: DataSplits | None = None, out_dir: 
     s = cfg["schedule"]
     scheduler = _build("schedule", s, SCHEDULES.get(s["name"]), optimizer, cfg["epochs"] * len(train), len(train),
                        **_options(s))
-    loss_fn = _build("loss", cfg["loss"], LOSSES.get(cfg["loss"]["name"]), **_options(cfg["loss"]))
+    loss_fn = build_loss(cfg, model, data)
     if cfg["eval"]["tta_flip"] and not any(as_spec(a)["name"] == "flip" for a in d["augment"]):
         warnings.warn("eval.tta_flip is on but data.augment has no 'flip': the model is tested on mirror images "
                       "it never trained on", stacklevel=2)

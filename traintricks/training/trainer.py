@@ -20,6 +20,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..evaluation import EarlyStopping, correct_count
+from ..losses.classification import NonFiniteInputError
 from . import checkpoint as ckpt
 
 GradTransform = Callable[[Sequence[torch.Tensor]], None]
@@ -89,6 +90,8 @@ class Trainer:
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.forward = torch.compile(self.model) if compile else self.model
+        if isinstance(loss_fn, nn.Module):
+            loss_fn = loss_fn.to(self.device)
         self.optimizer, self.loss_fn, self.scheduler = optimizer, loss_fn, scheduler
         self.train_loader, self.val_loader, self.test_loader = train_loader, val_loader, test_loader
         self.epochs, self.early_stopping = epochs, early_stopping
@@ -122,6 +125,8 @@ class Trainer:
     def train_epoch(self, epoch: int) -> dict[str, float]:
         """One pass over the training data; returns mean loss and accuracy over its batches."""
         self.model.train()
+        if isinstance(self.loss_fn, nn.Module):
+            self.loss_fn.train()
         if hasattr(self.train_loader, "set_epoch"):
             self.train_loader.set_epoch(epoch)
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
@@ -138,8 +143,11 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 with self._autocast():
                     logits = self.forward(x)
-                    loss = self.loss_fn(logits, y)
-                value = loss.item()
+                    try:
+                        loss = self.loss_fn(logits, y)
+                        value = loss.item()
+                    except NonFiniteInputError:     # NaN/Inf logits: the same divergence as a NaN loss
+                        value = float("nan")
                 if not math.isfinite(value):
                     where = f"{self.last_checkpoint}" if self.last_checkpoint else "none was written yet"
                     raise NonFiniteLossError(
@@ -166,6 +174,8 @@ class Trainer:
     def evaluate(self, loader: Iterable) -> dict[str, float]:
         """Mean loss and accuracy of the model (in eval mode) over ``loader``."""
         self.model.eval()
+        if isinstance(self.loss_fn, nn.Module):
+            self.loss_fn.eval()          # no penalty terms or auxiliary heads in evaluation losses
         loss_sum, correct, seen = 0.0, 0, 0
         for x, y in loader:
             x, y = self._to_device(x, y)

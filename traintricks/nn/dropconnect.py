@@ -1,0 +1,68 @@
+"""DropConnect (Wan, Zeiler, Zhang, LeCun & Fergus, ICML 2013): drop *weights*, not activations.
+
+Training: one mask ``M ~ Bernoulli(1 - p)`` over the weight tensor per forward pass (so per batch,
+shared by its samples, as in the paper's efficient implementation), and
+
+    y = (W * M / (1 - p)) x + b
+
+(the bias is not dropped). The ``1 / (1 - p)`` scaling makes ``E[y] = W x + b`` for every input.
+
+**Inference rule used: the mean (expectation) rule** -- ``y = W x + b``, exactly the training
+pre-activation's expectation. The paper instead moment-matches each pre-activation to a Gaussian
+``N(E[u], Var[u])`` and averages the activation over samples from it; that matters only through the
+nonlinearity that follows, and the mean rule is what common implementations use. Tested: the mean
+over many training-mode masks converges to the eval-mode output.
+
+Backward: the gradient reaches ``W`` through the mask, ``dL/dW = M / (1 - p) * dL/dW_masked``, and the
+input through the masked weights; autograd derives both from the masked-weight expression.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .dropout import check_probability
+
+
+def _masked(weight: torch.Tensor, p: float) -> torch.Tensor:
+    mask = torch.rand(weight.shape, device=weight.device) >= p
+    return weight * mask * (1.0 / (1.0 - p))
+
+
+class DropConnectLinear(nn.Linear):
+    """:class:`torch.nn.Linear` whose weights are dropped with probability ``p`` in training (one mask per batch)."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, p: float = 0.5, **kw) -> None:
+        super().__init__(in_features, out_features, bias=bias, **kw)
+        self.p = check_probability("DropConnectLinear", p)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = _masked(self.weight, self.p) if self.training and self.p > 0 else self.weight
+        return F.linear(x, w, self.bias)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", p={self.p}"
+
+    @classmethod
+    def from_linear(cls, layer: nn.Linear, p: float) -> "DropConnectLinear":
+        """A DropConnect layer with ``layer``'s weights."""
+        new = cls(layer.in_features, layer.out_features, bias=layer.bias is not None, p=p,
+                  device=layer.weight.device, dtype=layer.weight.dtype)
+        new.load_state_dict(layer.state_dict())
+        return new
+
+
+class DropConnectConv2d(nn.Conv2d):
+    """:class:`torch.nn.Conv2d` whose kernel weights are dropped with probability ``p`` in training (one mask per batch)."""
+
+    def __init__(self, *args, p: float = 0.5, **kw) -> None:
+        super().__init__(*args, **kw)
+        self.p = check_probability("DropConnectConv2d", p)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = _masked(self.weight, self.p) if self.training and self.p > 0 else self.weight
+        return self._conv_forward(x, w, self.bias)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", p={self.p}"

@@ -1,0 +1,100 @@
+"""Shake-Shake (Gastaldi 2017, arXiv:1705.07485) and ShakeDrop (Yamada et al. 2018, arXiv:1802.02375):
+residual branches scaled by random coefficients that differ between the forward and the backward pass.
+
+**Shake-Shake** mixes two residual branches with a per-image ``alpha ~ U(0, 1)`` in the forward pass
+and an independent per-image ``beta ~ U(0, 1)`` in the backward pass ("Shake-Shake-Image"):
+
+    forward:   y = alpha * f1(x) + (1 - alpha) * f2(x)
+    backward:  dL/df1 = beta * dL/dy,   dL/df2 = (1 - beta) * dL/dy
+    inference: y = 0.5 * f1(x) + 0.5 * f2(x)
+
+**ShakeDrop** scales one branch by ``b + alpha - b * alpha`` with ``b ~ Bernoulli(p_l)`` (kept as is
+when ``b = 1``) and ``alpha ~ U(-1, 1)``, and the gradient by ``b + beta - b * beta`` with ``beta ~ U(0, 1)``,
+per image; at inference by the expectation ``E[b + alpha - b * alpha] = p_l`` (``E[alpha] = 0``):
+
+    forward:   y = (b + alpha - b * alpha) * f(x)
+    backward:  dL/df = (b + beta - b * beta) * dL/dy
+    inference: y = p_l * f(x)
+
+Both wrap branches only; the residual block adds the identity. The backward coefficient is not the
+derivative of the forward: each is a custom :class:`torch.autograd.Function`.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def _per_image(x: torch.Tensor, low: float, high: float) -> torch.Tensor:
+    shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+    return torch.empty(shape, device=x.device, dtype=torch.float32).uniform_(low, high).to(x.dtype)
+
+
+class ShakeShakeFunction(torch.autograd.Function):
+    """``alpha * a + (1 - alpha) * b`` forward; gradients ``beta * g`` and ``(1 - beta) * g`` backward."""
+
+    @staticmethod
+    def forward(ctx, a, b, alpha, beta):
+        ctx.save_for_backward(beta)
+        return b + alpha * (a - b)
+
+    @staticmethod
+    def backward(ctx, g):
+        (beta,) = ctx.saved_tensors
+        ga = g * beta
+        return ga, g - ga, None, None
+
+
+class ShakeDropFunction(torch.autograd.Function):
+    """``forward_coef * f`` forward; ``backward_coef * g`` backward."""
+
+    @staticmethod
+    def forward(ctx, f, forward_coef, backward_coef):
+        ctx.save_for_backward(backward_coef)
+        return f * forward_coef
+
+    @staticmethod
+    def backward(ctx, g):
+        (coef,) = ctx.saved_tensors
+        return g * coef, None, None
+
+
+class ShakeShake(nn.Module):
+    """Two residual branches mixed by Shake-Shake (per image; 0.5/0.5 at inference). Give exactly two branches."""
+
+    def __init__(self, *branches: nn.Module) -> None:
+        super().__init__()
+        if len(branches) != 2:
+            raise ValueError(f"ShakeShake mixes exactly two branches, got {len(branches)}")
+        self.branch1, self.branch2 = branches
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = self.branch1(x), self.branch2(x)
+        if not self.training:
+            return 0.5 * (a + b)
+        return ShakeShakeFunction.apply(a, b, _per_image(a, 0.0, 1.0), _per_image(a, 0.0, 1.0))
+
+
+class ShakeDrop(nn.Module):
+    """One residual branch under ShakeDrop with survival probability ``p`` (``p_l`` in the paper)."""
+
+    def __init__(self, branch: nn.Module, p: float = 0.5, alpha_range: tuple[float, float] = (-1.0, 1.0),
+                 beta_range: tuple[float, float] = (0.0, 1.0)) -> None:
+        super().__init__()
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"ShakeDrop: p must be in [0, 1], got {p}")
+        if alpha_range[0] > alpha_range[1] or beta_range[0] > beta_range[1]:
+            raise ValueError(f"ShakeDrop: ranges must be (low, high), got {alpha_range}, {beta_range}")
+        self.branch, self.p = branch, float(p)
+        self.alpha_range, self.beta_range = tuple(alpha_range), tuple(beta_range)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.branch(x)
+        if not self.training:
+            return f * (self.p + (1 - self.p) * 0.5 * (self.alpha_range[0] + self.alpha_range[1]))
+        b = (torch.rand((f.shape[0],) + (1,) * (f.ndim - 1), device=f.device) < self.p).to(f.dtype)
+        alpha, beta = _per_image(f, *self.alpha_range), _per_image(f, *self.beta_range)
+        return ShakeDropFunction.apply(f, b + alpha - b * alpha, b + beta - b * beta)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p:.4g}, alpha_range={self.alpha_range}, beta_range={self.beta_range}"

@@ -52,6 +52,7 @@ DEFAULTS: dict[str, Any] = {
     "loss": {"name": "cross_entropy", "label_smoothing": 0.1},
     "early_stopping": {"name": "none"},
     "eval": {"tta_flip": True, "test_every_epoch": True},
+    "grad_transforms": [],
 }
 
 # fixed keys: type and a check returning an error message or None
@@ -78,6 +79,7 @@ _FIXED: dict[str, tuple[Any, Callable[[Any], str | None] | None]] = {
     "data.limit": (int, _nonneg),
     "data.val_size": (float, _nonneg),
     "data.augment": (list, None),
+    "grad_transforms": (list, None),
     "eval.tta_flip": (bool, None),
     "eval.test_every_epoch": (bool, None),
 }
@@ -220,9 +222,12 @@ def validate(cfg: dict[str, Any]) -> dict[str, Any]:
         _check_component(section, cfg[section], registry, extra)
     from .losses import PENALTIES
     from .models import REGULARIZERS
-    for key, registry in (("model.regularization", REGULARIZERS), ("loss.penalties", PENALTIES)):
+    from .optim import TRANSFORMS
+    for key, registry in (("model.regularization", REGULARIZERS), ("loss.penalties", PENALTIES),
+                          ("grad_transforms", TRANSFORMS)):
         sect, _, leaf = key.partition(".")
-        for i, item in enumerate(cfg[sect].get(leaf, [])):
+        items = cfg[sect].get(leaf, []) if leaf else cfg[sect]
+        for i, item in enumerate(items):
             k = f"{key}[{i}]"
             spec = as_spec(item) if isinstance(item, (str, dict)) else {}
             if not isinstance(spec.get("name"), str):

@@ -24,11 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import NonFiniteInputError
+
 REDUCTIONS = ("mean", "sum", "none")
 
-
-class NonFiniteInputError(ValueError):
-    """A loss was given NaN or infinite predictions (the trainer reports this as divergence)."""
 
 
 def check_reduction(name: str, reduction: str) -> str:

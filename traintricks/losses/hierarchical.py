@@ -67,10 +67,9 @@ class HierarchicalLoss(nn.Module):
         check_logits_target("HierarchicalLoss", logits, target)
         if logits.shape[1] != self.num_classes:
             raise ValueError(f"HierarchicalLoss: tree has {self.num_classes} classes, logits {logits.shape[1]}")
-        logp = torch.log_softmax(logits.float(), dim=1)                          # (N, K)
-        # log P(a) = logsumexp over the classes below a
-        masked = logp.unsqueeze(1) + torch.log(self.below).unsqueeze(0)          # (N, nodes, K)
-        log_node = torch.logsumexp(masked, dim=2)                                # (N, nodes)
-        log_node = torch.where(self.below.sum(1) > 0, log_node, torch.zeros_like(log_node))
+        p = torch.softmax(logits.float(), dim=1)                                  # (N, K)
+        # log P(a), P(a) = sum of the class probabilities below a (clamped: the root row is empty and
+        # has weight 0; a tiny floor keeps log and its gradient finite)
+        log_node = (p @ self.below.T).clamp_min(1e-30).log()                     # (N, nodes)
         weights = self.path[target] if target.ndim == 1 else target.float() @ self.path
         return _reduce(-(weights * log_node).sum(1), self.reduction)

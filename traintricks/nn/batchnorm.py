@@ -36,6 +36,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..errors import NonFiniteInputError
+
 
 def _axes(x: torch.Tensor) -> list[int]:
     return [0] + list(range(2, x.ndim))
@@ -142,7 +144,7 @@ class _BatchNorm(nn.Module):
 
     def _check_finite(self, x: torch.Tensor, stat: torch.Tensor) -> None:
         if not bool(torch.isfinite(stat).all()):
-            raise ValueError(f"{type(self).__name__}({self.num_features}): non-finite values (NaN or Inf) in the "
+            raise NonFiniteInputError(f"{type(self).__name__}({self.num_features}): non-finite values (NaN or Inf) in the "
                              f"input of shape {tuple(x.shape)}")
 
     def _update_running(self, x: torch.Tensor, mu: torch.Tensor, var: torch.Tensor) -> None:

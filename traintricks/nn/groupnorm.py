@@ -25,6 +25,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..errors import NonFiniteInputError
+
 from .batchnorm import check_impl
 
 
@@ -115,7 +117,7 @@ class GroupNorm(nn.Module):
         else:
             y, mu, invstd = GroupNormFunction.apply(x, self.weight, self.bias, self.num_groups, self.eps)
         if not bool(torch.isfinite(mu).all()):
-            raise ValueError(f"{self._label()}: non-finite values (NaN or Inf) in the input of shape "
+            raise NonFiniteInputError(f"{self._label()}: non-finite values (NaN or Inf) in the input of shape "
                              f"{tuple(x.shape)}")
         return y
 

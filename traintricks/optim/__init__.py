@@ -1,12 +1,32 @@
-"""Weight update (notes: *Weight Update*): optimizers and learning-rate schedules by name.
+"""Weight update (notes: *Weight Update*): optimizers, learning-rate schedules, gradient transforms.
 
-:data:`OPTIMIZERS` factories take ``(param_groups, lr, **options)`` and return a
-``torch.optim.Optimizer``; :data:`SCHEDULES` factories take
-``(optimizer, total_steps, steps_per_epoch, **options)`` and return a per-step
-``torch.optim.lr_scheduler.LRScheduler``. :func:`param_groups` splits parameters so that
-weight decay skips normalization and bias parameters (He et al. 2018, arXiv:1812.01187).
+| file | what |
+|---|---|
+| ``first_order.py`` | :class:`SGD` (momentum, Nesterov), :class:`Adagrad`, :class:`RMSprop`, :class:`Adam`, :class:`AdamW` |
+| ``large_batch.py`` | :class:`LARS`, :class:`LAMB` |
+| ``hypergradient.py`` | :class:`SGDHD`, :class:`AdamHD` |
+| ``second_order.py`` | :class:`Newton`, :class:`SaddleFreeNewton` (Hessian-vector products) |
+| ``lr_schedules.py`` | :class:`StepLR`, :class:`ExponentialLR`, :class:`CosineRestarts`, :class:`Warmup`, :class:`Cyclic`, :class:`OneCycle`, :class:`BatchSizeSchedule`, :func:`scale_lr` |
+| ``transforms.py`` | :class:`ClipByValue`, :class:`ClipByGlobalNorm`, :class:`AdaptiveClip`, :class:`GradientNoise`, :class:`Chain` |
+| ``lr_find.py`` | :func:`lr_find`, the learning-rate range test |
+
+By name: :data:`OPTIMIZERS` factories take ``(param_groups, lr, **options)``; :data:`SCHEDULES` factories take
+``(optimizer, total_steps, steps_per_epoch, **options)`` and return per-step schedules; :data:`TRANSFORMS`
+(config ``grad_transforms``) build the chain the trainer applies between backward and step.
+:func:`param_groups` splits parameters so that weight decay skips normalization and bias parameters
+(He et al. 2018, arXiv:1812.01187).
 """
+from .first_order import SGD, Adagrad, Adam, AdamW, RMSprop
+from .hypergradient import AdamHD, SGDHD
+from .large_batch import LAMB, LARS
+from .lr_schedules import (BatchSizeSchedule, ClosedFormLR, CosineRestarts, Cyclic, ExponentialLR, OneCycle, StepLR,
+                           Warmup, scale_lr)
 from .optimizers import OPTIMIZERS, param_groups
 from .schedules import SCHEDULES
+from .second_order import Newton, SaddleFreeNewton
+from .transforms import TRANSFORMS, AdaptiveClip, Chain, ClipByGlobalNorm, ClipByValue, GradientNoise
 
-__all__ = ["OPTIMIZERS", "SCHEDULES", "param_groups"]
+__all__ = ["OPTIMIZERS", "SCHEDULES", "TRANSFORMS", "param_groups", "SGD", "Adagrad", "Adam", "AdamW", "RMSprop",
+           "LARS", "LAMB", "SGDHD", "AdamHD", "Newton", "SaddleFreeNewton", "StepLR", "ExponentialLR",
+           "CosineRestarts", "Warmup", "Cyclic", "OneCycle", "BatchSizeSchedule", "ClosedFormLR", "scale_lr",
+           "ClipByValue", "ClipByGlobalNorm", "AdaptiveClip", "GradientNoise", "Chain"]

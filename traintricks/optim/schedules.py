@@ -11,7 +11,10 @@ from __future__ import annotations
 import math
 
 import torch
-from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR, StepLR
+from torch.optim.lr_scheduler import LambdaLR, LRScheduler
+
+from .lr_schedules import (BatchSizeLR, BatchSizeSchedule, ConstantLR, CosineRestarts, Cyclic, ExponentialLR,
+                           OneCycle, StepLR)
 
 from ..registry import Registry
 
@@ -21,7 +24,7 @@ SCHEDULES = Registry("schedule", section="weight update")
 @SCHEDULES.register("constant")
 def constant(optimizer: torch.optim.Optimizer, total_steps: int, steps_per_epoch: int) -> LRScheduler:
     """Constant learning rate."""
-    return LambdaLR(optimizer, lambda t: 1.0)
+    return ConstantLR(optimizer)
 
 
 @SCHEDULES.register("onecycle")
@@ -37,9 +40,9 @@ def onecycle(optimizer: torch.optim.Optimizer, total_steps: int, steps_per_epoch
     max_lr = [g["lr"] for g in optimizer.param_groups]
     # OneCycleLR ends its cycle at step total_steps - 1; the trainer steps the schedule after every one
     # of the total_steps updates, so one extra step makes the last update's rate the cycle's last.
-    return OneCycleLR(optimizer, max_lr=max_lr, total_steps=total_steps + 1, pct_start=pct_start,
-                      div_factor=div_factor, final_div_factor=final_div_factor,
-                      anneal_strategy=anneal, cycle_momentum=cycle_momentum and has_momentum)
+    return OneCycle(optimizer, max_lr=max_lr, total_steps=total_steps + 1, pct_start=pct_start,
+                    div_factor=div_factor, final_div_factor=final_div_factor,
+                    anneal=anneal, cycle_momentum=cycle_momentum and has_momentum)
 
 
 @SCHEDULES.register("cosine")
@@ -68,3 +71,37 @@ def step(optimizer: torch.optim.Optimizer, total_steps: int, steps_per_epoch: in
     if step_epochs < 1:
         raise ValueError(f"step_epochs must be >= 1, got {step_epochs}")
     return StepLR(optimizer, step_size=step_epochs * steps_per_epoch, gamma=gamma)
+
+
+@SCHEDULES.register("exponential")
+def exponential(optimizer: torch.optim.Optimizer, total_steps: int, steps_per_epoch: int,
+                gamma_per_epoch: float = 0.9) -> LRScheduler:
+    """Exponential decay: the rate times gamma_per_epoch every epoch, applied smoothly per step."""
+    if not gamma_per_epoch > 0:
+        raise ValueError(f"gamma_per_epoch must be > 0, got {gamma_per_epoch}")
+    return ExponentialLR(optimizer, gamma_per_epoch ** (1.0 / steps_per_epoch))
+
+
+@SCHEDULES.register("cosine_restarts")
+def cosine_restarts(optimizer: torch.optim.Optimizer, total_steps: int, steps_per_epoch: int,
+                    first_epochs: float = 2.0, mult: int = 2, min_factor: float = 0.0) -> LRScheduler:
+    """SGDR: cosine annealing with warm restarts, periods first_epochs * mult^i (1608.03983)."""
+    t0 = max(1, int(round(first_epochs * steps_per_epoch)))
+    return CosineRestarts(optimizer, t0, mult, eta_min=min_factor * optimizer.param_groups[0]["lr"])
+
+
+@SCHEDULES.register("cyclic")
+def cyclic(optimizer: torch.optim.Optimizer, total_steps: int, steps_per_epoch: int, min_factor: float = 0.1,
+           half_cycle_epochs: float = 2.0, mode: str = "triangular", gamma: float = 1.0) -> LRScheduler:
+    """Cyclical rates between lr*min_factor and lr: triangular, triangular2 or exp_range (1506.01186)."""
+    hi = optimizer.param_groups[0]["lr"]
+    return Cyclic(optimizer, hi * min_factor, hi, max(1, int(round(half_cycle_epochs * steps_per_epoch))),
+                  mode=mode, gamma=gamma)
+
+
+@SCHEDULES.register("batch_size_increase")
+def batch_size_increase(optimizer: torch.optim.Optimizer, total_steps: int, steps_per_epoch: int,
+                        batch_size: int = 128, milestones: list[int] = (5, 10), factor: int = 2,
+                        max_batch_size: int = 0) -> LRScheduler:
+    """Keep the rate, multiply the batch size by factor at each milestone epoch instead (1711.00489)."""
+    return BatchSizeLR(optimizer, BatchSizeSchedule(batch_size, list(milestones), factor, max_batch_size or None))

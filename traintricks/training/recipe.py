@@ -20,7 +20,7 @@ from ..data import AUGMENTATIONS, Compose, DataSplits, TensorLoader, as_spec, lo
 from ..evaluation import EARLY_STOPPING
 from ..losses import LOSSES, PENALTIES, AuxiliaryHeads, WithPenalties
 from ..models import MODELS, REGULARIZERS
-from ..optim import OPTIMIZERS, SCHEDULES, param_groups
+from ..optim import OPTIMIZERS, SCHEDULES, TRANSFORMS, param_groups
 from . import checkpoint as ckpt
 from .report import plot_curves, write_report
 from .trainer import NonFiniteLossError, Trainer
@@ -38,7 +38,11 @@ def _build(section: str, spec: dict[str, Any], fn: Callable, *args: Any, **kwarg
         return fn(*args, **kwargs)
     except (ValueError, TypeError) as e:
         first = str(e).split(" ", 1)[0].strip(":")
-        key = f"{section}.{first}" if first in spec else section
+        try:
+            known = first in spec or first in inspect.signature(fn).parameters
+        except (TypeError, ValueError):
+            known = first in spec
+        key = f"{section}.{first}" if known else section
         raise ConfigError(key, str(e)) from None
 
 
@@ -122,7 +126,8 @@ def build_trainer(cfg: dict[str, Any], data: DataSplits | None = None, out_dir: 
 
     o = cfg["optim"]
     opt_fn = OPTIMIZERS.get(o["name"])
-    wd = o.get("weight_decay", 0.0)
+    wd_param = inspect.signature(opt_fn).parameters.get("weight_decay")
+    wd = o.get("weight_decay", wd_param.default if wd_param is not None else 0.0)
     groups = param_groups(model, wd, o.get("decay_norm_and_bias", False))
     optimizer = _build("optim", o, opt_fn, groups, lr=cfg["lr"], **_options(o, drop=["decay_norm_and_bias"]))
     s = cfg["schedule"]
@@ -136,7 +141,12 @@ def build_trainer(cfg: dict[str, Any], data: DataSplits | None = None, out_dir: 
     early = None if es["name"] == "none" else _build("early_stopping", es, EARLY_STOPPING.get(es["name"]), **_options(es))
     if early is not None and val is None and early.monitor.startswith("val"):
         raise ConfigError("early_stopping.monitor", f"monitors {early.monitor!r} but data.val_size is 0")
+    transforms = []
+    for i, item in enumerate(cfg.get("grad_transforms", [])):
+        t = as_spec(item)
+        transforms.append(_build(f"grad_transforms[{i}]", t, TRANSFORMS.get(t["name"]), **_options(t)))
     return Trainer(model, optimizer, loss_fn, train, val, test, scheduler=scheduler, epochs=cfg["epochs"],
+                   grad_transforms=transforms,
                    early_stopping=early, out_dir=out_dir, device=cfg["device"], precision=cfg["precision"],
                    channels_last=cfg["channels_last"], compile=cfg["compile"], tta_flip=cfg["eval"]["tta_flip"],
                    test_every_epoch=cfg["eval"]["test_every_epoch"], callbacks=callbacks, progress=progress)

@@ -20,7 +20,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..evaluation import EarlyStopping, correct_count
-from ..losses.classification import NonFiniteInputError
+from ..errors import NonFiniteInputError
 from . import checkpoint as ckpt
 
 GradTransform = Callable[[Sequence[torch.Tensor]], None]
@@ -129,6 +129,8 @@ class Trainer:
             self.loss_fn.train()
         if hasattr(self.train_loader, "set_epoch"):
             self.train_loader.set_epoch(epoch)
+        if hasattr(self.scheduler, "set_epoch"):          # e.g. a batch-size schedule
+            self.scheduler.set_epoch(epoch, self.train_loader)
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         loss_sum = torch.zeros((), dtype=torch.float64)
         correct = torch.zeros((), dtype=torch.long)
@@ -142,23 +144,30 @@ class Trainer:
                 x, y = self._to_device(x, y)
                 self.optimizer.zero_grad(set_to_none=True)
                 with self._autocast():
-                    logits = self.forward(x)
                     try:
+                        logits = self.forward(x)
                         loss = self.loss_fn(logits, y)
                         value = loss.item()
-                    except NonFiniteInputError:     # NaN/Inf logits: the same divergence as a NaN loss
+                    except NonFiniteInputError:     # NaN/Inf activations or logits: divergence, like a NaN loss
                         value = float("nan")
                 if not math.isfinite(value):
                     where = f"{self.last_checkpoint}" if self.last_checkpoint else "none was written yet"
                     raise NonFiniteLossError(
                         f"loss became {value} at epoch {epoch + 1}, step {step + 1}; training stopped. "
                         f"Last good checkpoint: {where}. Try a lower learning rate or gradient clipping.")
-                loss.backward()
-                if self.grad_transforms:
-                    with_grad = [p for p in params if p.grad is not None]
-                    for t in self.grad_transforms:
-                        t(with_grad)
-                self.optimizer.step()
+                if getattr(self.optimizer, "needs_closure", False):
+                    # second-order optimizers differentiate the loss themselves (Hessian-vector products)
+                    def closure(x=x, y=y):
+                        with self._autocast():
+                            return self.loss_fn(self.forward(x), y)
+                    self.optimizer.step(closure)
+                else:
+                    loss.backward()
+                    if self.grad_transforms:
+                        with_grad = [p for p in params if p.grad is not None]
+                        for t in self.grad_transforms:
+                            t(with_grad)
+                    self.optimizer.step()
                 if self.scheduler is not None:
                     self.scheduler.step()
                 n = y.shape[0]
@@ -284,6 +293,7 @@ class Trainer:
             "rng_torch": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "rng_python": random.getstate(),
+            "grad_transforms": [t.state_dict() if hasattr(t, "state_dict") else {} for t in self.grad_transforms],
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -300,6 +310,9 @@ class Trainer:
         if state["rng_cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng_cuda"])
         random.setstate(state["rng_python"])
+        for t, st in zip(self.grad_transforms, state.get("grad_transforms", [])):
+            if hasattr(t, "load_state_dict"):
+                t.load_state_dict(st)
 
     def save_checkpoint(self) -> Path:
         """Write ``out_dir/checkpoints/epoch-NNNN`` atomically."""

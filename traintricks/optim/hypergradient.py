@@ -1,0 +1,102 @@
+"""Hypergradient descent (Baydin, Cornish, Martínez Rubio, Schmidt & Wood 2018, arXiv:1703.04782):
+the learning rate itself is learned by gradient descent, **one rate for all tensors**, updated once per step.
+
+The update ``theta_t = theta_{t-1} - alpha * u_{t-1}`` makes the loss a function of ``alpha``, with
+``d f(theta_t) / d alpha = -grad f(theta_t) . u_{t-1}``. So before each step
+
+    alpha_t = alpha_{t-1} + beta * (g_t . u_{t-1})          (dot product over every parameter)
+
+**SGD-HD**: ``u = g`` (the previous gradient), then ``theta <- theta - alpha_t g_t``.
+**Adam-HD**: ``u = m_hat / (sqrt(v_hat) + eps)`` (the previous Adam direction), then the Adam step with
+``alpha_t``. ``beta`` is the hypergradient rate. The current rate is ``param_groups[i]["lr"]`` (all groups
+share it) and is saved in ``state_dict``.
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+
+from .first_order import Optimizer, _check_range
+
+
+class _HD(Optimizer):
+    def _all(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        params, grads = [], []
+        for group in self.param_groups:
+            p, g = self._group_tensors(group)
+            params += p
+            grads += g
+        return params, grads
+
+    def _hyper_step(self, grads: list[torch.Tensor], prev: list[torch.Tensor] | None) -> float:
+        """Update the shared rate from ``g_t . u_{t-1}``; returns it."""
+        lr = self.param_groups[0]["lr"]
+        if prev is not None:
+            dot = torch.stack([torch.dot(g.reshape(-1), u.reshape(-1)) for g, u in zip(grads, prev)]).sum()
+            lr = lr + self.param_groups[0]["hypergrad_lr"] * float(dot)
+            for group in self.param_groups:
+                group["lr"] = lr
+        return lr
+
+
+class SGDHD(_HD):
+    """SGD with hypergradient descent on its single learning rate (1703.04782)."""
+
+    def __init__(self, params: Iterable, lr: float = 1e-3, hypergrad_lr: float = 1e-4, weight_decay: float = 0.0) -> None:
+        _check_range("hypergrad_lr", hypergrad_lr, 0.0)
+        super().__init__(params, dict(lr=lr, hypergrad_lr=hypergrad_lr, weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = torch.enable_grad()(closure)() if closure is not None else None
+        params, grads = self._all()
+        if not params:
+            return loss
+        wd = self.param_groups[0]["weight_decay"]
+        if wd:
+            grads = torch._foreach_add(grads, params, alpha=wd)
+        prev = [self.state[p]["prev_grad"] for p in params] if "prev_grad" in self.state[params[0]] else None
+        lr = self._hyper_step(grads, prev)
+        for p, g in zip(params, grads):
+            self.state[p]["prev_grad"] = g.clone()
+        torch._foreach_add_(params, grads, alpha=-lr)
+        return loss
+
+
+class AdamHD(_HD):
+    """Adam with hypergradient descent on its single learning rate (1703.04782)."""
+
+    def __init__(self, params: Iterable, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, hypergrad_lr: float = 1e-7, weight_decay: float = 0.0) -> None:
+        for i, b in enumerate(betas):
+            _check_range(f"betas[{i}]", b, 0.0, 1.0)
+        _check_range("hypergrad_lr", hypergrad_lr, 0.0)
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, hypergrad_lr=hypergrad_lr,
+                                      weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = torch.enable_grad()(closure)() if closure is not None else None
+        params, grads = self._all()
+        if not params:
+            return loss
+        (b1, b2), eps, wd = self.param_groups[0]["betas"], self.param_groups[0]["eps"], self.param_groups[0]["weight_decay"]
+        if wd:
+            grads = torch._foreach_add(grads, params, alpha=wd)
+        prev = [self.state[p]["prev_dir"] for p in params] if "prev_dir" in self.state[params[0]] else None
+        lr = self._hyper_step(grads, prev)
+        m, v = self._state_list(params, "exp_avg"), self._state_list(params, "exp_avg_sq")
+        t = float(self._steps(params)[0])
+        torch._foreach_lerp_(m, grads, 1 - b1)
+        torch._foreach_mul_(v, b2)
+        torch._foreach_addcmul_(v, grads, grads, value=1 - b2)
+        denom = torch._foreach_sqrt(v)
+        torch._foreach_div_(denom, (1 - b2 ** t) ** 0.5)
+        torch._foreach_add_(denom, eps)
+        direction = torch._foreach_div(m, denom)
+        torch._foreach_div_(direction, 1 - b1 ** t)
+        for p, d in zip(params, direction):
+            self.state[p]["prev_dir"] = d
+        torch._foreach_add_(params, direction, alpha=-lr)
+        return loss

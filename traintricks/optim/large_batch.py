@@ -1,0 +1,122 @@
+"""Layer-wise adaptive rate scaling for large batches: LARS and LAMB.
+
+**LARS** (You, Gitman & Ginsburg 2017, arXiv:1708.03888, Algorithm 1). Per tensor (layer) ``l``:
+
+    local_lr = eta * ||w|| / (||g|| + wd * ||w||)          (trust coefficient eta, e.g. 0.001)
+    b <- mu * b + lr * local_lr * (g + wd * w)
+    w <- w - b
+
+**LAMB** (You et al. 2019, arXiv:1904.00962, Algorithm 2). Adam's bias-corrected moments give the
+direction ``r = m_hat / (sqrt(v_hat) + eps) + wd * w``; per tensor
+
+    w <- w - lr * (phi(||w||) / ||r||) * r                 (phi = identity, optionally clamped)
+
+In both, the ratio is 1 when either norm is 0, and tensors with at most one dimension (biases,
+normalization scales and shifts) are by default excluded from the adaptation and from weight decay
+(``exclude_1d=True``): the papers adapt per *layer weight*, and decaying BN parameters only fights the
+normalization. All norms of a group come from one ``torch._foreach_norm`` call and the ratios stay tensors
+(no host synchronization).
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+
+from .first_order import Optimizer, _check_range
+
+
+def _trust(num: list[torch.Tensor], den: list[torch.Tensor], scale: float = 1.0) -> list[torch.Tensor]:
+    """``scale * num / den`` where both are positive, else 1 (as 0-d tensors)."""
+    return [torch.where((n > 0) & (d > 0), scale * n / d, torch.ones_like(n)) for n, d in zip(num, den)]
+
+
+class LARS(Optimizer):
+    """LARS (1708.03888); see the module docstring."""
+
+    def __init__(self, params: Iterable, lr: float = 1.0, momentum: float = 0.9, weight_decay: float = 5e-4,
+                 trust_coefficient: float = 0.001, eps: float = 0.0, exclude_1d: bool = True) -> None:
+        _check_range("momentum", momentum, 0.0, 1.0)
+        _check_range("trust_coefficient", trust_coefficient, 0.0)
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay,
+                                      trust_coefficient=trust_coefficient, eps=eps, exclude_1d=exclude_1d))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = torch.enable_grad()(closure)() if closure is not None else None
+        for group in self.param_groups:
+            params, grads = self._group_tensors(group)
+            if not params:
+                continue
+            wd, mu, lr = group["weight_decay"], group["momentum"], group["lr"]
+            adapt = [p.ndim > 1 or not group["exclude_1d"] for p in params]
+            ap = [p for p, a in zip(params, adapt) if a]
+            ag = [g for g, a in zip(grads, adapt) if a]
+            d = list(grads)
+            if ap:
+                wn, gn = torch._foreach_norm(ap), torch._foreach_norm(ag)
+                den = torch._foreach_add(gn, torch._foreach_mul(wn, wd)) if wd else gn
+                if group["eps"]:
+                    torch._foreach_add_(den, group["eps"])
+                ratio = _trust(wn, den, group["trust_coefficient"])
+                upd = torch._foreach_add(ag, ap, alpha=wd) if wd else [g.clone() for g in ag]
+                torch._foreach_mul_(upd, ratio)
+                it = iter(upd)
+                d = [next(it) if a else g for g, a in zip(grads, adapt)]
+            if mu:
+                bufs = self._state_list(params, "momentum_buffer")
+                torch._foreach_mul_(bufs, mu)
+                torch._foreach_add_(bufs, d, alpha=lr)
+                torch._foreach_sub_(params, bufs)
+            else:
+                torch._foreach_add_(params, d, alpha=-lr)
+        return loss
+
+
+class LAMB(Optimizer):
+    """LAMB (1904.00962); see the module docstring. ``clamp`` bounds ``phi(||w||)`` to ``[0, clamp]`` if given."""
+
+    def __init__(self, params: Iterable, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-6, weight_decay: float = 0.01, clamp: float | None = None,
+                 exclude_1d: bool = True) -> None:
+        if len(betas) != 2:
+            raise ValueError(f"betas must be two numbers in [0, 1), got {betas}")
+        for i, b in enumerate(betas):
+            _check_range(f"betas[{i}]", b, 0.0, 1.0)
+        _check_range("eps", eps, 0.0)
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, clamp=clamp,
+                                      exclude_1d=exclude_1d))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = torch.enable_grad()(closure)() if closure is not None else None
+        for group in self.param_groups:
+            params, grads = self._group_tensors(group)
+            if not params:
+                continue
+            (b1, b2), eps, wd, lr = group["betas"], group["eps"], group["weight_decay"], group["lr"]
+            m, v = self._state_list(params, "exp_avg"), self._state_list(params, "exp_avg_sq")
+            t = float(self._steps(params)[0])
+            torch._foreach_lerp_(m, grads, 1 - b1)
+            torch._foreach_mul_(v, b2)
+            torch._foreach_addcmul_(v, grads, grads, value=1 - b2)
+            denom = torch._foreach_sqrt(v)
+            torch._foreach_div_(denom, (1 - b2 ** t) ** 0.5)
+            torch._foreach_add_(denom, eps)
+            r = torch._foreach_div(m, denom)
+            torch._foreach_div_(r, 1 - b1 ** t)
+            adapt = [p.ndim > 1 or not group["exclude_1d"] for p in params]
+            if wd:
+                dp = [p for p, a in zip(params, adapt) if a]
+                dr = [x for x, a in zip(r, adapt) if a]
+                if dp:
+                    torch._foreach_add_(dr, dp, alpha=wd)
+            ap = [p for p, a in zip(params, adapt) if a]
+            ar = [x for x, a in zip(r, adapt) if a]
+            if ap:
+                wn, rn = torch._foreach_norm(ap), torch._foreach_norm(ar)
+                if group["clamp"] is not None:
+                    wn = [w.clamp(0.0, group["clamp"]) for w in wn]
+                torch._foreach_mul_(ar, _trust(wn, rn))
+            torch._foreach_add_(params, r, alpha=-lr)
+        return loss

@@ -6,7 +6,8 @@ from traintricks.nn import NORMS, BatchNorm2d
 
 SMALL = {"cnn": {"widths": [4, 8], "blocks": [1, 1]},
          "preact_resnet": {"widths": [2, 4], "blocks": [1, 1], "stem_width": 4},
-         "mlp": {"hidden": [16]}}
+         "mlp": {"hidden": [16]},
+         "revnet": {"widths": [4, 8], "blocks": [1, 1]}}
 
 
 @pytest.mark.parametrize("name", MODELS.names())
@@ -18,7 +19,8 @@ def test_every_model_with_every_norm_on_1d_and_2d_inputs(name, in_shape, norm):
         with pytest.raises(ValueError, match="instancenorm needs inputs with spatial positions"):
             MODELS.get(name)(in_shape, 5, norm=norm, **SMALL[name])
         return
-    model = MODELS.get(name)(in_shape, 5, norm=norm, **SMALL[name])
+    act = "leaky_relu" if norm == "inplace_abn" else "relu"     # in-place ABN inverts a leaky ReLU
+    model = MODELS.get(name)(in_shape, 5, norm=norm, activation=act, **SMALL[name])
     x = torch.randn(4, *in_shape, dtype=torch.float64, requires_grad=True)
     out = model.double()(x)
     assert out.shape == (4, 5)
@@ -68,3 +70,20 @@ def test_fused_norm_is_one_module_and_equals_the_unfused_model(activation):
     assert sum(isinstance(m, torch.nn.ReLU) or isinstance(m, torch.nn.GELU) for m in fused.modules()) == 0
     x = torch.randn(6, 1, 12, 12)
     torch.testing.assert_close(fused(x), plain(x), rtol=1e-5, atol=1e-5)
+
+
+def test_inplace_abn_needs_leaky_relu_and_revnet_matches_its_plain_twin():
+    with pytest.raises(ValueError, match="leaky_relu"):
+        MODELS.get("preact_resnet")((1, 8, 8), 3, norm="inplace_abn")
+    torch.manual_seed(0)
+    rev = MODELS.get("revnet")((1, 12, 12), 5, widths=[4, 8], blocks=[2, 1]).double()
+    torch.manual_seed(0)
+    plain = MODELS.get("revnet")((1, 12, 12), 5, widths=[4, 8], blocks=[2, 1], reversible=False).double()
+    plain.load_state_dict({k.replace("blocks.", ""): v for k, v in rev.state_dict().items()})
+    x = torch.randn(3, 1, 12, 12, dtype=torch.float64)
+    a, b = rev(x), plain(x)
+    torch.testing.assert_close(a, b)
+    a.sum().backward()
+    b.sum().backward()
+    for (n1, p1), (n2, p2) in zip(rev.named_parameters(), plain.named_parameters()):
+        torch.testing.assert_close(p1.grad, p2.grad, rtol=1e-9, atol=1e-11)

@@ -471,3 +471,33 @@ def test_newton_trains_a_small_model_from_a_config():
 def test_schedules_by_name(name, kw):
     lrs, opt = run_schedule(name, 40, 10, **kw)
     assert all(v > 0 for v in lrs)
+
+
+def test_lr_find_restores_the_model_and_suggests_a_rate_below_divergence(tmp_path):
+    from traintricks.optim.lr_find import lr_find, plot_lr_find
+    torch.manual_seed(0)
+    x = torch.randn(512, 10)
+    y = (x[:, 0] > 0).long()
+    model = torch.nn.Sequential(torch.nn.Linear(10, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
+    opt = SGD(model.parameters(), lr=0.1, momentum=0.9)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    batches = [(x[i:i + 64], y[i:i + 64]) for i in range(0, 512, 64)]
+    res = lr_find(model, batches, torch.nn.functional.cross_entropy, opt, 1e-4, 100.0, 80)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert opt.param_groups[0]["lr"] == 0.1 and not opt.state
+    lrs = res["lr"]
+    assert lrs[0] == pytest.approx(1e-4) and all(b > a for a, b in zip(lrs, lrs[1:]))
+    assert len(lrs) < 80                                  # stopped once the loss blew up
+    assert 1e-3 < res["suggestion"] < lrs[-1]
+    assert plot_lr_find(res, tmp_path / "lr.png").is_file()
+
+
+def test_lr_find_cli(tmp_path):
+    from traintricks.cli import main
+    assert main(["lr-find", "--set", "data.name=digits", "--set", "data.augment=[]", "--set", "eval.tta_flip=false",
+                 "--set", "model.widths=[8, 16]", "--set", "model.blocks=[1, 1]", "--steps", "30",
+                 "--out", str(tmp_path)]) == 0
+    import json
+    res = json.loads((tmp_path / "lr_find.json").read_text())
+    assert (tmp_path / "lr_find.png").is_file() and res["suggestion"] > 0
+    assert main(["lr-find", "--set", "optim.nam=x", "--out", str(tmp_path / "b")]) == 2

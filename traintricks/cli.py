@@ -4,6 +4,7 @@
     traintricks train --resume DIR
     traintricks list
     traintricks config [--config FILE.toml] [--set key=value ...]
+    traintricks lr-find [--config FILE.toml] [--set key=value ...] [--out DIR] [--start LR] [--end LR] [--steps N]
 """
 from __future__ import annotations
 
@@ -71,6 +72,44 @@ def _cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_lr_find(args: argparse.Namespace) -> int:
+    from .data import DataError
+    from .optim.lr_find import lr_find, plot_lr_find
+    from .training import build_trainer
+
+    try:
+        cfg = load_config(args.config, args.set)
+        trainer = build_trainer(cfg, progress=False)
+    except (ConfigError, DataError) as e:
+        print(f"traintricks: error: {e}", file=sys.stderr)
+        return 2
+
+    def forward(x):
+        with trainer._autocast():
+            return trainer.forward(x)
+
+    result = lr_find(trainer.model, _Cycle(trainer), trainer.loss_fn, trainer.optimizer, args.start, args.end,
+                     args.steps, forward=forward)
+    out = Path(args.out or f"runs/lr-find-{time.strftime('%Y%m%d-%H%M%S')}")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "lr_find.json").write_text(json.dumps(result, indent=2) + "\n")
+    plot_lr_find(result, out / "lr_find.png")
+    print(json.dumps({"suggested_lr": result["suggestion"], "steps": len(result["lr"])}))
+    print(f"wrote {out}/lr_find.png, lr_find.json", file=sys.stderr)
+    return 0
+
+
+class _Cycle:
+    """The trainer's training batches, moved to its device and memory format."""
+
+    def __init__(self, trainer) -> None:
+        self.trainer = trainer
+
+    def __iter__(self):
+        for x, y in self.trainer.train_loader:
+            yield self.trainer._to_device(x, y)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="traintricks", description="Train deep networks with the techniques of the "
                                 "course notes, each implemented from its math and verified.")
@@ -90,6 +129,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--config")
     c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     c.set_defaults(func=_cmd_config)
+    f = sub.add_parser("lr-find", help="learning-rate range test: loss against an exponentially growing rate, "
+                                       "with a plot and a suggested rate")
+    f.add_argument("--config")
+    f.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    f.add_argument("--out", help="output directory (default: runs/lr-find-<timestamp>)")
+    f.add_argument("--start", type=float, default=1e-5, help="first learning rate (default 1e-5)")
+    f.add_argument("--end", type=float, default=10.0, help="last learning rate (default 10)")
+    f.add_argument("--steps", type=int, default=100, help="mini-batches (default 100)")
+    f.set_defaults(func=_cmd_lr_find)
     return p
 
 

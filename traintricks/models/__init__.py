@@ -14,6 +14,7 @@ from ..registry import Registry
 from .cnn import SmallCNN
 from .mlp import MLP
 from .resnet import PreActBlock, PreActBottleneck, PreActResNet
+from .revnet import RevNet
 
 MODELS = Registry("model", section="models")
 
@@ -36,6 +37,13 @@ def preact_resnet(in_shape: Sequence[int], num_classes: int, blocks: list[int] =
                         aux_heads, aux_weight)
 
 
+@MODELS.register("revnet")
+def revnet(in_shape: Sequence[int], num_classes: int, blocks: list[int] = (2, 2, 2), widths: list[int] = (16, 32, 64),
+           norm: str = "batchnorm", activation: str = "relu", norm_groups: int = 8, reversible: bool = True) -> nn.Module:
+    """Reversible ResNet (RevNet): block inputs reconstructed in backward, memory flat in depth (1707.04585)."""
+    return RevNet(in_shape, num_classes, blocks, widths, norm, activation, norm_groups, reversible)
+
+
 @MODELS.register("mlp")
 def mlp(in_shape: Sequence[int], num_classes: int, hidden: list[int] = (256, 256), norm: str = "batchnorm",
         activation: str = "relu", norm_groups: int = 8, dropout: float = 0.0) -> nn.Module:
@@ -45,4 +53,4 @@ def mlp(in_shape: Sequence[int], num_classes: int, hidden: list[int] = (256, 256
 
 from .regularizers import REGULARIZERS  # noqa: E402
 
-__all__ = ["MODELS", "REGULARIZERS", "SmallCNN", "MLP", "PreActResNet", "PreActBlock", "PreActBottleneck"]
+__all__ = ["MODELS", "REGULARIZERS", "RevNet", "SmallCNN", "MLP", "PreActResNet", "PreActBlock", "PreActBottleneck"]

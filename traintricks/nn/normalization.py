@@ -73,6 +73,18 @@ def batchnorm_act(num_features: int, dim: int = 2, groups: int = 8, activation: 
 batchnorm_act.fuses_activation = True
 
 
+@NORMS.register("inplace_abn")
+def inplace_abn(num_features: int, dim: int = 2, groups: int = 8, activation: str = "leaky_relu") -> nn.Module:
+    """In-Place Activated BatchNorm: BN + leaky ReLU storing only its output, half the memory (1712.02616; activation must be leaky_relu)."""
+    if activation != "leaky_relu":
+        raise ValueError(f"inplace_abn inverts a leaky ReLU: set the model's activation to 'leaky_relu', not {activation!r}")
+    from ..memory.inplace_abn import InPlaceABN, InPlaceABN1d
+    return _bn_cls(dim, InPlaceABN1d, InPlaceABN, "inplace_abn")(num_features, alpha=MODEL_ALPHA)
+
+
+inplace_abn.fuses_activation = True
+
+
 @NORMS.register("batchrenorm")
 def batchrenorm(num_features: int, dim: int = 2, groups: int = 8) -> nn.Module:
     """Batch renormalization: BN with r/d corrections towards the running statistics, for small batches (1702.03275); ramp scaled to short runs (warm-up 200 steps, rmax 1->3 over 1000, dmax 0->5 over 600)."""

@@ -26,9 +26,10 @@ import torch
 from .first_order import Optimizer, _check_range
 
 
-def _trust(num: list[torch.Tensor], den: list[torch.Tensor], scale: float = 1.0) -> list[torch.Tensor]:
-    """``scale * num / den`` where both are positive, else 1 (as 0-d tensors)."""
-    return [torch.where((n > 0) & (d > 0), scale * n / d, torch.ones_like(n)) for n, d in zip(num, den)]
+def _trust(num: torch.Tensor, den: torch.Tensor, scale: float = 1.0) -> list[torch.Tensor]:
+    """``scale * num / den`` where both are positive, else 1; vectors in, a list of 0-d tensors out
+    (a handful of vector operations rather than a few per tensor)."""
+    return list(torch.where((num > 0) & (den > 0), scale * num / den, torch.ones_like(num)).unbind())
 
 
 class LARS(Optimizer):
@@ -54,10 +55,8 @@ class LARS(Optimizer):
             ag = [g for g, a in zip(grads, adapt) if a]
             d = list(grads)
             if ap:
-                wn, gn = torch._foreach_norm(ap), torch._foreach_norm(ag)
-                den = torch._foreach_add(gn, torch._foreach_mul(wn, wd)) if wd else gn
-                if group["eps"]:
-                    torch._foreach_add_(den, group["eps"])
+                wn, gn = torch.stack(torch._foreach_norm(ap)), torch.stack(torch._foreach_norm(ag))
+                den = gn + wd * wn + group["eps"]
                 ratio = _trust(wn, den, group["trust_coefficient"])
                 upd = torch._foreach_add(ag, ap, alpha=wd) if wd else [g.clone() for g in ag]
                 torch._foreach_mul_(upd, ratio)
@@ -100,23 +99,20 @@ class LAMB(Optimizer):
             torch._foreach_lerp_(m, grads, 1 - b1)
             torch._foreach_mul_(v, b2)
             torch._foreach_addcmul_(v, grads, grads, value=1 - b2)
+            # r = m_hat / (sqrt(v_hat) + eps) = k * m / (sqrt(v) + eps * sqrt(c2)), k = sqrt(c2) / c1, plus wd * w:
+            # four passes (sqrt, add, the decay term, addcdiv) instead of six
+            c1, c2 = 1 - b1 ** t, (1 - b2 ** t) ** 0.5
             denom = torch._foreach_sqrt(v)
-            torch._foreach_div_(denom, (1 - b2 ** t) ** 0.5)
-            torch._foreach_add_(denom, eps)
-            r = torch._foreach_div(m, denom)
-            torch._foreach_div_(r, 1 - b1 ** t)
+            torch._foreach_add_(denom, eps * c2)
             adapt = [p.ndim > 1 or not group["exclude_1d"] for p in params]
-            if wd:
-                dp = [p for p, a in zip(params, adapt) if a]
-                dr = [x for x, a in zip(r, adapt) if a]
-                if dp:
-                    torch._foreach_add_(dr, dp, alpha=wd)
+            r = [p * wd if (wd and a) else torch.zeros_like(p) for p, a in zip(params, adapt)]
+            torch._foreach_addcdiv_(r, m, denom, value=c2 / c1)
             ap = [p for p, a in zip(params, adapt) if a]
             ar = [x for x, a in zip(r, adapt) if a]
             if ap:
-                wn, rn = torch._foreach_norm(ap), torch._foreach_norm(ar)
+                wn, rn = torch.stack(torch._foreach_norm(ap)), torch.stack(torch._foreach_norm(ar))
                 if group["clamp"] is not None:
-                    wn = [w.clamp(0.0, group["clamp"]) for w in wn]
+                    wn = wn.clamp(0.0, group["clamp"])
                 torch._foreach_mul_(ar, _trust(wn, rn))
             torch._foreach_add_(params, r, alpha=-lr)
         return loss

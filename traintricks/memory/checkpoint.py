@@ -1,0 +1,267 @@
+"""Gradient checkpointing: keep some activations, recompute the rest in the backward pass.
+
+A chain ``y = f_n(... f_1(x))`` normally saves, for backward, what every ``f_i`` needs (``a_i`` bytes). A
+*checkpointed segment* ``f_j+1 .. f_k`` runs its forward without saving anything but its input; in backward
+it is run again with gradients on (the recomputation), and only then are its ``a_i`` held, one segment at a
+time (Chen, Xu, Zhang & Guestrin 2016, arXiv:1604.06174). With ``n`` equal layers in ``sqrt(n)`` segments the
+memory falls from ``O(n)`` to ``O(sqrt(n))`` for one extra forward pass.
+
+Two things must not change the result: **random layers** replay the same masks (the RNG state at the
+segment's forward is restored for the recomputation), and **batch norm running statistics** are updated
+once (every buffer of the segment is snapshotted before the recomputation and restored after it).
+
+:func:`checkpoint_sequential` cuts a chain into equal segments. :func:`plan_checkpoints` chooses, for a
+memory budget in bytes, which segments to store and which to recompute so that the predicted peak memory
+saved for backward stays under the budget with the least recomputation (dynamic programming over the
+chain, after Chen 2016 and Gruslys et al. 2016, arXiv:1606.03401); :class:`CheckpointedSequential` runs a
+plan. The memory model, per plan: stored segments hold their ``a_i`` until backward, recomputed segments
+hold their input until backward, and during backward one recomputed segment at a time holds its ``a_i``:
+
+    peak = sum_{stored} a_i + sum_{recomputed} input bytes + max_{recomputed} sum_{i in seg} a_i
+    recompute = sum_{recomputed} sum_{i in seg} c_i          (c_i: measured forward time of layer i)
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+from torch import nn
+
+
+class _Recompute(torch.autograd.Function):
+    """Run ``segment`` without saving activations; recompute it in backward."""
+
+    @staticmethod
+    def forward(ctx, segment, rng_state, x, *params):
+        ctx.segment, ctx.rng_state = segment, rng_state
+        ctx.save_for_backward(x)
+        with torch.no_grad():
+            return segment(x)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (x,) = ctx.saved_tensors
+        segment = ctx.segment
+        buffers = [b.detach().clone() for b in segment.buffers()]
+        with torch.random.fork_rng(devices=[]):
+            torch.set_rng_state(ctx.rng_state)
+            with torch.enable_grad():
+                xr = x.detach().requires_grad_(x.requires_grad)
+                out = segment(xr)
+        params = [p for p in segment.parameters() if p.requires_grad]
+        inputs = ([xr] if xr.requires_grad else []) + params
+        grads = torch.autograd.grad(out, inputs, grad_out, allow_unused=True)
+        with torch.no_grad():                       # batch-norm statistics: updated once, in the forward pass
+            for b, saved in zip(segment.buffers(), buffers):
+                b.copy_(saved)
+        gx = grads[0] if xr.requires_grad else None
+        gp = list(grads[1:] if xr.requires_grad else grads)
+        return (None, None, gx, *gp)
+
+
+def recompute(segment: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``segment(x)`` that saves only ``x`` for backward and recomputes the rest (see the module docstring)."""
+    if not torch.is_grad_enabled():
+        return segment(x)
+    params = [p for p in segment.parameters() if p.requires_grad]
+    return _Recompute.apply(segment, torch.get_rng_state(), x, *params)
+
+
+def _as_list(modules) -> list[nn.Module]:
+    mods = list(modules.children()) if isinstance(modules, nn.Sequential) else list(modules)
+    if not mods:
+        raise ValueError("need at least one module")
+    return mods
+
+
+def checkpoint_sequential(modules: nn.Sequential | Sequence[nn.Module], segments: int, x: torch.Tensor) -> torch.Tensor:
+    """Run ``modules`` on ``x`` in ``segments`` equal recomputed segments (like PyTorch's function of the same
+    name, the last segment runs normally: its activations are needed first in backward anyway)."""
+    mods = _as_list(modules)
+    if not 1 <= segments <= len(mods):
+        raise ValueError(f"segments must be in [1, {len(mods)}], got {segments}")
+    bounds = [round(i * len(mods) / segments) for i in range(segments + 1)]
+    for k in range(segments):
+        seg = nn.Sequential(*mods[bounds[k]:bounds[k + 1]])
+        x = recompute(seg, x) if k < segments - 1 else seg(x)
+    return x
+
+
+@dataclass
+class LayerCost:
+    saved_bytes: int          # a_i: bytes the layer saves for backward in normal mode
+    output_bytes: int         # o_i: bytes of its output (the next segment's input)
+    seconds: float            # c_i: forward time
+
+
+@dataclass
+class CheckpointPlan:
+    """Segments as ``(start, end, recompute)`` over layer indices ``[start, end)``."""
+    segments: list[tuple[int, int, bool]]
+    predicted_bytes: int
+    predicted_recompute_seconds: float
+    budget_bytes: int
+    layers: list[LayerCost] = field(repr=False, default_factory=list)
+
+    @property
+    def kept_layers(self) -> list[int]:
+        """Layers whose activations are kept (stored segments)."""
+        return [i for s, e, r in self.segments if not r for i in range(s, e)]
+
+    def describe(self) -> str:
+        segs = ", ".join(f"[{s}:{e}]{'R' if r else 'S'}" for s, e, r in self.segments)
+        return (f"plan {segs} (S stored, R recomputed): predicted {self.predicted_bytes / 2**20:.2f} MiB saved for "
+                f"backward (budget {self.budget_bytes / 2**20:.2f} MiB), "
+                f"{1e3 * self.predicted_recompute_seconds:.2f} ms recomputation")
+
+
+def measure_layers(modules: Sequence[nn.Module], example: torch.Tensor, repeats: int = 3) -> list[LayerCost]:
+    """Bytes saved for backward, output bytes and forward time of each layer on ``example`` (training mode;
+    buffers are restored afterwards)."""
+    costs = []
+    x = example
+    for m in modules:
+        xi = x.detach().requires_grad_(True)
+        a = _saved_excluding(m, xi)
+        buffers = [b.detach().clone() for b in m.buffers()]
+        with torch.no_grad():
+            y = m(x)                      # (also the warm-up)
+            t0 = time.perf_counter()
+            for _ in range(repeats):
+                m(x)
+            dt = (time.perf_counter() - t0) / repeats
+            for b, s in zip(m.buffers(), buffers):
+                b.copy_(s)
+        costs.append(LayerCost(a, y.untyped_storage().nbytes(), dt))
+        x = y.detach()
+    return costs
+
+
+def _saved_excluding(m: nn.Module, xi: torch.Tensor) -> int:
+    """Bytes ``m`` saves for backward, excluding its parameters (always resident) but including its input."""
+    params = {p.untyped_storage().data_ptr() for p in m.parameters()}
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        key = t.untyped_storage().data_ptr()
+        if key not in params:
+            seen[key] = t.untyped_storage().nbytes()
+        return t
+    buffers = [b.detach().clone() for b in m.buffers()]
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        m(xi)
+    with torch.no_grad():
+        for b, s in zip(m.buffers(), buffers):
+            b.copy_(s)
+    return sum(seen.values())
+
+
+def plan_checkpoints(model: nn.Sequential | Sequence[nn.Module], example_input: torch.Tensor, budget_bytes: int,
+                     costs: list[LayerCost] | None = None) -> CheckpointPlan:
+    """The plan with the least predicted recomputation whose predicted peak memory saved for backward stays
+    within ``budget_bytes`` (see the module docstring); ``ValueError`` naming the least feasible budget if none."""
+    mods = _as_list(model)
+    costs = costs if costs is not None else measure_layers(mods, example_input)
+    n = len(costs)
+    in_bytes = [example_input.untyped_storage().nbytes()] + [c.output_bytes for c in costs[:-1]]
+    pre_a, pre_c = [0], [0.0]
+    for c in costs:
+        pre_a.append(pre_a[-1] + c.saved_bytes)
+        pre_c.append(pre_c[-1] + c.seconds)
+    seg_a = lambda j, i: pre_a[i] - pre_a[j]          # noqa: E731  internal bytes of layers j..i-1
+    seg_c = lambda j, i: pre_c[i] - pre_c[j]          # noqa: E731
+
+    def best_for(cap: int, persist_budget: int):
+        """Min recompute with every recomputed segment's internal bytes <= cap and persistent bytes <= budget.
+        Pareto frontiers of (persistent bytes, recompute, back-pointer) per prefix."""
+        front: list[list[tuple[int, float, tuple]]] = [[(0, 0.0, ())]] + [[] for _ in range(n)]
+        for i in range(1, n + 1):
+            cands = []
+            for j in range(i):
+                for mem, rc, path in front[j]:
+                    # stored segment j..i
+                    m1 = mem + seg_a(j, i)
+                    if m1 <= persist_budget:
+                        cands.append((m1, rc, path + ((j, i, False),)))
+                    # recomputed segment j..i: holds only its input until backward
+                    if seg_a(j, i) <= cap:
+                        m2 = mem + in_bytes[j]
+                        if m2 <= persist_budget:
+                            cands.append((m2, rc + seg_c(j, i), path + ((j, i, True),)))
+            cands.sort(key=lambda t: (t[0], t[1]))
+            pruned, best_rc = [], float("inf")
+            for c in cands:
+                if c[1] < best_rc - 1e-15:
+                    pruned.append(c)
+                    best_rc = c[1]
+            front[i] = pruned[:64]
+        return min(front[n], key=lambda t: t[1]) if front[n] else None
+
+    caps = sorted({seg_a(j, i) for j in range(n) for i in range(j + 1, n + 1)} | {0})
+    best = None
+    for cap in caps:
+        if cap > budget_bytes:
+            break
+        r = best_for(cap, budget_bytes - cap)
+        if r is not None:
+            peak = r[0] + max([seg_a(s, e) for s, e, rc in r[2] if rc] or [0])
+            if best is None or r[1] < best[1] - 1e-15 or (abs(r[1] - best[1]) <= 1e-15 and peak < best[0]):
+                best = (peak, r[1], r[2])
+    if best is None:
+        minimum = _minimum_budget(n, in_bytes, seg_a)
+        raise ValueError(f"no checkpoint plan fits in {budget_bytes} bytes ({budget_bytes / 2**20:.2f} MiB); the "
+                         f"least feasible budget for this model and input is {minimum} bytes "
+                         f"({minimum / 2**20:.2f} MiB)")
+    return CheckpointPlan(list(best[2]), best[0], best[1], budget_bytes, costs)
+
+
+def _minimum_budget(n: int, in_bytes: list[int], seg_a) -> int:
+    """Least predicted peak over all segmentations (recompute ignored), by DP over each cap."""
+    best = None
+    caps = sorted({seg_a(j, i) for j in range(n) for i in range(j + 1, n + 1)})
+    for cap in caps:
+        f = [0] + [None] * n
+        for i in range(1, n + 1):
+            opts = []
+            for j in range(i):
+                if f[j] is None:
+                    continue
+                opts.append(f[j] + seg_a(j, i))                 # stored
+                if seg_a(j, i) <= cap:
+                    opts.append(f[j] + in_bytes[j])             # recomputed
+            f[i] = min(opts) if opts else None
+        if f[n] is not None:
+            total = f[n] + cap
+            best = total if best is None else min(best, total)
+    return int(best)
+
+
+class CheckpointedSequential(nn.Module):
+    """A ``nn.Sequential``-like chain run per a :class:`CheckpointPlan`: give ``plan=`` or ``budget_bytes=`` and
+    ``example_input=`` (planned at construction)."""
+
+    def __init__(self, *modules: nn.Module, budget_bytes: int | None = None, example_input: torch.Tensor | None = None,
+                 plan: CheckpointPlan | None = None) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(modules)
+        if plan is None:
+            if budget_bytes is None or example_input is None:
+                raise ValueError("CheckpointedSequential needs plan=, or budget_bytes= and example_input=")
+            was = [m.training for m in self.layers]
+            plan = plan_checkpoints(list(self.layers), example_input, budget_bytes)
+            for m, t in zip(self.layers, was):
+                m.train(t)
+        if plan.segments[-1][1] != len(self.layers):
+            raise ValueError("the plan does not cover every layer")
+        self.plan = plan
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for s, e, rc in self.plan.segments:
+            seg = nn.Sequential(*self.layers[s:e])
+            x = recompute(seg, x) if rc else seg(x)
+        return x
+
+    def extra_repr(self) -> str:
+        return self.plan.describe()

@@ -197,3 +197,18 @@ def test_reversible_inverse_and_constant_memory_in_depth():
     assert s4 <= 1.1 * s1
     with pytest.raises(ValueError, match="even"):
         deep(torch.randn(1, 7, 4, 4))
+
+
+@pytest.mark.parametrize("overrides", [
+    ["model.name=revnet", "model.widths=[8, 16]", "model.blocks=[2, 1]"],
+    ["model.name=preact_resnet", "model.norm=inplace_abn", "model.activation=leaky_relu", "model.widths=[4, 8]",
+     "model.blocks=[1, 1]", "model.stem_width=8"],
+    ["model.name=revnet", "model.norm=inplace_abn", "model.activation=leaky_relu", "model.widths=[8, 16]",
+     "model.blocks=[1, 1]"],
+])
+def test_memory_saving_models_train_by_name(overrides):
+    from traintricks.config import load_config
+    from traintricks.training import build_trainer
+    cfg = load_config(overrides=["data.name=digits", "epochs=2", "data.augment=[]", "eval.tta_flip=false",
+                                 "batch_size=64", "lr=0.1"] + overrides)
+    assert build_trainer(cfg, progress=False).fit()["test_accuracy"] > 0.5

@@ -7,11 +7,11 @@
 | ``reversible.py`` | :class:`ReversibleBlock`, :class:`ReversibleSequence` (RevNet) |
 | ``measure.py`` | :func:`saved_bytes`: bytes saved for backward by a forward pass |
 """
-from .checkpoint import (CheckpointedSequential, CheckpointPlan, LayerCost, checkpoint_sequential, measure_layers,
-                         plan_checkpoints, recompute)
+from .checkpoint import (CheckpointedSequential, CheckpointPlan, LayerCost, checkpoint_sequential, evaluate_plan,
+                         measure_layers, plan_checkpoints, recompute, uniform_segments)
 from .inplace_abn import InPlaceABN, InPlaceABN1d, InPlaceABNFunction
 from .measure import saved_bytes
 from .reversible import ReversibleBlock, ReversibleSequence
 
-__all__ = ["InPlaceABN", "InPlaceABN1d", "InPlaceABNFunction", "ReversibleBlock", "ReversibleSequence","CheckpointedSequential", "CheckpointPlan", "LayerCost", "checkpoint_sequential", "measure_layers",
+__all__ = ["InPlaceABN", "InPlaceABN1d", "InPlaceABNFunction", "ReversibleBlock", "ReversibleSequence","CheckpointedSequential", "CheckpointPlan", "LayerCost", "checkpoint_sequential", "evaluate_plan", "measure_layers", "uniform_segments",
            "plan_checkpoints", "recompute", "saved_bytes"]

@@ -30,12 +30,19 @@ import torch
 from torch import nn
 
 
+def autocast_state(x: torch.Tensor) -> tuple[str, bool, torch.dtype]:
+    """The autocast state of ``x``'s device, to recompute under the same mixed precision as the forward."""
+    dev = x.device.type
+    return dev, torch.is_autocast_enabled(dev), torch.get_autocast_dtype(dev)
+
+
 class _Recompute(torch.autograd.Function):
     """Run ``segment`` without saving activations; recompute it in backward."""
 
     @staticmethod
     def forward(ctx, segment, rng_state, x, *params):
         ctx.segment, ctx.rng_state = segment, rng_state
+        ctx.autocast = autocast_state(x)
         ctx.save_for_backward(x)
         with torch.no_grad():
             return segment(x)
@@ -47,7 +54,8 @@ class _Recompute(torch.autograd.Function):
         buffers = [b.detach().clone() for b in segment.buffers()]
         with torch.random.fork_rng(devices=[]):
             torch.set_rng_state(ctx.rng_state)
-            with torch.enable_grad():
+            dev, enabled, dtype = ctx.autocast
+            with torch.enable_grad(), torch.autocast(dev, dtype=dtype, enabled=enabled):
                 xr = x.detach().requires_grad_(x.requires_grad)
                 out = segment(xr)
         params = [p for p in segment.parameters() if p.requires_grad]
@@ -82,18 +90,25 @@ def checkpoint_sequential(modules: nn.Sequential | Sequence[nn.Module], segments
     mods = _as_list(modules)
     if not 1 <= segments <= len(mods):
         raise ValueError(f"segments must be in [1, {len(mods)}], got {segments}")
-    bounds = [round(i * len(mods) / segments) for i in range(segments + 1)]
-    for k in range(segments):
-        seg = nn.Sequential(*mods[bounds[k]:bounds[k + 1]])
-        x = recompute(seg, x) if k < segments - 1 else seg(x)
+    for s, e, rc in uniform_segments(len(mods), segments):
+        seg = nn.Sequential(*mods[s:e])
+        x = recompute(seg, x) if rc else seg(x)
     return x
 
 
 @dataclass
 class LayerCost:
-    saved_bytes: int          # a_i: bytes the layer saves for backward in normal mode
-    output_bytes: int         # o_i: bytes of its output (the next segment's input)
+    saved_bytes: int          # a_i: bytes the layer saves for backward in normal mode (its input included)
+    output_bytes: int         # o_i: bytes of its output (the next layer's input)
     seconds: float            # c_i: forward time
+    input_bytes: int = 0      # bytes of its input
+    saves_input: bool = False     # whether its input is among the saved tensors
+    saves_output: bool = False    # whether its output is among the saved tensors
+
+    @property
+    def other_bytes(self) -> int:
+        """Saved bytes that are neither its input nor its output (intermediates)."""
+        return self.saved_bytes - self.input_bytes * self.saves_input - self.output_bytes * self.saves_output
 
 
 @dataclass
@@ -124,23 +139,25 @@ def measure_layers(modules: Sequence[nn.Module], example: torch.Tensor, repeats:
     x = example
     for m in modules:
         xi = x.detach().requires_grad_(True)
-        a = _saved_excluding(m, xi)
+        a, keys, y = _saved_excluding(m, xi)
         buffers = [b.detach().clone() for b in m.buffers()]
         with torch.no_grad():
-            y = m(x)                      # (also the warm-up)
+            m(x)                          # warm-up
             t0 = time.perf_counter()
             for _ in range(repeats):
                 m(x)
             dt = (time.perf_counter() - t0) / repeats
             for b, s in zip(m.buffers(), buffers):
                 b.copy_(s)
-        costs.append(LayerCost(a, y.untyped_storage().nbytes(), dt))
+        costs.append(LayerCost(a, y.untyped_storage().nbytes(), dt, xi.untyped_storage().nbytes(),
+                               xi.untyped_storage().data_ptr() in keys, y.untyped_storage().data_ptr() in keys))
         x = y.detach()
     return costs
 
 
-def _saved_excluding(m: nn.Module, xi: torch.Tensor) -> int:
-    """Bytes ``m`` saves for backward, excluding its parameters (always resident) but including its input."""
+def _saved_excluding(m: nn.Module, xi: torch.Tensor) -> tuple[int, set[int], torch.Tensor]:
+    """Bytes ``m`` saves for backward, excluding its parameters (always resident) but including its input;
+    the saved storages' keys; the output."""
     params = {p.untyped_storage().data_ptr() for p in m.parameters()}
     seen: dict[int, int] = {}
 
@@ -151,11 +168,11 @@ def _saved_excluding(m: nn.Module, xi: torch.Tensor) -> int:
         return t
     buffers = [b.detach().clone() for b in m.buffers()]
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        m(xi)
+        y = m(xi)
     with torch.no_grad():
         for b, s in zip(m.buffers(), buffers):
             b.copy_(s)
-    return sum(seen.values())
+    return sum(seen.values()), set(seen), y.detach()
 
 
 def plan_checkpoints(model: nn.Sequential | Sequence[nn.Module], example_input: torch.Tensor, budget_bytes: int,
@@ -166,12 +183,7 @@ def plan_checkpoints(model: nn.Sequential | Sequence[nn.Module], example_input: 
     costs = costs if costs is not None else measure_layers(mods, example_input)
     n = len(costs)
     in_bytes = [example_input.untyped_storage().nbytes()] + [c.output_bytes for c in costs[:-1]]
-    pre_a, pre_c = [0], [0.0]
-    for c in costs:
-        pre_a.append(pre_a[-1] + c.saved_bytes)
-        pre_c.append(pre_c[-1] + c.seconds)
-    seg_a = lambda j, i: pre_a[i] - pre_a[j]          # noqa: E731  internal bytes of layers j..i-1
-    seg_c = lambda j, i: pre_c[i] - pre_c[j]          # noqa: E731
+    seg_a, seg_c = _segment_costs(costs)
 
     def best_for(cap: int, persist_budget: int):
         """Min recompute with every recomputed segment's internal bytes <= cap and persistent bytes <= budget.
@@ -215,6 +227,43 @@ def plan_checkpoints(model: nn.Sequential | Sequence[nn.Module], example_input: 
                          f"least feasible budget for this model and input is {minimum} bytes "
                          f"({minimum / 2**20:.2f} MiB)")
     return CheckpointPlan(list(best[2]), best[0], best[1], budget_bytes, costs)
+
+
+def _segment_costs(costs: list[LayerCost]):
+    """``seg_a(j, i)``: bytes layers j..i-1 hold when run with gradients (each layer's intermediates, each
+    boundary tensor once if either neighbour saves it, the segment's input if its first layer saves it, its
+    output if its last layer does); ``seg_c(j, i)``: their forward seconds."""
+    n = len(costs)
+    pre_c = [0.0]
+    for c in costs:
+        pre_c.append(pre_c[-1] + c.seconds)
+    table: dict[tuple[int, int], int] = {}
+    for j in range(n):
+        total = costs[j].input_bytes * costs[j].saves_input
+        for i in range(j + 1, n + 1):
+            c = costs[i - 1]
+            total += c.other_bytes
+            nxt_saves_input = i < n and costs[i].saves_input
+            table[(j, i)] = total + c.output_bytes * c.saves_output
+            total += c.output_bytes * (c.saves_output or nxt_saves_input)
+    return (lambda j, i: table[(j, i)]), (lambda j, i: pre_c[i] - pre_c[j])
+
+
+def evaluate_plan(segments: Sequence[tuple[int, int, bool]], costs: list[LayerCost],
+                  input_bytes: int) -> tuple[int, float]:
+    """``(predicted peak bytes, predicted recompute seconds)`` of any segmentation under the planner's model
+    (e.g. a uniform one, to compare with the planner at equal predicted memory)."""
+    seg_a, seg_c = _segment_costs(costs)
+    in_bytes = [input_bytes] + [c.output_bytes for c in costs[:-1]]
+    persistent = sum(in_bytes[s] if r else seg_a(s, e) for s, e, r in segments)
+    transient = max([seg_a(s, e) for s, e, r in segments if r] or [0])
+    return persistent + transient, sum(seg_c(s, e) for s, e, r in segments if r)
+
+
+def uniform_segments(n: int, k: int) -> list[tuple[int, int, bool]]:
+    """:func:`checkpoint_sequential`'s segmentation: k equal segments, all but the last recomputed."""
+    bounds = [round(i * n / k) for i in range(k + 1)]
+    return [(bounds[i], bounds[i + 1], i < k - 1) for i in range(k)]
 
 
 def _minimum_budget(n: int, in_bytes: list[int], seg_a) -> int:

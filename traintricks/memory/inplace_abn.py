@@ -13,10 +13,11 @@ z >= 0 else s)``:
     dL/dx = (gamma / sigma_B) * (dL/dy - mean(dL/dy) - xhat * mean(dL/dy * xhat))
     dL/dgamma = sum(dL/dy * xhat),   dL/dbeta = sum(dL/dy)
 
-The paper (sec. 3.2) rewrites this with ``y`` directly so that ``1/gamma`` cancels; we follow it:
-``xhat * mean(g xhat) = (y - beta) * mean(g (y - beta)) / gamma^2``, so with ``|gamma|`` clamped below at
-``eps_gamma`` (their epsilon, default 1e-5; a smaller ``|gamma|`` is used as ``sign * eps_gamma``), the inversion
-stays finite. Saved for backward: ``z`` (one activation) and per-channel vectors -- about half of BN + leaky
+Division by ``gamma`` needs ``gamma != 0``: as in the paper (sec. 3.2, which clamps ``|gamma|``), a ``|gamma|``
+below ``eps_gamma`` (default 1e-5) is used as ``sign(gamma) * eps_gamma`` in the inversion, so the backward stays
+finite; for such channels the gradient is that of the clamped layer (documented approximation; exact otherwise).
+The backward runs as: leaky ReLU's backward kernel from ``z``, the inverse leaky ReLU, the inverse affine map
+(one per-channel pass), and ATen's fused batch-norm backward kernel fed with ``xhat``. Saved for backward: ``z`` (one activation) and per-channel vectors -- about half of BN + leaky
 ReLU's two activations. The forward writes ``z`` over the BN output buffer (in place). Inference uses the
 running estimates like batch norm.
 """
@@ -25,15 +26,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..nn.batchnorm import _BatchNorm, _axes, _shape
+from ..nn.batchnorm import _BatchNorm
 
 
 class InPlaceABNFunction(torch.autograd.Function):
     """Training-mode BN + leaky ReLU saving only the output. Returns ``(z, mu_B, var_B)``."""
 
     @staticmethod
-    def forward(ctx, x, gamma, beta, eps, slope, eps_gamma):
-        z, mu, invstd = torch.native_batch_norm(x, gamma, beta, None, None, True, 0.0, eps)
+    def forward(ctx, x, gamma, beta, eps, slope, eps_gamma, running_mean=None, running_var=None, momentum=0.0):
+        z, mu, invstd = torch.native_batch_norm(x, gamma, beta, running_mean, running_var, True, momentum, eps)
         F.leaky_relu(z, slope, inplace=True)
         g_safe = torch.where(gamma.abs() < eps_gamma, torch.where(gamma < 0, -eps_gamma, eps_gamma), gamma)
         ctx.save_for_backward(z, g_safe, beta, invstd)
@@ -45,19 +46,19 @@ class InPlaceABNFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dz, _dmu, _dvar):
         z, gamma, beta, invstd = ctx.saved_tensors
-        axes, shape = _axes(z), _shape(z)
         s = ctx.slope
-        pos = z >= 0
-        y = torch.where(pos, z, z / s)                               # invert the leaky ReLU
-        dy = torch.where(pos, dz, dz * s)
-        m = dz.numel() // dz.shape[1]
-        yb = y - beta.view(shape)                                    # = gamma * xhat
-        dbeta = dy.sum(dim=axes)
-        dgamma = (dy * yb).sum(dim=axes) / gamma                     # sum(dy * xhat)
-        # dx = (gamma * invstd) * (dy - mean(dy) - xhat * mean(dy * xhat)), xhat = yb / gamma
-        k = (gamma * invstd).view(shape)
-        dx = k * (dy - (dbeta.view(shape) + yb * (dgamma / gamma).view(shape)) / m)
-        return dx, dgamma, dbeta, None, None, None
+        dy = torch.ops.aten.leaky_relu_backward(dz, z, s, True)     # dL/dy from the output's sign
+        y = F.leaky_relu(z, 1.0 / s)                                 # invert the leaky ReLU
+        # invert the affine map, xhat = (y - beta) / gamma, as one per-channel pass (an inference-mode batch
+        # norm with mean beta, variance gamma^2 and weight sign(gamma))
+        xhat = F.batch_norm(y, beta, gamma.square(), torch.sign(gamma), None, False, 0.0, 0.0)
+        # BN's backward needs only xhat: ATen's kernel with mean 0 and invstd 1 sees xhat as its input, and
+        # weight gamma * invstd restores the 1 / sigma_B factor of dL/dx
+        zeros, ones = torch.zeros_like(invstd), torch.ones_like(invstd)
+        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]]
+        dx, dgamma, dbeta = torch.ops.aten.native_batch_norm_backward(
+            dy, xhat, gamma * invstd, None, None, zeros, ones, True, 0.0, mask)
+        return dx, dgamma, dbeta, None, None, None, None, None, None
 
 
 class _InPlaceABN(_BatchNorm):
@@ -77,8 +78,10 @@ class _InPlaceABN(_BatchNorm):
         self._check(x)
         if not self.training:
             return F.leaky_relu(self._inference(x), self.slope, inplace=True)
-        z, mu, var = InPlaceABNFunction.apply(x, self.weight, self.bias, self.eps, self.slope, self.eps_gamma)
-        self._update_running(x, mu, var)
+        z, mu, _ = InPlaceABNFunction.apply(x, self.weight, self.bias, self.eps, self.slope, self.eps_gamma,
+                                            self.running_mean, self.running_var, 1.0 - self.alpha)
+        self._check_finite(x, mu)
+        self.num_batches_tracked.add_(1)
         return z
 
     def extra_repr(self) -> str:

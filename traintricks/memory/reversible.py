@@ -22,6 +22,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from .checkpoint import autocast_state
+
 
 class ReversibleBlock(nn.Module):
     """``y1 = x1 + F(x2)``, ``y2 = x2 + G(y1)`` on the two channel halves; ``inverse(y)`` recovers ``x``."""
@@ -60,6 +62,7 @@ class _ReversibleFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, blocks, x, *params):
         ctx.blocks, ctx.rng = blocks, []
+        ctx.autocast = autocast_state(x)
         with torch.no_grad():
             for b in blocks:
                 x, rng = b.forward_recording(x)
@@ -71,13 +74,15 @@ class _ReversibleFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_y):
         (y,) = ctx.saved_tensors
+        dev, enabled, dtype = ctx.autocast
         param_grads: dict[int, torch.Tensor] = {}
         for b, rng in zip(reversed(ctx.blocks), reversed(ctx.rng)):
             buffers = [t.detach().clone() for t in b.buffers()]
-            x = b.inverse(y, rng)                                   # reconstruct the block's input
+            with torch.autocast(dev, dtype=dtype, enabled=enabled):
+                x = b.inverse(y, rng)                               # reconstruct the block's input
             with torch.random.fork_rng(devices=[]):
                 torch.set_rng_state(rng[0])
-                with torch.enable_grad():
+                with torch.enable_grad(), torch.autocast(dev, dtype=dtype, enabled=enabled):
                     xr = x.detach().requires_grad_(True)
                     out = b(xr)                                     # recompute with gradients on
             params = [p for p in b.parameters() if p.requires_grad]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -42,9 +43,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
         hint = f"; continue with: traintricks train --resume {out}" if out is not None else ""
         print(f"\ntraintricks: interrupted{hint}", file=sys.stderr)
         return 130
-    keys = ("test_accuracy", "best_epoch", "epochs", "train_seconds", "wall_seconds", "stopped_early")
-    print(json.dumps({k: summary[k] for k in keys if k in summary}))
-    print(f"wrote {out}/summary.json, metrics.jsonl, curves.png, report.md, model.safetensors", file=sys.stderr)
+    from .parallel import cleanup, dist_info
+    info = dist_info()
+    if info.is_main:
+        keys = ("test_accuracy", "best_epoch", "epochs", "train_seconds", "wall_seconds", "stopped_early")
+        print(json.dumps({k: summary[k] for k in keys if k in summary}))
+        print(f"wrote {out}/summary.json, metrics.jsonl, curves.png, report.md, model.safetensors", file=sys.stderr)
+    if info.distributed:
+        # leave the group, then exit at once: gloo can abort at interpreter exit after destroy_process_group
+        cleanup()
+        sys.stdout.flush(), sys.stderr.flush()
+        os._exit(0)
     return 0
 
 

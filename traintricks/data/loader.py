@@ -2,7 +2,9 @@
 
 A :class:`TensorLoader` shuffles with a generator seeded by ``(seed, epoch)``, so every epoch's
 order and augmentation are a function of the seed and the epoch number alone: a run resumed
-from a checkpoint sees exactly the batches an uninterrupted run would.
+from a checkpoint sees exactly the batches an uninterrupted run would. With ``world_size`` K > 1 every
+process draws the same permutation and takes its ``batch_size`` share (``rank``) of each global batch
+of ``K * batch_size``.
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ class TensorLoader:
     def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bool = False,
                  drop_last: bool = False, seed: int = 0,
                  transform: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
-                 memory_format: torch.memory_format | None = None) -> None:
+                 memory_format: torch.memory_format | None = None, rank: int = 0, world_size: int = 1) -> None:
         if len(x) != len(y):
             raise ValueError(f"x has {len(x)} examples but y has {len(y)}")
         if batch_size < 1:
@@ -38,21 +40,30 @@ class TensorLoader:
         self.x, self.y, self.batch_size = x, y, batch_size
         self.shuffle, self.drop_last, self.seed = shuffle, drop_last, seed
         self.transform, self.memory_format = transform, memory_format
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"need 0 <= rank < world_size, got rank {rank}, world_size {world_size}")
+        self.rank, self.world_size = rank, world_size
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        n = len(self.x)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        n, g = len(self.x), self.batch_size * self.world_size
+        return n // g if self.drop_last else -(-n // g)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         n = len(self.x)
         order = torch.randperm(n, generator=g) if self.shuffle else None
+        if self.world_size > 1:          # per-rank augmentation randomness; the permutation above is shared
+            g = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) * 7919 + self.rank)
+        gb = self.batch_size * self.world_size
         for b in range(len(self)):
-            sl = slice(b * self.batch_size, min(n, (b + 1) * self.batch_size))
+            start = b * gb + self.rank * self.batch_size          # this rank's share of global batch b
+            sl = slice(min(n, start), min(n, start + self.batch_size))
+            if sl.start >= sl.stop:
+                continue
             if order is None:
                 xb, yb = self.x[sl], self.y[sl]
             else:

@@ -23,6 +23,7 @@ from ..models import MODELS, REGULARIZERS
 from ..optim import OPTIMIZERS, SCHEDULES, TRANSFORMS, param_groups
 from . import checkpoint as ckpt
 from .report import plot_curves, write_report
+from ..parallel.ddp import dist_info, setup_distributed
 from .trainer import NonFiniteLossError, Trainer
 
 EVAL_BATCH = 1000
@@ -119,8 +120,13 @@ def build_trainer(cfg: dict[str, Any], data: DataSplits | None = None, out_dir: 
     model = build_model(cfg, data.input_shape, data.num_classes)
 
     bs = cfg["batch_size"]
-    train = TensorLoader(data.train_x, data.train_y, bs, shuffle=True, drop_last=len(data.train_x) > bs,
-                         seed=cfg["seed"], transform=build_augment(d["augment"], data.num_classes))
+    info = dist_info()
+    if bs % info.world_size:
+        raise ConfigError("batch_size", f"the global batch {bs} must divide among {info.world_size} processes")
+    train = TensorLoader(data.train_x, data.train_y, bs // info.world_size, shuffle=True,
+                         drop_last=len(data.train_x) > bs, seed=cfg["seed"],
+                         transform=build_augment(d["augment"], data.num_classes),
+                         rank=info.rank, world_size=info.world_size)
     val = TensorLoader(data.val_x, data.val_y, EVAL_BATCH) if len(data.val_x) else None
     test = TensorLoader(data.test_x, data.test_y, EVAL_BATCH)
 
@@ -154,8 +160,12 @@ def build_trainer(cfg: dict[str, Any], data: DataSplits | None = None, out_dir: 
 
 def run(cfg: dict[str, Any] | None, out_dir: str | Path, resume: bool = False, progress: bool = True,
         callbacks: Sequence[Callable] = ()) -> dict[str, Any]:
-    """Train per ``cfg`` into ``out_dir`` (or continue the run there when ``resume``); return the summary."""
+    """Train per ``cfg`` into ``out_dir`` (or continue the run there when ``resume``); return the summary.
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) the processes join a process group and train with DDP; only
+    rank 0 writes (see :mod:`traintricks.parallel`)."""
     out = Path(out_dir)
+    info = setup_distributed(cfg["device"] if cfg is not None else "cpu")
     if resume:
         if not (out / "config.toml").is_file():
             raise ckpt.CheckpointError(f"{out / 'config.toml'}: not found; is {out} a traintricks run directory?")
@@ -167,8 +177,9 @@ def run(cfg: dict[str, Any] | None, out_dir: str | Path, resume: bool = False, p
             cfg = load_config()
         if ckpt.latest_checkpoint(out / "checkpoints") is not None or (out / "summary.json").exists():
             raise RunExistsError(f"{out} already holds a run; continue it with --resume {out} or choose another --out")
-        out.mkdir(parents=True, exist_ok=True)
-        ckpt.atomic_write_text(out / "config.toml", to_toml(cfg))
+        if info.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+            ckpt.atomic_write_text(out / "config.toml", to_toml(cfg))
     trainer = build_trainer(cfg, out_dir=out, progress=progress, callbacks=callbacks)
     if resume:
         trainer.resume(out)
@@ -179,9 +190,12 @@ def run(cfg: dict[str, Any] | None, out_dir: str | Path, resume: bool = False, p
     except NonFiniteLossError as e:
         summary = {**meta, "status": "diverged", "error": str(e), "epochs": trainer.epoch,
                    "last_checkpoint": str(trainer.last_checkpoint) if trainer.last_checkpoint else None}
-        ckpt.atomic_write_json(out / "summary.json", summary)
+        if info.is_main:
+            ckpt.atomic_write_json(out / "summary.json", summary)
         raise
-    summary = {**meta, "status": "finished", **summary}
+    summary = {**meta, "status": "finished", "processes": info.world_size, **summary}
+    if not info.is_main:
+        return summary
     ckpt.save_weights(trainer.model.state_dict(), out / "model.safetensors", {"epoch": str(trainer.epoch)})
     ckpt.atomic_write_json(out / "summary.json", summary)
     if trainer.history:

@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from ..evaluation import EarlyStopping, correct_count
 from ..errors import NonFiniteInputError
+from ..parallel.ddp import dist_info
 from . import checkpoint as ckpt
 
 GradTransform = Callable[[Sequence[torch.Tensor]], None]
@@ -90,6 +91,15 @@ class Trainer:
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.forward = torch.compile(self.model) if compile else self.model
+        self.eval_forward = self.forward
+        self.dist = dist_info()
+        if self.dist.distributed:
+            # synchronous data parallel: DDP averages the gradients of the processes' shares of each batch
+            from torch.nn.parallel import DistributedDataParallel
+            ddp = DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda"
+                                          else None)
+            self.forward = torch.compile(ddp) if compile else ddp
+            progress = progress and self.dist.is_main
         if isinstance(loss_fn, nn.Module):
             loss_fn = loss_fn.to(self.device)
         self.optimizer, self.loss_fn, self.scheduler = optimizer, loss_fn, scheduler
@@ -177,6 +187,10 @@ class Trainer:
                 if self.progress and step % 10 == 0:
                     bar.set_postfix(loss=f"{value:.3f}", lr=f"{self.current_lr():.3g}", refresh=False)
                 bar.update(1)
+        if self.dist.distributed:                          # metrics over every process's share
+            totals = torch.stack([loss_sum, correct.double(), torch.tensor(float(seen), dtype=torch.float64)])
+            torch.distributed.all_reduce(totals)
+            loss_sum, correct, seen = totals[0], totals[1], int(totals[2])
         return {"train_loss": loss_sum.item() / max(seen, 1), "train_accuracy": correct.item() / max(seen, 1)}
 
     @torch.no_grad()
@@ -189,9 +203,9 @@ class Trainer:
         for x, y in loader:
             x, y = self._to_device(x, y)
             with self._autocast():
-                logits = self.forward(x).float()
+                logits = self.eval_forward(x).float()
                 if self.tta_flip and x.ndim == 4:
-                    logits = 0.5 * (logits + self.forward(x.flip(-1)).float())
+                    logits = 0.5 * (logits + self.eval_forward(x.flip(-1)).float())
             loss_sum += self.loss_fn(logits, y).item() * y.shape[0]
             correct += correct_count(logits, y).item()
             seen += y.shape[0]
@@ -228,7 +242,7 @@ class Trainer:
             record["wall_seconds"] = self.wall_seconds
             self.history.append(record)
             self._log(record)
-            if self.out_dir is not None:
+            if self.out_dir is not None and self.dist.is_main:      # only rank 0 writes
                 self.save_checkpoint()
                 ckpt.atomic_write_text(self.out_dir / "metrics.jsonl",
                                        "".join(_json_line(r) for r in self.history))

@@ -1,0 +1,97 @@
+import os
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from traintricks.config import load_config
+from traintricks.data import TensorLoader
+
+CFG = ["data.name=digits", "epochs=2", "data.augment=[]", "eval.tta_flip=false", "precision=fp32",
+       "model.name=mlp", "model.hidden=[32]", "model.norm=none", "batch_size=64", "lr=0.05",
+       "schedule.name=constant", "data.val_size=0"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank: int, world: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+    torch.set_num_threads(1)
+    from traintricks.parallel import cleanup, setup_distributed
+    from traintricks.training import build_trainer
+    code = 0
+    try:
+        info = setup_distributed("cpu")
+        assert info.world_size == world and info.rank == rank
+        trainer = build_trainer(load_config(overrides=CFG), progress=False)
+        summary = trainer.fit()
+        if rank == 0:
+            torch.save({"state": trainer.model.state_dict(), "summary": summary,
+                        "batches": len(trainer.train_loader)}, out)
+        cleanup()
+    except BaseException:      # noqa: BLE001 - report through the exit code
+        import traceback
+        traceback.print_exc()
+        code = 1
+    os._exit(code)             # (gloo can abort at interpreter exit after destroy_process_group)
+
+
+def test_loader_shards_each_global_batch_between_ranks():
+    x, y = torch.arange(20.0).view(20, 1), torch.arange(20)
+    full = TensorLoader(x, y, 4, shuffle=True, seed=3, drop_last=True)
+    parts = [TensorLoader(x, y, 2, shuffle=True, seed=3, drop_last=True, rank=r, world_size=2) for r in (0, 1)]
+    assert len(full) == len(parts[0]) == len(parts[1]) == 5
+    for (fx, _), (ax, _), (bx, _) in zip(full, *parts):
+        assert torch.equal(fx, torch.cat([ax, bx]))
+    with pytest.raises(ValueError, match="rank"):
+        TensorLoader(x, y, 2, rank=2, world_size=2)
+
+
+def test_two_processes_batch_b_equal_one_process_batch_2b(tmp_path):
+    """DDP on loopback (gloo): 2 processes x 32 examples == 1 process x 64 examples, after 2 epochs."""
+    from traintricks.training import build_trainer
+    out = str(tmp_path / "ddp.pt")
+    ctx = mp.get_context("spawn")
+    port = _free_port()
+    procs = [ctx.Process(target=_worker, args=(r, 2, port, out)) for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=180)
+    alive = [p for p in procs if p.is_alive()]
+    for p in alive:
+        p.kill()
+    assert not alive, "a worker did not finish in time"
+    assert all(p.exitcode == 0 for p in procs), [p.exitcode for p in procs]
+    ddp = torch.load(out, weights_only=False)
+    single = build_trainer(load_config(overrides=CFG), progress=False)
+    summary = single.fit()
+    assert ddp["batches"] == len(single.train_loader)
+    for k, v in single.model.state_dict().items():
+        torch.testing.assert_close(ddp["state"][k], v, rtol=1e-5, atol=1e-6)
+    assert ddp["summary"]["test_accuracy"] == pytest.approx(summary["test_accuracy"], abs=2e-3)
+
+
+def test_torchrun_cli_two_processes_rank0_writes(tmp_path):
+    import json
+    import shutil
+    import subprocess
+    import sys
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
+    exe = shutil.which("traintricks", path=os.path.dirname(sys.executable))
+    if torchrun is None or exe is None:
+        pytest.skip("torchrun / traintricks scripts not installed in this environment")
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [torchrun, "--nproc_per_node=2", f"--master_port={_free_port()}", "--no-python", exe, "train",
+           "--out", str(out), "--no-progress"] + [a for kv in CFG for a in ("--set", kv)]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+    assert res.returncode == 0, res.stderr[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["processes"] == 2 and summary["test_accuracy"] > 0.5
+    assert res.stdout.count("test_accuracy") == 1                     # only rank 0 reports

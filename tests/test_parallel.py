@@ -95,3 +95,19 @@ def test_torchrun_cli_two_processes_rank0_writes(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["processes"] == 2 and summary["test_accuracy"] > 0.5
     assert res.stdout.count("test_accuracy") == 1                     # only rank 0 reports
+
+
+def test_hogwild_workers_train_a_shared_model_from_the_cli(tmp_path):
+    import json
+    from traintricks.cli import main
+    out = tmp_path / "hog"
+    args = ["train", "--out", str(out), "--no-progress", "--set", "parallel.mode=hogwild", "--set", "parallel.workers=2"]
+    args += [a for kv in CFG if not kv.startswith("epochs") for a in ("--set", kv)] + ["--set", "epochs=3"]
+    assert main(args) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["parallel"] == "hogwild" and summary["workers"] == 2 and summary["failed_workers"] == []
+    assert summary["test_accuracy"] > 0.8
+    assert (out / "model.safetensors").is_file()
+    from traintricks.config import ConfigError
+    with pytest.raises(ConfigError, match="parallel.mode"):
+        load_config(overrides=["parallel.mode=async"])

@@ -53,6 +53,7 @@ DEFAULTS: dict[str, Any] = {
     "early_stopping": {"name": "none"},
     "eval": {"tta_flip": True, "test_every_epoch": True},
     "grad_transforms": [],
+    "parallel": {"mode": "sync", "workers": 2},
 }
 
 # fixed keys: type and a check returning an error message or None
@@ -82,6 +83,8 @@ _FIXED: dict[str, tuple[Any, Callable[[Any], str | None] | None]] = {
     "grad_transforms": (list, None),
     "eval.tta_flip": (bool, None),
     "eval.test_every_epoch": (bool, None),
+    "parallel.mode": (str, _choice("sync", "hogwild")),
+    "parallel.workers": (int, _pos),
 }
 def _components() -> dict[str, tuple[Registry, dict[str, tuple[Any, Any]]]]:
     """Component tables: their registry, and keys handled by the builder rather than the factory."""

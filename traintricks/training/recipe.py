@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import random
+import time
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -21,9 +22,9 @@ from ..evaluation import EARLY_STOPPING
 from ..losses import LOSSES, PENALTIES, AuxiliaryHeads, WithPenalties
 from ..models import MODELS, REGULARIZERS
 from ..optim import OPTIMIZERS, SCHEDULES, TRANSFORMS, param_groups
+from ..parallel.ddp import dist_info, setup_distributed
 from . import checkpoint as ckpt
 from .report import plot_curves, write_report
-from ..parallel.ddp import dist_info, setup_distributed
 from .trainer import NonFiniteLossError, Trainer
 
 EVAL_BATCH = 1000
@@ -107,8 +108,13 @@ def build_model(cfg: dict[str, Any], in_shape: Sequence[int], num_classes: int) 
 
 
 def build_trainer(cfg: dict[str, Any], data: DataSplits | None = None, out_dir: str | Path | None = None,
-                  progress: bool = True, callbacks: Sequence[Callable] = ()) -> Trainer:
-    """Build data, model, optimizer, schedule, loss and trainer from a validated config."""
+                  progress: bool = True, callbacks: Sequence[Callable] = (), model: torch.nn.Module | None = None,
+                  shard: tuple[int, int] | None = None, evaluate: bool = True) -> Trainer:
+    """Build data, model, optimizer, schedule, loss and trainer from a validated config.
+
+    ``model`` replaces the built model (e.g. one in shared memory); ``shard=(rank, count)`` trains on that
+    share of every batch (Hogwild workers; under ``torchrun`` the process group decides); ``evaluate=False``
+    skips validation and test evaluation during training."""
     if cfg["threads"]:
         torch.set_num_threads(cfg["threads"])
     torch.manual_seed(cfg["seed"])
@@ -117,18 +123,19 @@ def build_trainer(cfg: dict[str, Any], data: DataSplits | None = None, out_dir: 
     if data is None:
         data = _build("data", d, load_data, d["name"], root=d["root"], limit=d["limit"],
                       val_size=d["val_size"], seed=cfg["seed"])
-    model = build_model(cfg, data.input_shape, data.num_classes)
+    if model is None:
+        model = build_model(cfg, data.input_shape, data.num_classes)
 
     bs = cfg["batch_size"]
     info = dist_info()
-    if bs % info.world_size:
-        raise ConfigError("batch_size", f"the global batch {bs} must divide among {info.world_size} processes")
-    train = TensorLoader(data.train_x, data.train_y, bs // info.world_size, shuffle=True,
+    rank, world = shard if shard is not None else (info.rank, info.world_size)
+    if bs % world:
+        raise ConfigError("batch_size", f"the global batch {bs} must divide among {world} processes")
+    train = TensorLoader(data.train_x, data.train_y, bs // world, shuffle=True,
                          drop_last=len(data.train_x) > bs, seed=cfg["seed"],
-                         transform=build_augment(d["augment"], data.num_classes),
-                         rank=info.rank, world_size=info.world_size)
-    val = TensorLoader(data.val_x, data.val_y, EVAL_BATCH) if len(data.val_x) else None
-    test = TensorLoader(data.test_x, data.test_y, EVAL_BATCH)
+                         transform=build_augment(d["augment"], data.num_classes), rank=rank, world_size=world)
+    val = TensorLoader(data.val_x, data.val_y, EVAL_BATCH) if len(data.val_x) and evaluate else None
+    test = TensorLoader(data.test_x, data.test_y, EVAL_BATCH) if evaluate else None
 
     o = cfg["optim"]
     opt_fn = OPTIMIZERS.get(o["name"])
@@ -180,6 +187,8 @@ def run(cfg: dict[str, Any] | None, out_dir: str | Path, resume: bool = False, p
         if info.is_main:
             out.mkdir(parents=True, exist_ok=True)
             ckpt.atomic_write_text(out / "config.toml", to_toml(cfg))
+    if cfg["parallel"]["mode"] == "hogwild":
+        return _run_hogwild(cfg, out, resume)
     trainer = build_trainer(cfg, out_dir=out, progress=progress, callbacks=callbacks)
     if resume:
         trainer.resume(out)
@@ -201,4 +210,26 @@ def run(cfg: dict[str, Any] | None, out_dir: str | Path, resume: bool = False, p
     if trainer.history:
         plot_curves(trainer.history, out / "curves.png", title=f"{meta['dataset']} / {meta['model']}")
     write_report(out, summary, trainer.history, to_toml(cfg))
+    return summary
+
+
+def _run_hogwild(cfg: dict[str, Any], out: Path, resume: bool) -> dict[str, Any]:
+    """``parallel.mode = "hogwild"``: lock-free workers on a shared model, then one evaluation and the report."""
+    from ..parallel.hogwild import run_hogwild
+    if resume:
+        raise ckpt.CheckpointError("a Hogwild run cannot be resumed mid-run; start a new run")
+    trainer = build_trainer(cfg, out_dir=out, progress=False)
+    t0 = time.perf_counter()
+    codes = run_hogwild(cfg, trainer.model, cfg["parallel"]["workers"])
+    trainer.train_seconds = trainer.wall_seconds = time.perf_counter() - t0
+    trainer.epoch = cfg["epochs"]
+    summary = trainer.finish()
+    trainer.save_checkpoint()
+    meta = {"dataset": cfg["data"]["name"], "model": cfg["model"]["name"], "seed": cfg["seed"],
+            "parameters": sum(p.numel() for p in trainer.model.parameters()), "threads": torch.get_num_threads()}
+    summary = {**meta, "status": "finished", "parallel": "hogwild", "workers": len(codes),
+               "failed_workers": [r for r, c in enumerate(codes) if c != 0], **summary}
+    ckpt.save_weights(trainer.model.state_dict(), out / "model.safetensors", {"epoch": str(trainer.epoch)})
+    ckpt.atomic_write_json(out / "summary.json", summary)
+    write_report(out, summary, [], to_toml(cfg))
     return summary

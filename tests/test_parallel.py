@@ -111,3 +111,17 @@ def test_hogwild_workers_train_a_shared_model_from_the_cli(tmp_path):
     from traintricks.config import ConfigError
     with pytest.raises(ConfigError, match="parallel.mode"):
         load_config(overrides=["parallel.mode=async"])
+
+
+def test_gradient_accumulation_equals_one_big_batch():
+    from traintricks.training import build_trainer
+    one = build_trainer(load_config(overrides=CFG), progress=False)
+    one.fit()
+    acc = build_trainer(load_config(overrides=CFG + ["accumulate_steps=2"]), progress=False)
+    assert acc.train_loader.batch_size == 32 and len(acc.train_loader) == 2 * len(one.train_loader)
+    acc.fit()
+    for (k, a), b in zip(acc.model.state_dict().items(), one.model.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    from traintricks.config import ConfigError
+    with pytest.raises(ConfigError, match="batch_size"):
+        build_trainer(load_config(overrides=CFG + ["accumulate_steps=5"]), progress=False)

@@ -53,6 +53,7 @@ DEFAULTS: dict[str, Any] = {
     "early_stopping": {"name": "none"},
     "eval": {"tta_flip": True, "test_every_epoch": True},
     "grad_transforms": [],
+    "accumulate_steps": 1,
     "parallel": {"mode": "sync", "workers": 2},
 }
 
@@ -84,6 +85,7 @@ _FIXED: dict[str, tuple[Any, Callable[[Any], str | None] | None]] = {
     "eval.tta_flip": (bool, None),
     "eval.test_every_epoch": (bool, None),
     "parallel.mode": (str, _choice("sync", "hogwild")),
+    "accumulate_steps": (int, _pos),
     "parallel.workers": (int, _pos),
 }
 def _components() -> dict[str, tuple[Registry, dict[str, tuple[Any, Any]]]]:

@@ -129,9 +129,11 @@ def build_trainer(cfg: dict[str, Any], data: DataSplits | None = None, out_dir: 
     bs = cfg["batch_size"]
     info = dist_info()
     rank, world = shard if shard is not None else (info.rank, info.world_size)
-    if bs % world:
-        raise ConfigError("batch_size", f"the global batch {bs} must divide among {world} processes")
-    train = TensorLoader(data.train_x, data.train_y, bs // world, shuffle=True,
+    acc = cfg["accumulate_steps"]
+    if bs % (world * acc):
+        raise ConfigError("batch_size", f"the global batch {bs} must divide into {world} process(es) x "
+                                        f"{acc} accumulation step(s)")
+    train = TensorLoader(data.train_x, data.train_y, bs // (world * acc), shuffle=True,
                          drop_last=len(data.train_x) > bs, seed=cfg["seed"],
                          transform=build_augment(d["augment"], data.num_classes), rank=rank, world_size=world)
     val = TensorLoader(data.val_x, data.val_y, EVAL_BATCH) if len(data.val_x) and evaluate else None
@@ -144,7 +146,8 @@ def build_trainer(cfg: dict[str, Any], data: DataSplits | None = None, out_dir: 
     groups = param_groups(model, wd, o.get("decay_norm_and_bias", False))
     optimizer = _build("optim", o, opt_fn, groups, lr=cfg["lr"], **_options(o, drop=["decay_norm_and_bias"]))
     s = cfg["schedule"]
-    scheduler = _build("schedule", s, SCHEDULES.get(s["name"]), optimizer, cfg["epochs"] * len(train), len(train),
+    updates = len(train) // acc                       # optimizer steps per epoch
+    scheduler = _build("schedule", s, SCHEDULES.get(s["name"]), optimizer, cfg["epochs"] * updates, updates,
                        **_options(s))
     loss_fn = build_loss(cfg, model, data)
     if cfg["eval"]["tta_flip"] and not any(as_spec(a)["name"] == "flip" for a in d["augment"]):
@@ -159,7 +162,7 @@ def build_trainer(cfg: dict[str, Any], data: DataSplits | None = None, out_dir: 
         t = as_spec(item)
         transforms.append(_build(f"grad_transforms[{i}]", t, TRANSFORMS.get(t["name"]), **_options(t)))
     return Trainer(model, optimizer, loss_fn, train, val, test, scheduler=scheduler, epochs=cfg["epochs"],
-                   grad_transforms=transforms,
+                   grad_transforms=transforms, accumulate_steps=acc,
                    early_stopping=early, out_dir=out_dir, device=cfg["device"], precision=cfg["precision"],
                    channels_last=cfg["channels_last"], compile=cfg["compile"], tta_flip=cfg["eval"]["tta_flip"],
                    test_every_epoch=cfg["eval"]["test_every_epoch"], callbacks=callbacks, progress=progress)

@@ -70,6 +70,8 @@ class Trainer:
         tta_flip: evaluate on the mean of the logits of the image and its horizontal mirror.
         test_every_epoch: evaluate on ``test_loader`` after every epoch (else only at the end).
         callbacks: ``cb(trainer, record)`` called after each epoch's record is complete and saved.
+        accumulate_steps: micro-batches per optimizer step (gradient accumulation); the loader yields
+            micro-batches, the schedule is stepped once per optimizer step.
         progress: show a progress bar.
     """
 
@@ -79,9 +81,13 @@ class Trainer:
                  grad_transforms: Sequence[GradTransform] = (), out_dir: str | Path | None = None,
                  device: str | torch.device = "cpu", precision: str = "fp32", channels_last: bool = False,
                  compile: bool = False, tta_flip: bool = False, test_every_epoch: bool = True,
-                 callbacks: Sequence[Callable] = (), progress: bool = True, keep_checkpoints: int = 2) -> None:
+                 callbacks: Sequence[Callable] = (), progress: bool = True, keep_checkpoints: int = 2,
+                 accumulate_steps: int = 1) -> None:
         if epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {epochs}")
+        if accumulate_steps < 1:
+            raise ValueError(f"accumulate_steps must be >= 1, got {accumulate_steps}")
+        self.accumulate_steps = accumulate_steps
         self.device = resolve_device(device) if isinstance(device, str) else device
         self.precision = resolve_precision(precision, self.device)
         if self.precision not in ("fp32", "bf16"):
@@ -150,9 +156,12 @@ class Trainer:
                    disable=not (self.progress and sys.stderr.isatty()),
                    file=sys.stderr, dynamic_ncols=True)
         with bar:
+            k = self.accumulate_steps
             for step, (x, y) in enumerate(self.train_loader):
                 x, y = self._to_device(x, y)
-                self.optimizer.zero_grad(set_to_none=True)
+                first, last = step % k == 0, (step + 1) % k == 0
+                if first:
+                    self.optimizer.zero_grad(set_to_none=True)
                 with self._autocast():
                     try:
                         logits = self.forward(x)
@@ -172,7 +181,16 @@ class Trainer:
                             return self.loss_fn(self.forward(x), y)
                     self.optimizer.step(closure)
                 else:
-                    loss.backward()
+                    # gradient accumulation: k micro-batches, each loss divided by k, make one update whose
+                    # gradient is the mean over the k micro-batches (equal sizes) -- one batch k times larger
+                    (loss / k if k > 1 else loss).backward()
+                    if not last:
+                        n = y.shape[0]
+                        loss_sum += value * n
+                        correct += correct_count(logits, y).cpu()
+                        seen += n
+                        bar.update(1)
+                        continue
                     if self.grad_transforms:
                         with_grad = [p for p in params if p.grad is not None]
                         for t in self.grad_transforms:

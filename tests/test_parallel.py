@@ -19,7 +19,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank: int, world: int, port: int, out: str) -> None:
+def _worker(rank: int, world: int, port: int, out: str, cfg: list | None = None) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
     torch.set_num_threads(1)
     from traintricks.parallel import cleanup, setup_distributed
@@ -28,7 +28,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     try:
         info = setup_distributed("cpu")
         assert info.world_size == world and info.rank == rank
-        trainer = build_trainer(load_config(overrides=CFG), progress=False)
+        trainer = build_trainer(load_config(overrides=cfg or CFG), progress=False)
         summary = trainer.fit()
         if rank == 0:
             torch.save({"state": trainer.model.state_dict(), "summary": summary,
@@ -52,13 +52,18 @@ def test_loader_shards_each_global_batch_between_ranks():
         TensorLoader(x, y, 2, rank=2, world_size=2)
 
 
-def test_two_processes_batch_b_equal_one_process_batch_2b(tmp_path):
-    """DDP on loopback (gloo): 2 processes x 32 examples == 1 process x 64 examples, after 2 epochs."""
+SYNC_BN = [kv for kv in CFG if kv != "model.norm=none"] + ["model.norm=batchnorm", "parallel.sync_batchnorm=true"]
+
+
+@pytest.mark.parametrize("cfg", [CFG, SYNC_BN], ids=["no-norm", "sync-batchnorm"])
+def test_two_processes_batch_b_equal_one_process_batch_2b(tmp_path, cfg):
+    """DDP on loopback (gloo): 2 processes x 32 examples == 1 process x 64 examples, after 2 epochs; with batch
+    norm too when its statistics are synchronized."""
     from traintricks.training import build_trainer
     out = str(tmp_path / "ddp.pt")
     ctx = mp.get_context("spawn")
     port = _free_port()
-    procs = [ctx.Process(target=_worker, args=(r, 2, port, out)) for r in range(2)]
+    procs = [ctx.Process(target=_worker, args=(r, 2, port, out, cfg)) for r in range(2)]
     for p in procs:
         p.start()
     for p in procs:
@@ -69,7 +74,7 @@ def test_two_processes_batch_b_equal_one_process_batch_2b(tmp_path):
     assert not alive, "a worker did not finish in time"
     assert all(p.exitcode == 0 for p in procs), [p.exitcode for p in procs]
     ddp = torch.load(out, weights_only=False)
-    single = build_trainer(load_config(overrides=CFG), progress=False)
+    single = build_trainer(load_config(overrides=cfg), progress=False)
     summary = single.fit()
     assert ddp["batches"] == len(single.train_loader)
     for k, v in single.model.state_dict().items():

@@ -54,7 +54,7 @@ DEFAULTS: dict[str, Any] = {
     "eval": {"tta_flip": True, "test_every_epoch": True},
     "grad_transforms": [],
     "accumulate_steps": 1,
-    "parallel": {"mode": "sync", "workers": 2},
+    "parallel": {"mode": "sync", "workers": 2, "sync_batchnorm": False},
 }
 
 # fixed keys: type and a check returning an error message or None
@@ -87,6 +87,7 @@ _FIXED: dict[str, tuple[Any, Callable[[Any], str | None] | None]] = {
     "parallel.mode": (str, _choice("sync", "hogwild")),
     "accumulate_steps": (int, _pos),
     "parallel.workers": (int, _pos),
+    "parallel.sync_batchnorm": (bool, None),
 }
 def _components() -> dict[str, tuple[Registry, dict[str, tuple[Any, Any]]]]:
     """Component tables: their registry, and keys handled by the builder rather than the factory."""

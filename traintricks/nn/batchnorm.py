@@ -132,6 +132,17 @@ class _BatchNorm(nn.Module):
         self._check(x)
         if not self.training:
             return self._inference(x)
+        if getattr(self, "sync", False) and torch.distributed.is_available() and torch.distributed.is_initialized() \
+                and torch.distributed.get_world_size() > 1:
+            from ..parallel.sync_batchnorm import SyncBatchNormFunction
+            y, mu, var, m = SyncBatchNormFunction.apply(x, self.weight, self.bias, self.eps)
+            self._check_finite(x, mu)
+            with torch.no_grad():
+                unbiased = var * (m / (m - 1))
+                self.running_mean.lerp_(mu.to(self.running_mean.dtype), 1 - self.alpha)
+                self.running_var.lerp_(unbiased.to(self.running_var.dtype), 1 - self.alpha)
+                self.num_batches_tracked += 1
+            return y
         if self.impl == "fast":
             y, mu, _ = torch.native_batch_norm(x, self.weight, self.bias, self.running_mean,
                                                         self.running_var, True, 1.0 - self.alpha, self.eps)

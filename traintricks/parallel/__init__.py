@@ -4,10 +4,11 @@
 ``WORLD_SIZE``, ``MASTER_ADDR``/``MASTER_PORT``) trains with DistributedDataParallel: gloo on CPU, NCCL on GPU.
 The config's ``batch_size`` is the *global* batch; each of the K processes takes its ``batch_size / K`` share of
 every global batch of one shared, seeded permutation, DDP averages the gradients, so K processes with batch
-B/K compute the same update as one process with batch B (tested, for layers without batch statistics; batch
-norm normalizes per process unless converted with ``torch.nn.SyncBatchNorm``). Metrics are reduced across
+B/K compute the same update as one process with batch B (tested); batch norm normalizes per process unless
+``parallel.sync_batchnorm = true`` (:mod:`.sync_batchnorm`), which makes it exact for batch norm too. Metrics are reduced across
 processes; only rank 0 writes files.
 """
 from .ddp import DistInfo, cleanup, dist_info, setup_distributed
+from .sync_batchnorm import SyncBatchNormFunction, sync_batchnorm_
 
-__all__ = ["DistInfo", "cleanup", "dist_info", "setup_distributed"]
+__all__ = ["DistInfo", "SyncBatchNormFunction", "cleanup", "dist_info", "setup_distributed", "sync_batchnorm_"]

@@ -125,6 +125,9 @@ def build_trainer(cfg: dict[str, Any], data: DataSplits | None = None, out_dir: 
                       val_size=d["val_size"], seed=cfg["seed"])
     if model is None:
         model = build_model(cfg, data.input_shape, data.num_classes)
+    if cfg["parallel"]["sync_batchnorm"]:
+        from ..parallel.sync_batchnorm import sync_batchnorm_
+        sync_batchnorm_(model)
 
     bs = cfg["batch_size"]
     info = dist_info()

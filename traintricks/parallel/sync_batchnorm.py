@@ -1,0 +1,76 @@
+"""Synchronized batch normalization: the batch statistics of every process's share of the batch together.
+
+Under data parallelism each process sees ``B / K`` examples; plain batch norm normalizes with those alone.
+Synchronized BN all-reduces the per-channel sums ``sum x``, ``sum x^2`` and counts, so every process normalizes
+with the statistics of the whole global batch:
+
+    mu = S1 / M,   var = S2 / M - mu^2,   xhat = (x - mu) / sqrt(var + eps)      (M: global count)
+
+and in backward all-reduces ``sum dL/dy`` and ``sum dL/dy * xhat`` (the two sums of batch norm's backward,
+:mod:`traintricks.nn.batchnorm`), so ``dL/dx = (gamma / sigma) * (g - sum(g)/M - xhat * sum(g xhat)/M)`` uses
+the global ones. Parameter gradients stay local; DDP averages them, which gives exactly the gradient of one
+process with the whole batch (tested). Enabled for our ``BatchNorm1d/2d`` (and what derives from them) by
+``model.sync_batchnorm_(model)`` or the config key ``parallel.sync_batchnorm``.
+"""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+def _axes(x):
+    return [0] + list(range(2, x.ndim))
+
+
+def _shape(x):
+    return [1, -1] + [1] * (x.ndim - 2)
+
+
+class SyncBatchNormFunction(torch.autograd.Function):
+    """Training-mode batch norm with statistics all-reduced over the default process group.
+    Returns ``(y, mu, var_biased, global_count)``."""
+
+    @staticmethod
+    def forward(ctx, x, gamma, beta, eps):
+        axes, shape = _axes(x), _shape(x)
+        xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+        count = torch.tensor([xf.numel() // xf.shape[1]], dtype=xf.dtype, device=xf.device)
+        stats = torch.cat([xf.sum(dim=axes), xf.square().sum(dim=axes), count])
+        dist.all_reduce(stats)
+        c = x.shape[1]
+        m = stats[-1]
+        mu = stats[:c] / m
+        var = (stats[c:2 * c] / m - mu.square()).clamp_min(0)
+        invstd = (var + eps).rsqrt()
+        xhat = (xf - mu.view(shape)) * invstd.view(shape)
+        y = xhat * gamma.view(shape) + beta.view(shape)
+        ctx.save_for_backward(xhat, gamma, invstd, m)
+        ctx.in_dtype = x.dtype
+        ctx.mark_non_differentiable(mu, var, m)
+        return y.to(x.dtype), mu, var, m
+
+    @staticmethod
+    def backward(ctx, dy, _dmu, _dvar, _dm):
+        xhat, gamma, invstd, m = ctx.saved_tensors
+        axes, shape = _axes(dy), _shape(dy)
+        dyf = dy.to(xhat.dtype)
+        dbeta = dyf.sum(dim=axes)
+        dgamma = (dyf * xhat).sum(dim=axes)
+        sums = torch.cat([dbeta, dgamma])
+        dist.all_reduce(sums)                       # the global sums of batch norm's backward
+        c = dy.shape[1]
+        g_sum, gx_sum = sums[:c] * gamma, sums[c:] * gamma
+        dx = (gamma * invstd).view(shape) * dyf - invstd.view(shape) * (g_sum.view(shape) + xhat * gx_sum.view(shape)) / m
+        return dx.to(ctx.in_dtype), dgamma, dbeta, None
+
+
+def sync_batchnorm_(model: nn.Module) -> int:
+    """Switch every traintricks batch norm in ``model`` to synchronized statistics; returns how many."""
+    from ..nn.batchnorm import _BatchNorm
+    n = 0
+    for mod in model.modules():
+        if isinstance(mod, _BatchNorm):
+            mod.sync = True
+            n += 1
+    return n

@@ -115,7 +115,7 @@ def test_hogwild_workers_train_a_shared_model_from_the_cli(tmp_path):
     assert (out / "model.safetensors").is_file()
     from traintricks.config import ConfigError
     with pytest.raises(ConfigError, match="parallel.mode"):
-        load_config(overrides=["parallel.mode=async"])
+        load_config(overrides=["parallel.mode=downpour"])
 
 
 def test_gradient_accumulation_equals_one_big_batch():
@@ -130,3 +130,26 @@ def test_gradient_accumulation_equals_one_big_batch():
     from traintricks.config import ConfigError
     with pytest.raises(ConfigError, match="batch_size"):
         build_trainer(load_config(overrides=CFG + ["accumulate_steps=5"]), progress=False)
+
+
+@pytest.mark.parametrize("dc, fail", [(0.0, None), (0.5, "2:5")], ids=["downpour", "dc-asgd-with-a-crashed-worker"])
+def test_async_parameter_server_from_the_cli(tmp_path, dc, fail):
+    import json
+    import subprocess
+    import sys
+    out = tmp_path / "async"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if fail:
+        env["TRAINTRICKS_ASYNC_FAIL"] = fail
+    sets = [kv for kv in CFG] + ["parallel.mode=async", "parallel.workers=2", f"parallel.dc_lambda={dc}"]
+    cmd = [sys.executable, "-m", "traintricks.cli", "train", "--out", str(out), "--no-progress"]
+    cmd += [a for kv in sets for a in ("--set", kv)]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["parallel"] == "async" and summary["test_accuracy"] > 0.8
+    assert summary["updates"] > 0 and summary["mean_staleness"] >= 0
+    if fail:
+        assert summary["failed_workers"] == [1] and "stopped early" in res.stderr     # worker rank 2 = index 1
+    else:
+        assert summary["failed_workers"] == []

@@ -54,7 +54,7 @@ DEFAULTS: dict[str, Any] = {
     "eval": {"tta_flip": True, "test_every_epoch": True},
     "grad_transforms": [],
     "accumulate_steps": 1,
-    "parallel": {"mode": "sync", "workers": 2, "sync_batchnorm": False},
+    "parallel": {"mode": "sync", "workers": 2, "sync_batchnorm": False, "dc_lambda": 0.0},
 }
 
 # fixed keys: type and a check returning an error message or None
@@ -84,7 +84,8 @@ _FIXED: dict[str, tuple[Any, Callable[[Any], str | None] | None]] = {
     "grad_transforms": (list, None),
     "eval.tta_flip": (bool, None),
     "eval.test_every_epoch": (bool, None),
-    "parallel.mode": (str, _choice("sync", "hogwild")),
+    "parallel.mode": (str, _choice("sync", "hogwild", "async")),
+    "parallel.dc_lambda": (float, _nonneg),
     "accumulate_steps": (int, _pos),
     "parallel.workers": (int, _pos),
     "parallel.sync_batchnorm": (bool, None),

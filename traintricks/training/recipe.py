@@ -193,7 +193,7 @@ def run(cfg: dict[str, Any] | None, out_dir: str | Path, resume: bool = False, p
         if info.is_main:
             out.mkdir(parents=True, exist_ok=True)
             ckpt.atomic_write_text(out / "config.toml", to_toml(cfg))
-    if cfg["parallel"]["mode"] == "hogwild":
+    if cfg["parallel"]["mode"] in ("hogwild", "async"):
         return _run_hogwild(cfg, out, resume)
     trainer = build_trainer(cfg, out_dir=out, progress=progress, callbacks=callbacks)
     if resume:
@@ -220,21 +220,37 @@ def run(cfg: dict[str, Any] | None, out_dir: str | Path, resume: bool = False, p
 
 
 def _run_hogwild(cfg: dict[str, Any], out: Path, resume: bool) -> dict[str, Any]:
-    """``parallel.mode = "hogwild"``: lock-free workers on a shared model, then one evaluation and the report."""
+    """``parallel.mode = "hogwild"`` (lock-free workers on a shared model) or ``"async"`` (a parameter server and
+    asynchronous workers over rpc), then one evaluation, a checkpoint and the report."""
+    import os
+    from ..parallel.async_sgd import run_async
     from ..parallel.hogwild import run_hogwild
+    mode = cfg["parallel"]["mode"]
     if resume:
-        raise ckpt.CheckpointError("a Hogwild run cannot be resumed mid-run; start a new run")
+        raise ckpt.CheckpointError(f"a {mode} run cannot be resumed mid-run; start a new run")
     trainer = build_trainer(cfg, out_dir=out, progress=False)
     t0 = time.perf_counter()
-    codes = run_hogwild(cfg, trainer.model, cfg["parallel"]["workers"])
+    extra: dict[str, Any] = {}
+    if mode == "async":
+        # TRAINTRICKS_ASYNC_FAIL="rank:steps" crashes that worker after that many steps (fault-handling tests)
+        fail = os.environ.get("TRAINTRICKS_ASYNC_FAIL")
+        fail_map = {int(fail.split(":")[0]): int(fail.split(":")[1])} if fail else None
+        res = run_async(cfg, trainer.model, trainer.optimizer, cfg["parallel"]["workers"],
+                        cfg["parallel"]["dc_lambda"], fail=fail_map)
+        codes = res["exit_codes"]
+        tau = res["staleness"]
+        extra = {"updates": res["updates"], "mean_staleness": sum(tau) / max(len(tau), 1),
+                 "max_staleness": max(tau, default=0), "dc_lambda": cfg["parallel"]["dc_lambda"]}
+    else:
+        codes = run_hogwild(cfg, trainer.model, cfg["parallel"]["workers"])
     trainer.train_seconds = trainer.wall_seconds = time.perf_counter() - t0
     trainer.epoch = cfg["epochs"]
     summary = trainer.finish()
     trainer.save_checkpoint()
     meta = {"dataset": cfg["data"]["name"], "model": cfg["model"]["name"], "seed": cfg["seed"],
             "parameters": sum(p.numel() for p in trainer.model.parameters()), "threads": torch.get_num_threads()}
-    summary = {**meta, "status": "finished", "parallel": "hogwild", "workers": len(codes),
-               "failed_workers": [r for r, c in enumerate(codes) if c != 0], **summary}
+    summary = {**meta, "status": "finished", "parallel": mode, "workers": len(codes),
+               "failed_workers": [r for r, c in enumerate(codes) if c != 0], **extra, **summary}
     ckpt.save_weights(trainer.model.state_dict(), out / "model.safetensors", {"epoch": str(trainer.epoch)})
     ckpt.atomic_write_json(out / "summary.json", summary)
     write_report(out, summary, [], to_toml(cfg))

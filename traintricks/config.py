@@ -215,14 +215,7 @@ def validate(cfg: dict[str, Any]) -> dict[str, Any]:
             raise ConfigError(key, f"{msg}, got {holder[leaf]!r}")
     if cfg["data"]["name"] not in DATASETS:
         raise ConfigError("data.name", f"unknown dataset {cfg['data']['name']!r}; choose one of: {', '.join(DATASETS.names())}")
-    for i, aug in enumerate(cfg["data"]["augment"]):
-        key = f"data.augment[{i}]"
-        spec = as_spec(aug) if isinstance(aug, (str, dict)) else {}
-        if not isinstance(spec.get("name"), str):
-            raise ConfigError(key, f"expected an augmentation name or a table with a 'name', got {aug!r}")
-        if spec["name"] not in AUGMENTATIONS:
-            raise ConfigError(key, f"unknown augmentation {spec['name']!r}; choose one of: {', '.join(AUGMENTATIONS.names())}")
-        _check_component(key, spec, AUGMENTATIONS, {})
+    _check_spec_list("data.augment", cfg["data"]["augment"], AUGMENTATIONS)
     for section, (registry, extra) in components.items():
         if section not in cfg:
             raise ConfigError(section, "missing table")
@@ -233,16 +226,23 @@ def validate(cfg: dict[str, Any]) -> dict[str, Any]:
     for key, registry in (("model.regularization", REGULARIZERS), ("loss.penalties", PENALTIES),
                           ("grad_transforms", TRANSFORMS)):
         sect, _, leaf = key.partition(".")
-        items = cfg[sect].get(leaf, []) if leaf else cfg[sect]
-        for i, item in enumerate(items):
-            k = f"{key}[{i}]"
-            spec = as_spec(item) if isinstance(item, (str, dict)) else {}
-            if not isinstance(spec.get("name"), str):
-                raise ConfigError(k, f"expected a {registry.kind} name or a table with a 'name', got {item!r}")
-            if spec["name"] not in registry:
-                raise ConfigError(k, f"unknown {registry.kind} {spec['name']!r}; choose one of: {', '.join(registry.names())}")
-            _check_component(k, spec, registry, {})
+        _check_spec_list(key, cfg[sect].get(leaf, []) if leaf else cfg[sect], registry)
     return cfg
+
+
+def _check_spec_list(key: str, items: list, registry: Registry) -> None:
+    """A list of techniques by name (``"flip"`` or ``{name = "crop", padding = 4}``), each checked against
+    ``registry`` like a component table."""
+    from .data import as_spec
+    for i, item in enumerate(items):
+        k = f"{key}[{i}]"
+        spec = as_spec(item) if isinstance(item, (str, dict)) else {}
+        if not isinstance(spec.get("name"), str):
+            raise ConfigError(k, f"expected a{'n' if registry.kind[0] in 'aeiou' else ''} {registry.kind} name or a "
+                                 f"table with a 'name', got {item!r}")
+        if spec["name"] not in registry:
+            raise ConfigError(k, f"unknown {registry.kind} {spec['name']!r}; choose one of: {', '.join(registry.names())}")
+        _check_component(k, spec, registry, {})
 
 
 def _merge(base: dict, layer: dict, prefix: str = "") -> None:

@@ -48,6 +48,13 @@ def _check_range(name: str, value: float, low: float, high: float | None = None,
         raise ValueError(f"{name} must be {'in ' + rng if high is not None else rng}, got {value}")
 
 
+def adam_moments_(m: list[torch.Tensor], v: list[torch.Tensor], grads: list[torch.Tensor], b1: float, b2: float) -> None:
+    """Adam's moment estimates in place: ``m <- b1 m + (1 - b1) g``, ``v <- b2 v + (1 - b2) g^2``."""
+    torch._foreach_lerp_(m, grads, 1 - b1)
+    torch._foreach_mul_(v, b2)
+    torch._foreach_addcmul_(v, grads, grads, value=1 - b2)
+
+
 class Optimizer(torch.optim.Optimizer):
     """Shared checks: learning rate and weight decay at construction; dense real gradients at each step."""
 
@@ -265,9 +272,7 @@ class Adam(Optimizer):
                 torch._foreach_mul_(params, 1 - lr * wd)
             elif wd:
                 grads = torch._foreach_add(grads, params, alpha=wd)
-            torch._foreach_lerp_(m, grads, 1 - b1)
-            torch._foreach_mul_(v, b2)
-            torch._foreach_addcmul_(v, grads, grads, value=1 - b2)
+            adam_moments_(m, v, grads, b1, b2)
             if group["amsgrad"]:
                 torch._foreach_maximum_(vmax, v)
             t = [float(s) for s in steps]

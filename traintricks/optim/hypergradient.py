@@ -17,7 +17,7 @@ from typing import Iterable
 
 import torch
 
-from .first_order import Optimizer, _check_range
+from .first_order import Optimizer, _check_range, adam_moments_
 
 
 class _HD(Optimizer):
@@ -88,9 +88,7 @@ class AdamHD(_HD):
         lr = self._hyper_step(grads, prev)
         m, v = self._state_list(params, "exp_avg"), self._state_list(params, "exp_avg_sq")
         t = float(self._steps(params)[0])
-        torch._foreach_lerp_(m, grads, 1 - b1)
-        torch._foreach_mul_(v, b2)
-        torch._foreach_addcmul_(v, grads, grads, value=1 - b2)
+        adam_moments_(m, v, grads, b1, b2)
         denom = torch._foreach_sqrt(v)
         torch._foreach_div_(denom, (1 - b2 ** t) ** 0.5)
         torch._foreach_add_(denom, eps)

@@ -23,7 +23,7 @@ from typing import Iterable
 
 import torch
 
-from .first_order import Optimizer, _check_range
+from .first_order import Optimizer, _check_range, adam_moments_
 
 
 def _trust(num: torch.Tensor, den: torch.Tensor, scale: float = 1.0) -> list[torch.Tensor]:
@@ -96,9 +96,7 @@ class LAMB(Optimizer):
             (b1, b2), eps, wd, lr = group["betas"], group["eps"], group["weight_decay"], group["lr"]
             m, v = self._state_list(params, "exp_avg"), self._state_list(params, "exp_avg_sq")
             t = float(self._steps(params)[0])
-            torch._foreach_lerp_(m, grads, 1 - b1)
-            torch._foreach_mul_(v, b2)
-            torch._foreach_addcmul_(v, grads, grads, value=1 - b2)
+            adam_moments_(m, v, grads, b1, b2)
             # r = m_hat / (sqrt(v_hat) + eps) = k * m / (sqrt(v) + eps * sqrt(c2)), k = sqrt(c2) / c1, plus wd * w:
             # four passes (sqrt, add, the decay term, addcdiv) instead of six
             c1, c2 = 1 - b1 ** t, (1 - b2 ** t) ** 0.5

@@ -1,3 +1,4 @@
+import math
 import os
 import socket
 
@@ -153,3 +154,37 @@ def test_async_parameter_server_from_the_cli(tmp_path, dc, fail):
         assert summary["failed_workers"] == [1] and "stopped early" in res.stderr     # worker rank 2 = index 1
     else:
         assert summary["failed_workers"] == []
+
+
+def test_async_server_checkpoints_each_epoch_and_a_restarted_run_continues(tmp_path):
+    """Both workers crash in epoch 2: the run fails, but the server's epoch-1 checkpoint holds its version, the
+    staleness record and each worker's step; ``--resume`` applies exactly the updates that were left."""
+    import json
+    import subprocess
+    import sys
+    from traintricks.training import checkpoint as ckpt
+    out = tmp_path / "async"
+    sets = [kv for kv in CFG if not kv.startswith("schedule")] + [
+        "parallel.mode=async", "parallel.workers=2", "schedule.name=cosine"]
+    base = [sys.executable, "-m", "traintricks.cli", "train", "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TRAINTRICKS_ASYNC_FAIL": "1:30,2:30"}
+    res = subprocess.run(base + ["--out", str(out)] + [a for kv in sets for a in ("--set", kv)],
+                         capture_output=True, text=True, timeout=240, env=env)
+    assert res.returncode != 0 and "every asynchronous worker failed" in res.stderr
+    assert not (out / "summary.json").exists()
+    last = ckpt.latest_checkpoint(out / "checkpoints")
+    assert last is not None and last.name == "epoch-0001"
+    state = ckpt.load_state(last / "state.pt")
+    server = state["extra"]["async"]
+    per_epoch = server["version"] // 2                        # batches per worker per epoch
+    assert server["version"] == sum(server["progress"].values()) == len(server["staleness"]) > 0
+    # the schedule advanced once per global batch (2 pushes): cosine at half its span, from lr / 2 workers
+    lr = state["optimizer"]["param_groups"][0]["lr"]
+    assert lr == pytest.approx(0.05 / 2 * 0.5 * (1 + math.cos(math.pi * 0.5)), rel=1e-6)
+    env.pop("TRAINTRICKS_ASYNC_FAIL")
+    res = subprocess.run(base + ["--resume", str(out)], capture_output=True, text=True, timeout=240, env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["resumed"] and summary["failed_workers"] == []
+    assert summary["updates"] == 2 * 2 * per_epoch              # 2 epochs x 2 workers x batches: none lost or redone
+    assert summary["test_accuracy"] > 0.8

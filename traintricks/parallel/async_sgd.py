@@ -11,6 +11,13 @@ approximation of the Hessian, ``g + lam * g * g * (w_now - w_old)``, the server 
 
 A worker that dies is reported and the others finish the run (the server never waits on a dead worker: it
 joins processes, not messages).
+
+Learning-rate schedule: one global batch is ``workers`` pushes (each worker's batch is ``batch_size / workers``),
+so the server steps the run's scheduler once every ``workers`` updates and the schedule spans the run as in a
+synchronous one. Checkpoints: each time the updates reach a whole number of epochs (``workers x batches per
+worker per epoch``), the server writes the run's checkpoint (model, optimizer, scheduler, its version, the
+staleness record and every worker's step count) through the trainer; ``--resume`` restarts every worker at its own
+step, so the restarted run applies exactly the updates that were left.
 """
 from __future__ import annotations
 
@@ -18,7 +25,7 @@ import os
 import socket
 import threading
 import warnings
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.distributed.rpc as rpc
@@ -28,13 +35,31 @@ _SERVER: "ParameterServer | None" = None
 
 
 class ParameterServer:
-    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, dc_lambda: float = 0.0) -> None:
+    """The server's state and its two remote methods. ``scheduler`` is stepped every ``steps_per_update``
+    pushes; ``on_epoch(server)`` is called (under the lock) each time the version reaches a multiple of
+    ``updates_per_epoch`` (the run's checkpoint)."""
+
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, dc_lambda: float = 0.0,
+                 scheduler: Any = None, steps_per_update: int = 1, updates_per_epoch: int = 0,
+                 on_epoch: Callable[["ParameterServer"], None] | None = None) -> None:
         self.model, self.optimizer, self.dc_lambda = model, optimizer, float(dc_lambda)
+        self.scheduler, self.steps_per_update = scheduler, max(1, int(steps_per_update))
+        self.updates_per_epoch, self.on_epoch = int(updates_per_epoch), on_epoch
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.lock = threading.Lock()
         self.version = 0
         self.staleness: list[int] = []
+        self.progress: dict[int, int] = {}          # worker rank -> gradients it has pushed
         self.pulled: dict[int, list[torch.Tensor]] = {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"version": self.version, "staleness": list(self.staleness),
+                "progress": {str(k): v for k, v in self.progress.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.version = int(state["version"])
+        self.staleness = [int(t) for t in state["staleness"]]
+        self.progress = {int(k): int(v) for k, v in state["progress"].items()}
 
     def pull(self, worker: int) -> tuple[int, list[torch.Tensor], list[torch.Tensor]]:
         with self.lock:
@@ -57,6 +82,11 @@ class ParameterServer:
                 for b, nb in zip(self.model.buffers(), buffers):
                     b.copy_(nb)
             self.version += 1
+            self.progress[worker] = self.progress.get(worker, 0) + 1
+            if self.scheduler is not None and self.version % self.steps_per_update == 0:
+                self.scheduler.step()
+            if self.on_epoch is not None and self.updates_per_epoch and self.version % self.updates_per_epoch == 0:
+                self.on_epoch(self)
             return tau
 
 
@@ -74,7 +104,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank: int, world: int, port: int, cfg: dict[str, Any], fail_after: int | None) -> None:
+def _worker(rank: int, world: int, port: int, cfg: dict[str, Any], fail_after: int | None, start: int = 0) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     code = 0
@@ -85,9 +115,12 @@ def _worker(rank: int, world: int, port: int, cfg: dict[str, Any], fail_after: i
         model, loss_fn = trainer.model, trainer.loss_fn
         params = [p for p in model.parameters() if p.requires_grad]
         steps = 0
-        for epoch in range(cfg["epochs"]):
+        per_epoch = len(trainer.train_loader)
+        for epoch in range(start // per_epoch, cfg["epochs"]):
             trainer.train_loader.set_epoch(epoch)
-            for x, y in trainer.train_loader:
+            for b, (x, y) in enumerate(trainer.train_loader):
+                if epoch * per_epoch + b < start:        # a resumed run: these were pushed before the restart
+                    continue
                 version, w, bufs = rpc.rpc_sync("server", _pull, args=(rank,))
                 with torch.no_grad():
                     for p, v in zip(params, w):
@@ -117,19 +150,26 @@ def _worker(rank: int, world: int, port: int, cfg: dict[str, Any], fail_after: i
 
 def run_async(cfg: dict[str, Any], model: torch.nn.Module, optimizer: torch.optim.Optimizer, workers: int,
               dc_lambda: float = 0.0, timeout: float | None = None,
-              fail: dict[int, int] | None = None) -> dict[str, Any]:
+              fail: dict[int, int] | None = None, scheduler: Any = None, updates_per_epoch: int = 0,
+              on_epoch: Callable[[ParameterServer], None] | None = None,
+              state: dict[str, Any] | None = None) -> dict[str, Any]:
     """Serve ``model`` to ``workers`` asynchronous worker processes until they finish; returns the staleness
-    record and the workers' exit codes. ``fail={rank: steps}`` makes that worker crash after that many steps
-    (to test the fault handling)."""
+    record and the workers' exit codes. ``scheduler`` is stepped once per ``workers`` updates; ``on_epoch``
+    (e.g. a checkpoint) runs each ``updates_per_epoch`` updates; ``state`` (a saved
+    :meth:`ParameterServer.state_dict`) continues an interrupted run, each worker from its own step.
+    ``fail={rank: steps}`` makes that worker crash after that many steps (to test the fault handling)."""
     global _SERVER
     if workers < 1:
         raise ValueError(f"parallel.workers must be >= 1, got {workers}")
     world = workers + 1
     port = _free_port()
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    _SERVER = ParameterServer(model, optimizer, dc_lambda)
+    _SERVER = ParameterServer(model, optimizer, dc_lambda, scheduler, workers, updates_per_epoch, on_epoch)
+    if state is not None:
+        _SERVER.load_state_dict(state)
     ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_worker, args=(r, world, port, cfg, (fail or {}).get(r))) for r in range(1, world)]
+    procs = [ctx.Process(target=_worker, args=(r, world, port, cfg, (fail or {}).get(r), _SERVER.progress.get(r, 0)))
+             for r in range(1, world)]
     for p in procs:
         p.start()
     rpc.init_rpc("server", rank=0, world_size=world)
@@ -148,4 +188,5 @@ def run_async(cfg: dict[str, Any], model: torch.nn.Module, optimizer: torch.opti
     elif failed:
         raise RuntimeError(f"every asynchronous worker failed (exit codes {codes})")
     server, _SERVER = _SERVER, None
-    return {"updates": server.version, "staleness": server.staleness, "exit_codes": codes, "failed_workers": failed}
+    return {"updates": server.version, "staleness": server.staleness, "exit_codes": codes, "failed_workers": failed,
+            "progress": dict(server.progress)}

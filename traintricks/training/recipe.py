@@ -17,10 +17,11 @@ from typing import Any, Callable, Sequence
 import torch
 
 from ..config import ConfigError, load_config, to_toml
-from ..data import AUGMENTATIONS, Compose, DataSplits, TensorLoader, as_spec, load_data
-from ..evaluation import EARLY_STOPPING
+from ..data import AUGMENTATIONS, CURRICULA, Compose, CurriculumLoader, DataSplits, TensorLoader, as_spec, load_data
+from ..data.curriculum import load_scores, reference_scores
+from ..evaluation import EARLY_STOPPING, ModelEMA
 from ..losses import LOSSES, PENALTIES, AuxiliaryHeads, WithPenalties
-from ..models import MODELS, REGULARIZERS
+from ..models import MODELS, REGULARIZERS, zero_init_residual
 from ..optim import OPTIMIZERS, SCHEDULES, TRANSFORMS, param_groups
 from ..parallel.ddp import dist_info, setup_distributed
 from . import checkpoint as ckpt
@@ -92,7 +93,10 @@ def build_loss(cfg: dict[str, Any], model: torch.nn.Module, data: DataSplits) ->
 def build_model(cfg: dict[str, Any], in_shape: Sequence[int], num_classes: int) -> torch.nn.Module:
     spec = cfg["model"]
     model = _build("model", spec, MODELS.get(spec["name"]), tuple(in_shape), num_classes,
-                   **_options(spec, drop=["regularization"]))
+                   **_options(spec, drop=["regularization", "zero_init_residual"]))
+    if spec.get("zero_init_residual") and not zero_init_residual(model):
+        warnings.warn(f"model.zero_init_residual: model {spec['name']!r} has no residual branches with a norm; "
+                      "nothing was zeroed", stacklevel=2)
     for i, item in enumerate(spec.get("regularization", [])):
         r = as_spec(item)
         model = _build(f"model.regularization[{i}]", r, REGULARIZERS.get(r["name"]), model, **_options(r))
@@ -105,6 +109,41 @@ def build_model(cfg: dict[str, Any], in_shape: Sequence[int], num_classes: int) 
                                    f"from data.name={cfg['data']['name']!r}: {e}") from None
     model.train()
     return model
+
+
+def load_run_model(run_dir: str | Path, in_shape: Sequence[int] | None = None,
+                   num_classes: int | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The trained model of a finished traintricks run directory (its ``config.toml`` and ``model.safetensors``),
+    in eval mode, and its config. Shapes default to those of the run's dataset (which is then loaded)."""
+    run_dir = Path(run_dir)
+    for f in ("config.toml", "model.safetensors"):
+        if not (run_dir / f).is_file():
+            raise ckpt.CheckpointError(f"{run_dir / f} not found; give the directory of a finished traintricks run")
+    cfg = load_config(run_dir / "config.toml")
+    if in_shape is None or num_classes is None:
+        d = cfg["data"]
+        data = load_data(d["name"], root=d["root"], limit=d["limit"], val_size=d["val_size"], seed=cfg["seed"])
+        in_shape, num_classes = data.input_shape, data.num_classes
+    model = build_model(cfg, in_shape, num_classes)
+    model.load_state_dict(ckpt.load_weights(run_dir / "model.safetensors"))
+    return model.eval(), cfg
+
+
+def build_curriculum(cfg: dict[str, Any], data: DataSplits, batch_size: int, loader_args: dict) -> CurriculumLoader:
+    """The config's ``curriculum``: difficulty scores (a file, or a reference run's per-example loss), the
+    easy-to-hard order, and a :class:`CurriculumLoader` with the pacing function."""
+    spec = cfg["curriculum"]
+    pacing = _build("curriculum", spec, CURRICULA.get(spec["name"]), **_options(spec))
+    if pacing.scores:
+        scores = _build("curriculum.scores", spec, load_scores, pacing.scores, len(data.train_x))
+    else:
+        try:
+            ref, _ = load_run_model(pacing.reference, data.input_shape, data.num_classes)
+        except (ckpt.CheckpointError, RuntimeError) as e:
+            raise ConfigError("curriculum.reference", str(e)) from None
+        scores = reference_scores(ref, data.train_x, data.train_y)
+    order = torch.argsort(scores, stable=True)
+    return CurriculumLoader(data.train_x, data.train_y, batch_size, order, pacing, cfg["epochs"], **loader_args)
 
 
 def build_trainer(cfg: dict[str, Any], data: DataSplits | None = None, out_dir: str | Path | None = None,
@@ -136,9 +175,12 @@ def build_trainer(cfg: dict[str, Any], data: DataSplits | None = None, out_dir: 
     if bs % (world * acc):
         raise ConfigError("batch_size", f"the global batch {bs} must divide into {world} process(es) x "
                                         f"{acc} accumulation step(s)")
-    train = TensorLoader(data.train_x, data.train_y, bs // (world * acc), shuffle=True,
-                         drop_last=len(data.train_x) > bs, seed=cfg["seed"],
-                         transform=build_augment(d["augment"], data.num_classes), rank=rank, world_size=world)
+    loader_args = dict(drop_last=len(data.train_x) > bs, seed=cfg["seed"],
+                       transform=build_augment(d["augment"], data.num_classes), rank=rank, world_size=world)
+    if cfg["curriculum"]["name"] == "none":
+        train = TensorLoader(data.train_x, data.train_y, bs // (world * acc), shuffle=True, **loader_args)
+    else:
+        train = build_curriculum(cfg, data, bs // (world * acc), loader_args)
     val = TensorLoader(data.val_x, data.val_y, EVAL_BATCH) if len(data.val_x) and evaluate else None
     test = TensorLoader(data.test_x, data.test_y, EVAL_BATCH) if evaluate else None
 
@@ -164,8 +206,10 @@ def build_trainer(cfg: dict[str, Any], data: DataSplits | None = None, out_dir: 
     for i, item in enumerate(cfg.get("grad_transforms", [])):
         t = as_spec(item)
         transforms.append(_build(f"grad_transforms[{i}]", t, TRANSFORMS.get(t["name"]), **_options(t)))
+    e = cfg["ema"]
+    ema = ModelEMA(model, e["decay"], e["warmup"], e["bn"], e["bn_batches"]) if e["decay"] > 0 else None
     return Trainer(model, optimizer, loss_fn, train, val, test, scheduler=scheduler, epochs=cfg["epochs"],
-                   grad_transforms=transforms, accumulate_steps=acc,
+                   grad_transforms=transforms, accumulate_steps=acc, ema=ema,
                    early_stopping=early, out_dir=out_dir, device=cfg["device"], precision=cfg["precision"],
                    channels_last=cfg["channels_last"], compile=cfg["compile"], tta_flip=cfg["eval"]["tta_flip"],
                    test_every_epoch=cfg["eval"]["test_every_epoch"], callbacks=callbacks, progress=progress)
@@ -211,7 +255,7 @@ def run(cfg: dict[str, Any] | None, out_dir: str | Path, resume: bool = False, p
     summary = {**meta, "status": "finished", "processes": info.world_size, **summary}
     if not info.is_main:
         return summary
-    ckpt.save_weights(trainer.model.state_dict(), out / "model.safetensors", {"epoch": str(trainer.epoch)})
+    ckpt.save_weights(trainer.eval_model.state_dict(), out / "model.safetensors", {"epoch": str(trainer.epoch)})
     ckpt.atomic_write_json(out / "summary.json", summary)
     if trainer.history:
         plot_curves(trainer.history, out / "curves.png", title=f"{meta['dataset']} / {meta['model']}")
@@ -221,35 +265,62 @@ def run(cfg: dict[str, Any] | None, out_dir: str | Path, resume: bool = False, p
 
 def _run_hogwild(cfg: dict[str, Any], out: Path, resume: bool) -> dict[str, Any]:
     """``parallel.mode = "hogwild"`` (lock-free workers on a shared model) or ``"async"`` (a parameter server and
-    asynchronous workers over rpc), then one evaluation, a checkpoint and the report."""
+    asynchronous workers over rpc, checkpointed by the server at each epoch's worth of updates and resumable),
+    then one evaluation, a checkpoint and the report."""
     import os
     from ..parallel.async_sgd import run_async
     from ..parallel.hogwild import run_hogwild
     mode = cfg["parallel"]["mode"]
-    if resume:
-        raise ckpt.CheckpointError(f"a {mode} run cannot be resumed mid-run; start a new run")
+    if resume and mode == "hogwild":
+        raise ckpt.CheckpointError("a hogwild run cannot be resumed mid-run (its workers write without a "
+                                   "consistent snapshot); start a new run")
+    workers = cfg["parallel"]["workers"]
+    # Each worker's gradient is the mean over 1/K of a global batch, and K of them are applied per global batch:
+    # at the configured rate the weights would move K times as far as in one synchronous step. The rate is
+    # divided by K (the linear scaling rule run backwards; Goyal et al. 2017), so an epoch moves them as far.
+    cfg = {**cfg, "lr": cfg["lr"] / workers}
     trainer = build_trainer(cfg, out_dir=out, progress=False)
-    t0 = time.perf_counter()
     extra: dict[str, Any] = {}
     if mode == "async":
-        # TRAINTRICKS_ASYNC_FAIL="rank:steps" crashes that worker after that many steps (fault-handling tests)
+        if cfg["batch_size"] % workers:
+            raise ConfigError("batch_size", f"the global batch {cfg['batch_size']} must divide into "
+                                            f"parallel.workers={workers} asynchronous workers")
+        state = None
+        if resume:
+            trainer.resume(out)
+            state = trainer.extra_state.get("async")
+            if state is None:
+                raise ckpt.CheckpointError(f"{trainer.last_checkpoint}: holds no parameter-server state")
+        t0 = time.perf_counter() - trainer.train_seconds
+
+        def on_epoch(server) -> None:                # under the server's lock: a consistent snapshot
+            trainer.epoch = server.version // upe
+            trainer.train_seconds = trainer.wall_seconds = time.perf_counter() - t0
+            trainer.extra_state["async"] = server.state_dict()
+            trainer.save_checkpoint()
+
+        upe = workers * len(trainer.train_loader)     # updates per epoch: each worker takes 1/K of each batch
+        # TRAINTRICKS_ASYNC_FAIL="rank:steps[,rank:steps]" crashes those workers after that many steps (tests)
         fail = os.environ.get("TRAINTRICKS_ASYNC_FAIL")
-        fail_map = {int(fail.split(":")[0]): int(fail.split(":")[1])} if fail else None
-        res = run_async(cfg, trainer.model, trainer.optimizer, cfg["parallel"]["workers"],
-                        cfg["parallel"]["dc_lambda"], fail=fail_map)
+        fail_map = {int(a): int(b) for a, b in (kv.split(":") for kv in fail.split(","))} if fail else None
+        res = run_async(cfg, trainer.model, trainer.optimizer, workers, cfg["parallel"]["dc_lambda"],
+                        fail=fail_map, scheduler=trainer.scheduler, updates_per_epoch=upe, on_epoch=on_epoch,
+                        state=state)
         codes = res["exit_codes"]
         tau = res["staleness"]
         extra = {"updates": res["updates"], "mean_staleness": sum(tau) / max(len(tau), 1),
-                 "max_staleness": max(tau, default=0), "dc_lambda": cfg["parallel"]["dc_lambda"]}
+                 "max_staleness": max(tau, default=0), "dc_lambda": cfg["parallel"]["dc_lambda"],
+                 "resumed": resume}
     else:
-        codes = run_hogwild(cfg, trainer.model, cfg["parallel"]["workers"])
+        t0 = time.perf_counter()
+        codes = run_hogwild(cfg, trainer.model, workers)
     trainer.train_seconds = trainer.wall_seconds = time.perf_counter() - t0
     trainer.epoch = cfg["epochs"]
     summary = trainer.finish()
     trainer.save_checkpoint()
     meta = {"dataset": cfg["data"]["name"], "model": cfg["model"]["name"], "seed": cfg["seed"],
             "parameters": sum(p.numel() for p in trainer.model.parameters()), "threads": torch.get_num_threads()}
-    summary = {**meta, "status": "finished", "parallel": mode, "workers": len(codes),
+    summary = {**meta, "status": "finished", "parallel": mode, "workers": len(codes), "lr_per_update": cfg["lr"],
                "failed_workers": [r for r, c in enumerate(codes) if c != 0], **extra, **summary}
     ckpt.save_weights(trainer.model.state_dict(), out / "model.safetensors", {"epoch": str(trainer.epoch)})
     ckpt.atomic_write_json(out / "summary.json", summary)

@@ -73,6 +73,8 @@ class Trainer:
         accumulate_steps: micro-batches per optimizer step (gradient accumulation); the loader yields
             micro-batches, the schedule is stepped once per optimizer step.
         progress: show a progress bar.
+        ema: a :class:`~traintricks.evaluation.ModelEMA` of the model, updated after every optimizer step;
+            validation, test, early stopping and the saved model then use the averaged weights.
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable,
@@ -82,7 +84,7 @@ class Trainer:
                  device: str | torch.device = "cpu", precision: str = "fp32", channels_last: bool = False,
                  compile: bool = False, tta_flip: bool = False, test_every_epoch: bool = True,
                  callbacks: Sequence[Callable] = (), progress: bool = True, keep_checkpoints: int = 2,
-                 accumulate_steps: int = 1) -> None:
+                 accumulate_steps: int = 1, ema: Any = None) -> None:
         if epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {epochs}")
         if accumulate_steps < 1:
@@ -122,8 +124,20 @@ class Trainer:
         self.wall_seconds = 0.0
         self.stopped_early = False
         self.last_checkpoint: Path | None = None
+        self.extra_state: dict[str, Any] = {}       # saved with each checkpoint (e.g. an async server's counters)
+        self.ema = ema
+        if ema is not None:
+            ema.module.to(self.device)
+            if channels_last:
+                ema.module.to(memory_format=torch.channels_last)
+            self.eval_forward = ema.module
 
     # ------------------------------------------------------------------ steps
+    @property
+    def eval_model(self) -> nn.Module:
+        """The model that is evaluated and saved: the weight EMA when there is one, else the model."""
+        return self.ema.module if self.ema is not None else self.model
+
     def _autocast(self):
         if self.precision == "bf16":
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
@@ -196,6 +210,8 @@ class Trainer:
                         for t in self.grad_transforms:
                             t(with_grad)
                     self.optimizer.step()
+                if self.ema is not None:
+                    self.ema.update(self.model)
                 if self.scheduler is not None:
                     self.scheduler.step()
                 n = y.shape[0]
@@ -213,7 +229,7 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, loader: Iterable) -> dict[str, float]:
-        """Mean loss and accuracy of the model (in eval mode) over ``loader``."""
+        """Mean loss and accuracy of the model (in eval mode; its EMA when there is one) over ``loader``."""
         self.model.eval()
         if isinstance(self.loss_fn, nn.Module):
             self.loss_fn.eval()          # no penalty terms or auxiliary heads in evaluation losses
@@ -242,6 +258,8 @@ class Trainer:
             epoch_seconds = time.perf_counter() - t0
             self.train_seconds += epoch_seconds
             record["lr"] = self.current_lr()
+            if self.ema is not None and self.ema.bn == "recompute":
+                self.ema.recompute_bn(self._to_device(x, y)[0] for x, y in self.train_loader)
             if self.val_loader is not None:
                 m = self.evaluate(self.val_loader)
                 record["val_loss"], record["val_accuracy"] = m["loss"], m["accuracy"]
@@ -255,7 +273,7 @@ class Trainer:
                 before = self.early_stopping.best_epoch
                 self.stopped_early = self.early_stopping.update(self.epoch, record)
                 if self.early_stopping.restore_best and self.early_stopping.best_epoch != before:
-                    self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+                    self.best_state = {k: v.detach().clone() for k, v in self.eval_model.state_dict().items()}
             self.wall_seconds = time.perf_counter() - start_wall
             record["wall_seconds"] = self.wall_seconds
             self.history.append(record)
@@ -273,7 +291,7 @@ class Trainer:
         restored = False
         if self.early_stopping is not None and self.early_stopping.restore_best and self.best_state is not None \
                 and self.early_stopping.best_epoch != self.epoch:
-            self.model.load_state_dict(self.best_state)
+            self.eval_model.load_state_dict(self.best_state)
             restored = True
         summary: dict[str, Any] = {"epochs": self.epoch, "stopped_early": self.stopped_early,
                                    "restored_best": restored, "best_epoch": self.best_epoch(),
@@ -326,6 +344,8 @@ class Trainer:
             "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "rng_python": random.getstate(),
             "grad_transforms": [t.state_dict() if hasattr(t, "state_dict") else {} for t in self.grad_transforms],
+            "extra": self.extra_state,
+            "ema_updates": self.ema.updates if self.ema is not None else 0,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -345,6 +365,7 @@ class Trainer:
         for t, st in zip(self.grad_transforms, state.get("grad_transforms", [])):
             if hasattr(t, "load_state_dict"):
                 t.load_state_dict(st)
+        self.extra_state = dict(state.get("extra", {}))
 
     def save_checkpoint(self) -> Path:
         """Write ``out_dir/checkpoints/epoch-NNNN`` atomically."""
@@ -356,6 +377,8 @@ class Trainer:
             ckpt.save_weights(self.model.state_dict(), d / "model.safetensors", meta)
             if self.best_state is not None:
                 ckpt.save_weights(self.best_state, d / "best.safetensors", meta)
+            if self.ema is not None:
+                ckpt.save_weights(self.ema.state_dict(), d / "ema.safetensors", meta)
             ckpt.save_state(self.state_dict(), d / "state.pt")
 
         self.last_checkpoint = ckpt.write_checkpoint(self.out_dir / "checkpoints", self.epoch, write,
@@ -374,7 +397,13 @@ class Trainer:
         self.model.load_state_dict(weights)
         if (path / "best.safetensors").is_file():
             self.best_state = ckpt.load_weights(path / "best.safetensors")
-        self.load_state_dict(ckpt.load_state(path / "state.pt"))
+        state = ckpt.load_state(path / "state.pt")
+        self.load_state_dict(state)
+        if self.ema is not None:
+            if not (path / "ema.safetensors").is_file():
+                raise ckpt.CheckpointError(f"{path / 'ema.safetensors'}: not found; the run was started without "
+                                           "a weight EMA")
+            self.ema.load_state_dict(ckpt.load_weights(path / "ema.safetensors"), state.get("ema_updates", 0))
         self.last_checkpoint = path
         return path
 

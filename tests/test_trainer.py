@@ -52,7 +52,8 @@ def crash_after(epoch):
 
 
 @pytest.mark.parametrize("extra", [[], ["optim.name=adamw", "schedule.name=cosine", "data.augment=[\"flip\", \"crop\"]",
-                                        "model.name=preact_resnet", "model.widths=[4, 8]", "model.blocks=[1, 1]"]])
+                                        "model.name=preact_resnet", "model.widths=[4, 8]", "model.blocks=[1, 1]",
+                                        "ema.decay=0.9", "bag_of_tricks=true"]])
 def test_killed_and_resumed_run_ends_with_the_same_weights(tiny_cfg, tmp_path, extra):
     cfg = tiny_cfg("epochs=4", *extra)
     full = build_trainer(cfg, out_dir=tmp_path / "a", progress=False)
@@ -65,6 +66,8 @@ def test_killed_and_resumed_run_ends_with_the_same_weights(tiny_cfg, tmp_path, e
     assert resumed.resume().name == "epoch-0002"
     summary = resumed.fit()
     assert_same_weights(final_weights(full), final_weights(resumed))
+    if full.ema is not None:
+        assert_same_weights(full.ema.state_dict(), resumed.ema.state_dict())
     assert summary["test_accuracy"] == full_summary["test_accuracy"]
     assert [r["train_loss"] for r in resumed.history] == [r["train_loss"] for r in full.history]
 

@@ -51,10 +51,13 @@ DEFAULTS: dict[str, Any] = {
     "schedule": {"name": "onecycle", "pct_start": 0.25},
     "loss": {"name": "cross_entropy", "label_smoothing": 0.1},
     "early_stopping": {"name": "none"},
+    "curriculum": {"name": "none"},
     "eval": {"tta_flip": True, "test_every_epoch": True},
     "grad_transforms": [],
     "accumulate_steps": 1,
     "parallel": {"mode": "sync", "workers": 2, "sync_batchnorm": False, "dc_lambda": 0.0},
+    "ema": {"decay": 0.0, "warmup": True, "bn": "recompute", "bn_batches": 20},
+    "bag_of_tricks": False,
 }
 
 # fixed keys: type and a check returning an error message or None
@@ -89,20 +92,27 @@ _FIXED: dict[str, tuple[Any, Callable[[Any], str | None] | None]] = {
     "accumulate_steps": (int, _pos),
     "parallel.workers": (int, _pos),
     "parallel.sync_batchnorm": (bool, None),
+    "ema.decay": (float, lambda v: None if 0 <= v < 1 else "must be in [0, 1) (0 = off)"),
+    "ema.warmup": (bool, None),
+    "ema.bn": (str, _choice("recompute", "ema", "copy")),
+    "ema.bn_batches": (int, _pos),
+    "bag_of_tricks": (bool, None),
 }
 def _components() -> dict[str, tuple[Registry, dict[str, tuple[Any, Any]]]]:
     """Component tables: their registry, and keys handled by the builder rather than the factory."""
+    from .data import CURRICULA
     from .evaluation import EARLY_STOPPING
     from .losses import LOSSES
     from .models import MODELS
     from .optim import OPTIMIZERS, SCHEDULES
 
     return {
-        "model": (MODELS, {"regularization": (list, None)}),
+        "model": (MODELS, {"regularization": (list, None), "zero_init_residual": (bool, None)}),
         "optim": (OPTIMIZERS, {"decay_norm_and_bias": (bool, None)}),
         "schedule": (SCHEDULES, {}),
         "loss": (LOSSES, {"penalties": (list, None)}),
         "early_stopping": (EARLY_STOPPING, {}),
+        "curriculum": (CURRICULA, {}),
     }
 
 
@@ -165,10 +175,11 @@ def _check_component(section: str, spec: Any, registry: Registry, extra: dict) -
     name = spec.get("name")
     if not isinstance(name, str):
         raise ConfigError(f"{section}.name", f"expected a {registry.kind} name, got {name!r}")
-    if section == "early_stopping" and name == "none":
+    if section in ("early_stopping", "curriculum") and name == "none":
         if len(spec) > 1:
+            first = registry.names()[0]
             raise ConfigError(f"{section}.{next(k for k in spec if k != 'name')}",
-                              "early stopping is off (name = 'none'); set early_stopping.name = 'patience' first")
+                              f"{section} is off (name = 'none'); set {section}.name = '{first}' first")
         return
     try:
         opts = component_options(registry, name)
@@ -197,7 +208,7 @@ def validate(cfg: dict[str, Any]) -> dict[str, Any]:
             raise ConfigError(key, "unknown table")
         if not isinstance(value, dict) and key not in _FIXED:
             raise ConfigError(key, f"unknown key (known: {', '.join(sorted(k for k in _FIXED if '.' not in k))})")
-    for table in ("data", "eval"):
+    for table in ("data", "eval", "parallel", "ema"):
         if not isinstance(cfg.get(table), dict):
             raise ConfigError(table, "expected a table")
         for k in cfg[table]:
@@ -280,21 +291,40 @@ def parse_override(item: str) -> dict[str, Any]:
     return out
 
 
+# "Bag of tricks" (He, Zhang, Zhang, Zhang, Xie & Li 2019, arXiv:1812.01187) as one switch: zero gamma in the last
+# norm of each residual branch, no weight decay on norm scales/shifts and biases, linear warm-up then cosine decay,
+# label smoothing 0.1. ``bag_of_tricks = true`` merges this layer right after the defaults, so anything the config
+# file or ``--set`` gives explicitly still wins.
+BAG_OF_TRICKS: dict[str, Any] = {
+    "model": {"zero_init_residual": True},
+    "optim": {"decay_norm_and_bias": False},
+    "schedule": {"name": "cosine", "warmup_epochs": 1.0},
+    "loss": {"name": "cross_entropy", "label_smoothing": 0.1},
+}
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
                 base: dict | None = None) -> dict[str, Any]:
-    """Defaults (or ``base``), then the TOML file at ``path``, then ``key=value`` overrides; validated."""
+    """Defaults (or ``base``), then the TOML file at ``path``, then ``key=value`` overrides; validated.
+    When a layer sets ``bag_of_tricks = true``, :data:`BAG_OF_TRICKS` is merged right after the defaults."""
     cfg = copy.deepcopy(base) if base is not None else default_config()
+    layers = []
     if path is not None:
         p = Path(path)
         try:
-            layer = tomllib.loads(p.read_text())
+            layers.append(tomllib.loads(p.read_text()))
         except FileNotFoundError:
             raise ConfigError(str(p), "config file not found") from None
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(str(p), f"not valid TOML: {e}") from None
+    layers += [parse_override(item) for item in overrides]
+    tricks = cfg.get("bag_of_tricks", False)
+    for layer in layers:
+        tricks = layer.get("bag_of_tricks", tricks)
+    if tricks is True:
+        _merge(cfg, BAG_OF_TRICKS)
+    for layer in layers:
         _merge(cfg, layer)
-    for item in overrides:
-        _merge(cfg, parse_override(item))
     return validate(cfg)
 
 

@@ -75,7 +75,7 @@ class Registry:
 
 def all_registries() -> list[Registry]:
     """Every registry, in the order of the notes: forward pass, backward pass, weight update, evaluation."""
-    from .data import AUGMENTATIONS, DATASETS
+    from .data import AUGMENTATIONS, CURRICULA, DATASETS
     from .losses import LOSSES, PENALTIES
     from .models import MODELS, REGULARIZERS
     from .nn import ACTIVATIONS, NORMS
@@ -83,4 +83,4 @@ def all_registries() -> list[Registry]:
     from .evaluation import EARLY_STOPPING
 
     return [NORMS, ACTIVATIONS, REGULARIZERS, AUGMENTATIONS, LOSSES, PENALTIES, OPTIMIZERS, SCHEDULES, TRANSFORMS,
-            EARLY_STOPPING, MODELS, DATASETS]
+            EARLY_STOPPING, CURRICULA, MODELS, DATASETS]

@@ -64,16 +64,16 @@ class TensorLoader:
             sl = slice(min(n, start), min(n, start + self.batch_size))
             if sl.start >= sl.stop:
                 continue
-            if order is None:
-                xb, yb = self.x[sl], self.y[sl]
+            yield self.batch(sl if order is None else order[sl], g)
+
+    def batch(self, idx: slice | torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """The examples ``idx``, augmented with generator ``g`` and in the loader's memory format."""
+        xb, yb = self.x[idx], self.y[idx]
+        if self.transform is not None:
+            if getattr(self.transform, "mixes_labels", False):   # mixup/cutmix: soft targets
+                xb, yb = self.transform(xb, g, yb)
             else:
-                idx = order[sl]
-                xb, yb = self.x[idx], self.y[idx]
-            if self.transform is not None:
-                if getattr(self.transform, "mixes_labels", False):   # mixup/cutmix: soft targets
-                    xb, yb = self.transform(xb, g, yb)
-                else:
-                    xb = self.transform(xb, g)
-            if self.memory_format is not None and xb.ndim == 4:
-                xb = xb.contiguous(memory_format=self.memory_format)
-            yield xb, yb
+                xb = self.transform(xb, g)
+        if self.memory_format is not None and xb.ndim == 4:
+            xb = xb.contiguous(memory_format=self.memory_format)
+        return xb, yb

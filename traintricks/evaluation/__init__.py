@@ -1,5 +1,6 @@
 """Evaluation (notes: *Evaluation*): early stopping and metrics."""
-from .early_stopping import EARLY_STOPPING, EarlyStopping
+from .early_stopping import EARLY_STOPPING, EarlyStopping, GeneralizationLoss, ProgressQuotient, UpStrips
+from .ema import ModelEMA
 from .metrics import accuracy, correct_count, expected_calibration_error, reliability
 
-__all__ = ["EARLY_STOPPING", "EarlyStopping", "accuracy", "correct_count", "expected_calibration_error", "reliability"]
+__all__ = ["EARLY_STOPPING", "EarlyStopping", "GeneralizationLoss", "ModelEMA", "ProgressQuotient", "UpStrips", "accuracy", "correct_count", "expected_calibration_error", "reliability"]

@@ -1,9 +1,22 @@
-"""Early stopping (Prechelt 1998, "Early stopping — but when?").
+"""Early stopping (Prechelt 1998, "Early stopping — but when?", in *Neural Networks: Tricks of the Trade*).
 
-Training stops when the monitored validation quantity has not improved by more than
-``min_delta`` for ``patience`` consecutive epochs; with ``restore_best`` the weights of the best
-epoch are put back. The state (best value, best epoch, bad-epoch count) is part of the
-checkpoint, so a resumed run stops where an uninterrupted one would.
+``patience``: training stops when the monitored validation quantity has not improved by more than ``min_delta``
+for ``patience`` consecutive epochs. Prechelt's three classes of criteria, on the validation error
+``E_va(t)`` (the monitored loss, or ``1 - accuracy`` for an accuracy) and the training error ``E_tr(t)``
+(``train_loss``) after epoch ``t``:
+
+- **generalization loss** ``GL(t) = 100 (E_va(t) / E_opt(t) - 1)`` with ``E_opt(t) = min_{t' <= t} E_va(t')``;
+  ``GL_alpha`` stops after the first epoch with ``GL(t) > alpha``;
+- **training progress** over a strip of ``k`` epochs ending at ``t``,
+  ``P_k(t) = 1000 (sum_{t'=t-k+1..t} E_tr(t') / (k min_{t'=t-k+1..t} E_tr(t')) - 1)``, and the **progress
+  quotient** ``PQ_alpha``: stop at the first strip end with ``GL(t) / P_k(t) > alpha`` (high generalization loss
+  is tolerated while training still progresses fast);
+- ``UP_s``: stop at the first strip end ``t`` where the validation error increased in ``s`` successive strips,
+  ``E_va(t) > E_va(t-k) > ... > E_va(t-sk)``.
+
+Strips are the epochs ``k, 2k, 3k, ...`` (``PQ`` and ``UP`` are only evaluated at strip ends, ``GL`` every epoch).
+With ``restore_best`` the weights of the epoch of ``E_opt`` are put back. The state is part of the checkpoint, so
+a resumed run stops where an uninterrupted one would.
 """
 from __future__ import annotations
 
@@ -69,8 +82,153 @@ class EarlyStopping:
                 f"monitor={self.monitor!r}, mode={self.mode!r}, restore_best={self.restore_best})")
 
 
+class PrecheltCriterion(EarlyStopping):
+    """Base of Prechelt's criteria: keeps ``E_va`` and ``E_tr`` per epoch and the best epoch (``E_opt``)."""
+
+    def __init__(self, monitor: str = "val_loss", strip: int = 5, restore_best: bool = True) -> None:
+        super().__init__(patience=1, min_delta=0.0, monitor=monitor, restore_best=restore_best)
+        if strip < 1:
+            raise ValueError(f"strip must be >= 1, got {strip}")
+        self.strip = strip
+        self.val_errors: list[float] = []
+        self.train_errors: list[float] = []
+
+    def error(self, record: dict) -> float:
+        if self.monitor not in record:
+            raise KeyError(f"early stopping monitors {self.monitor!r}, which the epoch record lacks "
+                           f"(has: {', '.join(sorted(record))})")
+        v = float(record[self.monitor])
+        return 1.0 - v if self.mode == "max" else v
+
+    def generalization_loss(self) -> float:
+        """``GL(t)`` in percent after the latest epoch."""
+        e_opt = min(self.val_errors)
+        if e_opt <= 0:
+            return 0.0 if self.val_errors[-1] <= 0 else math.inf
+        return 100.0 * (self.val_errors[-1] / e_opt - 1.0)
+
+    def training_progress(self) -> float:
+        """``P_k(t)`` in per mille over the latest strip of ``k`` epochs."""
+        strip = self.train_errors[-self.strip:]
+        low = min(strip)
+        if low <= 0:
+            return 0.0
+        return 1000.0 * (sum(strip) / (len(strip) * low) - 1.0)
+
+    def update(self, epoch: int, record: dict) -> bool:
+        e_va = self.error(record)
+        self.val_errors.append(e_va)
+        if self.needs_train:
+            if "train_loss" not in record:
+                raise KeyError("this criterion needs 'train_loss' in the epoch record")
+            self.train_errors.append(float(record["train_loss"]))
+        if e_va < self.best_error():
+            self.best, self.best_epoch = float(record[self.monitor]), epoch
+        return self.should_stop(epoch)
+
+    needs_train = False
+
+    def best_error(self) -> float:
+        if not self.best_epoch:
+            return math.inf
+        return 1.0 - self.best if self.mode == "max" else self.best
+
+    def at_strip_end(self, epoch: int) -> bool:
+        return epoch % self.strip == 0
+
+    def should_stop(self, epoch: int) -> bool:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "val_errors": list(self.val_errors), "train_errors": list(self.train_errors)}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.val_errors = [float(v) for v in state["val_errors"]]
+        self.train_errors = [float(v) for v in state["train_errors"]]
+
+
+class GeneralizationLoss(PrecheltCriterion):
+    """``GL_alpha``: stop after the first epoch whose generalization loss ``GL(t)`` exceeds ``alpha`` percent."""
+
+    def __init__(self, alpha: float = 5.0, monitor: str = "val_loss", restore_best: bool = True) -> None:
+        if alpha <= 0:
+            raise ValueError(f"alpha must be > 0, got {alpha}")
+        super().__init__(monitor=monitor, strip=1, restore_best=restore_best)
+        self.alpha = alpha
+
+    def should_stop(self, epoch: int) -> bool:
+        return self.generalization_loss() > self.alpha
+
+    def __repr__(self) -> str:
+        return f"GeneralizationLoss(alpha={self.alpha}, monitor={self.monitor!r}, restore_best={self.restore_best})"
+
+
+class ProgressQuotient(PrecheltCriterion):
+    """``PQ_alpha``: stop at the first strip end with ``GL(t) / P_k(t) > alpha``."""
+
+    needs_train = True
+
+    def __init__(self, alpha: float = 0.5, strip: int = 5, monitor: str = "val_loss",
+                 restore_best: bool = True) -> None:
+        if alpha <= 0:
+            raise ValueError(f"alpha must be > 0, got {alpha}")
+        super().__init__(monitor=monitor, strip=strip, restore_best=restore_best)
+        self.alpha = alpha
+
+    def should_stop(self, epoch: int) -> bool:
+        if not self.at_strip_end(epoch):
+            return False
+        gl, p = self.generalization_loss(), self.training_progress()
+        if p <= 0:                   # training has stopped progressing: any generalization loss is too much
+            return gl > 0
+        return gl / p > self.alpha
+
+    def __repr__(self) -> str:
+        return (f"ProgressQuotient(alpha={self.alpha}, strip={self.strip}, monitor={self.monitor!r}, "
+                f"restore_best={self.restore_best})")
+
+
+class UpStrips(PrecheltCriterion):
+    """``UP_s``: stop at the first strip end after which the validation error rose in ``s`` successive strips."""
+
+    def __init__(self, s: int = 3, strip: int = 5, monitor: str = "val_loss", restore_best: bool = True) -> None:
+        if s < 1:
+            raise ValueError(f"s must be >= 1, got {s}")
+        super().__init__(monitor=monitor, strip=strip, restore_best=restore_best)
+        self.s = s
+
+    def should_stop(self, epoch: int) -> bool:
+        if not self.at_strip_end(epoch) or epoch < (self.s + 1) * self.strip:
+            return False
+        ends = [self.val_errors[epoch - 1 - i * self.strip] for i in range(self.s + 1)]  # E_va(t), E_va(t-k), ...
+        return all(ends[i] > ends[i + 1] for i in range(self.s))
+
+    def __repr__(self) -> str:
+        return (f"UpStrips(s={self.s}, strip={self.strip}, monitor={self.monitor!r}, "
+                f"restore_best={self.restore_best})")
+
+
 @EARLY_STOPPING.register("patience")
 def patience(patience: int = 5, min_delta: float = 0.0, monitor: str = "val_loss",
              restore_best: bool = True) -> EarlyStopping:
     """Stop after `patience` epochs without a min_delta improvement of the monitored metric; restore the best weights."""
     return EarlyStopping(patience=patience, min_delta=min_delta, monitor=monitor, restore_best=restore_best)
+
+
+@EARLY_STOPPING.register("gl")
+def gl(alpha: float = 5.0, monitor: str = "val_loss", restore_best: bool = True) -> GeneralizationLoss:
+    """Prechelt's GL_alpha: stop once the validation error is alpha% above its minimum so far."""
+    return GeneralizationLoss(alpha=alpha, monitor=monitor, restore_best=restore_best)
+
+
+@EARLY_STOPPING.register("pq")
+def pq(alpha: float = 0.5, strip: int = 5, monitor: str = "val_loss", restore_best: bool = True) -> ProgressQuotient:
+    """Prechelt's PQ_alpha: stop when generalization loss / training progress over a strip exceeds alpha."""
+    return ProgressQuotient(alpha=alpha, strip=strip, monitor=monitor, restore_best=restore_best)
+
+
+@EARLY_STOPPING.register("up")
+def up(s: int = 3, strip: int = 5, monitor: str = "val_loss", restore_best: bool = True) -> UpStrips:
+    """Prechelt's UP_s: stop when the validation error rose in s successive strips of `strip` epochs."""
+    return UpStrips(s=s, strip=strip, monitor=monitor, restore_best=restore_best)

@@ -68,15 +68,9 @@ class Distillation(nn.Module):
 
 def load_teacher(run_dir: str | Path, in_shape, num_classes: int) -> nn.Module:
     """The trained model of a traintricks run directory (its ``config.toml`` and ``model.safetensors``)."""
-    from safetensors.torch import load_file
-
-    from ..config import load_config
-    from ..training.recipe import build_model
-
-    run = Path(run_dir)
-    for f in ("config.toml", "model.safetensors"):
-        if not (run / f).is_file():
-            raise ValueError(f"teacher: {run / f} not found; give the directory of a finished traintricks run")
-    model = build_model(load_config(run / "config.toml"), in_shape, num_classes)
-    model.load_state_dict(load_file(str(run / "model.safetensors")))
-    return model.eval()
+    from ..training.checkpoint import CheckpointError
+    from ..training.recipe import load_run_model
+    try:
+        return load_run_model(run_dir, in_shape, num_classes)[0]
+    except CheckpointError as e:
+        raise ValueError(f"teacher: {e}") from None

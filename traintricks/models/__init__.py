@@ -12,6 +12,7 @@ from torch import nn
 
 from ..registry import Registry
 from .cnn import SmallCNN
+from .common import zero_init_residual
 from .mlp import MLP
 from .resnet import PreActBlock, PreActBottleneck, PreActResNet
 from .revnet import RevNet
@@ -53,4 +54,4 @@ def mlp(in_shape: Sequence[int], num_classes: int, hidden: list[int] = (256, 256
 
 from .regularizers import REGULARIZERS  # noqa: E402
 
-__all__ = ["MODELS", "REGULARIZERS", "RevNet", "SmallCNN", "MLP", "PreActResNet", "PreActBlock", "PreActBottleneck"]
+__all__ = ["MODELS", "REGULARIZERS", "RevNet", "SmallCNN", "MLP", "PreActResNet", "PreActBlock", "PreActBottleneck", "zero_init_residual"]

@@ -1,0 +1,128 @@
+"""Exponential moving average of the weights (Polyak & Juditsky 1992, "Acceleration of stochastic approximation by
+averaging"; the decaying form used by Tan & Le 2019 and in TensorFlow's ``ExponentialMovingAverage``).
+
+After every optimizer step ``t``:
+
+    theta_ema <- d_t * theta_ema + (1 - d_t) * theta,      d_t = min(decay, (1 + t) / (10 + t)) with warm-up,
+                                                          d_t = decay without.
+
+The warm-up keeps the average from being dominated by the random initial weights in short runs. Evaluation uses
+``theta_ema``. **Batch-norm statistics**: the running mean and variance in the model were accumulated under the
+*live* weights, not the averaged ones, so they do not describe the activations of the EMA model. Three modes:
+
+- ``"recompute"`` (default): before each evaluation, re-estimate them with the EMA weights over ``bn_batches``
+  training batches (cumulative average, as in SWA's ``update_bn``; Izmailov et al. 2018, arXiv:1803.05407);
+- ``"ema"``: average the buffers like the weights (cheap; what timm's ``ModelEmaV2`` does);
+- ``"copy"``: copy the live model's buffers.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Iterable
+
+import torch
+from torch import nn
+
+BN_MODES = ("recompute", "ema", "copy")
+
+
+def _is_bn(m: nn.Module) -> bool:
+    return isinstance(m, nn.modules.batchnorm._NormBase) or (
+        hasattr(m, "running_mean") and hasattr(m, "running_var") and hasattr(m, "momentum"))
+
+
+def _rate(m: nn.Module) -> float | None:
+    return 1.0 - m.alpha if hasattr(m, "alpha") else m.momentum
+
+
+def _set_rate(m: nn.Module, rate: float | None) -> None:
+    """Set a batch norm's running-average rate: PyTorch's ``momentum`` or the notes' ``alpha = 1 - rate``."""
+    if hasattr(m, "alpha"):
+        m.alpha = 1.0 - rate
+    else:
+        m.momentum = rate
+
+
+class ModelEMA:
+    """An exponential moving average of ``model``'s parameters, held in a copy ``self.module`` (eval only).
+
+    Args:
+        model: the model being trained.
+        decay: ``d`` in ``[0, 1)``; the average's horizon is about ``1 / (1 - d)`` steps.
+        warmup: use ``d_t = min(d, (1 + t) / (10 + t))``.
+        bn: ``"recompute"``, ``"ema"`` or ``"copy"`` (see the module docstring).
+        bn_batches: training batches for ``"recompute"``.
+    """
+
+    def __init__(self, model: nn.Module, decay: float = 0.999, warmup: bool = True, bn: str = "recompute",
+                 bn_batches: int = 20) -> None:
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"decay must be in [0, 1), got {decay}")
+        if bn not in BN_MODES:
+            raise ValueError(f"bn must be one of {', '.join(BN_MODES)}, got {bn!r}")
+        if bn_batches < 1:
+            raise ValueError(f"bn_batches must be >= 1, got {bn_batches}")
+        self.decay, self.warmup, self.bn, self.bn_batches = decay, warmup, bn, bn_batches
+        self.module = copy.deepcopy(model).eval().requires_grad_(False)
+        self.updates = 0
+
+    def current_decay(self) -> float:
+        if self.warmup:
+            return min(self.decay, (1 + self.updates) / (10 + self.updates))
+        return self.decay
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        """One averaging step after an optimizer step of ``model``."""
+        d = self.current_decay()
+        ema_p = [p for p in self.module.parameters()]
+        live_p = [p.detach() for p in model.parameters()]
+        floats = [(e, p) for e, p in zip(ema_p, live_p) if e.is_floating_point()]
+        if floats:
+            # theta_ema <- d theta_ema + (1 - d) theta == theta_ema + (1 - d)(theta - theta_ema)
+            torch._foreach_lerp_([e for e, _ in floats], [p for _, p in floats], 1.0 - d)
+        for e, b in zip(self.module.buffers(), model.buffers()):
+            if self.bn == "ema" and e.is_floating_point():
+                e.lerp_(b.detach(), 1.0 - d)
+            else:
+                e.copy_(b)
+        self.updates += 1
+
+    @torch.no_grad()
+    def recompute_bn(self, batches: Iterable[torch.Tensor], forward=None) -> int:
+        """Re-estimate the EMA model's batch-norm running statistics on ``batches`` (inputs) with its own weights:
+        a cumulative average (``momentum=None``) over the batches. Returns the number of batches used."""
+        bns = [m for m in self.module.modules() if _is_bn(m)]
+        if not bns:
+            return 0
+        saved = [(m, _rate(m)) for m in bns]
+        for m in bns:
+            m.running_mean.zero_()
+            m.running_var.fill_(1.0)
+            if getattr(m, "num_batches_tracked", None) is not None:
+                m.num_batches_tracked.zero_()
+        self.module.train()
+        n = 0
+        try:
+            for x in batches:
+                for m in bns:          # rate 1/n: the n-th batch makes the estimate the mean over n batches
+                    _set_rate(m, 1.0 / (n + 1))
+                (forward or self.module)(x)
+                n += 1
+                if n >= self.bn_batches:
+                    break
+        finally:
+            for m, r in saved:
+                _set_rate(m, r)
+            self.module.eval()
+        return n
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.module.state_dict()
+
+    def load_state_dict(self, state: dict[str, torch.Tensor], updates: int) -> None:
+        self.module.load_state_dict(state)
+        self.updates = int(updates)
+
+    def __repr__(self) -> str:
+        return f"ModelEMA(decay={self.decay}, warmup={self.warmup}, bn={self.bn!r}, bn_batches={self.bn_batches})"

@@ -117,3 +117,34 @@ def test_default_recipe_runs_end_to_end_on_a_fashion_mnist_subset(tmp_path, caps
     assert summary["test_accuracy"] > 0.7        # 10 classes: chance is 0.1
     cfg = (tmp_path / "config.toml").read_text()
     assert 'name = "fashion_mnist"' in cfg and "limit = 3000" in cfg
+
+
+def test_report_renders_a_finished_run(tmp_path, capsys):
+    import json
+    from traintricks.cli import main
+    out = tmp_path / "run"
+    sets = ["data.name=digits", "epochs=2", "model.widths=[8, 16]", "model.blocks=[1, 1]", "eval.tta_flip=false",
+            "data.augment=[]", "precision=fp32", "batch_size=64", "lr=0.1"]
+    assert main(["train", "--out", str(out), "--no-progress"] + [a for kv in sets for a in ("--set", kv)]) == 0
+    assert main(["report", str(out)]) == 0
+    html = (out / "report.html").read_text()
+    for part in ("Confusion matrix", "Per-class accuracy", "Learning-rate schedule", "Gradient-norm history",
+                 "data:image/png;base64,"):
+        assert part in html
+    rep = json.loads((out / "report.json").read_text())
+    summary = json.loads((out / "summary.json").read_text())
+    conf = rep["confusion"]
+    total = sum(map(sum, conf))
+    from traintricks.config import load_config
+    from traintricks.training import build_trainer
+    t = build_trainer(load_config(out / "config.toml"), progress=False)
+    assert total == len(t.test_loader.x)                              # every test example, once
+    assert sum(conf[i][i] for i in range(10)) / total == pytest.approx(summary["test_accuracy"])
+    assert rep["test_accuracy"] == pytest.approx(summary["test_accuracy"])
+    assert len(rep["lr_per_step"]) == 2 * len(t.train_loader)
+    assert 0.09 < max(rep["lr_per_step"]) <= 0.1 and rep["lr_per_step"][0] <= 0.0100001   # one-cycle from lr/10 up to lr
+    for png in ("confusion.png", "per_class.png", "lr_schedule.png", "grad_norm.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
+    capsys.readouterr()
+    assert main(["report", str(tmp_path / "nothing")]) == 2
+    assert "config.toml not found" in capsys.readouterr().err

@@ -191,3 +191,20 @@ def test_accuracy_with_hard_and_soft_targets():
     assert accuracy(logits, torch.tensor([0, 1, 0, 2])) == 0.5
     soft = torch.tensor([[0.9, 0.05, 0.05], [0.1, 0.8, 0.1], [0.1, 0.1, 0.8], [0.2, 0.7, 0.1]])
     assert accuracy(logits, soft) == 1.0
+
+
+@pytest.mark.filterwarnings("ignore:Seems like `optimizer.step")
+def test_epoch_records_carry_the_gradient_norm_before_clipping(tiny_cfg):
+    t = build_trainer(tiny_cfg("epochs=1", "grad_transforms=[{name = \"clip_norm\", max_norm = 0.01}]"), progress=False)
+    norms = []
+    orig = t.optimizer.step
+
+    def spy(*a, **k):
+        g = torch.cat([p.grad.flatten() for grp in t.optimizer.param_groups for p in grp["params"] if p.grad is not None])
+        norms.append(g.norm().item())                   # after clipping: <= 0.01
+        return orig(*a, **k)
+    t.optimizer.step = spy
+    t.fit()
+    r = t.history[0]
+    assert max(norms) <= 0.0100001 and r["grad_norm"] > 0.01          # the record holds the raw norm
+    assert r["grad_norm_max"] >= r["grad_norm"] > 0

@@ -5,6 +5,9 @@
     traintricks list
     traintricks config [--config FILE.toml] [--set key=value ...]
     traintricks lr-find [--config FILE.toml] [--set key=value ...] [--out DIR] [--start LR] [--end LR] [--steps N]
+    traintricks report DIR
+    traintricks compare [--config BASE.toml] --vary key=v1,v2,... [--vary ...] [--seeds N] [--jobs J] [--out DIR]
+    traintricks lab [CLAIM ...] [--out DIR]
 """
 from __future__ import annotations
 
@@ -108,6 +111,21 @@ def _cmd_lr_find(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .config import ConfigError as _CE
+    from .data import DataError
+    from .evaluation.report import ReportError, render_run_report
+    from .training import CheckpointError
+    try:
+        path = render_run_report(args.dir)
+    except (ReportError, CheckpointError, DataError, _CE) as e:
+        print(f"traintricks: error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {path} (and report.json, confusion.png, per_class.png, lr_schedule.png, grad_norm.png)",
+          file=sys.stderr)
+    return 0
+
+
 class _Cycle:
     """The trainer's training batches, moved to its device and memory format."""
 
@@ -147,6 +165,10 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--end", type=float, default=10.0, help="last learning rate (default 10)")
     f.add_argument("--steps", type=int, default=100, help="mini-batches (default 100)")
     f.set_defaults(func=_cmd_lr_find)
+    r = sub.add_parser("report", help="render report.html of a finished run: curves, confusion matrix, per-class "
+                                      "accuracy, learning-rate schedule, gradient norms")
+    r.add_argument("dir", help="the run directory (holds summary.json, config.toml, model.safetensors)")
+    r.set_defaults(func=_cmd_report)
     return p
 
 

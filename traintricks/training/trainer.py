@@ -165,6 +165,9 @@ class Trainer:
         loss_sum = torch.zeros((), dtype=torch.float64)
         correct = torch.zeros((), dtype=torch.long)
         seen = 0
+        gn_sum = torch.zeros((), dtype=torch.float64, device=self.device)   # gradient norms before transforms
+        gn_max = torch.zeros((), dtype=torch.float64, device=self.device)
+        updates = 0
         bar = tqdm(total=len(self.train_loader) if hasattr(self.train_loader, "__len__") else None,
                    desc=f"epoch {epoch + 1}/{self.epochs}", leave=False,
                    disable=not (self.progress and sys.stderr.isatty()),
@@ -205,10 +208,15 @@ class Trainer:
                         seen += n
                         bar.update(1)
                         continue
-                    if self.grad_transforms:
-                        with_grad = [p for p in params if p.grad is not None]
-                        for t in self.grad_transforms:
-                            t(with_grad)
+                    with_grad = [p for p in params if p.grad is not None]
+                    if with_grad:
+                        gn = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(
+                            [p.grad for p in with_grad]))).double()
+                        gn_sum += gn
+                        torch.maximum(gn_max, gn, out=gn_max)
+                        updates += 1
+                    for t in self.grad_transforms:
+                        t(with_grad)
                     self.optimizer.step()
                 if self.ema is not None:
                     self.ema.update(self.model)
@@ -225,7 +233,10 @@ class Trainer:
             totals = torch.stack([loss_sum, correct.double(), torch.tensor(float(seen), dtype=torch.float64)])
             torch.distributed.all_reduce(totals)
             loss_sum, correct, seen = totals[0], totals[1], int(totals[2])
-        return {"train_loss": loss_sum.item() / max(seen, 1), "train_accuracy": correct.item() / max(seen, 1)}
+        out = {"train_loss": loss_sum.item() / max(seen, 1), "train_accuracy": correct.item() / max(seen, 1)}
+        if updates:
+            out["grad_norm"], out["grad_norm_max"] = gn_sum.item() / updates, gn_max.item()
+        return out
 
     @torch.no_grad()
     def evaluate(self, loader: Iterable) -> dict[str, float]:

@@ -148,3 +148,35 @@ def test_report_renders_a_finished_run(tmp_path, capsys):
     capsys.readouterr()
     assert main(["report", str(tmp_path / "nothing")]) == 2
     assert "config.toml not found" in capsys.readouterr().err
+
+
+def test_compare_runs_every_variant_over_seeds_and_writes_one_report(tmp_path, capsys):
+    from traintricks.evaluation.compare import split_values
+    assert split_values("[16, 32],[8, 16]") == ["[16, 32]", "[8, 16]"]
+    assert split_values('"a,b",c') == ['"a,b"', "c"]
+    from traintricks.evaluation.compare import variants
+    assert variants([("lr", ["1", "2"]), ("model.norm", ["a", "b"])]) == [
+        {"lr": "1", "model.norm": "a"}, {"lr": "1", "model.norm": "b"}, {"lr": "2", "model.norm": "a"},
+        {"lr": "2", "model.norm": "b"}]
+    out = tmp_path / "cmp"
+    sets = [a for kv in TINY if not kv.startswith("epochs") for a in ("--set", kv)] + ["--set", "epochs=2"]
+    code = main(["compare", "--vary", "model.norm=batchnorm,none", "--seeds", "2", "--jobs", "2", "--out", str(out)]
+                + sets)
+    assert code == 0
+    result = json.loads((out / "compare.json").read_text())
+    assert [v["variant"] for v in result["variants"]] == ["model.norm=batchnorm", "model.norm=none"]
+    for v in result["variants"]:
+        assert v["finished"] == 2 and len(v["per_seed_test_accuracy"]) == 2
+        accs = v["per_seed_test_accuracy"]
+        assert v["test_accuracy_mean"] == pytest.approx(sum(accs) / 2)
+        assert v["test_accuracy_std"] == pytest.approx(abs(accs[0] - accs[1]) / 2 ** 0.5)
+        assert v["peak_rss_mb_mean"] > 50 and v["train_seconds_mean"] > 0
+    assert {r["seed"] for r in result["runs"]} == {0, 1}
+    run_dir = out / "model.norm=none" / "seed-1"
+    assert json.loads((run_dir / "summary.json").read_text())["seed"] == 1
+    html = (out / "report.html").read_text()
+    assert "mean ± std" in html and html.count("data:image/png;base64,") == 2
+    # a bad value fails before anything runs, naming the key
+    capsys.readouterr()
+    assert main(["compare", "--vary", "model.norm=batchnorm,bogus", "--out", str(tmp_path / "bad")] + sets) == 2
+    assert "model.norm" in capsys.readouterr().err and not (tmp_path / "bad").exists()

@@ -126,6 +126,21 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from .evaluation.compare import run_compare
+    out = args.out or f"runs/compare-{time.strftime('%Y%m%d-%H%M%S')}"
+    try:
+        result = run_compare(args.config, args.vary, seeds=args.seeds, sets=args.set, out=out, jobs=args.jobs)
+    except ConfigError as e:
+        print(f"traintricks: error: {e}", file=sys.stderr)
+        return 2
+    for r in result["variants"]:
+        print(json.dumps({"variant": r["variant"], "test_accuracy_mean": r["test_accuracy_mean"],
+                          "test_accuracy_std": r["test_accuracy_std"], "finished": r["finished"], "runs": r["runs"]}))
+    print(f"wrote {out}/report.html, compare.json, curves.png, accuracy.png", file=sys.stderr)
+    return 0 if all(r["finished"] for r in result["variants"]) else 1
+
+
 class _Cycle:
     """The trainer's training batches, moved to its device and memory format."""
 
@@ -169,6 +184,16 @@ def build_parser() -> argparse.ArgumentParser:
                                       "accuracy, learning-rate schedule, gradient norms")
     r.add_argument("dir", help="the run directory (holds summary.json, config.toml, model.safetensors)")
     r.set_defaults(func=_cmd_report)
+    cp = sub.add_parser("compare", help="ablation: train every combination of --vary values over seeds; one HTML "
+                                        "report with overlaid curves, mean ± std accuracy, time and memory")
+    cp.add_argument("--config", help="the base config (defaults fill what it leaves out)")
+    cp.add_argument("--vary", action="append", default=[], metavar="KEY=V1,V2,...",
+                    help="a key and its values (repeatable: the Cartesian product is run)")
+    cp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="fixed override for every run")
+    cp.add_argument("--seeds", type=int, default=1, help="seeds per variant (default 1)")
+    cp.add_argument("--jobs", type=int, default=1, help="runs in parallel processes (default 1: sequential)")
+    cp.add_argument("--out", help="output directory (default: runs/compare-<timestamp>)")
+    cp.set_defaults(func=_cmd_compare)
     return p
 
 

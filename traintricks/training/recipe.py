@@ -39,6 +39,10 @@ def _build(section: str, spec: dict[str, Any], fn: Callable, *args: Any, **kwarg
     """Call a factory; turn its ValueError/TypeError into a ConfigError naming the option when possible."""
     try:
         return fn(*args, **kwargs)
+    except KeyError as e:                  # a name a registry does not know (e.g. model.norm = "bogus")
+        msg = str(e).strip("'\"")
+        bad = [k for k, v in spec.items() if isinstance(v, str) and f"'{v}'" in msg and k != "name"]
+        raise ConfigError(f"{section}.{bad[0]}" if bad else section, msg) from None
     except (ValueError, TypeError) as e:
         first = str(e).split(" ", 1)[0].strip(":")
         try:

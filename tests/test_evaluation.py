@@ -273,3 +273,30 @@ def test_curriculum_from_a_reference_run_and_from_a_scores_file(tiny_cfg, tmp_pa
     from traintricks.config import load_config
     with pytest.raises(ConfigError, match="curriculum.start"):
         load_config(overrides=["curriculum.start=0.3"])
+
+
+# ------------------------------------------------------------------------------------------------ lab
+def test_lab_lists_the_claims_and_runs_them_writing_verdicts_and_plots(tmp_path, capsys):
+    import json
+    from traintricks.cli import main
+    from traintricks.evaluation.lab import CLAIMS
+    assert main(["lab"]) == 0
+    listing = capsys.readouterr().out
+    assert all(name in listing for name in CLAIMS) and len(CLAIMS) >= 9
+    out = tmp_path / "lab"
+    assert main(["lab", "gn_train_eval", "batch_memory_noise", "checkpointing", "--quick", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    for name in ("gn_train_eval", "batch_memory_noise", "checkpointing"):
+        v = json.loads((out / f"{name}.json").read_text())
+        assert v["claim"] == name and isinstance(v["holds"], bool) and v["summary"] in printed
+        assert (out / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
+    gn = json.loads((out / "gn_train_eval.json").read_text())
+    # exact properties, whatever the scale: GN ignores the batch, BN in training mode does not
+    assert gn["holds"] and gn["numbers"]["groupnorm"]["max_diff_train_vs_eval_batch2"] < 1e-4
+    mem = json.loads((out / "batch_memory_noise.json").read_text())["numbers"]
+    assert [r["batch_size"] for r in mem] == [16, 64, 256]
+    assert mem[0]["saved_mb"] < mem[1]["saved_mb"] < mem[2]["saved_mb"]
+    ck = json.loads((out / "checkpointing.json").read_text())["numbers"]
+    assert ck[1]["saved_mb"] < ck[0]["saved_mb"]                    # recomputed segments save activations
+    assert main(["lab", "bogus"]) == 2
+    assert "unknown claim" in capsys.readouterr().err

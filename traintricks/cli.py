@@ -141,6 +141,34 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return 0 if all(r["finished"] for r in result["variants"]) else 1
 
 
+def _cmd_lab(args: argparse.Namespace) -> int:
+    from .data import DataError
+    from .evaluation.lab import CLAIMS, Lab, run_claim
+    if not args.claims:
+        print("The notes' testable claims (run one with: traintricks lab CLAIM, or all of them: traintricks lab all):\n")
+        for c in CLAIMS.values():
+            print(f"  {c.name:28s} {c.text}")
+            print(f"  {'':28s} experiment: {c.how}")
+            print(f"  {'':28s} source: {c.source}\n")
+        return 0
+    names = list(CLAIMS) if args.claims == ["all"] else args.claims
+    unknown = [n for n in names if n not in CLAIMS]
+    if unknown:
+        print(f"traintricks: error: unknown claim(s) {', '.join(unknown)}; choose from: {', '.join(CLAIMS)} or all",
+              file=sys.stderr)
+        return 2
+    lab = Lab(out=Path(args.out), quick=args.quick, root=args.root)
+    for name in names:
+        try:
+            v = run_claim(name, lab)
+        except DataError as e:
+            print(f"traintricks: error: {e}", file=sys.stderr)
+            return 2
+        print(f"{name}: {'HOLDS' if v['holds'] else 'DOES NOT HOLD'} -- {v['summary']} "
+              f"[{v['seconds']:.0f} s, plot {v['plot']}]", flush=True)
+    return 0
+
+
 class _Cycle:
     """The trainer's training batches, moved to its device and memory format."""
 
@@ -194,6 +222,12 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--jobs", type=int, default=1, help="runs in parallel processes (default 1: sequential)")
     cp.add_argument("--out", help="output directory (default: runs/compare-<timestamp>)")
     cp.set_defaults(func=_cmd_compare)
+    lb = sub.add_parser("lab", help="list the notes' testable claims, or run small seeded experiments that check them")
+    lb.add_argument("claims", nargs="*", help="claim names, or 'all' (none: list them)")
+    lb.add_argument("--out", default="runs/lab", help="where CLAIM.png and CLAIM.json go (default runs/lab)")
+    lb.add_argument("--quick", action="store_true", help="tiny versions on the bundled digits set (plumbing only)")
+    lb.add_argument("--root", default="", help="Fashion-MNIST directory (default: $TRAINTRICKS_DATA or the system copy)")
+    lb.set_defaults(func=_cmd_lab)
     return p
 
 

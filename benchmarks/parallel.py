@@ -180,7 +180,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=2, help="throughput: epochs of the full training set")
     ap.add_argument("--async-epochs", type=int, default=4)
     ap.add_argument("--dc-lambda", type=float, default=2.0)
-    ap.add_argument("--batches", default="16,64,256,1024")
+    ap.add_argument("--batches", default="16,32,64,128,256,512,1024")
     ap.add_argument("--lr-factors", default="0.25,0.5,1,2,4")
     ap.add_argument("--base-lr", type=float, default=0.025, help="learning rate at batch 256 before the grid")
     ap.add_argument("--target", type=float, default=0.86)

@@ -78,7 +78,8 @@ def main() -> None:
         data = load_data("fashion_mnist", root=args.root, limit=n_train, val_size=0, seed=args.seed)
         runs = results["regimes"].setdefault(regime, {"train_images": n_train, "epochs": epochs, "runs": {}})["runs"]
         for ax, (name, opts) in zip(row, VARIANTS.items()):
-            cfg = load_config(overrides=opts + extra + ["eval.tta_flip=false", "data.val_size=0", f"epochs={epochs}",
+            cfg = load_config(overrides=opts + extra + ["schedule.name=onecycle", "data.augment_from_epoch=0",
+                                                        "eval.tta_flip=false", "data.val_size=0", f"epochs={epochs}",
                                                         f"seed={args.seed}", "batch_size=256", "lr=0.2",
                                                         "eval.test_every_epoch=false"])
             trainer = build_trainer(cfg, data=data, progress=False)

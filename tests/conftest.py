@@ -12,6 +12,7 @@ from traintricks.config import load_config  # noqa: E402
 TINY = [
     "data.name=digits", "epochs=2", "batch_size=64", "lr=0.1", "precision=fp32", "channels_last=false",
     "model.widths=[8, 16]", "model.blocks=[1, 1]", "eval.tta_flip=false", "data.augment=[]",
+    "schedule.name=onecycle", "data.val_size=0.1",
 ]
 
 

@@ -120,3 +120,16 @@ def test_real_fashion_mnist():
     raw = fashion_mnist()
     assert raw.train_x.shape == (60000, 1, 28, 28) and raw.test_x.shape == (10000, 1, 28, 28)
     assert torch.equal(torch.bincount(raw.train_y), torch.full((10,), 6000))
+
+
+def test_augmentation_can_start_at_a_later_epoch():
+    from traintricks.data import RandomFlip, TensorLoader
+    x = torch.arange(2 * 1 * 2 * 3, dtype=torch.float32).view(2, 1, 2, 3)
+    y = torch.zeros(2, dtype=torch.long)
+    loader = TensorLoader(x, y, 2, transform=RandomFlip(p=1.0), transform_from_epoch=2)
+    for epoch, flipped in ((0, False), (1, False), (2, True), (5, True)):
+        loader.set_epoch(epoch)
+        xb, _ = next(iter(loader))
+        assert torch.equal(xb, x.flip(-1) if flipped else x), epoch
+    with pytest.raises(ValueError, match="transform_from_epoch"):
+        TensorLoader(x, y, 2, transform_from_epoch=-1)

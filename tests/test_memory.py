@@ -210,5 +210,5 @@ def test_memory_saving_models_train_by_name(overrides):
     from traintricks.config import load_config
     from traintricks.training import build_trainer
     cfg = load_config(overrides=["data.name=digits", "epochs=2", "data.augment=[]", "eval.tta_flip=false",
-                                 "batch_size=64", "lr=0.1"] + overrides)
+                                 "batch_size=64", "lr=0.1", "schedule.name=onecycle"] + overrides)
     assert build_trainer(cfg, progress=False).fit()["test_accuracy"] > 0.5

@@ -501,3 +501,42 @@ def test_lr_find_cli(tmp_path):
     res = json.loads((tmp_path / "lr_find.json").read_text())
     assert (tmp_path / "lr_find.png").is_file() and res["suggestion"] > 0
     assert main(["lr-find", "--set", "optim.nam=x", "--out", str(tmp_path / "b")]) == 2
+
+
+def test_multicycle_is_consecutive_one_cycles_with_their_own_peaks():
+    from traintricks.optim import SCHEDULES
+    def run(factory, steps, **kw):
+        p = torch.nn.Parameter(torch.zeros(1))
+        opt = torch.optim.SGD([p], lr=0.4, momentum=0.9)
+        sched = factory(opt, steps, 10, **kw)
+        lrs, ms = [], []
+        for _ in range(steps):
+            lrs.append(opt.param_groups[0]["lr"])
+            ms.append(opt.param_groups[0]["momentum"])
+            opt.step()
+            sched.step()
+        return lrs, ms
+    multi, mom = run(SCHEDULES.get("multicycle"), 80, cycle_epochs=[3, 5], peaks=[1.0, 0.5])
+    # each cycle is a one-cycle of its own length (the last one like onecycle's +1 step), scaled by its peak
+    from traintricks.optim.lr_schedules import OneCycle
+    def cycle(n, peak):
+        p = torch.nn.Parameter(torch.zeros(1))
+        opt = torch.optim.SGD([p], lr=0.4 * peak, momentum=0.9)
+        s = OneCycle(opt, 0.4 * peak, n, pct_start=0.25, anneal="linear", div_factor=10.0, final_div_factor=100.0)
+        out = []
+        for _ in range(n):
+            out.append((opt.param_groups[0]["lr"], opt.param_groups[0]["momentum"]))
+            opt.step()
+            s.step()
+        return out
+    first, second = cycle(30, 1.0), cycle(51, 0.5)[:50]
+    assert multi[:30] == pytest.approx([a for a, _ in first]) and mom[:30] == pytest.approx([m for _, m in first])
+    assert multi[30:] == pytest.approx([a for a, _ in second])
+    assert max(multi[:30]) == pytest.approx(0.4, rel=0.05) and max(multi[30:]) == pytest.approx(0.2, rel=0.05)
+    assert multi[30] == pytest.approx(0.02) and multi[29] < 0.001          # restart: from the floor to 0.2 / 10
+    # lengths given for another run length scale in proportion: [6, 10] on this 80-step run is [30, 50] too
+    assert run(SCHEDULES.get("multicycle"), 80, cycle_epochs=[6, 10], peaks=[1.0, 0.5])[0] == pytest.approx(multi)
+    with pytest.raises(ValueError, match="fewer than 2 steps"):
+        run(SCHEDULES.get("multicycle"), 80, cycle_epochs=[0.01, 10])
+    with pytest.raises(ValueError, match="peaks"):
+        run(SCHEDULES.get("multicycle"), 80, cycle_epochs=[3, 5], peaks=[1.0])

@@ -52,6 +52,7 @@ def crash_after(epoch):
 
 
 @pytest.mark.parametrize("extra", [[], ["optim.name=adamw", "schedule.name=cosine", "data.augment=[\"flip\", \"crop\"]",
+                                        "data.augment_from_epoch=1",
                                         "model.name=preact_resnet", "model.widths=[4, 8]", "model.blocks=[1, 1]",
                                         "ema.decay=0.9", "bag_of_tricks=true"]])
 def test_killed_and_resumed_run_ends_with_the_same_weights(tiny_cfg, tmp_path, extra):

@@ -25,12 +25,15 @@ class TensorLoader:
             ``mixes_labels`` (mixup, cutmix) is called ``transform(x, generator, y)`` and returns ``(x, y)``
             with soft targets of shape (N, classes).
         memory_format: e.g. ``torch.channels_last`` for 4-D batches.
+        transform_from_epoch: apply ``transform`` only from this epoch on (0-based; a late start for augmentation:
+            the network first learns the plain images fast, then trains on augmented ones).
     """
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bool = False,
                  drop_last: bool = False, seed: int = 0,
                  transform: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
-                 memory_format: torch.memory_format | None = None, rank: int = 0, world_size: int = 1) -> None:
+                 memory_format: torch.memory_format | None = None, rank: int = 0, world_size: int = 1,
+                 transform_from_epoch: int = 0) -> None:
         if len(x) != len(y):
             raise ValueError(f"x has {len(x)} examples but y has {len(y)}")
         if batch_size < 1:
@@ -43,6 +46,9 @@ class TensorLoader:
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"need 0 <= rank < world_size, got rank {rank}, world_size {world_size}")
         self.rank, self.world_size = rank, world_size
+        if transform_from_epoch < 0:
+            raise ValueError(f"transform_from_epoch must be >= 0, got {transform_from_epoch}")
+        self.transform_from_epoch = transform_from_epoch
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -69,7 +75,7 @@ class TensorLoader:
     def batch(self, idx: slice | torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """The examples ``idx``, augmented with generator ``g`` and in the loader's memory format."""
         xb, yb = self.x[idx], self.y[idx]
-        if self.transform is not None:
+        if self.transform is not None and self.epoch >= self.transform_from_epoch:
             if getattr(self.transform, "mixes_labels", False):   # mixup/cutmix: soft targets
                 xb, yb = self.transform(xb, g, yb)
             else:

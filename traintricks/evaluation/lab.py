@@ -58,7 +58,8 @@ class Lab:
         from ..config import load_config
         from ..training import NonFiniteLossError, build_trainer
         cfg = load_config(overrides=[f"data.name={self.dataset}", "eval.tta_flip=false", "data.augment=[]",
-                                     f"seed={self.seed}", "eval.test_every_epoch=false", *overrides])
+                                     f"seed={self.seed}", "eval.test_every_epoch=false", "schedule.name=onecycle",
+                                     "model.widths=[16, 32, 64]", *overrides])
         trainer = build_trainer(cfg, data=self.data(limit, val_size), progress=False)
         try:
             return trainer, trainer.fit()

@@ -48,11 +48,7 @@ def confusion_matrix(trainer, loader, num_classes: int) -> torch.Tensor:
     c = torch.zeros(num_classes, num_classes, dtype=torch.long)
     for x, y in loader:
         x, y = trainer._to_device(x, y)
-        with trainer._autocast():
-            logits = trainer.eval_forward(x).float()
-            if trainer.tta_flip and x.ndim == 4:
-                logits = 0.5 * (logits + trainer.eval_forward(x.flip(-1)).float())
-        idx = y.cpu() * num_classes + logits.argmax(1).cpu()
+        idx = y.cpu() * num_classes + trainer.eval_logits(x).argmax(1).cpu()
         c += torch.bincount(idx, minlength=num_classes * num_classes).view(num_classes, num_classes)
     return c
 

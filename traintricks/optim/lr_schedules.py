@@ -182,23 +182,25 @@ class OneCycle(ClosedFormLR):
                 g["initial_lr"] = m / div_factor
         super().__init__(optimizer, last_epoch)
 
-    def _phases(self) -> list[tuple[float, float, float, float, float]]:
-        """(end_step, lr_start_factor, lr_end_factor, m_start, m_end); lr factors relative to max_lr."""
-        up = float(self.pct * self.total) - 1
+    def _phases(self, total: int | None = None) -> list[tuple[float, float, float, float, float]]:
+        """(end_step, lr_start_factor, lr_end_factor, m_start, m_end); lr factors relative to max_lr, for a
+        cycle of ``total`` steps (default: the whole schedule)."""
+        total = self.total if total is None else total
+        up = float(self.pct * total) - 1
         lo, fin = 1 / self.div, 1 / (self.div * self.final_div)
         if self.three_phase:
             return [(up, lo, 1.0, self.max_m, self.base_m), (2 * up, 1.0, lo, self.base_m, self.max_m),
-                    (self.total - 1, lo, fin, self.max_m, self.max_m)]
-        return [(up, lo, 1.0, self.max_m, self.base_m), (self.total - 1, 1.0, fin, self.base_m, self.max_m)]
+                    (total - 1, lo, fin, self.max_m, self.max_m)]
+        return [(up, lo, 1.0, self.max_m, self.base_m), (total - 1, 1.0, fin, self.base_m, self.max_m)]
 
     def _interp(self, a: float, b: float, frac: float) -> float:
         if self.anneal == "cos":
             return b + (a - b) / 2 * (1 + math.cos(math.pi * frac))
         return a + (b - a) * frac
 
-    def _at(self, t: int) -> tuple[float, float]:
+    def _at(self, t: int, total: int | None = None) -> tuple[float, float]:
         start = 0.0
-        phases = self._phases()
+        phases = self._phases(total)
         for i, (end, a, b, ma, mb) in enumerate(phases):
             if t <= end or i == len(phases) - 1:
                 frac = min(1.0, max(0.0, (t - start) / (end - start))) if end > start else 1.0
@@ -219,6 +221,34 @@ class OneCycle(ClosedFormLR):
 
     def rate(self, t, base):
         return self._at(t)[0] * (base * self.div)
+
+
+class MultiCycle(OneCycle):
+    """Consecutive one-cycles ("restarts" of the one-cycle policy; Smith 2018, 1708.07120, restarted as in SGDR,
+    Loshchilov & Hutter 2017, 1608.03983). Cycle ``i`` covers ``cycle_steps[i]`` steps and peaks at
+    ``peaks[i] * max_lr``; inside it, rate and momentum follow :class:`OneCycle`'s formula for a cycle of that
+    length: up from ``peak / div_factor`` over ``pct_start`` of it, then down to ``peak / (div_factor *
+    final_div_factor)``. A short first cycle gives a usable model early; later cycles continue from it."""
+
+    def __init__(self, optimizer, max_lr: float | Sequence[float], cycle_steps: Sequence[int],
+                 peaks: Sequence[float] | None = None, **kwargs) -> None:
+        steps = [int(n) for n in cycle_steps]
+        peaks = [1.0] * len(steps) if not peaks else [float(p) for p in peaks]
+        if not steps or any(n < 2 for n in steps):
+            raise ValueError(f"every cycle needs >= 2 steps, got {steps}")
+        if len(peaks) != len(steps) or any(p <= 0 for p in peaks):
+            raise ValueError(f"peaks must be {len(steps)} positive factors (one per cycle), got {peaks}")
+        starts = [sum(steps[:i]) for i in range(len(steps))]
+        self.cycles = list(zip(starts, steps, peaks))
+        maxes = list(max_lr) if isinstance(max_lr, (list, tuple)) else [max_lr] * len(optimizer.param_groups)
+        super().__init__(optimizer, max_lr=maxes, total_steps=sum(steps), **kwargs)
+
+    def _at(self, t: int, total: int | None = None) -> tuple[float, float]:
+        for i, (start, n, peak) in enumerate(self.cycles):
+            if t < start + n or i == len(self.cycles) - 1:
+                factor, m = super()._at(t - start, n)
+                return factor * peak, m
+        raise AssertionError
 
 
 class BatchSizeSchedule:

@@ -14,7 +14,7 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
 from .lr_schedules import (BatchSizeLR, BatchSizeSchedule, ConstantLR, CosineRestarts, Cyclic, ExponentialLR,
-                           OneCycle, StepLR)
+                           MultiCycle, OneCycle, StepLR)
 
 from ..registry import Registry
 
@@ -43,6 +43,30 @@ def onecycle(optimizer: torch.optim.Optimizer, total_steps: int, steps_per_epoch
     return OneCycle(optimizer, max_lr=max_lr, total_steps=total_steps + 1, pct_start=pct_start,
                     div_factor=div_factor, final_div_factor=final_div_factor,
                     anneal=anneal, cycle_momentum=cycle_momentum and has_momentum)
+
+
+@SCHEDULES.register("multicycle")
+def multicycle(optimizer: torch.optim.Optimizer, total_steps: int, steps_per_epoch: int,
+               cycle_epochs: list[float] = (), peaks: list[float] = (), pct_start: float = 0.25,
+               div_factor: float = 10.0, final_div_factor: float = 100.0, anneal: str = "linear",
+               cycle_momentum: bool = True) -> LRScheduler:
+    """Consecutive one-cycles of cycle_epochs epochs each (rescaled to the run's length), peaking at peaks x lr."""
+    if not cycle_epochs or any(e <= 0 for e in cycle_epochs):
+        raise ValueError(f"cycle_epochs must list each cycle's (positive) length in epochs, e.g. [6, 20]; "
+                         f"got {list(cycle_epochs)}")
+    # lengths for a run of sum(cycle_epochs) epochs; a run of another length scales them in proportion
+    bounds = [int(round(total_steps * sum(cycle_epochs[:i + 1]) / sum(cycle_epochs))) for i in range(len(cycle_epochs))]
+    steps = [b - a for a, b in zip([0] + bounds[:-1], bounds)]
+    if any(n < 2 for n in steps):
+        raise ValueError(f"cycle_epochs {list(cycle_epochs)}: a cycle of this {total_steps}-step run would have "
+                         f"fewer than 2 steps ({steps})")
+    if not 0.0 < pct_start < 1.0:
+        raise ValueError(f"pct_start must be in (0, 1), got {pct_start}")
+    has_momentum = "momentum" in optimizer.defaults or "betas" in optimizer.defaults
+    steps[-1] += 1               # as in onecycle: the last update gets the cycle's last rate
+    return MultiCycle(optimizer, [g["lr"] for g in optimizer.param_groups], steps, list(peaks) or None,
+                      pct_start=pct_start, div_factor=div_factor, final_div_factor=final_div_factor,
+                      anneal=anneal, cycle_momentum=cycle_momentum and has_momentum)
 
 
 @SCHEDULES.register("cosine")

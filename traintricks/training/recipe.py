@@ -180,7 +180,8 @@ def build_trainer(cfg: dict[str, Any], data: DataSplits | None = None, out_dir: 
         raise ConfigError("batch_size", f"the global batch {bs} must divide into {world} process(es) x "
                                         f"{acc} accumulation step(s)")
     loader_args = dict(drop_last=len(data.train_x) > bs, seed=cfg["seed"],
-                       transform=build_augment(d["augment"], data.num_classes), rank=rank, world_size=world)
+                       transform=build_augment(d["augment"], data.num_classes), rank=rank, world_size=world,
+                       transform_from_epoch=d["augment_from_epoch"])
     if cfg["curriculum"]["name"] == "none":
         train = TensorLoader(data.train_x, data.train_y, bs // (world * acc), shuffle=True, **loader_args)
     else:
@@ -199,6 +200,9 @@ def build_trainer(cfg: dict[str, Any], data: DataSplits | None = None, out_dir: 
     scheduler = _build("schedule", s, SCHEDULES.get(s["name"]), optimizer, cfg["epochs"] * updates, updates,
                        **_options(s))
     loss_fn = build_loss(cfg, model, data)
+    if d["augment"] and d["augment_from_epoch"] >= cfg["epochs"]:
+        warnings.warn(f"data.augment is never applied: data.augment_from_epoch ({d['augment_from_epoch']}) >= "
+                      f"epochs ({cfg['epochs']}); set data.augment_from_epoch lower", stacklevel=2)
     if cfg["eval"]["tta_flip"] and not any(as_spec(a)["name"] == "flip" for a in d["augment"]):
         warnings.warn("eval.tta_flip is on but data.augment has no 'flip': the model is tested on mirror images "
                       "it never trained on", stacklevel=2)
@@ -216,6 +220,7 @@ def build_trainer(cfg: dict[str, Any], data: DataSplits | None = None, out_dir: 
                    grad_transforms=transforms, accumulate_steps=acc, ema=ema,
                    early_stopping=early, out_dir=out_dir, device=cfg["device"], precision=cfg["precision"],
                    channels_last=cfg["channels_last"], compile=cfg["compile"], tta_flip=cfg["eval"]["tta_flip"],
+                   tta_from_epoch=d["augment_from_epoch"],
                    test_every_epoch=cfg["eval"]["test_every_epoch"], callbacks=callbacks, progress=progress)
 
 

@@ -68,6 +68,8 @@ class Trainer:
         channels_last: move model and 4-D batches to channels-last memory format.
         compile: run the model through ``torch.compile``.
         tta_flip: evaluate on the mean of the logits of the image and its horizontal mirror.
+        tta_from_epoch: use the flip only once this many epochs are done (with a late start of the flip
+            augmentation, a model that has never seen mirror images is evaluated without them).
         test_every_epoch: evaluate on ``test_loader`` after every epoch (else only at the end).
         callbacks: ``cb(trainer, record)`` called after each epoch's record is complete and saved.
         accumulate_steps: micro-batches per optimizer step (gradient accumulation); the loader yields
@@ -84,7 +86,7 @@ class Trainer:
                  device: str | torch.device = "cpu", precision: str = "fp32", channels_last: bool = False,
                  compile: bool = False, tta_flip: bool = False, test_every_epoch: bool = True,
                  callbacks: Sequence[Callable] = (), progress: bool = True, keep_checkpoints: int = 2,
-                 accumulate_steps: int = 1, ema: Any = None) -> None:
+                 accumulate_steps: int = 1, ema: Any = None, tta_from_epoch: int = 0) -> None:
         if epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {epochs}")
         if accumulate_steps < 1:
@@ -117,6 +119,7 @@ class Trainer:
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.test_every_epoch = test_every_epoch
         self.tta_flip, self.progress, self.keep_checkpoints = tta_flip, progress, keep_checkpoints
+        self.tta_from_epoch = tta_from_epoch
         self.epoch = 0                       # epochs completed
         self.history: list[dict[str, Any]] = []
         self.best_state: dict[str, torch.Tensor] | None = None
@@ -239,6 +242,16 @@ class Trainer:
         return out
 
     @torch.no_grad()
+    def eval_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """float32 logits of the evaluated model (the EMA when there is one) for a batch on the device; the mean
+        with the mirror image's when ``tta_flip``. The caller puts the model in eval mode."""
+        with self._autocast():
+            logits = self.eval_forward(x).float()
+            if self.tta_flip and x.ndim == 4 and self.epoch >= self.tta_from_epoch:
+                logits = 0.5 * (logits + self.eval_forward(x.flip(-1)).float())
+        return logits
+
+    @torch.no_grad()
     def evaluate(self, loader: Iterable) -> dict[str, float]:
         """Mean loss and accuracy of the model (in eval mode; its EMA when there is one) over ``loader``."""
         self.model.eval()
@@ -247,10 +260,7 @@ class Trainer:
         loss_sum, correct, seen = 0.0, 0, 0
         for x, y in loader:
             x, y = self._to_device(x, y)
-            with self._autocast():
-                logits = self.eval_forward(x).float()
-                if self.tta_flip and x.ndim == 4:
-                    logits = 0.5 * (logits + self.eval_forward(x.flip(-1)).float())
+            logits = self.eval_logits(x)
             loss_sum += self.loss_fn(logits, y).item() * y.shape[0]
             correct += correct_count(logits, y).item()
             seen += y.shape[0]

@@ -45,7 +45,7 @@ DEFAULTS: dict[str, Any] = {
     "compile": False,
     "threads": 0,
     # the default recipe: a first one-cycle of 6 epochs on plain images gives ~92% within about a minute, a
-    # second of 20 epochs with crop + flip (and flip TTA) continues to ~93.4% (docs/benchmarks.md); 1/30 of the
+    # second of 20 epochs with crop + flip (and flip TTA) continues to ~93.3% (docs/benchmarks.md); 1/30 of the
     # training images (2,000 of Fashion-MNIST) for validation
     "data": {"name": "fashion_mnist", "root": "", "limit": 0, "val_size": 0.0333, "augment": ["crop", "flip"],
              "augment_from_epoch": 6},

@@ -8,5 +8,6 @@ bash scripts/fashion_mnist.sh
 out="runs/default-$(date +%Y%m%d-%H%M%S)"
 export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 .venv/bin/traintricks train --out "$out" "$@"
+.venv/bin/traintricks report "$out"
 ln -sfn "$(basename "$out")" runs/latest
-echo "report: $out/report.md  (curves: $out/curves.png, summary: $out/summary.json)"
+echo "report: $out/report.html and $out/report.md  (curves: $out/curves.png, summary: $out/summary.json)"

@@ -48,6 +48,13 @@ def _check_range(name: str, value: float, low: float, high: float | None = None,
         raise ValueError(f"{name} must be {'in ' + rng if high is not None else rng}, got {value}")
 
 
+def check_betas(betas) -> tuple[float, float]:
+    """Adam's ``(beta1, beta2)``: two numbers in ``[0, 1)``, returned as a tuple of floats."""
+    if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+        raise ValueError(f"betas must be two numbers in [0, 1), got {betas}")
+    return float(betas[0]), float(betas[1])
+
+
 def adam_moments_(m: list[torch.Tensor], v: list[torch.Tensor], grads: list[torch.Tensor], b1: float, b2: float) -> None:
     """Adam's moment estimates in place: ``m <- b1 m + (1 - b1) g``, ``v <- b2 v + (1 - b2) g^2``."""
     torch._foreach_lerp_(m, grads, 1 - b1)
@@ -243,12 +250,9 @@ class Adam(Optimizer):
     def __init__(self, params: Iterable, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0, amsgrad: bool = False,
                  decoupled_weight_decay: bool = False, fused: bool | None = None) -> None:
-        if len(betas) != 2:
-            raise ValueError(f"betas must be two numbers in [0, 1), got {betas}")
-        for i, b in enumerate(betas):
-            _check_range(f"betas[{i}]", b, 0.0, 1.0)
+        betas = check_betas(betas)
         _check_range("eps", eps, 0.0)
-        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
                                       decoupled_weight_decay=decoupled_weight_decay, fused=fused))
 
     @torch.no_grad()

@@ -17,7 +17,7 @@ from typing import Iterable
 
 import torch
 
-from .first_order import Optimizer, _check_range, adam_moments_
+from .first_order import Optimizer, _check_range, adam_moments_, check_betas
 
 
 class _HD(Optimizer):
@@ -69,10 +69,9 @@ class AdamHD(_HD):
 
     def __init__(self, params: Iterable, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, hypergrad_lr: float = 1e-7, weight_decay: float = 0.0) -> None:
-        for i, b in enumerate(betas):
-            _check_range(f"betas[{i}]", b, 0.0, 1.0)
+        betas = check_betas(betas)
         _check_range("hypergrad_lr", hypergrad_lr, 0.0)
-        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, hypergrad_lr=hypergrad_lr,
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, hypergrad_lr=hypergrad_lr,
                                       weight_decay=weight_decay))
 
     @torch.no_grad()

@@ -23,7 +23,7 @@ from typing import Iterable
 
 import torch
 
-from .first_order import Optimizer, _check_range, adam_moments_
+from .first_order import Optimizer, _check_range, adam_moments_, check_betas
 
 
 def _trust(num: torch.Tensor, den: torch.Tensor, scale: float = 1.0) -> list[torch.Tensor]:
@@ -78,12 +78,9 @@ class LAMB(Optimizer):
     def __init__(self, params: Iterable, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-6, weight_decay: float = 0.01, clamp: float | None = None,
                  exclude_1d: bool = True) -> None:
-        if len(betas) != 2:
-            raise ValueError(f"betas must be two numbers in [0, 1), got {betas}")
-        for i, b in enumerate(betas):
-            _check_range(f"betas[{i}]", b, 0.0, 1.0)
+        betas = check_betas(betas)
         _check_range("eps", eps, 0.0)
-        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, clamp=clamp,
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, clamp=clamp,
                                       exclude_1d=exclude_1d))
 
     @torch.no_grad()

@@ -50,18 +50,12 @@ def sgd(params: Iterable, lr: float, momentum: float = 0.9, nesterov: bool = Fal
     return SGD(params, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
 
 
-def _betas(betas: list[float]) -> tuple[float, float]:
-    if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
-        raise ValueError(f"betas must be two numbers in [0, 1), got {betas}")
-    return float(betas[0]), float(betas[1])
-
-
 @OPTIMIZERS.register("adam")
 def adam(params: Iterable, lr: float, betas: list[float] = (0.9, 0.999), eps: float = 1e-8,
          weight_decay: float = 0.0) -> torch.optim.Optimizer:
     """Adam: bias-corrected moment estimates m/(sqrt(v)+eps) (1412.6980); weight decay added to the gradient."""
     _check(lr, weight_decay)
-    return Adam(params, lr=lr, betas=_betas(betas), eps=eps, weight_decay=weight_decay)
+    return Adam(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
 
 
 @OPTIMIZERS.register("adamw")
@@ -69,7 +63,7 @@ def adamw(params: Iterable, lr: float, betas: list[float] = (0.9, 0.999), eps: f
           weight_decay: float = 0.01) -> torch.optim.Optimizer:
     """AdamW: Adam with decoupled weight decay theta <- theta - lr*wd*theta (1711.05101)."""
     _check(lr, weight_decay)
-    return AdamW(params, lr=lr, betas=_betas(betas), eps=eps, weight_decay=weight_decay)
+    return AdamW(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
 
 
 @OPTIMIZERS.register("adagrad")
@@ -101,7 +95,7 @@ def lamb(params: Iterable, lr: float, betas: list[float] = (0.9, 0.999), eps: fl
          weight_decay: float = 0.01) -> torch.optim.Optimizer:
     """LAMB: Adam direction scaled per layer by ||w||/||r|| for large batches (1904.00962)."""
     _check(lr, weight_decay)
-    return LAMB(params, lr=lr, betas=_betas(betas), eps=eps, weight_decay=weight_decay)
+    return LAMB(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
 
 
 @OPTIMIZERS.register("sgd_hd")
@@ -116,7 +110,7 @@ def adam_hd(params: Iterable, lr: float, betas: list[float] = (0.9, 0.999), hype
             weight_decay: float = 0.0) -> torch.optim.Optimizer:
     """Adam with hypergradient descent on one global learning rate (1703.04782)."""
     _check(lr, weight_decay)
-    return AdamHD(_flat(params), lr=lr, betas=_betas(betas), hypergrad_lr=hypergrad_lr, weight_decay=weight_decay)
+    return AdamHD(_flat(params), lr=lr, betas=betas, hypergrad_lr=hypergrad_lr, weight_decay=weight_decay)
 
 
 @OPTIMIZERS.register("newton")

@@ -24,12 +24,13 @@ from __future__ import annotations
 import os
 import socket
 import threading
-import warnings
 from typing import Any, Callable
 
 import torch
 import torch.distributed.rpc as rpc
 import torch.multiprocessing as mp
+
+from .workers import join_workers
 
 _SERVER: "ParameterServer | None" = None
 
@@ -173,20 +174,11 @@ def run_async(cfg: dict[str, Any], model: torch.nn.Module, optimizer: torch.opti
     for p in procs:
         p.start()
     rpc.init_rpc("server", rank=0, world_size=world)
-    for p in procs:
-        p.join(timeout)
-    for p in procs:
-        if p.is_alive():
-            p.kill()
-            p.join()
-    codes = [p.exitcode for p in procs]
-    rpc.shutdown(graceful=False)
+    try:
+        codes = join_workers(procs, timeout, "asynchronous worker", first_rank=1)
+    finally:
+        rpc.shutdown(graceful=False)
     failed = [r + 1 for r, c in enumerate(codes) if c != 0]
-    if failed and len(failed) < workers:
-        warnings.warn(f"asynchronous workers {failed} stopped early (exit codes "
-                      f"{[codes[r - 1] for r in failed]}); the others finished the run", stacklevel=2)
-    elif failed:
-        raise RuntimeError(f"every asynchronous worker failed (exit codes {codes})")
     server, _SERVER = _SERVER, None
     return {"updates": server.version, "staleness": server.staleness, "exit_codes": codes, "failed_workers": failed,
             "progress": dict(server.progress)}

@@ -11,11 +11,12 @@ evaluates; a worker that dies is reported and the others finish the run. A Hogwi
 from __future__ import annotations
 
 import os
-import warnings
 from typing import Any
 
 import torch
 import torch.multiprocessing as mp
+
+from .workers import join_workers
 
 
 def _worker(rank: int, workers: int, cfg: dict[str, Any], model: torch.nn.Module, threads: int) -> None:
@@ -43,17 +44,4 @@ def run_hogwild(cfg: dict[str, Any], model: torch.nn.Module, workers: int, timeo
     procs = [ctx.Process(target=_worker, args=(r, workers, cfg, model, threads)) for r in range(workers)]
     for p in procs:
         p.start()
-    for p in procs:
-        p.join(timeout)
-    for p in procs:
-        if p.is_alive():
-            p.kill()
-            p.join()
-    codes = [p.exitcode for p in procs]
-    failed = [r for r, c in enumerate(codes) if c != 0]
-    if failed and len(failed) < workers:
-        warnings.warn(f"Hogwild workers {failed} stopped early (exit codes {[codes[r] for r in failed]}); "
-                      "the others finished the run", stacklevel=2)
-    elif failed:
-        raise RuntimeError(f"every Hogwild worker failed (exit codes {codes})")
-    return codes
+    return join_workers(procs, timeout, "Hogwild worker")

@@ -29,6 +29,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from .measure import saved_storages
+
 
 def autocast_state(x: torch.Tensor) -> tuple[str, bool, torch.dtype]:
     """The autocast state of ``x``'s device, to recompute under the same mixed precision as the forward."""
@@ -158,17 +160,8 @@ def measure_layers(modules: Sequence[nn.Module], example: torch.Tensor, repeats:
 def _saved_excluding(m: nn.Module, xi: torch.Tensor) -> tuple[int, set[int], torch.Tensor]:
     """Bytes ``m`` saves for backward, excluding its parameters (always resident) but including its input;
     the saved storages' keys; the output."""
-    params = {p.untyped_storage().data_ptr() for p in m.parameters()}
-    seen: dict[int, int] = {}
-
-    def pack(t):
-        key = t.untyped_storage().data_ptr()
-        if key not in params:
-            seen[key] = t.untyped_storage().nbytes()
-        return t
     buffers = [b.detach().clone() for b in m.buffers()]
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        y = m(xi)
+    seen, y = saved_storages(lambda: m(xi), exclude=m)
     with torch.no_grad():
         for b, s in zip(m.buffers(), buffers):
             b.copy_(s)

@@ -7,11 +7,12 @@ import torch
 from torch import nn
 
 
-def saved_bytes(fn: Callable[[], torch.Tensor], exclude: nn.Module | None = None) -> int:
-    """Bytes of distinct storages saved for backward while ``fn()`` runs (``torch.autograd.graph.
-    saved_tensors_hooks``), not counting the parameters of ``exclude`` (always resident anyway). Tensors
-    saved by a custom autograd Function's ``save_for_backward`` are counted too; a Function that keeps a
-    tensor on ``ctx`` outside it is not (ours do not)."""
+def saved_storages(fn: Callable[[], torch.Tensor], exclude: nn.Module | None = None
+                   ) -> tuple[dict[int, int], torch.Tensor]:
+    """The distinct storages saved for backward while ``fn()`` runs (``torch.autograd.graph.saved_tensors_hooks``),
+    as data pointer -> bytes, not counting the parameters of ``exclude`` (always resident anyway); and ``fn()``'s
+    output (which keeps the graph alive). Tensors saved by a custom autograd Function's ``save_for_backward`` are
+    counted too; a Function that keeps a tensor on ``ctx`` outside it is not (ours do not)."""
     params = {p.untyped_storage().data_ptr() for p in exclude.parameters()} if exclude is not None else set()
     seen: dict[int, int] = {}
 
@@ -22,5 +23,9 @@ def saved_bytes(fn: Callable[[], torch.Tensor], exclude: nn.Module | None = None
         return t
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         out = fn()
-    _keep = out  # noqa: F841  (the graph stays alive while counting)
-    return sum(seen.values())
+    return seen, out
+
+
+def saved_bytes(fn: Callable[[], torch.Tensor], exclude: nn.Module | None = None) -> int:
+    """Bytes of distinct storages saved for backward while ``fn()`` runs (see :func:`saved_storages`)."""
+    return sum(saved_storages(fn, exclude)[0].values())

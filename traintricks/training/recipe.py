@@ -251,8 +251,7 @@ def run(cfg: dict[str, Any] | None, out_dir: str | Path, resume: bool = False, p
     trainer = build_trainer(cfg, out_dir=out, progress=progress, callbacks=callbacks)
     if resume:
         trainer.resume(out)
-    meta = {"dataset": cfg["data"]["name"], "model": cfg["model"]["name"], "seed": cfg["seed"],
-            "parameters": sum(p.numel() for p in trainer.model.parameters()), "threads": torch.get_num_threads()}
+    meta = _run_meta(cfg, trainer)
     try:
         summary = trainer.fit()
     except NonFiniteLossError as e:
@@ -270,6 +269,12 @@ def run(cfg: dict[str, Any] | None, out_dir: str | Path, resume: bool = False, p
         plot_curves(trainer.history, out / "curves.png", title=f"{meta['dataset']} / {meta['model']}")
     write_report(out, summary, trainer.history, to_toml(cfg))
     return summary
+
+
+def _run_meta(cfg: dict[str, Any], trainer: Trainer) -> dict[str, Any]:
+    """The summary's description of a run: dataset, model, seed, parameter count, threads."""
+    return {"dataset": cfg["data"]["name"], "model": cfg["model"]["name"], "seed": cfg["seed"],
+            "parameters": sum(p.numel() for p in trainer.model.parameters()), "threads": torch.get_num_threads()}
 
 
 def _run_hogwild(cfg: dict[str, Any], out: Path, resume: bool) -> dict[str, Any]:
@@ -327,8 +332,7 @@ def _run_hogwild(cfg: dict[str, Any], out: Path, resume: bool) -> dict[str, Any]
     trainer.epoch = cfg["epochs"]
     summary = trainer.finish()
     trainer.save_checkpoint()
-    meta = {"dataset": cfg["data"]["name"], "model": cfg["model"]["name"], "seed": cfg["seed"],
-            "parameters": sum(p.numel() for p in trainer.model.parameters()), "threads": torch.get_num_threads()}
+    meta = _run_meta(cfg, trainer)
     summary = {**meta, "status": "finished", "parallel": mode, "workers": len(codes), "lr_per_update": cfg["lr"],
                "failed_workers": [r for r, c in enumerate(codes) if c != 0], **extra, **summary}
     ckpt.save_weights(trainer.model.state_dict(), out / "model.safetensors", {"epoch": str(trainer.epoch)})

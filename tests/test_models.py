@@ -29,6 +29,17 @@ def test_every_model_with_every_norm_on_1d_and_2d_inputs(name, in_shape, norm):
     assert all(p.grad is not None for p in model.parameters())
 
 
+@pytest.mark.parametrize("in_shape", [(1, 12, 12), (3, 16)])
+@pytest.mark.parametrize("norm", NORMS.names())
+def test_cnn_with_pool_before_norm_trains_with_every_norm(in_shape, norm):
+    torch.manual_seed(0)
+    act = "leaky_relu" if norm == "inplace_abn" else "relu"
+    model = MODELS.get("cnn")(in_shape, 5, norm=norm, activation=act, pool_before_norm=True, **SMALL["cnn"]).double()
+    x = torch.randn(4, *in_shape, dtype=torch.float64, requires_grad=True)
+    model(x).sum().backward()
+    assert torch.isfinite(x.grad).all() and all(p.grad is not None for p in model.parameters())
+
+
 def test_bottleneck_is_pre_activation_with_identity_path():
     torch.manual_seed(0)
     block = PreActBottleneck(16, 4, 1, "batchnorm", "relu", 2, 8).eval()
@@ -87,3 +98,46 @@ def test_inplace_abn_needs_leaky_relu_and_revnet_matches_its_plain_twin():
     b.sum().backward()
     for (n1, p1), (n2, p2) in zip(rev.named_parameters(), plain.named_parameters()):
         torch.testing.assert_close(p1.grad, p2.grad, rtol=1e-9, atol=1e-11)
+
+
+def test_pool_before_norm_is_the_same_function_in_eval_with_positive_gammas():
+    """Max pooling commutes with ReLU and with an increasing affine map (eval-mode BN with gamma > 0): moving each
+    stage's pool before its norm keeps the parameters and, in eval, the function; a negative gamma breaks it."""
+    torch.manual_seed(0)
+    kw = {"widths": [4, 8, 8], "blocks": [1, 2, 1]}
+    after = MODELS.get("cnn")((1, 12, 12), 5, **kw)
+    before = MODELS.get("cnn")((1, 12, 12), 5, pool_before_norm=True, **kw)
+    with torch.no_grad():
+        for m in after.modules():
+            if isinstance(m, BatchNorm2d):
+                m.running_mean.normal_()
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 2.0)
+                m.bias.normal_()
+    src, dst = list(after.state_dict().values()), list(before.state_dict().values())
+    assert [t.shape for t in src] == [t.shape for t in dst]          # the same parameters, in the same order
+    with torch.no_grad():
+        for s, d in zip(src, dst):
+            d.copy_(s)
+    # the pool sits right after each pooled stage's last conv
+    kinds = [type(m).__name__ for m in before.features]
+    assert kinds[:3] == ["Conv2d", "MaxPool2d", "NormAct"] and kinds.count("MaxPool2d") == 2
+    x = torch.randn(6, 1, 12, 12)
+    after.eval(), before.eval()
+    torch.testing.assert_close(before(x), after(x), rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        next(m for m in before.modules() if isinstance(m, BatchNorm2d)).weight[0] = -1.0
+    assert not torch.allclose(before(x), after(x), atol=1e-3)
+
+
+def test_pool_before_norm_takes_batch_statistics_over_the_pooled_maps():
+    torch.manual_seed(0)
+    model = MODELS.get("cnn")((1, 12, 12), 5, pool_before_norm=True, widths=[4, 8], blocks=[1, 1]).train()
+    conv, pool, normact = model.features[0], model.features[1], model.features[2]
+    bn = normact[0]
+    x = torch.randn(8, 1, 12, 12)
+    with torch.no_grad():
+        pooled = pool(conv(x))
+        model(x)
+    assert pooled.shape == (8, 4, 6, 6)
+    torch.testing.assert_close(bn.running_mean, bn.momentum * pooled.mean((0, 2, 3)))

@@ -23,9 +23,9 @@ MODELS = Registry("model", section="models")
 @MODELS.register("cnn")
 def cnn(in_shape: Sequence[int], num_classes: int, widths: list[int] = (16, 32, 64),
         blocks: list[int] = (1, 2, 2), norm: str = "batchnorm", activation: str = "relu",
-        norm_groups: int = 8) -> nn.Module:
-    """Small fast CNN: stages of conv3x3-norm-act separated by max pooling, global max pool (the default recipe's model)."""
-    return SmallCNN(in_shape, num_classes, widths, blocks, norm, activation, norm_groups)
+        norm_groups: int = 8, pool_before_norm: bool = False) -> nn.Module:
+    """Small fast CNN: stages of conv3x3-norm-act separated by max pooling, global max pool (the default recipe's model); pool_before_norm pools right after each stage's last conv."""
+    return SmallCNN(in_shape, num_classes, widths, blocks, norm, activation, norm_groups, pool_before_norm)
 
 
 @MODELS.register("preact_resnet")

@@ -81,7 +81,7 @@ def main() -> None:
             cfg = load_config(overrides=opts + extra + ["schedule.name=onecycle", "data.augment_from_epoch=0",
                                                         "eval.tta_flip=false", "data.val_size=0", f"epochs={epochs}",
                                                         f"seed={args.seed}", "batch_size=256", "lr=0.2",
-                                                        "eval.test_every_epoch=false"])
+                                                        "eval.test_every_epoch=false", "model.pool_before_norm=false"])
             trainer = build_trainer(cfg, data=data, progress=False)
             trainer.fit()
             probs = test_probs(trainer, data)

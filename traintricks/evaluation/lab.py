@@ -59,7 +59,7 @@ class Lab:
         from ..training import NonFiniteLossError, build_trainer
         cfg = load_config(overrides=[f"data.name={self.dataset}", "eval.tta_flip=false", "data.augment=[]",
                                      f"seed={self.seed}", "eval.test_every_epoch=false", "schedule.name=onecycle",
-                                     "model.widths=[16, 32, 64]", *overrides])
+                                     "model.widths=[16, 32, 64]", "model.pool_before_norm=false", *overrides])
         trainer = build_trainer(cfg, data=self.data(limit, val_size), progress=False)
         try:
             return trainer, trainer.fit()
@@ -205,7 +205,8 @@ def batch_memory_noise(lab: Lab) -> dict[str, Any]:
     from ..training.recipe import build_model
     from ..config import load_config
     data = lab.data(lab.n(10000, 0))
-    cfg = load_config(overrides=[f"data.name={lab.dataset}", "model.widths=[16, 32, 64]"])
+    cfg = load_config(overrides=[f"data.name={lab.dataset}", "model.widths=[16, 32, 64]",
+                                 "model.pool_before_norm=false"])
     torch.manual_seed(lab.seed)
     model = build_model(cfg, data.input_shape, data.num_classes)
     model.eval()                    # fixed statistics: the gradient is a plain mean over examples

@@ -124,8 +124,10 @@ def test_report_renders_a_finished_run(tmp_path, capsys):
     import json
     from traintricks.cli import main
     out = tmp_path / "run"
-    sets = ["data.name=digits", "epochs=2", "model.widths=[8, 16]", "model.blocks=[1, 1]", "eval.tta_flip=false",
-            "data.augment=[]", "precision=fp32", "batch_size=64", "lr=0.1"]
+    # flip augmentation and flip TTA from epoch 1 on (as the default recipe does from its second cycle): the
+    # recomputed accuracy must use the TTA the run's last evaluation used
+    sets = ["data.name=digits", "epochs=2", "model.widths=[8, 16]", "model.blocks=[1, 1]", "eval.tta_flip=true",
+            'data.augment=["flip"]', "data.augment_from_epoch=1", "precision=fp32", "batch_size=64", "lr=0.1"]
     assert main(["train", "--out", str(out), "--no-progress"] + [a for kv in sets for a in ("--set", kv)]) == 0
     assert main(["report", str(out)]) == 0
     html = (out / "report.html").read_text()

@@ -89,6 +89,7 @@ def render_run_report(run_dir: str | Path) -> Path:
         warnings.simplefilter("ignore")
         trainer = build_trainer({**cfg, "parallel": {**cfg["parallel"], "mode": "sync"}}, data=data, progress=False)
     trainer.eval_model.load_state_dict(ckpt.load_weights(run_dir / "model.safetensors"))
+    trainer.epoch = int(summary.get("epochs", cfg["epochs"]))   # evaluated as at the run's end (e.g. TTA from an epoch on)
     names = data.class_names
     k = len(names)
     conf = confusion_matrix(trainer, trainer.test_loader, k)

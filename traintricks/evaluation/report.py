@@ -89,13 +89,14 @@ def render_run_report(run_dir: str | Path) -> Path:
         warnings.simplefilter("ignore")
         trainer = build_trainer({**cfg, "parallel": {**cfg["parallel"], "mode": "sync"}}, data=data, progress=False)
     trainer.eval_model.load_state_dict(ckpt.load_weights(run_dir / "model.safetensors"))
-    trainer.epoch = int(summary.get("epochs", cfg["epochs"]))   # evaluated as at the run's end (e.g. TTA from an epoch on)
+    epochs = int(summary.get("epochs", cfg["epochs"]))
+    trainer.epoch = epochs                 # evaluated as at the run's end (e.g. flip TTA from an epoch on)
     names = data.class_names
     k = len(names)
     conf = confusion_matrix(trainer, trainer.test_loader, k)
     per_class = (conf.diag().double() / conf.sum(1).clamp(min=1)).tolist()
     accuracy = conf.diag().sum().item() / max(conf.sum().item(), 1)
-    lrs = lr_per_step(trainer, int(summary.get("epochs", cfg["epochs"])))
+    lrs = lr_per_step(trainer, epochs)
     plt = pyplot()
 
     pngs: dict[str, Path] = {}

@@ -32,17 +32,18 @@ def onecycle(optimizer: torch.optim.Optimizer, total_steps: int, steps_per_epoch
              pct_start: float = 0.25, div_factor: float = 10.0, final_div_factor: float = 100.0,
              anneal: str = "linear", cycle_momentum: bool = True) -> LRScheduler:
     """One-cycle policy: rate up then down, momentum down then up (Smith 2018, 1708.07120)."""
-    if not 0.0 < pct_start < 1.0:
-        raise ValueError(f"pct_start must be in (0, 1), got {pct_start}")
-    if anneal not in ("linear", "cos"):
-        raise ValueError(f"anneal must be 'linear' or 'cos', got {anneal!r}")
-    has_momentum = "momentum" in optimizer.defaults or "betas" in optimizer.defaults
     max_lr = [g["lr"] for g in optimizer.param_groups]
     # OneCycleLR ends its cycle at step total_steps - 1; the trainer steps the schedule after every one
     # of the total_steps updates, so one extra step makes the last update's rate the cycle's last.
+    # (OneCycle checks pct_start and anneal.)
     return OneCycle(optimizer, max_lr=max_lr, total_steps=total_steps + 1, pct_start=pct_start,
                     div_factor=div_factor, final_div_factor=final_div_factor,
-                    anneal=anneal, cycle_momentum=cycle_momentum and has_momentum)
+                    anneal=anneal, cycle_momentum=cycle_momentum and _has_momentum(optimizer))
+
+
+def _has_momentum(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether the optimizer has a momentum (or Adam beta1) for a one-cycle to cycle."""
+    return "momentum" in optimizer.defaults or "betas" in optimizer.defaults
 
 
 @SCHEDULES.register("multicycle")
@@ -60,13 +61,10 @@ def multicycle(optimizer: torch.optim.Optimizer, total_steps: int, steps_per_epo
     if any(n < 2 for n in steps):
         raise ValueError(f"cycle_epochs {list(cycle_epochs)}: a cycle of this {total_steps}-step run would have "
                          f"fewer than 2 steps ({steps})")
-    if not 0.0 < pct_start < 1.0:
-        raise ValueError(f"pct_start must be in (0, 1), got {pct_start}")
-    has_momentum = "momentum" in optimizer.defaults or "betas" in optimizer.defaults
     steps[-1] += 1               # as in onecycle: the last update gets the cycle's last rate
     return MultiCycle(optimizer, [g["lr"] for g in optimizer.param_groups], steps, list(peaks) or None,
                       pct_start=pct_start, div_factor=div_factor, final_div_factor=final_div_factor,
-                      anneal=anneal, cycle_momentum=cycle_momentum and has_momentum)
+                      anneal=anneal, cycle_momentum=cycle_momentum and _has_momentum(optimizer))
 
 
 @SCHEDULES.register("cosine")

@@ -212,3 +212,218 @@ def test_memory_saving_models_train_by_name(overrides):
     cfg = load_config(overrides=["data.name=digits", "epochs=2", "data.augment=[]", "eval.tta_flip=false",
                                  "batch_size=64", "lr=0.1", "schedule.name=onecycle"] + overrides)
     assert build_trainer(cfg, progress=False).fit()["test_accuracy"] > 0.5
+
+
+# ---------------------------------------------------------------- re-runs see the forward's state (issue 15, item 7)
+from traintricks.memory import CheckpointPlan, ForwardState  # noqa: E402
+from traintricks.nn import BatchNorm1d, BatchRenorm1d, BatchRenorm2d  # noqa: E402
+
+
+def _renorm(c, **kw):
+    """Batch renorm with its limits in force from the first step (no warm-up), or a given ramp."""
+    opts = dict(momentum=0.5, warmup_steps=0, r_ramp_steps=0, d_ramp_steps=0)
+    opts.update(kw)
+    return BatchRenorm1d(c, **opts)
+
+
+def test_checkpoint_recomputation_sees_the_forwards_renorm_statistics():
+    """Issue 15 item 7: the recomputation read the running statistics after this batch's update (dgamma 2.261)."""
+    def run(checkpointed):
+        model = nn.Sequential(_renorm(1), nn.Identity()).double()
+        x = torch.tensor([[0.0], [3.0]], dtype=torch.float64, requires_grad=True)
+        y = checkpoint_sequential(model, 2, x) if checkpointed else model(x)
+        (y * torch.tensor([[1.0], [2.0]], dtype=torch.float64)).sum().backward()
+        return model[0].weight.grad, model[0].bias.grad, x.grad, [b.clone() for b in model.buffers()]
+    ref, got = run(False), run(True)
+    six = torch.tensor([6.0], dtype=torch.float64)                    # 6.0 up to eps = 1e-5 in sqrt(var + eps)
+    torch.testing.assert_close(ref[0], six, rtol=1e-5, atol=0)
+    torch.testing.assert_close(got[0], six, rtol=1e-5, atol=0)
+    for a, b in zip(got[:3], ref[:3]):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    for a, b in zip(got[3], ref[3]):
+        assert torch.equal(a, b)                                      # updated once
+
+
+STATEFUL = {
+    "renorm": lambda c: _renorm(c),
+    "renorm_ramp": lambda c: _renorm(c, rmax=1.5, dmax=0.5, warmup_steps=1, r_ramp_steps=2, d_ramp_steps=3),
+    "torch_bn_cumulative": lambda c: nn.BatchNorm1d(c, momentum=None),
+    "torch_bn": lambda c: nn.BatchNorm1d(c, momentum=0.1),
+    "ours_bn": lambda c: BatchNorm1d(c, momentum=0.1),
+    "dropout": lambda c: Dropout(0.4),
+    "torch_dropout": lambda c: nn.Dropout(0.4),
+}
+
+
+def _stateful_chain(kind, width=4):
+    torch.manual_seed(0)
+    make = STATEFUL[kind]
+    return nn.Sequential(nn.Linear(width, width), make(width), nn.Tanh(), nn.Linear(width, width), make(width),
+                         nn.Identity()).double()
+
+
+def _train_steps(model, run, steps=4, seed=0):
+    """Plain SGD steps on fixed batches; per step the output, input and parameter gradients, and the buffers."""
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    trace = []
+    torch.manual_seed(7)
+    for _ in range(steps):
+        x = (torch.randn(6, 4, generator=g, dtype=torch.float64) * 2 + 1).requires_grad_()
+        w = torch.randn(6, 4, generator=g, dtype=torch.float64)
+        opt.zero_grad()
+        out = run(model, x)
+        (out * w).sum().backward()
+        trace.append((out.detach(), x.grad, [p.grad.clone() for p in model.parameters()],
+                      [b.clone() for b in model.buffers()]))
+        opt.step()
+    trace.append(torch.rand(3))                                       # the RNG stream continues as in plain
+    return trace
+
+
+def _assert_same_training(got, ref):
+    for (o, gx, gp, bufs), (o2, gx2, gp2, bufs2) in zip(got[:-1], ref[:-1]):
+        torch.testing.assert_close(o, o2, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(gx, gx2, rtol=1e-10, atol=1e-12)
+        for a, b in zip(gp, gp2):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+        for a, b in zip(bufs, bufs2):                                 # buffers as after one plain forward
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-15)
+    assert torch.equal(got[-1], ref[-1])
+
+
+RUNNERS = {
+    "checkpoint_sequential_2": lambda m, x: checkpoint_sequential(m, 2, x),
+    "checkpoint_sequential_each": lambda m, x: checkpoint_sequential(m, len(m), x),
+    "planned": None,                                                  # CheckpointedSequential, built below
+}
+
+
+@pytest.mark.parametrize("runner", list(RUNNERS))
+@pytest.mark.parametrize("kind", list(STATEFUL))
+def test_recomputation_equals_plain_autograd_for_stateful_layers(kind, runner):
+    plain = _stateful_chain(kind)
+    if runner == "planned":
+        plan = CheckpointPlan([(0, 2, True), (2, 5, True), (5, 6, False)], 0, 0.0, 0)
+        model = CheckpointedSequential(*copy.deepcopy(list(plain)), plan=plan)
+        run = lambda m, x: m(x)                                       # noqa: E731
+    else:
+        model, run = copy.deepcopy(plain), RUNNERS[runner]
+    ref = _train_steps(plain, lambda m, x: m(x))
+    got = _train_steps(model, run)
+    _assert_same_training(got, ref)
+
+
+def test_planner_built_from_a_budget_recomputes_renorm_exactly():
+    plain = nn.Sequential(*[m for _ in range(3) for m in (nn.Linear(4, 4), _renorm(4), nn.Tanh())]).double()
+    x = torch.randn(6, 4, dtype=torch.float64)
+    before = [b.clone() for b in plain.buffers()]
+    rng = torch.get_rng_state()
+    costs = measure_layers(list(plain), x)
+    assert all(torch.equal(a, b) for a, b in zip(plain.buffers(), before))     # measuring changes no state
+    assert torch.equal(torch.get_rng_state(), rng)
+    minimum = sum(c.saved_bytes for c in costs) // 3
+    model = CheckpointedSequential(*copy.deepcopy(list(plain)), budget_bytes=minimum * 2, example_input=x)
+    assert any(r for _, _, r in model.plan.segments)
+    _assert_same_training(_train_steps(model, lambda m, x: m(x)), _train_steps(plain, lambda m, x: m(x)))
+
+
+def test_recomputation_replays_flags_counters_and_module_generators():
+    class Counting(nn.Module):
+        """Output depends on a Python counter, the training flag and a generator the module holds."""
+
+        def __init__(self):
+            super().__init__()
+            self.calls, self.gen = 0, torch.Generator().manual_seed(3)
+
+        def forward(self, x):
+            self.calls += 1
+            noise = torch.rand(x.shape, generator=self.gen, dtype=x.dtype)
+            return x * (self.calls + noise) * (2.0 if self.training else 1.0)
+
+    def run(checkpointed):
+        model = nn.Sequential(Counting(), nn.Identity())
+        x = torch.ones(3, dtype=torch.float64, requires_grad=True)
+        y = checkpoint_sequential(model, 2, x) if checkpointed else model(x)
+        model.eval()                                                   # flipped between forward and backward
+        y.sum().backward()
+        return x.grad, model[0].calls, model[0].gen.get_state(), model[0].training
+    ref, got = run(False), run(True)
+    torch.testing.assert_close(got[0], ref[0], rtol=0, atol=0)
+    assert got[1] == ref[1] == 1 and torch.equal(got[2], ref[2]) and got[3] is ref[3] is False
+
+
+def test_forward_state_replay_runs_on_copies_and_rollback_undoes():
+    bn = nn.BatchNorm1d(2)
+    state = ForwardState(bn)
+    x = torch.randn(5, 2)
+    y1 = bn(x)
+    after = [b.clone() for b in bn.buffers()]
+    with state.replay():
+        assert int(bn.num_batches_tracked) == 0
+        bn.eval()
+        y2 = bn(x)                                                     # eval: identity-ish with fresh stats
+    assert bn.training and all(torch.equal(a, b) for a, b in zip(bn.buffers(), after))
+    torch.testing.assert_close(y2, x / (1 + 1e-5) ** 0.5)
+    with state.replay():
+        torch.testing.assert_close(bn(x), y1, rtol=0, atol=0)          # the same forward, twice
+    state.rollback()
+    assert int(bn.num_batches_tracked) == 0 and torch.equal(bn.running_mean, torch.zeros(2))
+
+
+def _stateful_rev_blocks(n=3, c=2):
+    torch.manual_seed(0)
+
+    def f():
+        return nn.Sequential(nn.Conv2d(c, c, 3, padding=1), BatchRenorm2d(c, momentum=0.5, warmup_steps=1,
+                             r_ramp_steps=2, d_ramp_steps=2, rmax=1.5, dmax=0.5), nn.Tanh())
+
+    def g():
+        return nn.Sequential(nn.Conv2d(c, c, 1), nn.BatchNorm2d(c, momentum=None), nn.Tanh(), Dropout(0.3))
+    return [ReversibleBlock(f(), g()) for _ in range(n)]
+
+
+def test_reversible_reconstruction_sees_the_forwards_state():
+    blocks = _stateful_rev_blocks()
+    plain = nn.Sequential(*copy.deepcopy(blocks)).double()
+    rev = ReversibleSequence(copy.deepcopy(blocks)).double()
+    g = torch.Generator().manual_seed(1)
+    xs = [torch.randn(3, 4, 5, 5, generator=g, dtype=torch.float64) * 2 + 1 for _ in range(4)]
+
+    def run(model, x):
+        return model(x)
+
+    def steps(model):
+        opt = torch.optim.SGD(model.parameters(), lr=0.05)
+        torch.manual_seed(5)
+        out = []
+        for x in xs:
+            opt.zero_grad()
+            xi = x.clone().requires_grad_()
+            y = run(model, xi)
+            y.pow(2).sum().backward()
+            out.append((y.detach(), xi.grad, [p.grad.clone() for p in model.parameters()],
+                        [b.clone() for b in model.buffers()]))
+            opt.step()
+        out.append(torch.rand(3))
+        return out
+    got, ref = steps(rev), steps(plain)
+    for (o, gx, gp, bufs), (o2, gx2, gp2, bufs2) in zip(got[:-1], ref[:-1]):
+        torch.testing.assert_close(o, o2, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(gx, gx2, rtol=1e-8, atol=1e-10)
+        for a, b in zip(gp, gp2):
+            torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10)
+        for a, b in zip(bufs, bufs2):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    assert torch.equal(got[-1], ref[-1])
+
+
+def test_reversible_inverse_without_states_changes_no_state():
+    b = _stateful_rev_blocks(1)[0].double()
+    x = torch.randn(3, 4, 5, 5, dtype=torch.float64)
+    with torch.no_grad():
+        y, states = b.forward_recording(x)
+    after = [t.clone() for t in b.buffers()]
+    torch.testing.assert_close(b.inverse(y, states), x, rtol=1e-10, atol=1e-10)
+    b.inverse(y)                                                       # current state: not exact, but no side effect
+    assert all(torch.equal(a, t) for a, t in zip(after, b.buffers()))

@@ -6,9 +6,13 @@ it is run again with gradients on (the recomputation), and only then are its ``a
 time (Chen, Xu, Zhang & Guestrin 2016, arXiv:1604.06174). With ``n`` equal layers in ``sqrt(n)`` segments the
 memory falls from ``O(n)`` to ``O(sqrt(n))`` for one extra forward pass.
 
-Two things must not change the result: **random layers** replay the same masks (the RNG state at the
-segment's forward is restored for the recomputation), and **batch norm running statistics** are updated
-once (every buffer of the segment is snapshotted before the recomputation and restored after it).
+The recomputation must compute what the forward computed, so it runs in the **state the forward saw**
+(:class:`ForwardState`, captured before the segment's forward): every buffer of the segment as it was
+before the forward (batch norm's and renorm's running statistics, ``num_batches_tracked`` and thus renorm's
+r/d ramp; renorm reads its running statistics in training, so a recomputation that sees this batch's update
+gives other gradients), the modules' ``training`` flags and other plain attributes, generators they hold,
+and the CPU and accelerator RNG states (random layers replay their masks). It runs on copies of the
+buffers: the live ones are updated once, by the forward, as without checkpointing.
 
 :func:`checkpoint_sequential` cuts a chain into equal segments. :func:`plan_checkpoints` chooses, for a
 memory budget in bytes, which segments to store and which to recompute so that the predicted peak memory
@@ -23,6 +27,7 @@ hold their input until backward, and during backward one recomputed segment at a
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -38,12 +43,126 @@ def autocast_state(x: torch.Tensor) -> tuple[str, bool, torch.dtype]:
     return dev, torch.is_autocast_enabled(dev), torch.get_autocast_dtype(dev)
 
 
+_SCALARS = (bool, int, float, str, type(None))
+
+
+class ForwardState:
+    """What a forward pass of ``modules`` reads besides its inputs and parameters, captured before it runs, so
+    that a later re-run (a checkpoint's recomputation, a reversible block's reconstruction) sees exactly what
+    the first run saw.
+
+    Captured: a copy of every buffer of every submodule (running statistics, ``num_batches_tracked`` and
+    thus batch renorm's r/d ramp step, any other buffer), the submodules' plain Python attributes (the
+    ``training`` flags, counters: public ``bool``/``int``/``float``/``str``/``None`` values), the states of
+    ``torch.Generator`` s they hold, and the global random number generator states (CPU, and each accelerator
+    device among ``tensors`` and the modules' parameters and buffers), so random layers replay their masks.
+    Nothing is detected by class: any layer whose forward depends on such state is covered.
+
+    :meth:`replay` runs a block with that state swapped in -- each buffer replaced by a fresh copy of its
+    snapshot, which the re-run may update and which is then thrown away -- and puts the live state back on
+    exit, so state changed by the first run stays changed exactly once. :meth:`rollback` instead writes the
+    snapshot back into the live modules (to undo a forward, e.g. when measuring). Costs one copy of the
+    buffers (per-channel vectors for normalization layers) per capture, held as long as the object.
+    """
+
+    def __init__(self, modules: nn.Module | Sequence[nn.Module], tensors: Sequence[torch.Tensor] = ()) -> None:
+        roots = [modules] if isinstance(modules, nn.Module) else list(modules)
+        mods, seen = [], set()
+        for root in roots:
+            for m in root.modules():
+                if id(m) not in seen:
+                    seen.add(id(m))
+                    mods.append(m)
+        self._buffers: list[tuple[nn.Module, str, torch.Tensor, int]] = []
+        self._copies: dict[int, torch.Tensor] = {}
+        devices = {t.device for t in tensors if isinstance(t, torch.Tensor)}
+        for m in mods:
+            for name, b in m._buffers.items():
+                if b is None:
+                    continue
+                if id(b) not in self._copies:
+                    self._copies[id(b)] = b.detach().clone()
+                self._buffers.append((m, name, b, id(b)))
+                devices.add(b.device)
+            devices.update(p.device for p in m._parameters.values() if p is not None)
+        self._attrs = [(m, k, v) for m in mods for k, v in vars(m).items()
+                       if not k.startswith("_") and isinstance(v, _SCALARS)]
+        self._generators = [(g, g.get_state()) for m in mods for k, g in vars(m).items()
+                            if isinstance(g, torch.Generator)]
+        self._devices = sorted((d for d in devices if d.type not in ("cpu", "meta")), key=str)
+        self._rng = (torch.get_rng_state(), [_device_rng(d) for d in self._devices])
+
+    def _set_rng(self, rng) -> None:
+        torch.set_rng_state(rng[0])
+        for d, s in zip(self._devices, rng[1]):
+            _set_device_rng(d, s)
+
+    def _current(self):
+        attrs = [vars(m).get(k, _MISSING) for m, k, _ in self._attrs]
+        gens = [g.get_state() for g, _ in self._generators]
+        rng = (torch.get_rng_state(), [_device_rng(d) for d in self._devices])
+        return attrs, gens, rng
+
+    def _put(self, attrs, gens, rng) -> None:
+        for (m, k, _), v in zip(self._attrs, attrs):
+            if v is _MISSING:
+                m.__dict__.pop(k, None)
+            else:
+                m.__dict__[k] = v
+        for (g, _), s in zip(self._generators, gens):
+            g.set_state(s)
+        self._set_rng(rng)
+
+    @contextmanager
+    def replay(self):
+        """Run the ``with`` block in the captured state; the live state is restored on exit."""
+        live = [m._buffers.get(name) for m, name, _, _ in self._buffers]
+        saved = self._current()
+        fresh = {k: c.clone() for k, c in self._copies.items()}     # the re-run may update them: a new copy each time
+        try:
+            for m, name, _, key in self._buffers:
+                m._buffers[name] = fresh[key]
+            self._put([v for _, _, v in self._attrs], [s for _, s in self._generators], self._rng)
+            yield
+        finally:
+            for (m, name, _, _), b in zip(self._buffers, live):
+                m._buffers[name] = b
+            self._put(*saved)
+
+    @torch.no_grad()
+    def rollback(self) -> None:
+        """Write the captured state back into the live modules (undo the forward passes run since)."""
+        for m, name, b, key in self._buffers:
+            m._buffers[name] = b
+            b.copy_(self._copies[key])
+        self._put([v for _, _, v in self._attrs], [s for _, s in self._generators], self._rng)
+
+
+_MISSING = object()
+
+
+def _device_rng(d: torch.device) -> torch.Tensor:
+    mod = torch.get_device_module(d.type)
+    try:
+        return mod.get_rng_state(d)
+    except TypeError:                       # backends whose get_rng_state takes no device
+        return mod.get_rng_state()
+
+
+def _set_device_rng(d: torch.device, state: torch.Tensor) -> None:
+    mod = torch.get_device_module(d.type)
+    try:
+        mod.set_rng_state(state, d)
+    except TypeError:
+        mod.set_rng_state(state)
+
+
 class _Recompute(torch.autograd.Function):
-    """Run ``segment`` without saving activations; recompute it in backward."""
+    """Run ``segment`` without saving activations; recompute it in backward in the forward's state."""
 
     @staticmethod
-    def forward(ctx, segment, rng_state, x, *params):
-        ctx.segment, ctx.rng_state = segment, rng_state
+    def forward(ctx, segment, state, x, *params):
+        ctx.segment, ctx.state = segment, state
         ctx.autocast = autocast_state(x)
         ctx.save_for_backward(x)
         with torch.no_grad():
@@ -53,30 +172,29 @@ class _Recompute(torch.autograd.Function):
     def backward(ctx, grad_out):
         (x,) = ctx.saved_tensors
         segment = ctx.segment
-        buffers = [b.detach().clone() for b in segment.buffers()]
-        with torch.random.fork_rng(devices=[]):
-            torch.set_rng_state(ctx.rng_state)
-            dev, enabled, dtype = ctx.autocast
-            with torch.enable_grad(), torch.autocast(dev, dtype=dtype, enabled=enabled):
-                xr = x.detach().requires_grad_(x.requires_grad)
-                out = segment(xr)
+        dev, enabled, dtype = ctx.autocast
+        # the recomputation sees the buffers, flags and RNG states the forward saw, and leaves the live ones
+        # (updated once, by the forward) as they are
+        with ctx.state.replay(), torch.enable_grad(), torch.autocast(dev, dtype=dtype, enabled=enabled):
+            xr = x.detach().requires_grad_(x.requires_grad)
+            out = segment(xr)
         params = [p for p in segment.parameters() if p.requires_grad]
         inputs = ([xr] if xr.requires_grad else []) + params
+        if not inputs or not out.requires_grad:
+            return (None, None, None, *[None] * len(params))
         grads = torch.autograd.grad(out, inputs, grad_out, allow_unused=True)
-        with torch.no_grad():                       # batch-norm statistics: updated once, in the forward pass
-            for b, saved in zip(segment.buffers(), buffers):
-                b.copy_(saved)
         gx = grads[0] if xr.requires_grad else None
         gp = list(grads[1:] if xr.requires_grad else grads)
         return (None, None, gx, *gp)
 
 
 def recompute(segment: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``segment(x)`` that saves only ``x`` for backward and recomputes the rest (see the module docstring)."""
+    """``segment(x)`` that saves only ``x`` (and a :class:`ForwardState`: the segment's buffers, flags and RNG
+    states) for backward and recomputes the rest there in that state (see the module docstring)."""
     if not torch.is_grad_enabled():
         return segment(x)
     params = [p for p in segment.parameters() if p.requires_grad]
-    return _Recompute.apply(segment, torch.get_rng_state(), x, *params)
+    return _Recompute.apply(segment, ForwardState(segment, [x]), x, *params)
 
 
 def _as_list(modules) -> list[nn.Module]:
@@ -136,21 +254,20 @@ class CheckpointPlan:
 
 def measure_layers(modules: Sequence[nn.Module], example: torch.Tensor, repeats: int = 3) -> list[LayerCost]:
     """Bytes saved for backward, output bytes and forward time of each layer on ``example`` (training mode;
-    buffers are restored afterwards)."""
+    buffers, flags and RNG states are rolled back afterwards: measuring changes nothing)."""
     costs = []
     x = example
     for m in modules:
         xi = x.detach().requires_grad_(True)
         a, keys, y = _saved_excluding(m, xi)
-        buffers = [b.detach().clone() for b in m.buffers()]
+        state = ForwardState(m, [x])
         with torch.no_grad():
             m(x)                          # warm-up
             t0 = time.perf_counter()
             for _ in range(repeats):
                 m(x)
             dt = (time.perf_counter() - t0) / repeats
-            for b, s in zip(m.buffers(), buffers):
-                b.copy_(s)
+        state.rollback()
         costs.append(LayerCost(a, y.untyped_storage().nbytes(), dt, xi.untyped_storage().nbytes(),
                                xi.untyped_storage().data_ptr() in keys, y.untyped_storage().data_ptr() in keys))
         x = y.detach()
@@ -159,12 +276,10 @@ def measure_layers(modules: Sequence[nn.Module], example: torch.Tensor, repeats:
 
 def _saved_excluding(m: nn.Module, xi: torch.Tensor) -> tuple[int, set[int], torch.Tensor]:
     """Bytes ``m`` saves for backward, excluding its parameters (always resident) but including its input;
-    the saved storages' keys; the output."""
-    buffers = [b.detach().clone() for b in m.buffers()]
+    the saved storages' keys; the output (its state rolled back afterwards)."""
+    state = ForwardState(m, [xi])
     seen, y = saved_storages(lambda: m(xi), exclude=m)
-    with torch.no_grad():
-        for b, s in zip(m.buffers(), buffers):
-            b.copy_(s)
+    state.rollback()
     return sum(seen.values()), set(seen), y.detach()
 
 

@@ -9,9 +9,12 @@ need not keep any activation for backward: the backward pass reconstructs each b
 output, recomputes ``F`` and ``G`` there with gradients on, and back-propagates. Memory saved for
 backward no longer grows with depth (only the last output is kept), for about one extra forward pass.
 
-Random layers and batch-norm statistics inside ``F``/``G`` are handled as in
-:mod:`traintricks.memory.checkpoint`: the RNG state of each block's forward is replayed, and buffers are
-restored after the recomputation so running statistics are updated once. Because a block's input is
+The reconstruction and the recomputation are re-runs of ``F`` and ``G``: as in
+:mod:`traintricks.memory.checkpoint`, each runs in the state its forward saw (a
+:class:`~traintricks.memory.checkpoint.ForwardState` captured before ``F`` and one before ``G``: buffers
+such as running statistics and renorm's step, ``training`` flags, RNG states), on copies of the buffers, so
+the inverse is exact for stateful layers (renorm reads its running statistics in training), random layers
+replay their masks, and the live statistics are updated once, by the forward. Because a block's input is
 reconstructed (not stored), reconstruction error accumulates in float32 over very deep stacks; it stays
 at rounding level for the depths here (tested in float64 to 1e-10).
 """
@@ -22,38 +25,50 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .checkpoint import autocast_state
+from .checkpoint import ForwardState, autocast_state
 
 
 class ReversibleBlock(nn.Module):
-    """``y1 = x1 + F(x2)``, ``y2 = x2 + G(y1)`` on the two channel halves; ``inverse(y)`` recovers ``x``."""
+    """``y1 = x1 + F(x2)``, ``y2 = x2 + G(y1)`` on the two channel halves (dim 1); ``inverse(y)`` recovers ``x``."""
 
     def __init__(self, f: nn.Module, g: nn.Module) -> None:
         super().__init__()
         self.f, self.g = f, g
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_recording(x)[0]
-
-    def forward_recording(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        """The output and the RNG states in which F and G ran (to replay them)."""
         x1, x2 = x.chunk(2, dim=1)
-        s_f = torch.get_rng_state()
         y1 = x1 + self.f(x2)
-        s_g = torch.get_rng_state()
+        return torch.cat([y1, x2 + self.g(y1)], dim=1)
+
+    def forward_recording(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[ForwardState, ForwardState]]:
+        """The output and the states in which F and G ran (to re-run them in :meth:`inverse` / backward)."""
+        x1, x2 = x.chunk(2, dim=1)
+        s_f = ForwardState(self.f, [x2])
+        y1 = x1 + self.f(x2)
+        s_g = ForwardState(self.g, [y1])
         y2 = x2 + self.g(y1)
         return torch.cat([y1, y2], dim=1), (s_f, s_g)
 
+    def _replayed(self, x: torch.Tensor, states: tuple[ForwardState, ForwardState]) -> torch.Tensor:
+        """The forward, with F and G each run in its recorded state."""
+        x1, x2 = x.chunk(2, dim=1)
+        with states[0].replay():
+            y1 = x1 + self.f(x2)
+        with states[1].replay():
+            y2 = x2 + self.g(y1)
+        return torch.cat([y1, y2], dim=1)
+
     @torch.no_grad()
-    def inverse(self, y: torch.Tensor, rng: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-        """``x`` from ``y``; with ``rng`` (from :meth:`forward_recording`) random layers replay their masks."""
+    def inverse(self, y: torch.Tensor, states: tuple[ForwardState, ForwardState] | None = None) -> torch.Tensor:
+        """``x`` from ``y``. With ``states`` (from :meth:`forward_recording`) F and G run in the state of that
+        forward (random layers replay their masks, stateful layers see their statistics of then); without,
+        in the current state. Either way the live buffers, flags and RNG are left unchanged."""
         y1, y2 = y.chunk(2, dim=1)
-        with torch.random.fork_rng(devices=[]):
-            if rng is not None:
-                torch.set_rng_state(rng[1])
+        s_g = states[1] if states is not None else ForwardState(self.g, [y1])
+        with s_g.replay():
             x2 = y2 - self.g(y1)
-            if rng is not None:
-                torch.set_rng_state(rng[0])
+        s_f = states[0] if states is not None else ForwardState(self.f, [x2])
+        with s_f.replay():
             x1 = y1 - self.f(x2)
         return torch.cat([x1, x2], dim=1)
 
@@ -61,12 +76,12 @@ class ReversibleBlock(nn.Module):
 class _ReversibleFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, blocks, x, *params):
-        ctx.blocks, ctx.rng = blocks, []
+        ctx.blocks, ctx.states = blocks, []
         ctx.autocast = autocast_state(x)
         with torch.no_grad():
             for b in blocks:
-                x, rng = b.forward_recording(x)
-                ctx.rng.append(rng)
+                x, states = b.forward_recording(x)
+                ctx.states.append(states)
         y = x.detach()
         ctx.save_for_backward(y.clone())     # a private copy: the caller may modify the output in place
         return y
@@ -76,20 +91,14 @@ class _ReversibleFunction(torch.autograd.Function):
         (y,) = ctx.saved_tensors
         dev, enabled, dtype = ctx.autocast
         param_grads: dict[int, torch.Tensor] = {}
-        for b, rng in zip(reversed(ctx.blocks), reversed(ctx.rng)):
-            buffers = [t.detach().clone() for t in b.buffers()]
+        for b, states in zip(reversed(ctx.blocks), reversed(ctx.states)):
             with torch.autocast(dev, dtype=dtype, enabled=enabled):
-                x = b.inverse(y, rng)                               # reconstruct the block's input
-            with torch.random.fork_rng(devices=[]):
-                torch.set_rng_state(rng[0])
-                with torch.enable_grad(), torch.autocast(dev, dtype=dtype, enabled=enabled):
-                    xr = x.detach().requires_grad_(True)
-                    out = b(xr)                                     # recompute with gradients on
+                x = b.inverse(y, states)                            # reconstruct the block's input
+            with torch.enable_grad(), torch.autocast(dev, dtype=dtype, enabled=enabled):
+                xr = x.detach().requires_grad_(True)
+                out = b._replayed(xr, states)                       # recompute with gradients on
             params = [p for p in b.parameters() if p.requires_grad]
             grads = torch.autograd.grad(out, [xr] + params, grad_y, allow_unused=True)
-            with torch.no_grad():                                   # running statistics: updated once
-                for t, saved in zip(b.buffers(), buffers):
-                    t.copy_(saved)
             grad_y = grads[0]
             for p, g in zip(params, grads[1:]):
                 if g is not None:

@@ -6,95 +6,382 @@ At inference batch norm is a fixed per-channel affine map of the layer output ``
     y = gamma * (z - mu) / sqrt(var + eps) + beta = s * z + (beta - s * mu),   s = gamma / sqrt(var + eps)
 
 so the pair equals one layer with weights ``W' = s * W`` (scaled per output channel) and bias
-``b' = s * (b - mu) + beta``, where ``mu``/``var`` are the running estimates. The fold is exact up to
-rounding, saves the normalization's time and memory at inference, and changes nothing in training
-code: :func:`fold_batchnorm` works on a copy.
+``b' = s * (b - mu) + beta``, where ``mu``/``var`` are the running estimates. A norm module that also applies
+an activation (:class:`~traintricks.nn.BatchNormAct2d`, :class:`~traintricks.memory.InPlaceABN`) leaves
+that activation behind. The fold is exact up to rounding, saves the normalization's time and memory at
+inference, and changes nothing in training code: :func:`fold_batchnorm` works on a copy.
+
+Where the pairs are found: neighbours in a ``nn.Sequential`` (nested ones too) are folded in place, keeping
+the model's classes; pairs anywhere else (a residual block's ``self.bn1(self.conv1(x))``, a downsample
+branch) are found in a ``torch.fx`` graph of the module that calls them, which is then returned as a
+``torch.fx.GraphModule``. A pair is folded only where that is exactly equivalent; everything else is listed
+with its reason in a :class:`FoldReport`.
 """
 from __future__ import annotations
 
 import copy
+import warnings
+from dataclasses import dataclass, field
 
 import torch
+import torch.fx as fx
 from torch import nn
 
-from .batchnorm import _BatchNorm as _OurBatchNorm
+from . import batchnorm as _bn_module
+from . import batchrenorm as _brn_module
 from .fused import _BatchNormAct
 
 _FOLDABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
-_BN = (nn.modules.batchnorm._BatchNorm, _OurBatchNorm)
+_PLAIN_LAYER_FORWARDS = {nn.Conv1d.forward, nn.Conv2d.forward, nn.Conv3d.forward, nn.Linear.forward}
 
 
-def _first_leaf(module: nn.Module) -> tuple[nn.Module, nn.Module | None, str | None]:
-    """The first module applied by ``module`` when it is a chain of Sequentials, with its parent and name."""
-    parent, name = None, None
-    while isinstance(module, nn.Sequential) and len(module) > 0:
-        name = next(iter(module._modules))           # named Sequentials (OrderedDict) too
-        parent, module = module, module._modules[name]
-    return module, parent, name
+def _plain_norm_forwards() -> set:
+    """``forward`` functions of the batch norms that compute exactly ``BN(x)`` in eval (no activation): torch's
+    and ours (batch norm, batch renorm), found by module so that either class layout is recognized."""
+    forwards = {nn.modules.batchnorm._BatchNorm.forward, nn.SyncBatchNorm.forward}
+    for mod in (_bn_module, _brn_module):
+        for obj in vars(mod).values():
+            if isinstance(obj, type) and issubclass(obj, nn.Module) and obj.__module__ == mod.__name__:
+                forwards.add(obj.forward)
+    return forwards
+
+
+def _layer_forward_ok(layer: nn.Module) -> bool:
+    if type(layer).forward in _PLAIN_LAYER_FORWARDS:
+        return True
+    from .dropconnect import DropConnectConv2d, DropConnectLinear     # plain conv / linear in eval
+    return isinstance(layer, (DropConnectConv2d, DropConnectLinear)) and not layer.training
+
+
+def _is_norm(m: nn.Module) -> bool:
+    """A batch-norm-like module: torch's or ours (recognized by its running-statistics attributes)."""
+    if isinstance(m, nn.modules.batchnorm._BatchNorm):
+        return True
+    if isinstance(m, nn.modules.instancenorm._InstanceNorm) or hasattr(m, "num_groups"):
+        return False
+    return hasattr(m, "num_features") and hasattr(m, "running_mean") and hasattr(m, "running_var") \
+        and hasattr(m, "eps")
+
+
+def _inplace_abn_classes() -> tuple[type, ...]:
+    """The In-Place ABN classes (batch norm + leaky ReLU), found by module so a changed layout still matches."""
+    from ..memory import inplace_abn
+    return tuple(c for c in vars(inplace_abn).values() if isinstance(c, type) and issubclass(c, nn.Module)
+                 and c.__module__ == inplace_abn.__name__)
+
+
+def _remainder(bn: nn.Module) -> nn.Module | str:
+    """What is left of ``bn`` once folded (nothing: ``nn.Identity``, or the activation of a norm module that
+    applies one), or a string: why ``bn`` is not known to be a plain affine map in eval."""
+    if isinstance(bn, _BatchNormAct):
+        if bn.activation == "relu":
+            return nn.ReLU(inplace=True)
+        if bn.activation == "leaky_relu":
+            return nn.LeakyReLU(bn.negative_slope, inplace=True)
+        if bn.activation == "gelu":
+            return nn.GELU()
+        return f"unknown activation {bn.activation!r} of {type(bn).__name__}"
+    if isinstance(bn, _inplace_abn_classes()):
+        slope = getattr(bn, "slope", getattr(bn, "activation_param", None))
+        if slope is None:
+            return f"the leaky ReLU slope of {type(bn).__name__} is not known"
+        return nn.LeakyReLU(float(slope), inplace=True)
+    if type(bn).forward in _plain_norm_forwards():
+        return nn.Identity()
+    return (f"{type(bn).__name__} has its own forward, which may compute more than batch norm (e.g. an "
+            f"activation); fold_batchnorm folds only norms it knows")
+
+
+def _out_channels(layer: nn.Module) -> int:
+    return layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
+
+
+def _pair_problem(layer: nn.Module, bn: nn.Module) -> str | None:
+    """Why ``bn(layer(.))`` cannot become one layer in eval, or ``None``."""
+    if not isinstance(layer, _FOLDABLE):
+        return f"{type(layer).__name__} is not a Conv or Linear layer: only Conv and Linear layers fold"
+    if not getattr(bn, "track_running_stats", True) or getattr(bn, "running_mean", None) is None \
+            or getattr(bn, "running_var", None) is None:
+        return ("it has no running statistics (track_running_stats=False), so it normalizes with batch "
+                "statistics even at inference")
+    if bn.num_features != _out_channels(layer):
+        return (f"{type(layer).__name__} has {_out_channels(layer)} output channels vs {bn.num_features} "
+                f"features")
+    return None
 
 
 @torch.no_grad()
 def fold_pair(layer: nn.Module, bn: nn.Module) -> nn.Module:
-    """Return a new conv/linear layer equal to ``bn(layer(x))`` in eval mode."""
-    if not isinstance(layer, _FOLDABLE):
-        raise ValueError(f"cannot fold {type(bn).__name__} into {type(layer).__name__}: only Conv and Linear layers fold")
-    if not getattr(bn, "track_running_stats", True) or getattr(bn, "running_mean", None) is None:
-        raise ValueError(f"cannot fold {bn}: it has no running statistics (track_running_stats=False), "
-                         "so it normalizes with batch statistics even at inference")
-    out_ch = layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
-    if bn.num_features != out_ch:
-        raise ValueError(f"cannot fold {bn} after {layer}: {out_ch} output channels vs {bn.num_features} features")
-    fused = copy.deepcopy(layer)
+    """A new conv/linear layer equal to ``bn(layer(x))`` with ``bn``'s running statistics (its eval mode, not
+    counting an activation ``bn`` may apply: see :func:`fold_batchnorm`). ``layer``: ``nn.Conv1d/2d/3d``
+    (any groups, dilation, padding mode, with or without bias) or ``nn.Linear``; the result always has a bias.
+    Computed in float64 and stored in the layer's dtype. Raises ``ValueError`` naming the reason when the
+    pair cannot fold (another layer type, no running statistics, mismatched channels)."""
+    problem = _pair_problem(layer, bn)
+    if problem is not None:
+        raise ValueError(f"cannot fold {type(bn).__name__} into {type(layer).__name__}: {problem}")
     w = layer.weight.detach()
-    scale = bn.running_var.to(w.dtype).add(bn.eps).rsqrt()
-    if bn.affine:
-        scale = scale * bn.weight.detach().to(w.dtype)
-    bias = layer.bias.detach() if layer.bias is not None else torch.zeros(out_ch, dtype=w.dtype, device=w.device)
-    new_bias = (bias - bn.running_mean.to(w.dtype)) * scale
-    if bn.affine:
-        new_bias = new_bias + bn.bias.detach().to(w.dtype)
-    fused.weight = nn.Parameter(w * scale.view(-1, *([1] * (w.ndim - 1))))
-    fused.bias = nn.Parameter(new_bias)
+    hi = torch.float64 if w.device.type != "mps" else torch.float32
+    scale = bn.running_var.detach().to(hi).add(bn.eps).rsqrt()
+    gamma, beta = getattr(bn, "weight", None), getattr(bn, "bias", None)
+    if gamma is not None:
+        scale = scale * gamma.detach().to(hi)
+    out_ch = _out_channels(layer)
+    bias = layer.bias.detach().to(hi) if layer.bias is not None else torch.zeros(out_ch, dtype=hi, device=w.device)
+    new_bias = (bias - bn.running_mean.detach().to(hi)) * scale
+    if beta is not None:
+        new_bias = new_bias + beta.detach().to(hi)
+    fused = copy.deepcopy(layer)
+    fused.weight = nn.Parameter((w.to(hi) * scale.view(-1, *([1] * (w.ndim - 1)))).to(w.dtype))
+    fused.bias = nn.Parameter(new_bias.to(w.dtype))
     return fused
 
 
-def _remainder(bn: nn.Module) -> nn.Module:
-    """What is left of ``bn`` once folded: nothing, or the activation of a fused norm + activation."""
-    if isinstance(bn, _BatchNormAct):
-        return {"relu": lambda: nn.ReLU(inplace=True), "gelu": nn.GELU,
-                "leaky_relu": lambda: nn.LeakyReLU(bn.negative_slope, inplace=True)}[bn.activation]()
-    return nn.Identity()
+@dataclass
+class FoldReport:
+    """What :func:`fold_batchnorm` did: ``folded`` as ``(layer path, norm path)`` pairs, ``not_folded`` as
+    ``(norm path, reason)``, ``notes`` (modules that could not be traced, assumptions made)."""
+    folded: list[tuple[str, str]] = field(default_factory=list)
+    not_folded: list[tuple[str, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        lines = [f"folded {len(self.folded)} batch norm(s), left {len(self.not_folded)}"]
+        lines += [f"  folded {n} into {l}" for l, n in self.folded]
+        lines += [f"  not folded {n}: {r}" for n, r in self.not_folded]
+        lines += [f"  note: {t}" for t in self.notes]
+        return "\n".join(lines)
 
 
-def _fold_children(module: nn.Module) -> int:
-    folded = 0
-    if isinstance(module, nn.Sequential):
-        names = list(module._modules)
+class _Tracer(fx.Tracer):
+    """torch.fx's tracer that keeps norms and conv/linear layers (ours too) as calls to the module."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return _is_norm(m) or isinstance(m, _FOLDABLE) or super().is_leaf_module(m, qualname)
+
+
+class _Folder:
+    def __init__(self, root: nn.Module, out_ndim: dict[int, int] | None) -> None:
+        self.paths = {id(m): name for name, m in root.named_modules()}
+        self.norms = [m for m in root.modules() if _is_norm(m)]
+        self.out_ndim = out_ndim                       # id(layer) -> ndim of its output on example inputs
+        self.folded: dict[int, str] = {}               # id(norm) -> layer path
+        self.reasons: dict[int, str] = {}              # id(norm) -> why not (last attempt)
+        self.notes: list[str] = []
+
+    # ------------------------------------------------------------------ one pair
+    def problem(self, layer: nn.Module, bn: nn.Module) -> str | None:
+        """Why the pair is not exactly one layer in eval, or ``None``."""
+        problem = _pair_problem(layer, bn)
+        if problem is not None:
+            return problem
+        if not _layer_forward_ok(layer):
+            return f"{type(layer).__name__} has its own forward (not a plain Conv/Linear)"
+        if bn.training:
+            return "it is in training mode (normalizes with batch statistics)"
+        for m in (layer, bn):
+            if m._forward_hooks or m._forward_pre_hooks or getattr(m, "parametrizations", None) is not None:
+                return f"{self.paths.get(id(m), type(m).__name__)} has forward hooks or parametrizations"
+        rem = _remainder(bn)
+        if isinstance(rem, str):
+            return rem
+        want = 2 if isinstance(layer, nn.Linear) else layer.weight.ndim
+        got = self.out_ndim.get(id(layer)) if self.out_ndim is not None else None
+        if got is not None and got != want:
+            return (f"the output of {self.paths.get(id(layer))} is {got}-D: batch norm's channel dim 1 is not the "
+                    f"layer's output channel")
+        if got is None and isinstance(layer, (nn.Linear, nn.Conv1d)):
+            self.notes.append(f"{self.paths.get(id(layer))} -> {self.paths.get(id(bn))}: assumed a batched input "
+                              f"(channel dim 1 = the layer's outputs); pass example_inputs= to check")
+        return None
+
+    def fold(self, layer: nn.Module, bn: nn.Module) -> tuple[nn.Module, nn.Module]:
+        fused, rem = fold_pair(layer, bn), _remainder(bn)
+        self.folded[id(bn)] = self.paths.get(id(layer), type(layer).__name__)
+        self.reasons.pop(id(bn), None)
+        return fused, rem
+
+    def no(self, bn: nn.Module, reason: str) -> None:
+        if id(bn) not in self.folded:
+            self.reasons[id(bn)] = reason
+
+    # ------------------------------------------------------------------ the module tree
+    def module(self, m: nn.Module) -> nn.Module:
+        """``m`` with its pairs folded (in place where its class is kept, or a new GraphModule)."""
+        if not any(_is_norm(c) and id(c) not in self.folded for c in m.modules()):
+            return m
+        for name, child in list(m._modules.items()):
+            if child is not None:
+                new = self.module(child)
+                if new is not child:
+                    m._modules[name] = new
+        if type(m).forward is nn.Sequential.forward:
+            self.sequential(m)
+            return m
+        if not m._modules or _is_norm(m) or not any(_is_norm(c) and id(c) not in self.folded for c in m.modules()):
+            return m
+        return self.graph(m)
+
+    def sequential(self, seq: nn.Sequential) -> None:
+        names = list(seq._modules)
         for a, b in zip(names, names[1:]):
-            layer, nxt = module._modules[a], module._modules[b]
-            bn, parent, pname = _first_leaf(nxt)
-            if isinstance(layer, _FOLDABLE) and isinstance(bn, _BN):
-                module._modules[a] = fold_pair(layer, bn)
-                if parent is None:
-                    module._modules[b] = _remainder(bn)
-                else:
-                    parent._modules[pname] = _remainder(bn)
-                folded += 1
-    for child in module.children():
-        folded += _fold_children(child)
-    return folded
+            (layer, lparent, lname), (bn, bparent, bname) = _edge(seq, a, last=True), _edge(seq, b, last=False)
+            if not _is_norm(bn) or id(bn) in self.folded:
+                continue
+            if not isinstance(layer, _FOLDABLE):
+                self.no(bn, f"its input is the output of {type(layer).__name__}, not of a Conv/Linear layer")
+                continue
+            problem = self.problem(layer, bn)
+            if problem is not None:
+                self.no(bn, problem)
+                continue
+            lparent._modules[lname], bparent._modules[bname] = self.fold(layer, bn)
+
+    def graph(self, m: nn.Module) -> nn.Module:
+        path = self.paths.get(id(m), "")
+        try:
+            graph = _Tracer().trace(m)
+        except Exception as e:                               # untraceable forward: its children were folded
+            self.notes.append(f"could not trace {path or type(m).__name__} with torch.fx ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0] if str(e) else ''}); folded only inside its submodules")
+            return m
+        mods = dict(m.named_modules(remove_duplicate=False))
+        calls: dict[str, int] = {}
+        by_module: dict[int, int] = {}
+        for node in graph.nodes:
+            if node.op == "call_module":
+                calls[node.target] = calls.get(node.target, 0) + 1
+                by_module[id(mods[node.target])] = by_module.get(id(mods[node.target]), 0) + 1
+        changed = False
+        for node in list(graph.nodes):
+            if node.op != "call_module" or not _is_norm(mods[node.target]):
+                continue
+            bn = mods[node.target]
+            if id(bn) in self.folded:
+                continue
+            src = node.args[0] if node.args else None
+            if len(node.args) != 1 or node.kwargs:
+                self.no(bn, "called with more than its input")
+                continue
+            if not isinstance(src, fx.Node) or src.op != "call_module" or not isinstance(mods[src.target], _FOLDABLE):
+                what = src.target if isinstance(src, fx.Node) and src.op == "call_module" else \
+                    getattr(src, "target", src)
+                what = getattr(what, "__name__", what)
+                self.no(bn, f"its input is the output of {what}, not of a Conv/Linear layer")
+                continue
+            layer = mods[src.target]
+            if len(src.users) != 1:
+                others = ", ".join(str(u) for u in src.users if u is not node)
+                self.no(bn, f"the output of {self.paths.get(id(layer), src.target)} is also used by {others}: "
+                            f"folding would change what they see")
+                continue
+            lpath = src.target + "."
+            if any(n.op == "get_attr" and n.target.startswith(lpath) for n in graph.nodes):
+                self.no(bn, f"the forward also reads {self.paths.get(id(layer), src.target)}'s parameters "
+                            f"directly: folding would change what it reads")
+                continue
+            if by_module[id(layer)] > 1 or by_module[id(bn)] > 1:
+                self.no(bn, "the layer or the norm is called more than once (shared module)")
+                continue
+            problem = self.problem(layer, bn)
+            if problem is not None:
+                self.no(bn, problem)
+                continue
+            fused, rem = self.fold(layer, bn)
+            _set(m, src.target, fused)
+            if isinstance(rem, nn.Identity):
+                node.replace_all_uses_with(src)
+                graph.erase_node(node)
+            else:
+                _set(m, node.target, rem)
+            changed = True
+        if not changed:
+            return m
+        gm = fx.GraphModule(m, graph, class_name=type(m).__name__)
+        gm.training = m.training
+        return gm
+
+    def report(self) -> FoldReport:
+        rep = FoldReport(notes=list(dict.fromkeys(self.notes)))
+        for bn in self.norms:
+            p = self.paths.get(id(bn), type(bn).__name__)
+            if id(bn) in self.folded:
+                rep.folded.append((self.folded[id(bn)], p))
+            else:
+                rep.not_folded.append((p, self.reasons.get(
+                    id(bn), "its input is not visibly the output of a Conv/Linear layer (no Sequential neighbour, "
+                            "no traced graph)")))
+        return rep
 
 
-def fold_batchnorm(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` in eval mode with every batch norm that directly follows a Conv/Linear layer in a
-    ``nn.Sequential`` (possibly as the first module of the next nested Sequential) folded into that layer.
+def _edge(seq: nn.Module, name: str, last: bool) -> tuple[nn.Module, nn.Module, str]:
+    """The module applied first (``last=False``) or last in ``seq[name]``, through plain nested Sequentials,
+    with its parent and name there."""
+    parent, module = seq, seq._modules[name]
+    while type(module).forward is nn.Sequential.forward and len(module) > 0:
+        name = list(module._modules)[-1 if last else 0]
+        parent, module = module, module._modules[name]
+    return module, parent, name
 
-    Batch renorm folds the same way (at inference it is batch norm with its running estimates); a fused
-    batch norm + activation leaves its activation behind. Batch norms in other positions (e.g. pre-activation ones, which follow an addition) are left in place;
-    a pair that cannot be folded (no running statistics, mismatched channels) raises ``ValueError``.
-    The number folded is stored as ``model.folded_batchnorms``.
+
+def _set(root: nn.Module, target: str, value: nn.Module) -> None:
+    *path, name = target.split(".")
+    owner = root
+    for p in path:
+        owner = getattr(owner, p)
+    setattr(owner, name, value)
+
+
+def _output_ndims(model: nn.Module, example_inputs) -> dict[int, int]:
+    """ndim of each conv/linear layer's output when ``model`` runs on ``example_inputs`` (no_grad)."""
+    seen: dict[int, int] = {}
+    hooks = [m.register_forward_hook(lambda mod, i, o: seen.__setitem__(id(mod), o.ndim))
+             for m in model.modules() if isinstance(m, _FOLDABLE)]
+    try:
+        with torch.no_grad():
+            model(*example_inputs) if isinstance(example_inputs, (tuple, list)) else model(example_inputs)
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen
+
+
+def fold_batchnorm(model: nn.Module, *, return_report: bool = False, example_inputs=None):
+    """A copy of ``model`` (in eval mode) with every batch norm whose input is a Conv/Linear output folded into
+    that layer, exactly (:func:`fold_pair`); a norm module that applies an activation (``BatchNormAct*``,
+    ``InPlaceABN``) leaves its activation in its place.
+
+    Pairs are neighbours in a ``nn.Sequential`` (nested ones too; folded in place, the classes kept) or calls
+    in any module's forward, found in its ``torch.fx`` graph (``self.bn(self.conv(x))``, downsample branches):
+    such a module is returned as a ``torch.fx.GraphModule`` with the same submodule paths and ``state_dict``
+    keys, less the folded norms' (a folded layer gains a ``bias``); a forward torch.fx cannot trace is left as
+    it is and only its submodules are folded (reported). A pair is folded only where it is exactly equivalent:
+    the layer's output is used by the norm alone, each is called once, the norm (torch's, ours, batch renorm)
+    uses its running statistics, the layer is a plain Conv1d/2d/3d (any groups, dilation, bias) or Linear.
+
+    Args:
+        model: the model, in eval mode (``ValueError`` otherwise: training-mode batch norm uses batch statistics).
+        return_report: also return a :class:`FoldReport` (folded pairs, norms left and why, notes).
+        example_inputs: optional input (or tuple of inputs) to check that each layer's output channel is the
+            norm's channel dim (a ``Linear`` on a 3-D input is not folded then); without it that is assumed
+            (noted in the report).
+
+    Returns the folded model (``model.folded_batchnorms``: the count, ``model.fold_report``: the report), or
+    ``(model, report)`` with ``return_report=True``. Warns when nothing was folded.
     """
-    folded_model = copy.deepcopy(model).eval()
-    n = _fold_children(folded_model)
-    folded_model.folded_batchnorms = n
-    return folded_model
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"fold_batchnorm takes an nn.Module, got {type(model).__name__}")
+    if model.training:
+        raise ValueError("fold_batchnorm: the model is in training mode, where batch norm normalizes with batch "
+                         "statistics and cannot be folded; call model.eval() first")
+    folded_model = copy.deepcopy(model)
+    out_ndim = _output_ndims(folded_model, example_inputs) if example_inputs is not None else None
+    folder = _Folder(folded_model, out_ndim)
+    folded_model = folder.module(folded_model)
+    report = folder.report()
+    if not report.folded:
+        why = "; ".join(f"{n}: {r}" for n, r in report.not_folded) or "the model has no batch norm"
+        warnings.warn(f"fold_batchnorm folded nothing ({why})", stacklevel=2)
+    folded_model.folded_batchnorms = len(report.folded)
+    folded_model.fold_report = report
+    return (folded_model, report) if return_report else folded_model

@@ -239,18 +239,20 @@ class _Folder:
 
     def graph(self, m: nn.Module) -> nn.Module:
         path = self.paths.get(id(m), "")
+        from ..memory.checkpoint import ForwardState
+        state = ForwardState(m)                              # tracing runs the forward: undo its side effects
         try:
             graph = _Tracer().trace(m)
         except Exception as e:                               # untraceable forward: its children were folded
+            state.rollback()
             self.notes.append(f"could not trace {path or type(m).__name__} with torch.fx ({type(e).__name__}: "
                               f"{str(e).splitlines()[0] if str(e) else ''}); folded only inside its submodules")
             return m
+        state.rollback()
         mods = dict(m.named_modules(remove_duplicate=False))
-        calls: dict[str, int] = {}
         by_module: dict[int, int] = {}
         for node in graph.nodes:
             if node.op == "call_module":
-                calls[node.target] = calls.get(node.target, 0) + 1
                 by_module[id(mods[node.target])] = by_module.get(id(mods[node.target]), 0) + 1
         changed = False
         for node in list(graph.nodes):
@@ -334,6 +336,9 @@ def _set(root: nn.Module, target: str, value: nn.Module) -> None:
 
 def _output_ndims(model: nn.Module, example_inputs) -> dict[int, int]:
     """ndim of each conv/linear layer's output when ``model`` runs on ``example_inputs`` (no_grad)."""
+    from ..memory.checkpoint import ForwardState
+    state = ForwardState(model, [t for t in (example_inputs if isinstance(example_inputs, (tuple, list))
+                                             else (example_inputs,)) if isinstance(t, torch.Tensor)])
     seen: dict[int, int] = {}
     hooks = [m.register_forward_hook(lambda mod, i, o: seen.__setitem__(id(mod), o.ndim))
              for m in model.modules() if isinstance(m, _FOLDABLE)]
@@ -343,6 +348,7 @@ def _output_ndims(model: nn.Module, example_inputs) -> dict[int, int]:
     finally:
         for h in hooks:
             h.remove()
+        state.rollback()                                     # the check run changes no state of the copy
     return seen
 
 

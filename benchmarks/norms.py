@@ -10,7 +10,7 @@ alternating rounds; the table gives medians and the ratio ours / native (< 1: ou
 | BatchRenorm2d (r/d clipping active) | nn.BatchNorm2d (goal: <= 1.3x) |
 | GroupNorm(8, C) | nn.GroupNorm(8, C) |
 | InstanceNorm2d(C, affine=True) | nn.InstanceNorm2d(C, affine=True) |
-| LayerNorm(C) | nn.GroupNorm(1, C) (the same computation) |
+| GroupLayerNorm(C) (the registry's layernorm) | nn.GroupNorm(1, C) (the same computation) |
 | BatchNormAct2d(C, relu / gelu) | nn.Sequential(nn.BatchNorm2d(C), nn.ReLU(inplace=True) / nn.GELU()) |
 
 ``--reference`` adds the from-the-math reference implementations (``impl="reference"``).
@@ -31,8 +31,8 @@ quiet_environment()
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from traintricks.nn import (BatchNorm2d, BatchNormAct2d, BatchRenorm2d, GroupNorm, InstanceNorm2d,  # noqa: E402
-                            LayerNorm)
+from traintricks.nn import (BatchNorm2d, BatchNormAct2d, BatchRenorm2d, GroupLayerNorm, GroupNorm,  # noqa: E402
+                            InstanceNorm2d)
 
 SHAPES = [(128, 64, 32, 32), (32, 256, 16, 16), (256, 16, 8, 8)]
 
@@ -51,7 +51,7 @@ LAYERS = {
     "groupnorm": (lambda c, impl="fast": GroupNorm(8, c, impl=impl), lambda c: nn.GroupNorm(8, c)),
     "instancenorm": (lambda c, impl="fast": InstanceNorm2d(c, affine=True, impl=impl),
                      lambda c: nn.InstanceNorm2d(c, affine=True)),
-    "layernorm": (lambda c, impl="fast": LayerNorm(c, impl=impl), lambda c: nn.GroupNorm(1, c)),
+    "layernorm": (lambda c, impl="fast": GroupLayerNorm(c, impl=impl), lambda c: nn.GroupNorm(1, c)),
     "batchnorm+relu": (lambda c, impl="fast": BatchNormAct2d(c, "relu", impl=impl),
                        lambda c: nn.Sequential(nn.BatchNorm2d(c), nn.ReLU(inplace=True))),
     "batchnorm+gelu": (lambda c, impl="fast": BatchNormAct2d(c, "gelu", impl=impl),

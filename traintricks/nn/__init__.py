@@ -7,14 +7,16 @@ from .dropout import Dropout, DropoutFunction, dropout
 from .batchrenorm import BatchRenorm1d, BatchRenorm2d, BatchRenormFunction, FastBatchRenormFunction
 from .fold import fold_batchnorm, fold_pair
 from .fused import BatchNormAct1d, BatchNormAct2d, BatchNormActFunction
-from .groupnorm import GroupNorm, GroupNormFunction, InstanceNorm2d, LayerNorm
+from .groupnorm import (GroupLayerNorm, GroupNorm, GroupNormFunction, InstanceNorm1d, InstanceNorm2d, InstanceNorm3d,
+                        LayerNorm)
 from .noise import GaussianNoise, NoisyHardTanh
 from .normalization import NORMS, fuses_norm_activation, make_norm
 from .shake import ShakeDrop, ShakeDropFunction, ShakeShake, ShakeShakeFunction
 from .stochastic_depth import StochasticDepth, linear_survival
 
 __all__ = ["ACTIVATIONS", "BatchNorm1d", "BatchNorm2d", "BatchNormAct1d", "BatchNormAct2d", "BatchNormActFunction",
-           "BatchNormFunction", "BatchRenorm1d", "BatchRenorm2d", "BatchRenormFunction", "FastBatchRenormFunction", "GroupNorm", "GroupNormFunction", "InstanceNorm2d",
+           "BatchNormFunction", "BatchRenorm1d", "BatchRenorm2d", "BatchRenormFunction", "FastBatchRenormFunction", "GroupLayerNorm", "GroupNorm", "GroupNormFunction",
+           "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d",
            "LayerNorm", "NORMS", "fold_batchnorm", "fold_pair", "fuses_norm_activation", "make_activation",
            "make_norm", "Dropout", "DropoutFunction", "dropout", "DropConnectLinear", "DropConnectConv2d",
            "StochasticDepth", "linear_survival", "ShakeShake", "ShakeShakeFunction", "ShakeDrop", "ShakeDropFunction",

@@ -22,7 +22,7 @@ from ..registry import Registry
 from .batchnorm import BatchNorm1d, BatchNorm2d
 from .batchrenorm import BatchRenorm1d, BatchRenorm2d
 from .fused import BatchNormAct1d, BatchNormAct2d
-from .groupnorm import GroupNorm, LayerNorm
+from .groupnorm import GroupLayerNorm, GroupNorm
 
 NORMS = Registry("normalization", section="forward pass: convergence")
 
@@ -101,8 +101,8 @@ def groupnorm(num_features: int, dim: int = 2, groups: int = 8) -> nn.Module:
 
 @NORMS.register("layernorm")
 def layernorm(num_features: int, dim: int = 2, groups: int = 8) -> nn.Module:
-    """Layer normalization: per-sample statistics over all channels and positions (group norm with G = 1; 1607.06450)."""
-    return LayerNorm(num_features)
+    """Layer normalization: per-sample statistics over all channels and positions, per-channel affine (group norm with G = 1; 1607.06450)."""
+    return GroupLayerNorm(num_features)
 
 
 @NORMS.register("instancenorm")

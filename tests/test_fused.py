@@ -25,7 +25,7 @@ def test_fused_backward_passes_gradcheck(act, channels_last):
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_equals_pytorch_batchnorm_then_activation(act, impl, channels_last):
     torch.manual_seed(0)
-    fused = BatchNormAct2d(6, act, negative_slope=0.1, alpha=0.9, impl=impl)
+    fused = BatchNormAct2d(6, activation=act, negative_slope=0.1, alpha=0.9, impl=impl)
     pair = nn.Sequential(nn.BatchNorm2d(6, momentum=0.1), ACTS[act]())
     with torch.no_grad():
         for w in (fused.weight, pair[0].weight):
@@ -61,24 +61,26 @@ def test_saves_less_for_backward_with_gelu():
             module(x.requires_grad_())
         return sum(total)
     x = torch.randn(8, 16, 8, 8)
-    fused = saved_bytes(BatchNormAct2d(16, "gelu"), x.clone())
+    fused = saved_bytes(BatchNormAct2d(16, activation="gelu"), x.clone())
     pair = saved_bytes(nn.Sequential(nn.BatchNorm2d(16), nn.GELU()), x.clone())
     assert pair - fused >= x.numel() * 4
 
 
 def test_one_dimensional_inputs_and_bad_arguments():
-    m = BatchNormAct1d(5, "leaky_relu", negative_slope=0.2)
+    m = BatchNormAct1d(5, activation="leaky_relu", negative_slope=0.2)
     x = torch.randn(7, 5)
     torch.testing.assert_close(m(x), nn.functional.leaky_relu(nn.BatchNorm1d(5)(x), 0.2), rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="activation must be one of"):
-        BatchNormAct2d(5, "silu")
+        BatchNormAct2d(5, activation="silu")
+    with pytest.raises(TypeError, match="keyword-only"):       # batch norm's positional arguments come first
+        BatchNormAct2d(5, "gelu")
     with pytest.raises(ValueError, match="non-finite"):
-        BatchNormAct2d(2)(torch.full((2, 2, 2, 2), float("nan")))
+        BatchNormAct2d(2, check_finite=True)(torch.full((2, 2, 2, 2), float("nan")))
 
 
 def test_fold_keeps_the_activation():
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(2, 4, 3), BatchNormAct2d(4, "gelu"), nn.Conv2d(4, 3, 1), BatchNorm2d(3))
+    model = nn.Sequential(nn.Conv2d(2, 4, 3), BatchNormAct2d(4, activation="gelu"), nn.Conv2d(4, 3, 1), BatchNorm2d(3))
     for _ in range(3):
         model(torch.randn(8, 2, 6, 6))
     model.eval()

@@ -183,3 +183,28 @@ def test_folds_like_batchnorm():
     x = torch.randn(3, 2, 6, 6)
     assert folded.folded_batchnorms == 1
     torch.testing.assert_close(folded(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_cumulative_average_and_tensor_limits_without_host_reads(impl):
+    """momentum=None is the cumulative average (as batch norm); the ramped limits are computed as tensors and
+    equal the host-side limits()."""
+    torch.manual_seed(0)
+    m = BatchRenorm2d(3, momentum=None, warmup_steps=1, r_ramp_steps=2, d_ramp_steps=4, impl=impl).double()
+    xs = [torch.randn(6, 3, 2, 2, dtype=torch.float64) * (i + 1) for i in range(4)]
+    for step, x in enumerate(xs):
+        rmax, dmax = m.limits_tensor()
+        assert (float(rmax), float(dmax)) == pytest.approx(m.limits(step))
+        m(x)
+    torch.testing.assert_close(m.running_mean, torch.stack([x.mean(dim=(0, 2, 3)) for x in xs]).mean(0))
+    torch.testing.assert_close(m.running_var, torch.stack([x.var(dim=(0, 2, 3)) for x in xs]).mean(0))
+
+
+def test_not_affine_and_torch_signature():
+    torch.manual_seed(0)
+    m = _active(BatchRenorm2d, 3, "fast", affine=False)
+    r = _active(BatchRenorm2d, 3, "reference", affine=False)
+    assert list(m.state_dict()) == list(nn.BatchNorm2d(3, affine=False).state_dict())
+    x = torch.randn(5, 3, 2, 2)
+    torch.testing.assert_close(m(x), r(x))
+    assert BatchRenorm2d(3, 1e-3, 0.2).momentum == 0.2 and BatchRenorm2d(3, 1e-3, 0.2).eps == 1e-3

@@ -88,3 +88,43 @@ def test_fold_keeps_the_activation():
     assert folded.folded_batchnorms == 2 and isinstance(folded[1], nn.GELU)
     x = torch.randn(3, 2, 6, 6)
     torch.testing.assert_close(folded(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("act", list(ACTS))
+@pytest.mark.parametrize("kwargs", [{"affine": False}, {"track_running_stats": False}, {"momentum": None},
+                                    {"bias": False}])
+def test_torch_batchnorm_options_then_activation(act, kwargs):
+    """PyTorch's batch-norm arguments mean what they mean for nn.BatchNorm2d, with the activation after."""
+    torch.manual_seed(0)
+    fused = BatchNormAct2d(4, activation=act, negative_slope=0.1, **kwargs).double()
+    pair = nn.Sequential(nn.BatchNorm2d(4, **kwargs), ACTS[act]()).double()
+    assert list(fused.state_dict()) == list(pair[0].state_dict())
+    for _ in range(2):
+        x = torch.randn(3, 4, 2, 2, dtype=torch.float64) * 2
+        xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+        ya, yb = fused(xa), pair(xb)
+        torch.testing.assert_close(ya, yb)
+        ya.sum().backward(), yb.sum().backward()
+        torch.testing.assert_close(xa.grad, xb.grad)
+    for k, v in pair[0].state_dict().items():
+        torch.testing.assert_close(fused.state_dict()[k], v)
+    fused.eval(), pair.eval()
+    torch.testing.assert_close(fused(x), pair(x))
+
+
+def test_sync_batchnorm_syncs_fused_and_refuses_what_it_cannot_sync():
+    from traintricks.memory import InPlaceABN
+    from traintricks.nn import BatchRenorm2d
+    from traintricks.parallel import sync_batchnorm_
+    model = nn.Sequential(BatchNorm2d(3), BatchNormAct2d(3))
+    assert sync_batchnorm_(model) == 2 and model[0].sync and model[1].sync
+    for bad in (BatchRenorm2d(3), InPlaceABN(3)):
+        model = nn.Sequential(BatchNorm2d(3), bad)
+        with pytest.raises(ValueError, match=type(bad).__name__):
+            sync_batchnorm_(model)
+        assert not model[0].sync                      # nothing changed
+    # without a process group the synchronized layer is plain batch norm
+    m = BatchNormAct2d(3)
+    sync_batchnorm_(m)
+    x = torch.randn(4, 3, 2, 2)
+    torch.testing.assert_close(m(x), nn.functional.relu(nn.BatchNorm2d(3)(x)))

@@ -314,7 +314,8 @@ def test_reset_methods_device_and_dtype(cls):
     assert torch.equal(m.running_mean, torch.zeros(3, dtype=torch.float64)) and int(m.num_batches_tracked) == 0
     assert m.weight[0] == 2.0
     m.reset_parameters()
-    assert torch.equal(m.weight, torch.ones(3, dtype=torch.float64)) and torch.equal(m.bias, torch.zeros(3, dtype=torch.float64))
+    assert torch.equal(m.weight, torch.ones(3, dtype=torch.float64))
+    assert torch.equal(m.bias, torch.zeros(3, dtype=torch.float64))
     assert cls(3, device="meta").running_var.is_meta
 
 
@@ -358,8 +359,9 @@ def test_errors_as_torch():
             m(torch.randn(2, 3, 2, 2))
     assert BatchNorm2d(3, eps=0.0).eval()(torch.randn(2, 3, 2, 2)).shape == (2, 3, 2, 2)
     # affine=False and no running estimates: nothing per channel, any channel count normalizes (as torch)
-    torch.testing.assert_close(BatchNorm1d(3, affine=False, track_running_stats=False)(torch.ones(4, 5) * torch.arange(4.0)[:, None]),
-                               nn.BatchNorm1d(3, affine=False, track_running_stats=False)(torch.ones(4, 5) * torch.arange(4.0)[:, None]))
+    x = torch.ones(4, 5) * torch.arange(4.0)[:, None]
+    torch.testing.assert_close(BatchNorm1d(3, affine=False, track_running_stats=False)(x),
+                               nn.BatchNorm1d(3, affine=False, track_running_stats=False)(x))
 
 
 def test_reference_impl_double_backward_is_right():

@@ -85,7 +85,8 @@ def sync_batchnorm_(model: nn.Module) -> int:
     ``torch.nn.SyncBatchNorm.convert_sync_batchnorm``."""
     from ..nn.batchnorm import _BatchNorm
     ours = [(name, mod) for name, mod in model.named_modules() if isinstance(mod, _BatchNorm)]
-    refused = [f"{name or '<root>'} ({type(mod).__name__})" for name, mod in ours if not mod._supports_sync]
+    refused = [f"{name or '<root>'} ({type(mod).__name__})" for name, mod in ours
+               if not mod._supports_sync]
     if refused:
         raise ValueError("sync_batchnorm_: these layers cannot synchronize their statistics across processes: "
                          + ", ".join(refused) + "; use batchnorm or batchnorm_act")

@@ -52,9 +52,9 @@ LAYERS = {
     "instancenorm": (lambda c, impl="fast": InstanceNorm2d(c, affine=True, impl=impl),
                      lambda c: nn.InstanceNorm2d(c, affine=True)),
     "layernorm": (lambda c, impl="fast": GroupLayerNorm(c, impl=impl), lambda c: nn.GroupNorm(1, c)),
-    "batchnorm+relu": (lambda c, impl="fast": BatchNormAct2d(c, "relu", impl=impl),
+    "batchnorm+relu": (lambda c, impl="fast": BatchNormAct2d(c, activation="relu", impl=impl),
                        lambda c: nn.Sequential(nn.BatchNorm2d(c), nn.ReLU(inplace=True))),
-    "batchnorm+gelu": (lambda c, impl="fast": BatchNormAct2d(c, "gelu", impl=impl),
+    "batchnorm+gelu": (lambda c, impl="fast": BatchNormAct2d(c, activation="gelu", impl=impl),
                        lambda c: nn.Sequential(nn.BatchNorm2d(c), nn.GELU())),
 }
 

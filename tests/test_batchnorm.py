@@ -74,7 +74,9 @@ def test_training_normalizes_each_channel_over_batch_and_space():
 
 def test_alpha_momentum_mapping_and_validation():
     assert BatchNorm2d(3, alpha=0.99).momentum == pytest.approx(0.01)
-    assert BatchNorm2d(3, momentum=0.2).alpha == pytest.approx(0.8)
+    assert BatchNorm2d(3, momentum=0.2).momentum == 0.2 and BatchNorm2d(3).momentum == 0.1   # torch's default
+    assert BatchNorm2d(3, momentum=0.2, alpha=0.8).momentum == pytest.approx(0.2)
+    assert not hasattr(BatchNorm2d(3), "alpha")          # alpha is a constructor alternative, not an attribute
     with pytest.raises(ValueError, match="disagree"):
         BatchNorm2d(3, alpha=0.9, momentum=0.5)
     with pytest.raises(ValueError, match="alpha"):
@@ -112,11 +114,13 @@ def test_bad_inputs_name_the_layer_and_problem(impl):
     bn = BatchNorm2d(3, impl=impl)
     with pytest.raises(ValueError, match=r"BatchNorm2d\(3\): input has 4 channels"):
         bn(torch.randn(2, 4, 3, 3))
-    with pytest.raises(ValueError, match="batch of one"):
-        BatchNorm1d(3)(torch.randn(1, 3))
-    with pytest.raises(ValueError, match="non-finite"):
-        bn(torch.full((2, 3, 2, 2), float("nan")))
-    with pytest.raises(ValueError, match="4-D"):
+    with pytest.raises(RuntimeError, match="input has 4 channels"):     # torch's kernels raise RuntimeError
+        bn(torch.randn(2, 4, 3, 3))
+    with pytest.raises(ValueError, match="Expected more than 1 value per channel when training"):
+        BatchNorm1d(3, impl=impl)(torch.randn(1, 3))
+    with pytest.raises(ValueError, match="non-finite"):                 # opt-in: a host synchronization
+        BatchNorm2d(3, impl=impl, check_finite=True)(torch.full((2, 3, 2, 2), float("nan")))
+    with pytest.raises(ValueError, match=r"expected 4D input \(got 2D input\)"):
         bn(torch.randn(2, 3))
     bn.eval()
     assert bn(torch.randn(1, 3, 2, 2)).shape == (1, 3, 2, 2)     # a single example is fine at inference
@@ -135,3 +139,276 @@ def test_state_dict_round_trip_and_fold():
     folded = fold_batchnorm(model)
     assert folded.folded_batchnorms == 1
     torch.testing.assert_close(folded(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+# ---- issue 15: drop-in for torch.nn.BatchNorm*d (item 5), no host synchronization (item 6), API corners (item 12)
+
+import copy  # noqa: E402
+import warnings  # noqa: E402
+
+from traintricks.memory import InPlaceABN, InPlaceABN1d  # noqa: E402
+from traintricks.nn import (BatchNorm3d, BatchNormAct2d, BatchRenorm2d, BatchRenormFunction,  # noqa: E402
+                            FastBatchRenormFunction)
+from traintricks.nn.fused import BatchNormActFunction  # noqa: E402
+
+FAMILY = {   # every batch-norm-family layer and option that takes its own forward path
+    "bn": lambda: BatchNorm2d(3), "bn_cumulative": lambda: BatchNorm2d(3, momentum=None),
+    "bn_reference": lambda: BatchNorm2d(3, impl="reference"),
+    "bn_no_tracking": lambda: BatchNorm2d(3, track_running_stats=False),
+    "bn_not_affine": lambda: BatchNorm2d(3, affine=False),
+    "renorm": lambda: BatchRenorm2d(3, warmup_steps=2, r_ramp_steps=3, d_ramp_steps=3),
+    "renorm_reference": lambda: BatchRenorm2d(3, warmup_steps=0, impl="reference"),
+    "bn_relu": lambda: BatchNormAct2d(3), "bn_gelu": lambda: BatchNormAct2d(3, activation="gelu"),
+    "inplace_abn": lambda: InPlaceABN(3), "inplace_abn_cumulative": lambda: InPlaceABN(3, momentum=None),
+}
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("name", list(FAMILY))
+def test_no_graph_breaks_in_any_batchnorm_layer(name, train):
+    """Issue 15 item 6: every BN layer broke a torch.compile graph twice in training
+    (bool(torch.isfinite(...).all())). Right value: zero graph breaks, train and eval."""
+    torch._dynamo.reset()
+    m = FAMILY[name]().train(train)
+    explain = torch._dynamo.explain(m)(torch.randn(4, 3, 5, 5))
+    assert explain.graph_break_count == 0, [b.reason for b in explain.break_reasons]
+    assert explain.graph_count == 1
+
+
+@pytest.mark.parametrize("name", ["bn", "bn_cumulative", "renorm", "bn_gelu", "inplace_abn"])
+def test_compiled_forward_equals_eager_with_running_estimates(name):
+    torch.manual_seed(0)
+    eager, compiled = FAMILY[name](), FAMILY[name]()
+    run = torch.compile(compiled, backend="aot_eager", fullgraph=True)
+    for _ in range(3):
+        x = torch.randn(4, 3, 5, 5) * 2 + 1
+        xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+        ya, yb = eager(xa), run(xb)
+        torch.testing.assert_close(yb, ya)
+        ya.sum().backward(), yb.sum().backward()
+        torch.testing.assert_close(xb.grad, xa.grad)
+    for k, v in eager.state_dict().items():
+        torch.testing.assert_close(compiled.state_dict()[k], v)
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("name", list(FAMILY))
+def test_torch_export_and_meta_device(name, train):
+    """Issue 15 item 6: torch.export failed for BN in training; the meta device failed."""
+    x = torch.randn(4, 3, 5, 5)
+    ep = torch.export.export(FAMILY[name]().train(train), (x,))
+    m = FAMILY[name]().train(train)
+    torch.testing.assert_close(ep.module()(x), m(x))
+    meta = FAMILY[name]().to("meta").train(train)
+    assert meta(x.to("meta")).shape == x.shape
+
+
+@pytest.mark.parametrize("kwargs, works", [({"track_running_stats": False}, True), ({}, False),
+                                           ({"momentum": None}, False)])
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+def test_vmap_over_a_batch_of_batches_as_torch(kwargs, works, train):
+    """vmap works where torch's BatchNorm2d does (no running estimates to update in place) and raises torch's
+    error where torch's does."""
+    from torch.func import vmap
+    xs = torch.randn(3, 4, 3, 5, 5)
+    ours, theirs = BatchNorm2d(3, **kwargs).train(train), nn.BatchNorm2d(3, **kwargs).train(train)
+    if works or not train:
+        torch.testing.assert_close(vmap(ours)(xs), vmap(theirs)(xs))
+    else:
+        with pytest.raises(RuntimeError, match="running_mean or running_var"):
+            vmap(theirs)(xs)
+        with pytest.raises(RuntimeError, match="running_mean or running_var"):
+            vmap(ours)(xs)
+
+
+def test_cumulative_average_for_momentum_none_equals_torch():
+    torch.manual_seed(0)
+    ours, theirs = BatchNorm1d(4, momentum=None), nn.BatchNorm1d(4, momentum=None)
+    for i in range(4):
+        x = torch.randn(8 + i, 4) * (i + 1) + i
+        torch.testing.assert_close(ours(x), theirs(x))
+    torch.testing.assert_close(ours.running_mean, theirs.running_mean)
+    torch.testing.assert_close(ours.running_var, theirs.running_var)
+    assert int(ours.num_batches_tracked) == 4
+
+
+def test_torch_tools_see_our_batchnorm():
+    """Issue 15 item 5: convert_sync_batchnorm, swa_utils.update_bn, torch.fx and fuse_modules see our layers."""
+    from torch.ao.quantization import fuse_modules
+    from torch.optim.swa_utils import update_bn
+    assert isinstance(BatchNorm2d(3), nn.modules.batchnorm._BatchNorm)
+    assert isinstance(BatchNormAct2d(3), nn.modules.batchnorm._NormBase)
+    # convert_sync_batchnorm: our plain BN becomes torch's SyncBatchNorm with its state; the fused
+    # norm + activation is not replaced by a SyncBatchNorm that would drop the activation
+    bn = BatchNorm2d(3, momentum=0.3)
+    bn(torch.randn(4, 3, 2, 2))
+    conv = nn.SyncBatchNorm.convert_sync_batchnorm(nn.Sequential(bn, BatchNormAct2d(3)))
+    assert type(conv[0]) is nn.SyncBatchNorm and type(conv[1]) is BatchNormAct2d
+    assert torch.equal(conv[0].running_mean, bn.running_mean) and conv[0].momentum == 0.3
+    # update_bn: the running estimates become the cumulative average over the loader
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(2, 3), BatchNorm1d(3, momentum=0.3))
+    data = [torch.randn(8, 2) * 3 + 1 for _ in range(3)]
+    update_bn(data, model)
+    with torch.no_grad():
+        h = [model[0](d) for d in data]
+    torch.testing.assert_close(model[1].running_mean, torch.stack([a.mean(0) for a in h]).mean(0))
+    torch.testing.assert_close(model[1].running_var, torch.stack([a.var(0) for a in h]).mean(0))
+    assert model[1].momentum == 0.3
+    # torch.fx: one call_module node per layer (as torch's own norm layers), train/eval still switchable
+    model = nn.Sequential(nn.Conv2d(3, 3, 3), BatchNorm2d(3), BatchNormAct2d(3), BatchRenorm2d(3), InPlaceABN(3))
+    gm = torch.fx.symbolic_trace(model)
+    assert [n.op for n in gm.graph.nodes] == ["placeholder"] + ["call_module"] * 5 + ["output"]
+    x = torch.randn(4, 3, 7, 7)
+    twin = copy.deepcopy(model)
+    torch.testing.assert_close(gm(x), twin(x))
+    gm.eval(), twin.eval()
+    torch.testing.assert_close(gm(x), twin(x))
+    # fuse_modules in eval: conv + BN (+ ReLU), linear + BN
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(3, 4, 3), BatchNorm2d(4), nn.ReLU()).eval()
+    m[1].running_mean.normal_(), m[1].running_var.uniform_(0.5, 2), m[1].weight.data.normal_()
+    fused = fuse_modules(m, [["0", "1", "2"]])
+    assert [type(a) for a in fused] == [torch.ao.nn.intrinsic.ConvReLU2d, nn.Identity, nn.Identity]
+    torch.testing.assert_close(fused(x), m(x))
+    m = nn.Sequential(nn.Linear(3, 4), BatchNorm1d(4)).eval()
+    m[1].running_var.uniform_(0.5, 2)
+    fused = fuse_modules(m, [["0", "1"]])
+    assert type(fused[1]) is nn.Identity
+    x = torch.randn(5, 3)
+    torch.testing.assert_close(fused(x), m(x))
+
+
+@pytest.mark.parametrize("affine, track", [(True, True), (False, True), (True, False), (False, False)])
+def test_state_dict_keys_and_loading_both_ways(affine, track):
+    torch.manual_seed(0)
+    ours, theirs = BatchNorm2d(3, affine=affine, track_running_stats=track), nn.BatchNorm2d(3, affine=affine,
+                                                                                            track_running_stats=track)
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+    assert [n for n, _ in ours.named_parameters()] == [n for n, _ in theirs.named_parameters()]
+    theirs(torch.randn(4, 3, 2, 2) * 2 + 1)
+    ours.load_state_dict(theirs.state_dict())
+    back = nn.BatchNorm2d(3, affine=affine, track_running_stats=track)
+    back.load_state_dict(ours.state_dict())
+    ours.eval(), back.eval(), theirs.eval()
+    x = torch.randn(4, 3, 2, 2)
+    torch.testing.assert_close(ours(x), theirs(x))
+    torch.testing.assert_close(back(x), theirs(x))
+    # a state_dict saved before num_batches_tracked existed (version 1) loads as torch's does
+    sd = theirs.state_dict()
+    sd.pop("num_batches_tracked", None)
+    sd._metadata = {"": {"version": 1}}
+    ours.load_state_dict(sd)
+
+
+@pytest.mark.parametrize("cls", [BatchNorm2d, BatchRenorm2d, BatchNormAct2d, InPlaceABN])
+def test_reset_methods_device_and_dtype(cls):
+    """Issue 15 item 12: reset_parameters / reset_running_stats, device= and dtype= on every layer."""
+    m = cls(3, device="cpu", dtype=torch.float64)
+    assert all(t.dtype == torch.float64 for t in list(m.parameters()) + [m.running_mean, m.running_var])
+    assert m.num_batches_tracked.dtype == torch.long
+    with torch.no_grad():
+        m.weight.fill_(2.0), m.bias.fill_(3.0)
+    m(torch.randn(4, 3, 2, 2, dtype=torch.float64))
+    m.reset_running_stats()
+    assert torch.equal(m.running_mean, torch.zeros(3, dtype=torch.float64)) and int(m.num_batches_tracked) == 0
+    assert m.weight[0] == 2.0
+    m.reset_parameters()
+    assert torch.equal(m.weight, torch.ones(3, dtype=torch.float64))
+    assert torch.equal(m.bias, torch.zeros(3, dtype=torch.float64))
+    assert cls(3, device="meta").running_var.is_meta
+
+
+def test_torch_signature_and_repr():
+    import inspect
+    for ours, theirs in [(BatchNorm1d, nn.BatchNorm1d), (BatchNorm2d, nn.BatchNorm2d), (BatchNorm3d, nn.BatchNorm3d)]:
+        p_ours, p_theirs = inspect.signature(ours).parameters, inspect.signature(theirs).parameters
+        for name, p in p_theirs.items():
+            assert p_ours[name].default == p.default and p_ours[name].kind == p.kind, name
+        extra = [n for n in p_ours if n not in p_theirs]
+        assert all(p_ours[n].kind == inspect.Parameter.KEYWORD_ONLY for n in extra), extra
+        assert repr(ours(4, momentum=None)) == repr(theirs(4, momentum=None))
+
+
+@pytest.mark.parametrize("shape", [(0, 3), (0, 3, 4), (5, 3, 0)])
+@pytest.mark.parametrize("impl", ["fast", "reference"])
+def test_empty_batches_as_torch(shape, impl):
+    ours, theirs = BatchNorm1d(3, impl=impl), nn.BatchNorm1d(3)
+    with torch.no_grad():
+        for m in (ours, theirs):
+            m.weight.copy_(torch.tensor([1.0, 2.0, 3.0]))
+    xa, xb = torch.randn(shape, requires_grad=True), None
+    xb = xa.detach().clone().requires_grad_()
+    ya, yb = ours(xa), theirs(xb)
+    assert ya.shape == yb.shape
+    ya.sum().backward(), yb.sum().backward()
+    torch.testing.assert_close(xa.grad, xb.grad)
+    for k, v in theirs.state_dict().items():
+        torch.testing.assert_close(ours.state_dict()[k], v, equal_nan=True)
+
+
+def test_errors_as_torch():
+    for x in (torch.randn(3), torch.randn(2, 3, 4, 5)):          # unbatched / wrong rank: torch's ValueError
+        with pytest.raises(ValueError) as theirs:
+            nn.BatchNorm1d(3)(x)
+        with pytest.raises(ValueError, match=str(theirs.value).replace("(", r"\(").replace(")", r"\)")):
+            BatchNorm1d(3)(x)
+    for eps in (0.0, -1.0):                                      # eps is checked in forward, as torch does
+        m = BatchNorm2d(3, eps=eps)
+        with pytest.raises(ValueError, match="eps must be positive"):
+            m(torch.randn(2, 3, 2, 2))
+    assert BatchNorm2d(3, eps=0.0).eval()(torch.randn(2, 3, 2, 2)).shape == (2, 3, 2, 2)
+    # affine=False and no running estimates: nothing per channel, any channel count normalizes (as torch)
+    x = torch.ones(4, 5) * torch.arange(4.0)[:, None]
+    torch.testing.assert_close(BatchNorm1d(3, affine=False, track_running_stats=False)(x),
+                               nn.BatchNorm1d(3, affine=False, track_running_stats=False)(x))
+
+
+def test_reference_impl_double_backward_is_right():
+    """Issue 15 item 5: impl="reference" double backward is right (gradgradcheck, float64)."""
+    torch.manual_seed(0)
+    x = torch.randn(5, 3, 2, 2, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradgradcheck(lambda a, c, d: BatchNormFunction.apply(a, c, d, 1e-5)[0], (x, g, b))
+    for train in (True, False):
+        bn = BatchNorm2d(3, impl="reference").double().train(train)
+        assert torch.autograd.gradgradcheck(lambda a: bn(a), (x,))
+
+
+def test_custom_backwards_refuse_double_backward_clearly():
+    """The custom backwards that are not differentiable again raise instead of giving a silently wrong second
+    derivative (they saved values computed without a graph)."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 2, 2, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    rm, rv = torch.zeros(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64)
+    calls = [lambda: BatchRenormFunction.apply(x, g, b, rm, rv, 2.0, 1.0, 1e-5)[0],
+             lambda: FastBatchRenormFunction.apply(x, g, b, rm, rv, 2.0, 1.0, 1e-5)[0],
+             lambda: BatchNormActFunction.apply(x, g, b, 1e-5, "gelu", 0.01)[0],
+             lambda: InPlaceABN(3).double()(x)]
+    for call in calls:
+        (gx,) = torch.autograd.grad(call().square().sum(), x, create_graph=True)
+        with pytest.raises(RuntimeError, match="differentiate twice"):
+            gx.sum().backward()
+
+
+def test_no_host_read_in_forward_unless_check_finite_is_on():
+    """Issue 15 item 6: the non-finite check is opt-in; by default NaN inputs flow through as in torch."""
+    x = torch.full((2, 3, 2, 2), float("nan"))
+    assert torch.isnan(BatchNorm2d(3)(x)).all()
+    with pytest.raises(ValueError, match="non-finite"):
+        BatchNorm2d(3, check_finite=True)(x)
+    m = BatchNorm2d(3, check_finite=True)
+    with pytest.raises(ValueError):
+        m(x)
+    assert torch.equal(m.running_mean, torch.zeros(3)) and int(m.num_batches_tracked) == 0   # checked first
+
+
+def test_batchnorm3d_and_inplace_abn1d_shapes():
+    x = torch.randn(3, 4, 2, 3, 2, dtype=torch.float64)
+    ours, theirs = BatchNorm3d(4).double(), nn.BatchNorm3d(4).double()
+    torch.testing.assert_close(ours(x), theirs(x))
+    torch.testing.assert_close(ours.running_var, theirs.running_var)
+    assert InPlaceABN1d(4)(torch.randn(5, 4, 3)).shape == (5, 4, 3)

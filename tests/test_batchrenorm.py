@@ -28,9 +28,8 @@ def test_gradcheck_where_r_and_d_are_clipped():
     rm = torch.tensor([10.0, -10.0, 10.0], dtype=torch.float64)
     rv = torch.full((3,), 100.0, dtype=torch.float64)
     for fn in (BatchRenormFunction, FastBatchRenormFunction):
-        extra = (0.1,) if fn is FastBatchRenormFunction else ()
         assert torch.autograd.gradcheck(
-            lambda a, c, d: fn.apply(a, c, d, rm.clone(), rv.clone(), 1.5, 0.5, 1e-5, *extra)[0], (x, g, b))
+            lambda a, c, d: fn.apply(a, c, d, rm.clone(), rv.clone(), 1.5, 0.5, 1e-5)[0], (x, g, b))
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -166,10 +165,12 @@ def test_invalid_arguments_and_inputs():
     m = BatchRenorm2d(3)
     with pytest.raises(ValueError, match=r"BatchRenorm2d\(3\): input has 2 channels"):
         m(torch.randn(4, 2, 3, 3))
-    with pytest.raises(ValueError, match="batch of one"):
+    with pytest.raises(ValueError, match="Expected more than 1 value per channel when training"):
         BatchRenorm1d(3)(torch.randn(1, 3))
     with pytest.raises(ValueError, match="non-finite"):
-        m(torch.full((2, 3, 2, 2), float("inf")))
+        BatchRenorm2d(3, check_finite=True)(torch.full((2, 3, 2, 2), float("inf")))
+    with pytest.raises(ValueError, match="track_running_stats"):
+        BatchRenorm2d(3, track_running_stats=False)
 
 
 def test_folds_like_batchnorm():
@@ -182,3 +183,28 @@ def test_folds_like_batchnorm():
     x = torch.randn(3, 2, 6, 6)
     assert folded.folded_batchnorms == 1
     torch.testing.assert_close(folded(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_cumulative_average_and_tensor_limits_without_host_reads(impl):
+    """momentum=None is the cumulative average (as batch norm); the ramped limits are computed as tensors and
+    equal the host-side limits()."""
+    torch.manual_seed(0)
+    m = BatchRenorm2d(3, momentum=None, warmup_steps=1, r_ramp_steps=2, d_ramp_steps=4, impl=impl).double()
+    xs = [torch.randn(6, 3, 2, 2, dtype=torch.float64) * (i + 1) for i in range(4)]
+    for step, x in enumerate(xs):
+        rmax, dmax = m.limits_tensor()
+        assert (float(rmax), float(dmax)) == pytest.approx(m.limits(step))
+        m(x)
+    torch.testing.assert_close(m.running_mean, torch.stack([x.mean(dim=(0, 2, 3)) for x in xs]).mean(0))
+    torch.testing.assert_close(m.running_var, torch.stack([x.var(dim=(0, 2, 3)) for x in xs]).mean(0))
+
+
+def test_not_affine_and_torch_signature():
+    torch.manual_seed(0)
+    m = _active(BatchRenorm2d, 3, "fast", affine=False)
+    r = _active(BatchRenorm2d, 3, "reference", affine=False)
+    assert list(m.state_dict()) == list(nn.BatchNorm2d(3, affine=False).state_dict())
+    x = torch.randn(5, 3, 2, 2)
+    torch.testing.assert_close(m(x), r(x))
+    assert BatchRenorm2d(3, 1e-3, 0.2).momentum == 0.2 and BatchRenorm2d(3, 1e-3, 0.2).eps == 1e-3

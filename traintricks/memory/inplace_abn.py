@@ -20,17 +20,26 @@ The backward runs as: leaky ReLU's backward kernel from ``z``, the inverse leaky
 (one per-channel pass), and ATen's fused batch-norm backward kernel fed with ``xhat``. Saved for backward: ``z`` (one activation) and per-channel vectors -- about half of BN + leaky
 ReLU's two activations. The forward writes ``z`` over the BN output buffer (in place). Inference uses the
 running estimates like batch norm.
+
+Constructor: batch norm's (``num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True, device,
+dtype``, keyword-only ``bias``, ``alpha``, ``check_finite``) plus keyword-only ``activation_param`` (the slope,
+> 0) and ``eps_gamma``. The layers derive from ``torch.nn.modules.batchnorm._NormBase`` but not ``_BatchNorm``, so
+``SyncBatchNorm.convert_sync_batchnorm`` does not replace them with a batch norm without the activation; they
+cannot be synchronized (:func:`traintricks.parallel.sync_batchnorm_` refuses them). Double backward is refused
+(PyTorch's ``once_differentiable`` error): the backward inverts the output instead of differentiating a graph.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
-from ..nn.batchnorm import _BatchNorm
+from ..nn.batchnorm import _BatchNorm, _fx_leaf
 
 
 class InPlaceABNFunction(torch.autograd.Function):
-    """Training-mode BN + leaky ReLU saving only the output. Returns ``(z, mu_B, var_B)``."""
+    """Training-mode BN + leaky ReLU saving only the output. ``running_mean``/``running_var`` (optional) are
+    updated in the kernel at rate ``momentum``. Returns ``(z, mu_B, var_B)`` (``var_B`` biased)."""
 
     @staticmethod
     def forward(ctx, x, gamma, beta, eps, slope, eps_gamma, running_mean=None, running_var=None, momentum=0.0):
@@ -44,6 +53,7 @@ class InPlaceABNFunction(torch.autograd.Function):
         return z, mu, var
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, dz, _dmu, _dvar):
         z, gamma, beta, invstd = ctx.saved_tensors
         s = ctx.slope
@@ -64,9 +74,14 @@ class InPlaceABNFunction(torch.autograd.Function):
 class _InPlaceABN(_BatchNorm):
     """BN + leaky ReLU (slope ``activation_param``) saving only its output; see the module docstring."""
 
-    def __init__(self, num_features: int, eps: float = 1e-5, alpha: float | None = None, momentum: float | None = None,
-                 activation_param: float = 0.01, eps_gamma: float = 1e-5) -> None:
-        super().__init__(num_features, eps=eps, alpha=alpha, momentum=momentum, affine=True)
+    _supports_sync = False
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True,
+                 track_running_stats: bool = True, device=None, dtype=None, *, bias: bool = True,
+                 alpha: float | None = None, activation_param: float = 0.01, eps_gamma: float = 1e-5,
+                 check_finite: bool = False) -> None:
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype, bias=bias,
+                         alpha=alpha, check_finite=check_finite)
         if not activation_param > 0:
             raise ValueError(f"{type(self).__name__}: the leaky ReLU slope must be > 0 to be invertible, "
                              f"got {activation_param}")
@@ -75,13 +90,24 @@ class _InPlaceABN(_BatchNorm):
         self.slope, self.eps_gamma = float(activation_param), float(eps_gamma)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._check(x)
-        if not self.training:
-            return F.leaky_relu(self._inference(x), self.slope, inplace=True)
-        z, mu, _ = InPlaceABNFunction.apply(x, self.weight, self.bias, self.eps, self.slope, self.eps_gamma,
-                                            self.running_mean, self.running_var, 1.0 - self.alpha)
-        self._check_finite(x, mu)
-        self.num_batches_tracked.add_(1)
+        if isinstance(x, torch.fx.Proxy):
+            node = _fx_leaf(self, x)
+            if node is not None:
+                return node
+        bn_training = self._check(x)
+        if not bn_training or x.numel() == 0:
+            return F.leaky_relu(self._normalize(x, bn_training), self.slope, inplace=True)
+        w, b = self._affine(x)
+        in_kernel = self._tracking() and self.momentum is not None and self.running_mean is not None
+        if in_kernel:                  # the kernel moves the running estimates at rate momentum
+            z, _, _ = InPlaceABNFunction.apply(x, w, b, self.eps, self.slope, self.eps_gamma,
+                                               self.running_mean, self.running_var, self.momentum)
+            if self.num_batches_tracked is not None:
+                self.num_batches_tracked.add_(1)
+            return z
+        z, mu, var = InPlaceABNFunction.apply(x, w, b, self.eps, self.slope, self.eps_gamma)
+        m = x.numel() // x.shape[1]
+        self._track(mu, var * (m / (m - 1)))
         return z
 
     def extra_repr(self) -> str:

@@ -1,12 +1,12 @@
 """Forward-pass layers (notes: *Forward Pass*): normalization for convergence, regularization for
 generalization. Layers are chosen by name through :data:`NORMS` and :data:`ACTIVATIONS`."""
 from .activations import ACTIVATIONS, make_activation
-from .batchnorm import BatchNorm1d, BatchNorm2d, BatchNormFunction
+from .batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d, BatchNormFunction
 from .dropconnect import DropConnectConv2d, DropConnectLinear
 from .dropout import Dropout, DropoutFunction, dropout
-from .batchrenorm import BatchRenorm1d, BatchRenorm2d, BatchRenormFunction, FastBatchRenormFunction
+from .batchrenorm import BatchRenorm1d, BatchRenorm2d, BatchRenorm3d, BatchRenormFunction, FastBatchRenormFunction
 from .fold import fold_batchnorm, fold_pair
-from .fused import BatchNormAct1d, BatchNormAct2d, BatchNormActFunction
+from .fused import BatchNormAct1d, BatchNormAct2d, BatchNormAct3d, BatchNormActFunction
 from .groupnorm import (GroupLayerNorm, GroupNorm, GroupNormFunction, InstanceNorm1d, InstanceNorm2d, InstanceNorm3d,
                         LayerNorm)
 from .noise import GaussianNoise, NoisyHardTanh
@@ -14,9 +14,10 @@ from .normalization import NORMS, fuses_norm_activation, make_norm
 from .shake import ShakeDrop, ShakeDropFunction, ShakeShake, ShakeShakeFunction
 from .stochastic_depth import StochasticDepth, linear_survival
 
-__all__ = ["ACTIVATIONS", "BatchNorm1d", "BatchNorm2d", "BatchNormAct1d", "BatchNormAct2d", "BatchNormActFunction",
-           "BatchNormFunction", "BatchRenorm1d", "BatchRenorm2d", "BatchRenormFunction", "FastBatchRenormFunction", "GroupLayerNorm", "GroupNorm", "GroupNormFunction",
-           "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d",
+__all__ = ["ACTIVATIONS", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "BatchNormAct1d", "BatchNormAct2d",
+           "BatchNormAct3d", "BatchNormActFunction", "BatchNormFunction", "BatchRenorm1d", "BatchRenorm2d",
+           "BatchRenorm3d", "BatchRenormFunction", "FastBatchRenormFunction", "GroupLayerNorm", "GroupNorm",
+           "GroupNormFunction", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d",
            "LayerNorm", "NORMS", "fold_batchnorm", "fold_pair", "fuses_norm_activation", "make_activation",
            "make_norm", "Dropout", "DropoutFunction", "dropout", "DropConnectLinear", "DropConnectConv2d",
            "StochasticDepth", "linear_survival", "ShakeShake", "ShakeShakeFunction", "ShakeDrop", "ShakeDropFunction",

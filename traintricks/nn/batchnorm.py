@@ -1,15 +1,16 @@
 """Batch normalization from its math (Ioffe & Szegedy 2015, arXiv:1502.03167), with a hand-derived backward.
 
-Training, per channel ``c`` over the ``m = N * H * W`` values of the batch (the notes' (N, H, W) axes):
+Training, per channel ``c`` over the ``m = N * L`` (or ``N * H * W``, ``N * D * H * W``) values of the batch:
 
     mu_B = (1/m) sum x,   var_B = (1/m) sum (x - mu_B)^2,   xhat = (x - mu_B) / sqrt(var_B + eps)
     y = gamma * xhat + beta
 
-Running estimates, with the notes' rate ``alpha`` (0.99) -- PyTorch's ``momentum`` is ``1 - alpha``:
+Running estimates, with PyTorch's ``momentum`` (default 0.1; the notes' rate ``alpha`` is ``1 - momentum``):
 
-    mu = alpha * mu + (1 - alpha) * mu_B,   var = alpha * var + (1 - alpha) * var_B * m / (m - 1)
+    mu = (1 - momentum) * mu + momentum * mu_B,   var = (1 - momentum) * var + momentum * var_B * m / (m - 1)
 
-(the running variance takes the unbiased batch variance, as PyTorch does). Inference uses ``mu``/``var``.
+(the running variance takes the unbiased batch variance, as PyTorch does); ``momentum=None`` is the cumulative
+average, ``momentum = 1 / num_batches_tracked``. Inference uses ``mu``/``var``.
 
 Backward (training), with ``g = dL/dy * gamma`` and sums over the channel's ``m`` values:
 
@@ -18,22 +19,24 @@ Backward (training), with ``g = dL/dy * gamma`` and sums over the channel's ``m`
 
 Inference is a fixed affine map: ``dL/dx = dL/dy * gamma / sqrt(var + eps)``.
 
-Two implementations of the same math, chosen with ``impl=``:
+The layers are drop-in replacements for ``torch.nn.BatchNorm1d/2d/3d``: the same constructor
+``(num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True, device=None, dtype=None, *,
+bias=True)``, the same parameters, buffers and ``state_dict`` keys, inputs, outputs, errors, and subclasses of
+``torch.nn.modules.batchnorm._BatchNorm`` (so ``SyncBatchNorm.convert_sync_batchnorm``, ``swa_utils.update_bn``,
+``torch.fx`` and ``torch.ao.quantization.fuse_modules`` treat them as PyTorch's). Keyword-only additions:
 
-* ``"reference"`` -- :class:`BatchNormFunction`, the equations above written out in tensor ops; readable,
-  and the ground truth the tests check everything else against (gradcheck in float64);
-* ``"fast"`` (default) -- the same forward and backward delegated to ATen's fused ``native_batch_norm``
-  kernel and its registered derivative ``native_batch_norm_backward`` (one pass for the statistics, one
-  for the output; the backward formula above in one kernel), with the running estimates updated inside
-  the kernel. Tested equal to the reference (outputs, gradients, running estimates).
-
-Non-finite inputs are caught from the batch mean (non-finite iff some input is) and raise ``ValueError``
-naming the layer. On the fast path the running estimates have by then absorbed the bad batch (checking
-first would cost a pass over the input), so continue from a checkpoint, as the trainer does.
+* ``alpha`` -- the notes' running-average rate, ``momentum = 1 - alpha``;
+* ``impl`` -- ``"fast"`` (default): PyTorch's batch-norm kernels (``F.batch_norm``), bit-for-bit PyTorch's
+  result; ``"reference"``: :class:`BatchNormFunction`, the equations above written out in tensor ops (readable,
+  the ground truth the tests check the kernels against, gradcheck and gradgradcheck in float64);
+* ``check_finite`` -- raise :class:`~traintricks.errors.NonFiniteInputError` on NaN/Inf inputs. Off by default:
+  the check reads a value on the host (a device synchronization and a ``torch.compile`` graph break), so the
+  forward pass is synchronization-free unless asked.
 """
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..errors import NonFiniteInputError
@@ -47,25 +50,37 @@ def _shape(x: torch.Tensor) -> list[int]:
     return [1, -1] + [1] * (x.ndim - 2)
 
 
+def _stats(x: torch.Tensor, eps: float):
+    """Batch mean, biased variance, ``1 / sqrt(var + eps)`` and ``xhat`` per channel (dim 1), in tensor ops."""
+    axes, shape = _axes(x), _shape(x)
+    mu = x.mean(dim=axes)
+    xc = x - mu.view(shape)
+    var = xc.square().mean(dim=axes)
+    invstd = (var + eps).rsqrt()
+    return mu, var, invstd, xc * invstd.view(shape)
+
+
 class BatchNormFunction(torch.autograd.Function):
-    """Training-mode batch norm with the hand-derived backward above. Returns ``(y, mu_B, var_B)``."""
+    """Training-mode batch norm with the hand-derived backward above. Returns ``(y, mu_B, var_B)`` (``var_B``
+    biased). ``x``: (N, C, *) floating; ``gamma``, ``beta``: (C,).
+
+    The backward recomputes the statistics from the saved ``x`` in tensor ops, so with ``create_graph=True`` it
+    is differentiated again correctly (double backward; gradgradcheck in float64)."""
 
     @staticmethod
     def forward(ctx, x, gamma, beta, eps):
-        axes, shape = _axes(x), _shape(x)
-        mu = x.mean(dim=axes)
-        xc = x - mu.view(shape)
-        var = xc.square().mean(dim=axes)
-        invstd = (var + eps).rsqrt()
-        xhat = xc * invstd.view(shape)
+        mu, var, _, xhat = _stats(x, eps)
+        shape = _shape(x)
         y = xhat * gamma.view(shape) + beta.view(shape)
-        ctx.save_for_backward(xhat, gamma, invstd)
+        ctx.save_for_backward(x, gamma)
+        ctx.eps = eps
         ctx.mark_non_differentiable(mu, var)
         return y, mu, var
 
     @staticmethod
     def backward(ctx, dy, _dmu, _dvar):
-        xhat, gamma, invstd = ctx.saved_tensors
+        x, gamma = ctx.saved_tensors
+        _, _, invstd, xhat = _stats(x, ctx.eps)
         axes, shape = _axes(dy), _shape(dy)
         m = dy.numel() // dy.shape[1]
         dbeta = dy.sum(dim=axes)
@@ -82,112 +97,259 @@ def check_impl(impl: str) -> str:
     return impl
 
 
-class _BatchNorm(nn.Module):
-    """Batch norm over channel dim 1. ``alpha`` is the notes' running-average rate, default 0.99; PyTorch's
-    ``momentum`` is ``1 - alpha`` (so the default equals ``torch.nn.BatchNorm2d(momentum=0.01)``, not
-    PyTorch's default 0.1). Give either; giving both requires they agree."""
+def resolve_momentum(name: str, momentum: float | None, alpha: float | None) -> float | None:
+    """PyTorch's ``momentum`` from the arguments: ``alpha`` (the notes' rate), when given, sets ``1 - alpha``.
+    Giving both raises unless they agree or ``momentum`` is left at its default 0.1."""
+    if alpha is None:
+        return momentum
+    alpha = float(alpha)
+    if not 0.0 <= alpha < 1.0:
+        raise ValueError(f"{name}: alpha must be in [0, 1), got {alpha}")
+    if momentum is not None and momentum != 0.1 and abs(alpha - (1 - momentum)) > 1e-12:
+        raise ValueError(f"{name}: alpha={alpha} and momentum={momentum} disagree (momentum = 1 - alpha)")
+    return 1.0 - alpha
+
+
+class ChannelMismatchError(ValueError, RuntimeError):
+    """The input's channel count (dim 1) differs from the layer's ``num_features``. A ``RuntimeError`` as
+    PyTorch's kernels raise for it, and a ``ValueError`` as this package raises for bad inputs."""
+
+
+def _fx_leaf(module: nn.Module, x) -> object | None:
+    """Under ``torch.fx`` symbolic tracing, record ``module`` as one ``call_module`` node, as the tracer does for
+    PyTorch's own norm layers (it traces into modules outside ``torch.nn``). ``None`` when ``module`` is the
+    traced root (which, like PyTorch's, cannot be traced through its input checks)."""
+    tracer = x.tracer
+    if getattr(tracer, "root", None) is module:
+        return None
+    return tracer.create_proxy("call_module", tracer.path_of_module(module), (x,), {})
+
+
+class _BatchNorm(nn.modules.batchnorm._NormBase):
+    """What every traintricks batch norm shares: PyTorch's constructor, parameters and buffers (``_NormBase``),
+    input checks with PyTorch's errors, the running-estimate update (``momentum``, or the cumulative average for
+    ``momentum=None``, without a host synchronization), the keyword-only ``alpha``, ``impl`` and
+    ``check_finite``, and synchronized statistics (:func:`traintricks.parallel.sync_batchnorm_`).
+
+    Plain batch norm also derives from ``torch.nn.modules.batchnorm._BatchNorm``; the variants (batch renorm,
+    norm + activation, in-place ABN) derive from ``_NormBase`` only, so PyTorch's tools that would replace or
+    re-run them as a plain batch norm (``SyncBatchNorm.convert_sync_batchnorm``) leave them alone."""
 
     _dims: tuple[int, ...] = ()
+    #: whether :func:`traintricks.parallel.sync_batchnorm_` can synchronize this layer's statistics
+    _supports_sync = True
 
-    def __init__(self, num_features: int, eps: float = 1e-5, alpha: float | None = None,
-                 momentum: float | None = None, affine: bool = True, impl: str = "fast") -> None:
-        super().__init__()
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True,
+                 track_running_stats: bool = True, device=None, dtype=None, *, bias: bool = True,
+                 alpha: float | None = None, impl: str = "fast", check_finite: bool = False) -> None:
+        if isinstance(eps, str):
+            raise TypeError(f"{type(self).__name__}: eps must be a number, got {eps!r} (the options after "
+                            "track_running_stats, dtype are keyword-only)")
+        momentum = resolve_momentum(type(self).__name__, momentum, alpha)
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device=device, dtype=dtype,
+                         bias=bias)
         self.impl = check_impl(impl)
-        if num_features < 1:
-            raise ValueError(f"num_features must be >= 1, got {num_features}")
-        if alpha is not None and momentum is not None and abs(alpha - (1 - momentum)) > 1e-12:
-            raise ValueError(f"alpha={alpha} and momentum={momentum} disagree (momentum = 1 - alpha)")
-        alpha = alpha if alpha is not None else (1 - momentum if momentum is not None else 0.99)
-        if not 0.0 <= alpha < 1.0:
-            raise ValueError(f"alpha must be in [0, 1), got {alpha}")
-        if eps <= 0:
-            raise ValueError(f"eps must be positive, got {eps}")
-        self.num_features, self.eps, self.alpha, self.affine = num_features, eps, alpha, affine
-        if affine:
-            self.weight = nn.Parameter(torch.ones(num_features))
-            self.bias = nn.Parameter(torch.zeros(num_features))
-        else:  # fixed gamma = 1, beta = 0
-            self.register_buffer("weight", torch.ones(num_features))
-            self.register_buffer("bias", torch.zeros(num_features))
-        self.register_buffer("running_mean", torch.zeros(num_features))
-        self.register_buffer("running_var", torch.ones(num_features))
-        self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
+        self.check_finite = bool(check_finite)
+        self.sync = False
 
-    @property
-    def momentum(self) -> float:
-        """PyTorch's name for ``1 - alpha``."""
-        return 1.0 - self.alpha
+    # -- checks -----------------------------------------------------------------------------------------------
+    def _label(self) -> str:
+        return f"{type(self).__name__}({self.num_features})"
 
-    def _check(self, x: torch.Tensor) -> None:
-        if x.ndim not in self._dims:
-            raise ValueError(f"{type(self).__name__}: expected a {' or '.join(f'{d}-D' for d in self._dims)} "
-                             f"input, got shape {tuple(x.shape)}")
-        if x.shape[1] != self.num_features:
-            raise ValueError(f"{type(self).__name__}({self.num_features}): input has {x.shape[1]} channels")
-        if self.training and x.numel() // x.shape[1] < 2:
-            raise ValueError(f"{type(self).__name__}({self.num_features}): a batch of one value per channel "
-                             f"(shape {tuple(x.shape)}) has no variance to normalize with in training mode")
+    def _check_input_dim(self, input: torch.Tensor) -> None:
+        if input.dim() not in self._dims:
+            raise ValueError(f"{self._label()}: expected {' or '.join(f'{d}D' for d in self._dims)} input "
+                             f"(got {input.dim()}D input)")
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._check(x)
-        if not self.training:
-            return self._inference(x)
-        if getattr(self, "sync", False) and torch.distributed.is_available() and torch.distributed.is_initialized() \
-                and torch.distributed.get_world_size() > 1:
-            from ..parallel.sync_batchnorm import SyncBatchNormFunction
-            y, mu, var, m = SyncBatchNormFunction.apply(x, self.weight, self.bias, self.eps)
-            self._check_finite(x, mu)
-            with torch.no_grad():
-                unbiased = var * (m / (m - 1))
-                self.running_mean.lerp_(mu.to(self.running_mean.dtype), 1 - self.alpha)
-                self.running_var.lerp_(unbiased.to(self.running_var.dtype), 1 - self.alpha)
-                self.num_batches_tracked += 1
-            return y
-        if self.impl == "fast":
-            y, mu, _ = torch.native_batch_norm(x, self.weight, self.bias, self.running_mean,
-                                                        self.running_var, True, 1.0 - self.alpha, self.eps)
-            self._check_finite(x, mu)
-            self.num_batches_tracked.add_(1)
-            return y
-        y, mu, var = BatchNormFunction.apply(x, self.weight, self.bias, self.eps)
-        self._update_running(x, mu, var)
+    def _bn_training(self) -> bool:
+        """Normalize with batch statistics: in training, and at inference without running estimates (as torch)."""
+        return self.training or (self.running_mean is None and self.running_var is None)
+
+    def _check(self, x: torch.Tensor) -> bool:
+        """PyTorch's input checks (shape-only: no host synchronization); returns whether batch statistics are used."""
+        self._check_input_dim(x)
+        has_per_channel = self.weight is not None or self.bias is not None or self.running_mean is not None
+        if has_per_channel and x.shape[1] != self.num_features:
+            raise ChannelMismatchError(f"{self._label()}: input has {x.shape[1]} channels (shape "
+                                       f"{tuple(x.shape)}), expected {self.num_features}")
+        bn_training = self._bn_training()
+        if bn_training:
+            if self.eps <= 0.0:
+                raise ValueError(f"{self._label()}: batch_norm eps must be positive during training, but got "
+                                 f"{self.eps}")
+            size = x.shape
+            if size[0] * size[2:].numel() == 1:
+                raise ValueError(f"{self._label()}: Expected more than 1 value per channel when training, got "
+                                 f"input size {size} (one value per channel has no variance to normalize with)")
+        elif self.eps < 0.0:
+            raise ValueError(f"{self._label()}: batch_norm eps must be non-negative, but got {self.eps}")
+        if self.check_finite and not bool(torch.isfinite(x).all()):     # opt-in: a host synchronization
+            raise NonFiniteInputError(f"{self._label()}: non-finite values (NaN or Inf) in the input of shape "
+                                      f"{tuple(x.shape)}")
+        return bn_training
+
+    # -- running estimates -----------------------------------------------------------------------------------
+    def _tracking(self) -> bool:
+        """Whether this forward updates the running estimates (training with ``track_running_stats``)."""
+        return self.training and self.track_running_stats
+
+    def _step_factor(self):
+        """Count this batch (``num_batches_tracked += 1``) and return the update rate: ``momentum``, or for
+        ``momentum=None`` the cumulative ``1 / num_batches_tracked`` as a 0-d tensor (no host read)."""
+        if self.num_batches_tracked is None:
+            return 0.0 if self.momentum is None else self.momentum
+        self.num_batches_tracked.add_(1)
+        if self.momentum is not None:
+            return self.momentum
+        return self.num_batches_tracked.to(self.running_mean.dtype if self.running_mean is not None
+                                           else torch.get_default_dtype()).reciprocal()
+
+    @torch.no_grad()
+    def _track(self, mu: torch.Tensor, var_unbiased: torch.Tensor) -> None:
+        """Move the running estimates towards this batch's mean and unbiased variance (training only)."""
+        if not self._tracking():
+            return
+        f = self._step_factor()
+        if self.running_mean is not None:
+            self.running_mean.lerp_(mu.to(self.running_mean.dtype), f)
+            self.running_var.lerp_(var_unbiased.to(self.running_var.dtype), f)
+
+    def _affine(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(gamma, beta)`` as tensors: the parameters, or 1 and 0 where ``affine``/``bias`` is off."""
+        ref = self.weight if self.weight is not None else (self.running_mean if self.running_mean is not None else x)
+        dt = ref.dtype if ref.is_floating_point() else x.dtype
+        c = x.shape[1]
+        w = self.weight if self.weight is not None else torch.ones(c, dtype=dt, device=x.device)
+        b = self.bias if self.bias is not None else torch.zeros(c, dtype=dt, device=x.device)
+        return w, b
+
+    # -- batch norm ------------------------------------------------------------------------------------------
+    def _normalize(self, x: torch.Tensor, bn_training: bool) -> torch.Tensor:
+        """Batch norm of ``x`` (checked), updating the running estimates in training."""
+        if bn_training and getattr(self, "sync", False):
+            from ..parallel.sync_batchnorm import distributed_world
+            if distributed_world() > 1:
+                return self._sync_normalize(x)
+        if self.impl == "reference" and x.numel() > 0:
+            if bn_training:
+                w, b = self._affine(x)
+                y, mu, var = BatchNormFunction.apply(x, w, b, self.eps)
+                m = x.numel() // x.shape[1]
+                self._track(mu, var * (m / (m - 1)))
+                return y
+            shape = _shape(x)
+            w, b = self._affine(x)
+            scale = w * (self.running_var + self.eps).rsqrt()
+            return x * scale.view(shape) + (b - self.running_mean * scale).view(shape)
+        # PyTorch's own computation (torch.nn.modules.batchnorm._BatchNorm.forward), with the cumulative average
+        # as tensor ops instead of its host read of num_batches_tracked
+        rm = self.running_mean if not self.training or self.track_running_stats else None
+        rv = self.running_var if not self.training or self.track_running_stats else None
+        factor = 0.0 if self.momentum is None else self.momentum
+        if self._tracking():
+            factor = self._step_factor()
+            if isinstance(factor, torch.Tensor) and rm is None:
+                factor = 0.0
+            if isinstance(factor, torch.Tensor):       # cumulative: exact batch statistics, then the average
+                mean_b, var_b = torch.zeros_like(rm), torch.ones_like(rv)
+                y = F.batch_norm(x, mean_b, var_b, self.weight, self.bias, True, 1.0, self.eps)
+                with torch.no_grad():
+                    rm.lerp_(mean_b, factor)
+                    rv.lerp_(var_b, factor)
+                return y
+        return F.batch_norm(x, rm, rv, self.weight, self.bias, bn_training, factor, self.eps)
+
+    def _sync_normalize(self, x: torch.Tensor) -> torch.Tensor:
+        from ..parallel.sync_batchnorm import SyncBatchNormFunction
+        w, b = self._affine(x)
+        y, mu, var, m = SyncBatchNormFunction.apply(x, w, b, self.eps)
+        self._track(mu, var * (m / (m - 1)))
         return y
 
-    def _check_finite(self, x: torch.Tensor, stat: torch.Tensor) -> None:
-        if not bool(torch.isfinite(stat).all()):
-            raise NonFiniteInputError(f"{type(self).__name__}({self.num_features}): non-finite values (NaN or Inf) in the "
-                             f"input of shape {tuple(x.shape)}")
-
-    def _update_running(self, x: torch.Tensor, mu: torch.Tensor, var: torch.Tensor) -> None:
-        """Check the batch statistics are finite, then move the running estimates towards them."""
-        self._check_finite(x, mu + var)   # the sum is non-finite iff either is; running estimates untouched
-        m = x.numel() // x.shape[1]
-        with torch.no_grad():
-            self.running_mean.lerp_(mu.to(self.running_mean.dtype), 1 - self.alpha)
-            self.running_var.lerp_((var * (m / (m - 1))).to(self.running_var.dtype), 1 - self.alpha)
-            self.num_batches_tracked += 1
-
-    def _inference(self, x: torch.Tensor) -> torch.Tensor:
-        """The fixed affine map with the running estimates."""
-        if self.impl == "fast":
-            return torch.nn.functional.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
-                                                  False, 0.0, self.eps)
-        shape = _shape(x)
-        scale = self.weight * (self.running_var + self.eps).rsqrt()
-        return x * scale.view(shape) + (self.bias - self.running_mean * scale).view(shape)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if isinstance(x, torch.fx.Proxy):
+            node = _fx_leaf(self, x)
+            if node is not None:
+                return node
+        return self._normalize(x, self._check(x))
 
     def extra_repr(self) -> str:
-        return (f"{self.num_features}, eps={self.eps}, alpha={self.alpha} (momentum={self.momentum:g}), "
-                f"affine={self.affine}" + (", impl='reference'" if self.impl == "reference" else ""))
+        return super().extra_repr() + (", impl='reference'" if self.impl == "reference" else "") + \
+            (", check_finite=True" if self.check_finite else "")
 
 
-class BatchNorm1d(_BatchNorm):
-    """Batch norm for (N, C) or (N, C, L) inputs; see the module docstring for the math."""
+class _PlainBatchNorm(_BatchNorm, nn.modules.batchnorm._BatchNorm):
+    """Plain batch norm: ours and PyTorch's ``_BatchNorm`` (every ``isinstance`` rule for batch norms sees it).
+    Our methods come first in the method order (``forward``, ``_check_input_dim``, ``extra_repr``)."""
+
+
+class BatchNorm1d(_PlainBatchNorm):
+    """Batch norm over (N, C) or (N, C, L) inputs, as ``torch.nn.BatchNorm1d``; see the module docstring.
+
+    Args: ``num_features`` C; ``eps`` added to the variance (> 0 in training); ``momentum`` the running-estimate
+    rate (``None``: cumulative average); ``affine`` learnable ``weight``/``bias`` (``bias=False``: weight only);
+    ``track_running_stats``; ``device``/``dtype`` of the parameters and buffers; keyword-only ``alpha``
+    (= 1 - momentum), ``impl`` ("fast" | "reference"), ``check_finite``.
+
+    Raises ``ValueError`` for another input rank, a training batch of one value per channel, ``eps <= 0`` in
+    training; :class:`ChannelMismatchError` (a ``ValueError`` and ``RuntimeError``) for a wrong channel count.
+    """
 
     _dims = (2, 3)
 
 
-class BatchNorm2d(_BatchNorm):
-    """Batch norm for (N, C, H, W) inputs; see the module docstring for the math."""
+class BatchNorm2d(_PlainBatchNorm):
+    """Batch norm over (N, C, H, W) inputs, as ``torch.nn.BatchNorm2d``; arguments and errors as
+    :class:`BatchNorm1d`."""
 
     _dims = (4,)
+
+
+class BatchNorm3d(_PlainBatchNorm):
+    """Batch norm over (N, C, D, H, W) inputs, as ``torch.nn.BatchNorm3d``; arguments and errors as
+    :class:`BatchNorm1d`."""
+
+    _dims = (5,)
+
+
+def _register_fusers() -> None:
+    """Let ``torch.ao.quantization.fuse_modules`` fuse conv/linear + our batch norm (+ ReLU) as PyTorch's: it looks
+    fuser methods up by exact module type. Our layer is handed to PyTorch's fuser as an equal ``nn.BatchNormNd``."""
+    try:
+        from torch.ao.quantization import fuser_method_mappings as fmm
+    except ImportError:      # pragma: no cover - quantization not built
+        return
+    table = getattr(fmm, "_DEFAULT_OP_LIST_TO_FUSER_METHOD", None)
+    if not isinstance(table, dict):     # pragma: no cover - a torch without the table
+        return
+    ours = {nn.BatchNorm1d: BatchNorm1d, nn.BatchNorm2d: BatchNorm2d, nn.BatchNorm3d: BatchNorm3d}
+    for key, fn in list(table.items()):
+        if any(k in ours for k in key):
+            new_key = tuple(ours.get(k, k) for k in key)
+            table.setdefault(new_key, _as_torch_fuser(fn))
+
+
+def as_torch_batchnorm(bn: _PlainBatchNorm) -> nn.modules.batchnorm._BatchNorm:
+    """PyTorch's ``nn.BatchNorm1d/2d/3d`` with the same arguments, mode and state as ``bn`` (shared tensors)."""
+    cls = {BatchNorm1d: nn.BatchNorm1d, BatchNorm2d: nn.BatchNorm2d, BatchNorm3d: nn.BatchNorm3d}[type(bn)]
+    out = cls(bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats, device="meta",
+              bias=bn.bias is not None)
+    for name in ("weight", "bias"):
+        if getattr(bn, name) is not None:
+            setattr(out, name, getattr(bn, name))
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        out._buffers[name] = bn._buffers.get(name)
+    out.train(bn.training)
+    if hasattr(bn, "qconfig"):
+        out.qconfig = bn.qconfig
+    return out
+
+
+def _as_torch_fuser(fn):
+    def fuse(is_qat, *mods):
+        return fn(is_qat, *[as_torch_batchnorm(m) if isinstance(m, _PlainBatchNorm) else m for m in mods])
+    fuse.__name__ = getattr(fn, "__name__", "fuse")
+    return fuse
+
+
+_register_fusers()

@@ -12,16 +12,21 @@ or ``x`` alone (GELU), against ``x`` + ``z`` for an unfused BN + GELU. For the R
 path gets the same saved tensors from batch norm's ATen kernel followed by the in-place activation under
 autograd (no Python backward, so no overhead); :class:`BatchNormActFunction` implements all three.
 
-:class:`BatchNormAct1d`/:class:`BatchNormAct2d` are batch norms (same arguments, running estimates,
-``alpha``/``momentum``, ``fold_batchnorm`` support) with an ``activation`` argument; ``impl="reference"``
-composes the reference batch norm with the activation for testing.
+:class:`BatchNormAct1d`/:class:`BatchNormAct2d`/:class:`BatchNormAct3d` are batch norms (PyTorch's batch-norm
+constructor, parameters, buffers, ``state_dict`` keys and errors; ``fold_batchnorm`` support) with keyword-only
+``activation`` (default ``"relu"``) and ``negative_slope``; ``impl="reference"`` composes the reference batch norm
+with the activation for testing. They derive from ``torch.nn.modules.batchnorm._NormBase`` but not from
+``_BatchNorm``, so ``SyncBatchNorm.convert_sync_batchnorm`` does not replace them with a batch norm that drops the
+activation (use :func:`traintricks.parallel.sync_batchnorm_`, which synchronizes them). The GELU path's custom
+backward refuses double backward (PyTorch's ``once_differentiable`` error); the ReLU family's is PyTorch's own.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
-from .batchnorm import BatchNormFunction, _BatchNorm
+from .batchnorm import _BatchNorm, _fx_leaf
 
 FUSED_ACTIVATIONS = ("relu", "leaky_relu", "gelu")
 
@@ -35,7 +40,8 @@ def _act(z: torch.Tensor, kind: str, slope: float, inplace: bool) -> torch.Tenso
 
 
 class BatchNormActFunction(torch.autograd.Function):
-    """Training-mode ``act(BN(x))`` on ATen kernels. Returns ``(y, mu_B, var_B)``."""
+    """Training-mode ``act(BN(x))`` on ATen kernels. ``gamma``/``beta`` may be ``None``. Returns
+    ``(y, mu_B, var_B)`` (``var_B`` biased)."""
 
     @staticmethod
     def forward(ctx, x, gamma, beta, eps, kind, slope):
@@ -51,6 +57,7 @@ class BatchNormActFunction(torch.autograd.Function):
         return y, mu, var
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, dy, _dmu, _dvar):
         x, gamma, beta, mu, invstd = ctx.saved_tensors[:5]
         if ctx.kind == "relu":
@@ -69,35 +76,38 @@ class BatchNormActFunction(torch.autograd.Function):
 class _BatchNormAct(_BatchNorm):
     """Batch norm followed by an activation as one op; see the module docstring."""
 
-    def __init__(self, num_features: int, activation: str = "relu", negative_slope: float = 0.01,
-                 eps: float = 1e-5, alpha: float | None = None, momentum: float | None = None,
-                 affine: bool = True, impl: str = "fast") -> None:
-        super().__init__(num_features, eps=eps, alpha=alpha, momentum=momentum, affine=affine, impl=impl)
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True,
+                 track_running_stats: bool = True, device=None, dtype=None, *, bias: bool = True,
+                 activation: str = "relu", negative_slope: float = 0.01, alpha: float | None = None,
+                 impl: str = "fast", check_finite: bool = False) -> None:
+        if isinstance(eps, str):
+            raise TypeError(f"{type(self).__name__}: eps must be a number, got {eps!r}; the activation is "
+                            f"keyword-only: {type(self).__name__}({num_features}, activation={eps!r})")
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype, bias=bias,
+                         alpha=alpha, impl=impl, check_finite=check_finite)
         if activation not in FUSED_ACTIVATIONS:
             raise ValueError(f"{type(self).__name__}: activation must be one of {', '.join(FUSED_ACTIVATIONS)}, "
                              f"got {activation!r}")
         self.activation, self.negative_slope = activation, float(negative_slope)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._check(x)
-        if not self.training:
-            return _act(self._inference(x), self.activation, self.negative_slope, inplace=True)
-        if self.impl == "reference":
-            z, mu, var = BatchNormFunction.apply(x, self.weight, self.bias, self.eps)
-            y = _act(z, self.activation, self.negative_slope, inplace=False)
-        elif self.activation != "gelu":
-            # ReLU family: batch norm's kernel, then the activation in place on its output; autograd then
-            # saves exactly what the fused function would (x for BN, y for the mask) with no Python backward
-            z, mu, _ = torch.native_batch_norm(x, self.weight, self.bias, self.running_mean, self.running_var,
-                                               True, 1.0 - self.alpha, self.eps)
-            self._check_finite(x, mu)
-            self.num_batches_tracked.add_(1)
-            return _act(z, self.activation, self.negative_slope, inplace=True)
-        else:
+        if isinstance(x, torch.fx.Proxy):
+            node = _fx_leaf(self, x)
+            if node is not None:
+                return node
+        bn_training = self._check(x)
+        if (bn_training and self.activation == "gelu" and self.impl == "fast" and x.numel() > 0
+                and not getattr(self, "sync", False)):
+            # GELU: the fused function recomputes BN's output in backward instead of saving it
             y, mu, var = BatchNormActFunction.apply(x, self.weight, self.bias, self.eps, self.activation,
                                                     self.negative_slope)
-        self._update_running(x, mu, var)
-        return y
+            m = x.numel() // x.shape[1]
+            self._track(mu, var * (m / (m - 1)))
+            return y
+        # ReLU family (and inference): batch norm's kernel, then the activation in place on its output; autograd
+        # then saves exactly what the fused function would (x for BN, y for the mask) with no Python backward
+        z = self._normalize(x, bn_training)
+        return _act(z, self.activation, self.negative_slope, inplace=self.impl == "fast" or not bn_training)
 
     def extra_repr(self) -> str:
         act = self.activation + (f"({self.negative_slope:g})" if self.activation == "leaky_relu" else "")
@@ -116,4 +126,10 @@ class BatchNormAct2d(_BatchNormAct):
     _dims = (4,)
 
 
-__all__ = ["BatchNormAct1d", "BatchNormAct2d", "BatchNormActFunction", "FUSED_ACTIVATIONS"]
+class BatchNormAct3d(_BatchNormAct):
+    """``act(BatchNorm3d(x))`` as one op for (N, C, D, H, W) inputs."""
+
+    _dims = (5,)
+
+
+__all__ = ["BatchNormAct1d", "BatchNormAct2d", "BatchNormAct3d", "BatchNormActFunction", "FUSED_ACTIVATIONS"]

@@ -9,14 +9,25 @@ with the statistics of the whole global batch:
 and in backward all-reduces ``sum dL/dy`` and ``sum dL/dy * xhat`` (the two sums of batch norm's backward,
 :mod:`traintricks.nn.batchnorm`), so ``dL/dx = (gamma / sigma) * (g - sum(g)/M - xhat * sum(g xhat)/M)`` uses
 the global ones. Parameter gradients stay local; DDP averages them, which gives exactly the gradient of one
-process with the whole batch (tested). Enabled for our ``BatchNorm1d/2d`` (and what derives from them) by
-``model.sync_batchnorm_(model)`` or the config key ``parallel.sync_batchnorm``.
+process with the whole batch (tested). Enabled for our ``BatchNorm1d/2d/3d`` and ``BatchNormAct1d/2d/3d`` by
+:func:`sync_batchnorm_` or the config key ``parallel.sync_batchnorm``; batch renorm and in-place ABN cannot be
+synchronized and are refused. PyTorch's ``torch.nn.SyncBatchNorm.convert_sync_batchnorm`` also works on our plain
+batch norms (they are ``torch.nn.modules.batchnorm._BatchNorm``s) and replaces them by PyTorch's layer. Double
+backward through :class:`SyncBatchNormFunction` is refused (PyTorch's ``once_differentiable`` error).
 """
 from __future__ import annotations
 
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.autograd.function import once_differentiable
+
+
+def distributed_world() -> int:
+    """The default process group's size, 1 without one (a static Python query: no tensor is read)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return 1
 
 
 def _axes(x):
@@ -51,6 +62,7 @@ class SyncBatchNormFunction(torch.autograd.Function):
         return y.to(x.dtype), mu, var, m
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, dy, _dmu, _dvar, _dm):
         xhat, gamma, invstd, m = ctx.saved_tensors
         axes, shape = _axes(dy), _shape(dy)
@@ -66,11 +78,18 @@ class SyncBatchNormFunction(torch.autograd.Function):
 
 
 def sync_batchnorm_(model: nn.Module) -> int:
-    """Switch every traintricks batch norm in ``model`` to synchronized statistics; returns how many."""
+    """Switch every traintricks batch norm in ``model`` to synchronized statistics; returns how many.
+
+    Raises ``ValueError`` naming the layers that cannot be synchronized (batch renorm, in-place ABN) before
+    changing any, rather than leaving them silently unsynchronized. PyTorch's own batch norms are left to
+    ``torch.nn.SyncBatchNorm.convert_sync_batchnorm``."""
     from ..nn.batchnorm import _BatchNorm
-    n = 0
-    for mod in model.modules():
-        if isinstance(mod, _BatchNorm):
-            mod.sync = True
-            n += 1
-    return n
+    ours = [(name, mod) for name, mod in model.named_modules() if isinstance(mod, _BatchNorm)]
+    refused = [f"{name or '<root>'} ({type(mod).__name__})" for name, mod in ours
+               if not mod._supports_sync]
+    if refused:
+        raise ValueError("sync_batchnorm_: these layers cannot synchronize their statistics across processes: "
+                         + ", ".join(refused) + "; use batchnorm or batchnorm_act")
+    for _, mod in ours:
+        mod.sync = True
+    return len(ours)

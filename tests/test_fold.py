@@ -212,9 +212,9 @@ def test_linear_bn1d_in_a_custom_module_and_a_3d_linear_is_not_folded_when_check
 
 
 @pytest.mark.parametrize("make, act", [
-    (lambda c: BatchNormAct2d(c, "relu", momentum=0.1), nn.ReLU),
-    (lambda c: BatchNormAct2d(c, "leaky_relu", negative_slope=0.2, momentum=0.1), nn.LeakyReLU),
-    (lambda c: BatchNormAct2d(c, "gelu", momentum=0.1), nn.GELU),
+    (lambda c: BatchNormAct2d(c, activation="relu", momentum=0.1), nn.ReLU),
+    (lambda c: BatchNormAct2d(c, activation="leaky_relu", negative_slope=0.2, momentum=0.1), nn.LeakyReLU),
+    (lambda c: BatchNormAct2d(c, activation="gelu", momentum=0.1), nn.GELU),
     (lambda c: InPlaceABN(c, activation_param=0.3, momentum=0.1), nn.LeakyReLU),
 ], ids=["bnact_relu", "bnact_leaky", "bnact_gelu", "inplace_abn"])
 def test_norm_activation_modules_keep_their_activation_in_sequentials_and_graphs(make, act):

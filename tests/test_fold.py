@@ -294,3 +294,23 @@ def test_untraceable_model_folds_inside_and_notes_it():
     x = torch.randn(3, 2, 6, 6, dtype=torch.float64)
     _same(folded, model, x.abs())
     _same(folded, model, -x.abs())
+
+
+def test_linear_folded_without_example_inputs_refuses_a_3d_input_instead_of_a_wrong_number():
+    # Linear -> BatchNorm1d folds on the assumption of (N, C) inputs; on (N, L, C) with L == C the norm
+    # normalized dim 1 (L), so the folded layer would compute something else: it must raise instead.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3)).double()
+    model.train()
+    model(torch.randn(16, 3, dtype=torch.float64))          # some running statistics
+    model.eval()
+    folded = fold_batchnorm(model)
+    x2 = torch.randn(5, 3, dtype=torch.float64)
+    torch.testing.assert_close(folded(x2), model(x2), atol=1e-10, rtol=0)
+    with pytest.raises(ValueError, match="example_inputs"):
+        folded(torch.randn(5, 3, 3, dtype=torch.float64))
+    # with example inputs of the 3-D kind the pair is not folded at all, and the model stays exact
+    x3 = torch.randn(5, 3, 3, dtype=torch.float64)
+    with pytest.warns(UserWarning, match="folded nothing"):
+        checked = fold_batchnorm(model, example_inputs=x3)
+    torch.testing.assert_close(checked(x3), model(x3), atol=1e-10, rtol=0)

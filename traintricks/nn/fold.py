@@ -153,6 +153,21 @@ class FoldReport:
         return "\n".join(lines)
 
 
+class _BatchedInputOnly:
+    """Forward pre-hook of a Linear/Conv1d folded without ``example_inputs``: the fold assumed the layer's
+    output channels are the norm's dim 1, true only for ``ndim``-D (batched) inputs; any other input raises."""
+
+    def __init__(self, ndim: int, path: str) -> None:
+        self.ndim, self.path = ndim, path
+
+    def __call__(self, module: nn.Module, args: tuple) -> None:
+        x = args[0] if args else None
+        if isinstance(x, torch.Tensor) and x.dim() != self.ndim:
+            raise ValueError(f"{self.path} had a batch norm folded into it assuming a {self.ndim}-D (batched) input, "
+                             f"got a {x.dim()}-D one: the norm normalized dim 1, not this layer's outputs; fold "
+                             f"with fold_batchnorm(model, example_inputs=...) so the shape is checked")
+
+
 class _Tracer(fx.Tracer):
     """torch.fx's tracer that keeps norms and conv/linear layers (ours too) as calls to the module."""
 
@@ -197,6 +212,11 @@ class _Folder:
 
     def fold(self, layer: nn.Module, bn: nn.Module) -> tuple[nn.Module, nn.Module]:
         fused, rem = fold_pair(layer, bn), _remainder(bn)
+        if isinstance(layer, (nn.Linear, nn.Conv1d)) and (self.out_ndim is None or id(layer) not in self.out_ndim):
+            # folded on the assumption of a batched input (channel dim 1 = the layer's outputs): refuse any
+            # other input rather than silently compute what the norm would not have (a shape check, no sync)
+            fused.register_forward_pre_hook(_BatchedInputOnly(2 if isinstance(layer, nn.Linear) else 3,
+                                                              self.paths.get(id(layer), type(layer).__name__)))
         self.folded[id(bn)] = self.paths.get(id(layer), type(layer).__name__)
         self.reasons.pop(id(bn), None)
         return fused, rem

@@ -71,7 +71,8 @@ def check_logits_target(name: str, logits: torch.Tensor, target: torch.Tensor, i
         expect = logits.shape[:cdim] + logits.shape[cdim + 1:]
         if target.shape != expect:
             if logits.ndim == 2 and target.ndim == 1:
-                raise ValueError(f"{name}: {logits.shape[0]} logit rows but {target.shape[0]} targets")
+                raise ValueError(f"{name}: Expected input batch_size ({logits.shape[0]}) to match target batch_size "
+                                 f"({target.shape[0]})")
             raise ValueError(f"{name}: class-index targets of shape {tuple(expect)} expected for logits of shape "
                              f"{tuple(logits.shape)}, got {tuple(target.shape)}")
         if validate:
@@ -133,7 +134,7 @@ class CrossEntropy(nn.Module):
     :class:`torch.nn.CrossEntropyLoss` (it calls ``F.cross_entropy``), with the notes' options.
 
     Args:
-        label_smoothing: ``eps`` in ``[0, 1)``; the target becomes ``(1 - eps) * onehot + eps / K``.
+        label_smoothing: ``eps`` in ``[0, 1]``; the target becomes ``(1 - eps) * onehot + eps / K``.
         class_weights: ``K`` non-negative weights (a list or a tensor, whose dtype is kept), or ``"balanced"``
             (then pass ``class_counts``, the training labels' per-class counts; the recipe does).
         class_counts: per-class counts for ``"balanced"``: ``w_c = N / (K * n_c)``.
@@ -146,15 +147,15 @@ class CrossEntropy(nn.Module):
 
     Shapes: logits (N, C), (N, C, d1, ...) or (C,); targets class indices (N,), (N, d1, ...) or () of any integer
     dtype, or probabilities of the logits' shape. The result has the logits' dtype ((N, d1, ...) for
-    ``reduction="none"``). Raises ``ValueError`` for bad shapes, a wrong number of class weights, or bad
-    options (at construction)."""
+    ``reduction="none"``). Bad shapes, target dtypes or a wrong number of class weights raise PyTorch's errors
+    (``F.cross_entropy`` checks them); bad options raise ``ValueError`` at construction (PyTorch: at the call)."""
 
     def __init__(self, label_smoothing: float = 0.0, class_weights: Sequence[float] | torch.Tensor | str | None = None,
                  class_counts: Sequence[int] | None = None, ignore_index: int = -100, reduction: str = "mean", *,
                  weight: torch.Tensor | None = None, validate: bool = False) -> None:
         super().__init__()
-        if not 0.0 <= label_smoothing < 1.0:
-            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+        if not 0.0 <= label_smoothing <= 1.0:
+            raise ValueError(f"label_smoothing must be between 0.0 and 1.0, got {label_smoothing}")
         self.label_smoothing, self.ignore_index = float(label_smoothing), ignore_index
         self.reduction = check_reduction("CrossEntropy", reduction)
         self.validate = bool(validate)
@@ -181,11 +182,10 @@ class CrossEntropy(nn.Module):
         self.register_buffer("weight", w)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        k = logits.shape[1] if logits.ndim >= 2 else logits.shape[-1]
-        if self.weight is not None and self.weight.numel() != k:
-            raise ValueError(f"CrossEntropy: {self.weight.numel()} class weights for {k} classes")
+        # shapes, dtypes and the number of class weights are checked by F.cross_entropy itself, with PyTorch's
+        # errors (ValueError for a batch-size mismatch, RuntimeError for the rest)
         return cross_entropy(logits, target, self.label_smoothing, self.weight, self.ignore_index, self.reduction,
-                             validate=self.validate)
+                             check=False, validate=self.validate)
 
     def extra_repr(self) -> str:
         return f"label_smoothing={self.label_smoothing}, weighted={self.weight is not None}, reduction={self.reduction}"

@@ -7,7 +7,7 @@ from traintricks.data import Compose, RandomCrop, RandomFlip, TensorLoader
 def test_crop_matches_per_example_shift():
     x = torch.randn(16, 3, 9, 7)
     g = torch.Generator().manual_seed(3)
-    out = RandomCrop(2)(x, g)
+    out = RandomCrop(2)(x, generator=g)
     g = torch.Generator().manual_seed(3)
     dy = torch.randint(0, 5, (16,), generator=g)
     dx = torch.randint(0, 5, (16,), generator=g)
@@ -27,7 +27,7 @@ def test_flip_probability_and_extremes():
     x = torch.randn(2000, 1, 4, 4)
     assert torch.equal(RandomFlip(1.0)(x), x.flip(-1))
     assert torch.equal(RandomFlip(0.0)(x), x)
-    out = RandomFlip(0.3)(x, torch.Generator().manual_seed(0))
+    out = RandomFlip(0.3)(x, generator=torch.Generator().manual_seed(0))
     flipped = (out == x.flip(-1)).flatten(1).all(1).float().mean().item()
     assert abs(flipped - 0.3) < 0.04        # ~4 standard deviations at n=2000
     with pytest.raises(ValueError):
@@ -67,7 +67,7 @@ from traintricks.data.augment import CutMix, Cutout, Mixup, RandomErasing, Rando
 def test_translate_shifts_whole_images_within_range():
     x = torch.zeros(50, 1, 9, 9)
     x[:, 0, 4, 4] = 1.0
-    y = RandomTranslate(2)(x, torch.Generator().manual_seed(0))
+    y = RandomTranslate(2)(x, generator=torch.Generator().manual_seed(0))
     pos = y.flatten(1).argmax(1)
     dy, dx = pos // 9 - 4, pos % 9 - 4
     assert (y.flatten(1).sum(1) == 1).all() and dy.abs().max() == 2 and dx.abs().max() == 2
@@ -76,7 +76,7 @@ def test_translate_shifts_whole_images_within_range():
 
 def test_cutout_zeroes_one_square_per_image_clipped_at_the_border():
     x = torch.ones(200, 2, 16, 16)
-    y = Cutout(6)(x, torch.Generator().manual_seed(0))
+    y = Cutout(6)(x, generator=torch.Generator().manual_seed(0))
     zeros = (y == 0).all(1)                     # same square on every channel
     assert torch.equal((y == 0).any(1), zeros)
     counts = zeros.flatten(1).sum(1)
@@ -87,7 +87,7 @@ def test_cutout_zeroes_one_square_per_image_clipped_at_the_border():
 
 def test_random_erasing_rectangles_stay_in_area_and_ratio_ranges():
     x = torch.zeros(400, 1, 20, 20)
-    y = RandomErasing(p=0.5, scale=(0.05, 0.2), ratio=(0.5, 2.0))(x, torch.Generator().manual_seed(0))
+    y = RandomErasing(p=0.5, scale=(0.05, 0.2), ratio=(0.5, 2.0))(x, generator=torch.Generator().manual_seed(0))
     erased = (y != 0).flatten(1).sum(1)
     frac = (erased > 0).float().mean().item()
     assert 0.4 < frac < 0.6
@@ -131,3 +131,42 @@ def test_loader_with_mixup_yields_soft_targets_and_training_accepts_them():
     assert yb.shape == (64, 10) and yb.dtype == torch.float32
     summary = trainer.fit()
     assert summary["test_accuracy"] > 0.5
+
+
+AUGS = [lambda: RandomCrop(2), lambda: RandomFlip(0.5), lambda: RandomTranslate(1), lambda: Cutout(3),
+        lambda: RandomErasing(p=1.0), lambda: Mixup(10, alpha=0.4), lambda: CutMix(10),
+        lambda: Compose([RandomFlip(), Cutout(2)]), lambda: Compose([RandomCrop(1), Mixup(10)])]
+
+
+@pytest.mark.parametrize("make", AUGS)
+def test_regression_issue15_item10_every_augmentation_is_the_loaders_transform_directly(make):
+    """One convention, aug(x, y=None, generator=None): the loader calls transform(x, y, generator=g) and gets
+    (x, y) back; every augmentation works there on its own, not only inside Compose."""
+    torch.manual_seed(0)
+    x, y = torch.randn(20, 3, 8, 8), torch.randint(0, 10, (20,))
+    aug = make()
+    loader = TensorLoader(x, y, 8, shuffle=True, seed=1, transform=aug)
+    batches = list(loader)
+    assert [b[0].shape[0] for b in batches] == [8, 8, 4]
+    xb, yb = batches[0]
+    # the same batch by a direct call with the loader's generator (an epoch replays exactly)
+    g = torch.Generator().manual_seed(1 * 1_000_003 + 0)
+    order = torch.randperm(20, generator=g)
+    ex, ey = aug(x[order[:8]], y[order[:8]], generator=g)
+    assert torch.equal(xb, ex) and torch.equal(yb, ey)
+    if getattr(aug, "mixes_labels", False):
+        assert yb.shape == (8, 10) and torch.allclose(yb.sum(1), torch.ones(8))
+        with pytest.raises(ValueError, match="mixes labels"):
+            aug(x)
+    else:
+        assert torch.equal(yb, y[order[:8]])
+        out = aug(x, generator=torch.Generator().manual_seed(0))       # images only: x back
+        assert isinstance(out, torch.Tensor) and out.shape == x.shape
+
+
+def test_calling_conventions_give_clear_errors():
+    x = torch.randn(4, 1, 5, 5)
+    with pytest.raises(TypeError, match="generator went into y"):
+        RandomFlip()(x, torch.Generator())
+    with pytest.raises(TypeError, match="must return \\(x, y\\)"):
+        next(iter(TensorLoader(x, torch.zeros(4), 2, transform=lambda x, y, generator=None: x)))

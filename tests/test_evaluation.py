@@ -136,6 +136,47 @@ def test_ema_recompute_bn_estimates_the_statistics_of_the_averaged_weights(ours)
     assert ema.module[1].momentum == pytest.approx(model[1].momentum)        # the rate is put back
 
 
+def test_regression_issue15_item12_recompute_bn_takes_xy_batches_and_a_dataloader_as_update_bn():
+    from torch.optim.swa_utils import update_bn
+    from torch.utils.data import DataLoader, TensorDataset
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    ema = ModelEMA(model, decay=0.5, warmup=False, bn_batches=1000)
+    data = TensorDataset(torch.randn(64, 3), torch.randint(0, 2, (64,)))
+    loader = DataLoader(data, batch_size=16)
+    assert ema.recompute_bn(loader) == 4                           # (x, y) batches of a torch DataLoader
+    twin = __import__("copy").deepcopy(ema.module)
+    update_bn(loader, twin)
+    torch.testing.assert_close(ema.module[1].running_mean, twin[1].running_mean)
+    torch.testing.assert_close(ema.module[1].running_var, twin[1].running_var)
+    from traintricks.data import TensorLoader
+    assert ema.recompute_bn(TensorLoader(data.tensors[0], data.tensors[1], 16), device="cpu", max_batches=2) == 2
+
+
+def test_regression_issue15_item12_early_stopping_restores_the_best_weights_in_a_plain_loop():
+    from traintricks.evaluation import EarlyStopping
+    model = torch.nn.Linear(2, 1)
+    stopper = EarlyStopping(patience=2, restore_best=True)
+    losses = [1.0, 0.5, 0.7, 0.9, 0.3]
+    stopped = None
+    for epoch, val in enumerate(losses):                     # epochs counted from 0, as a user may
+        with torch.no_grad():
+            model.weight.fill_(float(epoch))                 # "training": the weights tell the epoch
+        if stopper.update(epoch, {"val_loss": val}, model):
+            stopped = epoch
+            break
+    assert stopped == 3 and stopper.best_epoch == 1
+    assert torch.equal(model.weight, torch.full((1, 2), 1.0))     # the best epoch's weights are back
+    # a criterion of Prechelt's and a plain number as the record; restore() when the loop just ends
+    gl = GeneralizationLoss(alpha=50.0)
+    for epoch, val in enumerate([1.0, 0.4, 0.5]):
+        with torch.no_grad():
+            model.weight.fill_(10.0 + epoch)
+        assert not gl.update(epoch, val, model)
+    assert gl.best_epoch == 1 and gl.restore(model) and torch.equal(model.weight, torch.full((1, 2), 11.0))
+    assert not EarlyStopping().restore(model)                # nothing kept without a model
+
+
 def test_trainer_evaluates_and_saves_the_ema_weights(tiny_cfg, tmp_path):
     import json
     from traintricks.training import build_trainer, run

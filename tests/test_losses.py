@@ -70,33 +70,120 @@ def test_confidence_penalty_subtracts_beta_times_entropy():
     assert gain(confident) > gain(flat)          # the over-confident output is penalized more
 
 
-@pytest.mark.parametrize("loss", [CrossEntropy(), KLDivergence(), ConfidencePenalty(), SinkhornLoss(num_classes=5),
-                                  HierarchicalLoss([5, 5, 6, 6, 6, 7, 7, -1], 5)])
-def test_bad_inputs_give_clear_errors(loss):
+ALL_LOSSES = [CrossEntropy(), KLDivergence(), ConfidencePenalty(), SinkhornLoss(num_classes=5),
+              HierarchicalLoss([5, 5, 6, 6, 6, 7, 7, -1], 5)]
+
+
+@pytest.mark.parametrize("make", [CrossEntropy, KLDivergence, ConfidencePenalty, lambda **kw: SinkhornLoss(num_classes=5, **kw),
+                                  lambda **kw: HierarchicalLoss([5, 5, 6, 6, 6, 7, 7, -1], 5, **kw)])
+def test_bad_inputs_give_clear_errors(make):
+    loss, checked = make(), make(validate=True)
+    bad = torch.tensor([0, 1, 2, 3, 4, 5, 0])
+    # without validate: no host synchronization; the label is caught where it is used (PyTorch's own error)
+    with pytest.raises((IndexError, RuntimeError)):
+        loss(Z, bad)
     with pytest.raises(ValueError, match=r"labels must be in \[0, 5\)"):
-        loss(Z, torch.tensor([0, 1, 2, 3, 4, 5, 0]))
-    with pytest.raises(ValueError, match="logits"):
-        loss(Z[0], Y)
-    with pytest.raises(ValueError, match="7 logit rows but 3"):
-        loss(Z, Y[:3])
+        checked(Z, bad)
     with pytest.raises(NonFiniteInputError, match="non-finite"):
-        loss(torch.full((7, 5), float("nan")), Y)
+        checked(torch.full((7, 5), float("nan")), Y)
+    assert torch.isnan(loss(torch.full((7, 5), float("nan")), Y))       # the trainer's NaN check sees it
+    with pytest.raises(ValueError, match=r"Expected input batch_size \(7\) to match target batch_size \(3\)"):
+        loss(Z, Y[:3])
+    with pytest.raises(ValueError, match="integers"):
+        loss(Z, Y > 2)
     with pytest.raises(ValueError, match="reduction"):
         CrossEntropy(reduction="avg")
 
 
-# ---------------------------------------------------------------- regression
-def test_l1_l2_huber_equal_pytorch_and_accept_class_targets():
-    x, t = torch.randn(6, 5), torch.randn(6, 5) * 2
-    torch.testing.assert_close(L1Loss()(x, t), F.l1_loss(x, t))
-    torch.testing.assert_close(L2Loss()(x, t), F.mse_loss(x, t))
-    torch.testing.assert_close(L2Loss(half=True)(x, t), 0.5 * F.mse_loss(x, t))
-    for d in (0.5, 1.0, 2.0):
-        torch.testing.assert_close(HuberLoss(d)(x, t), F.huber_loss(x, t, delta=d))
-        torch.testing.assert_close(HuberLoss(d, "none")(x, t), F.huber_loss(x, t, delta=d, reduction="none"))
-    torch.testing.assert_close(L2Loss()(Z, Y), F.mse_loss(Z, F.one_hot(Y, 5).float()))
-    with pytest.raises(ValueError, match="shape"):
-        L1Loss()(x, t[:, :3])
+def test_two_dimensional_losses_name_their_shape():
+    for loss in ALL_LOSSES[3:]:
+        with pytest.raises(ValueError, match="logits"):
+            loss(Z[0], Y[0])
+
+
+def test_regression_issue15_item11_cross_entropy_keeps_float64_with_smoothing_and_weights():
+    torch.manual_seed(0)
+    z, y = torch.randn(32, 10, dtype=torch.float64), torch.randint(0, 10, (32,))
+    w = torch.rand(10, dtype=torch.float64) + 0.5
+    out = CrossEntropy(label_smoothing=0.1, class_weights=w)(z, y)
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(out, F.cross_entropy(z, y, weight=w, label_smoothing=0.1), rtol=0, atol=0)
+    # torch's own name for the weights, and a float32 list of weights against float64 logits
+    torch.testing.assert_close(CrossEntropy(label_smoothing=0.1, weight=w)(z, y),
+                               F.cross_entropy(z, y, weight=w, label_smoothing=0.1))
+    assert CrossEntropy(class_weights=[1.0] * 10)(z, y).dtype == torch.float64
+
+
+@pytest.mark.parametrize("shape", [(6, 4), (6, 4, 5), (2, 4, 3, 5), (4,)])
+@pytest.mark.parametrize("tdtype", [torch.int64, torch.int32, torch.uint8, torch.int16])
+def test_cross_entropy_layouts_and_integer_target_dtypes_as_pytorch(shape, tdtype):
+    torch.manual_seed(0)
+    z = torch.randn(shape, dtype=torch.float64)
+    tshape = shape[:1] + shape[2:] if len(shape) > 1 else ()
+    y = torch.randint(0, 4, tshape)
+    y_ign = y.clone()
+    if y.ndim:
+        y_ign.view(-1)[0] = 2
+    w = torch.tensor([1.0, 2.0, 0.5, 3.0], dtype=torch.float64)
+    for ls, weight, reduction, ign in itertools.product((0.0, 0.2), (None, w), ("mean", "sum", "none"), (-100, 2)):
+        ours = CrossEntropy(ls, weight, ignore_index=ign, reduction=reduction)(z, y_ign.to(tdtype))
+        ref = F.cross_entropy(z, y_ign, weight=weight, label_smoothing=ls, reduction=reduction, ignore_index=ign)
+        assert ours.dtype == torch.float64 and ours.shape == ref.shape
+        torch.testing.assert_close(ours, ref)
+    q = torch.softmax(torch.randn(shape, dtype=torch.float64), dim=1 if len(shape) > 1 else 0)
+    torch.testing.assert_close(CrossEntropy(0.1)(z, q), F.cross_entropy(z, q, label_smoothing=0.1))
+
+
+def _loss_cases(dtype):
+    torch.manual_seed(0)
+    z, t = torch.randn(7, 5, dtype=dtype), torch.randn(7, 5, dtype=dtype)
+    x = torch.randn(7, 6, dtype=dtype)
+    return [
+        ("cross_entropy", CrossEntropy(0.1, [1.0, 2, 1, 1, 1]), (z, Y)),
+        ("kl", KLDivergence(0.1), (z, Y)), ("kl_soft", KLDivergence(), (z, torch.softmax(t, 1))),
+        ("confidence", ConfidencePenalty(0.2, 0.1), (z, Y)),
+        ("sinkhorn", SinkhornLoss(num_classes=5, iters=5), (z, Y)),
+        ("hierarchical", HierarchicalLoss([5, 5, 6, 6, 6, 7, 7, -1], 5), (z, Y)),
+        ("l1", L1Loss(), (z, t)), ("l1_cls", L1Loss(), (z, Y)), ("l2", L2Loss(half=True), (z, t)),
+        ("huber", HuberLoss(delta=0.5), (z, t)), ("huber_cls", HuberLoss(), (z, Y)),
+        ("distillation", Distillation(2.0, 0.5), (z, Y, t)),
+        ("large_margin", LargeMarginSoftmax(6, 5, m=2, dtype=dtype), (x, Y)),
+    ]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("tdtype", [torch.int64, torch.int32, torch.uint8])
+def test_every_loss_keeps_its_input_dtype_for_any_integer_target(dtype, tdtype):
+    for name, loss, args in _loss_cases(dtype):
+        args = tuple(a.to(tdtype) if not a.is_floating_point() else a for a in args)
+        out = loss(*args)
+        assert out.dtype == dtype, name
+        ref = loss(*(a.long() if not a.is_floating_point() else a for a in args))
+        torch.testing.assert_close(out, ref, msg=name)
+
+
+def test_every_loss_equals_its_float64_formula_in_float64():
+    z, t = torch.randn(7, 5, dtype=torch.float64), torch.randn(7, 5, dtype=torch.float64)
+    logp = torch.log_softmax(z, 1)
+    q = torch.softmax(t, 1)
+    torch.testing.assert_close(KLDivergence()(z, q), F.kl_div(logp, q, reduction="batchmean"), rtol=0, atol=1e-15)
+    torch.testing.assert_close(ConfidencePenalty(0.3)(z, Y), F.cross_entropy(z, Y) + 0.3 * (logp.exp() * logp).sum(1).mean())
+    torch.testing.assert_close(L1Loss()(z, t), F.l1_loss(z, t), rtol=0, atol=0)
+    torch.testing.assert_close(HuberLoss(delta=0.3)(z, t), F.huber_loss(z, t, delta=0.3), rtol=0, atol=0)
+    torch.testing.assert_close(L2Loss()(z, Y), F.mse_loss(z, F.one_hot(Y, 5).double()), rtol=0, atol=0)
+
+
+def test_no_loss_synchronizes_the_host_meta_device_and_graph_breaks():
+    """issue 15 item 6: every exported loss runs on the meta device (any .item()/bool(tensor) would fail there)
+    and torch._dynamo.explain finds zero graph breaks in it."""
+    import torch._dynamo
+    for name, loss, args in _loss_cases(torch.float32):
+        torch._dynamo.reset()
+        explain = torch._dynamo.explain(loss)(*args)
+        assert explain.graph_break_count == 0 and not explain.break_reasons, (name, explain.break_reasons)
+        meta = tuple(a.to("meta") for a in args)
+        out = loss.to("meta")(*meta)
+        assert out.device.type == "meta" and out.dtype == torch.float32, name
 
 
 # ---------------------------------------------------------------- Sinkhorn / optimal transport

@@ -5,7 +5,9 @@ import torch
 from torch import nn
 
 from traintricks.nn import (DropConnectConv2d, DropConnectLinear, Dropout, GaussianNoise, NoisyHardTanh, ShakeDrop,
-                            ShakeDropFunction, ShakeShake, ShakeShakeFunction, StochasticDepth, linear_survival)
+                            ShakeDropFunction, ShakeShake, ShakeShakeFunction, StochasticDepth, linear_survival,
+                            stochastic_depth)
+from traintricks.optim import ClipByGlobalNorm
 
 
 # ---------------------------------------------------------------- dropout
@@ -42,6 +44,37 @@ def test_channel_dropout_drops_whole_channels_per_sample():
     dropped = (per_channel == 0).all(-1)
     assert 0.3 < dropped.float().mean() < 0.7
     assert not (dropped.all(0) | (~dropped).all(0)).all()      # different samples, different channels
+
+
+def test_regression_issue15_item12_dropout_p1_gives_zeros_and_takes_inplace_as_torch():
+    x = torch.randn(5, 4, requires_grad=True)
+    y = Dropout(p=1.0)(x)
+    assert torch.equal(y, torch.zeros(5, 4)) and torch.equal(y, nn.Dropout(p=1.0)(x))
+    y.sum().backward()
+    assert torch.equal(x.grad, torch.zeros(5, 4))
+    assert isinstance(Dropout(), nn.Dropout) and Dropout(0.2, True).inplace
+    for p in (0.0, 0.3, 1.0):
+        a, b = torch.randn(6, 7), None
+        b = a.clone()
+        torch.manual_seed(1)
+        out = Dropout(p, inplace=True)(a)
+        torch.manual_seed(1)
+        ref = nn.Dropout(p, inplace=True)(b)
+        assert out is a and torch.equal(a, b) and torch.equal(out, ref)
+    with pytest.raises(TypeError, match="mode="):
+        Dropout(0.2, "channel")                     # the second argument is torch's inplace
+
+
+@pytest.mark.parametrize("mode,torch_fn", [("element", nn.functional.dropout), ("channel", nn.functional.dropout2d)])
+def test_dropout_equals_torch_dropout_under_the_same_seed(mode, torch_fn):
+    x = torch.randn(8, 6, 5, 5, dtype=torch.float64, requires_grad=True)
+    torch.manual_seed(3)
+    ours = Dropout(0.4, mode=mode)(x)
+    torch.manual_seed(3)
+    ref = torch_fn(x, 0.4, True)
+    assert torch.equal(ours, ref)
+    g = torch.randn_like(ours)
+    assert torch.equal(torch.autograd.grad(ours, x, g)[0], torch.autograd.grad(ref, x, g)[0])
 
 
 # ---------------------------------------------------------------- DropConnect
@@ -104,6 +137,99 @@ def test_stochastic_depth_drops_per_sample_and_scales_at_inference():
     assert abs(dropped.float().mean().item() - 0.3) < 0.03
     torch.testing.assert_close(sd.eval()(x), 0.7 * f)
     torch.testing.assert_close(y.mean(0), (0.7 * f).mean(0), atol=0.05, rtol=0)
+
+
+def test_regression_issue15_item12_stochastic_depth_keeps_the_branch_keys():
+    from traintricks.models.regularizers import stochastic_depth as apply_sd
+    torch.manual_seed(0)
+    plain = _model("[]")
+    wrapped = _model('["stochastic_depth"]')
+    assert any(isinstance(m, StochasticDepth) for m in wrapped.modules())
+    assert list(wrapped.state_dict()) == list(plain.state_dict())
+    wrapped.load_state_dict(plain.state_dict())                 # strict: the unwrapped model's keys load
+    plain.load_state_dict(wrapped.state_dict())
+    x = torch.randn(4, 1, 12, 12)
+    expect = plain.eval()(x)
+    torch.testing.assert_close(apply_sd(plain, survival=1.0).eval()(x), expect)     # p = 1: the same network
+    # an older checkpoint with the extra "branch." level still loads
+    old = {k.replace(".branch.", ".branch.branch."): v for k, v in plain.state_dict().items()}
+    wrapped.load_state_dict(old)
+    sd = StochasticDepth(nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3)), 0.5)
+    assert list(sd.state_dict()) == list(sd.branch.state_dict())
+    import copy
+    assert list(copy.deepcopy(sd).state_dict()) == list(sd.branch.state_dict())
+
+
+def test_stochastic_depth_functional_has_torchvision_semantics():
+    x = torch.randn(4000, 3, dtype=torch.float64)
+    assert stochastic_depth(x, 0.3, "row", training=False) is x and stochastic_depth(x, 0.0, "row") is x
+    torch.manual_seed(0)
+    y = stochastic_depth(x, 0.3, "row")
+    torch.manual_seed(0)
+    noise = torch.empty(4000, 1, dtype=torch.float64).bernoulli_(0.7).div_(0.7)   # torchvision's draw and scale
+    torch.testing.assert_close(y, x * noise, rtol=0, atol=0)
+    kept = (y != 0).all(1)
+    assert abs(kept.double().mean().item() - 0.7) < 0.03
+    batch = [stochastic_depth(x[:5], 0.5, "batch") for _ in range(200)]
+    assert all(torch.equal(b, torch.zeros_like(b)) or torch.allclose(b, x[:5] * 2) for b in batch)
+    assert 60 < sum(bool((b == 0).all()) for b in batch) < 140
+    assert torch.equal(stochastic_depth(x, 1.0, "row"), torch.zeros_like(x))
+    with pytest.raises(ValueError, match="drop probability"):
+        stochastic_depth(x, 1.5, "row")
+    with pytest.raises(ValueError, match="mode"):
+        stochastic_depth(x, 0.5, "col")
+
+
+def test_regression_issue15_item12_clip_by_global_norm_returns_the_total_norm_as_clip_grad_norm():
+    torch.manual_seed(0)
+    a, b = [torch.randn(5, 3, dtype=torch.float64, requires_grad=True) for _ in range(2)]
+    c, d = a.detach().clone().requires_grad_(), b.detach().clone().requires_grad_()
+    for p in (a, b, c, d):
+        p.grad = torch.randn_like(p) * 3
+    c.grad, d.grad = a.grad.clone(), b.grad.clone()
+    ours = ClipByGlobalNorm(max_norm=1.0)([a, b])
+    ref = torch.nn.utils.clip_grad_norm_([c, d], max_norm=1.0)
+    assert isinstance(ours, torch.Tensor) and ours.dtype == ref.dtype
+    torch.testing.assert_close(ours, ref, rtol=0, atol=0)
+    torch.testing.assert_close(a.grad, c.grad, rtol=0, atol=0)
+    torch.testing.assert_close(b.grad, d.grad, rtol=0, atol=0)
+    assert float(ClipByGlobalNorm()([nn.Parameter(torch.ones(2))])) == 0.0     # no gradients: tensor(0.)
+
+
+def test_every_layer_resets_and_takes_device_dtype():
+    torch.manual_seed(0)
+    lin = DropConnectLinear(4, 3, True, "cpu", torch.float64, p=0.2)
+    conv = DropConnectConv2d(2, 3, 3, device="cpu", dtype=torch.float64, p=0.2)
+    assert lin.weight.dtype == conv.weight.dtype == torch.float64 and lin.p == 0.2
+    layers = [lin, conv, StochasticDepth(nn.Linear(3, 3)), ShakeShake(nn.Linear(3, 3), nn.Linear(3, 3)),
+              ShakeDrop(nn.Linear(3, 3)), GaussianNoise(), NoisyHardTanh(), Dropout()]
+    from traintricks.losses import LargeMarginSoftmax
+    layers.append(LargeMarginSoftmax(4, 3, device="cpu", dtype=torch.float64))
+    for layer in layers:
+        before = {k: v.clone() for k, v in layer.state_dict().items()}
+        with torch.no_grad():
+            for p in layer.parameters():
+                p.fill_(0.123)
+        layer.reset_parameters()
+        for k, v in layer.state_dict().items():
+            assert not torch.equal(v, torch.full_like(v, 0.123)), (type(layer).__name__, k)
+            assert v.shape == before[k].shape
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_regularization_layers_have_no_graph_breaks(train):
+    import torch._dynamo
+    x, x4 = torch.randn(8, 6), torch.randn(4, 3, 5, 5)
+    layers = [(Dropout(0.3), x), (Dropout(0.3, mode="channel"), x4), (Dropout(1.0), x),
+              (StochasticDepth(nn.Linear(6, 6), 0.7), x), (StochasticDepth(nn.Linear(6, 6), 0.7, mode="batch"), x),
+              (GaussianNoise(0.1), x), (NoisyHardTanh(), x), (ShakeShake(nn.Linear(6, 6), nn.Linear(6, 6)), x),
+              (ShakeDrop(nn.Linear(6, 6), 0.5), x), (DropConnectLinear(6, 6, p=0.3), x)]
+    for layer, inp in layers:
+        torch._dynamo.reset()
+        explain = torch._dynamo.explain(layer.train(train))(inp)
+        assert explain.graph_break_count <= 0 and not explain.break_reasons, (layer, explain.break_reasons)
+    torch._dynamo.reset()
+    assert not torch._dynamo.explain(lambda t: stochastic_depth(t, 0.2, "row", train))(x).break_reasons
 
 
 def test_stochastic_depth_batch_mode_drops_the_whole_batch_without_computing():
@@ -218,7 +344,7 @@ def test_noisy_hardtanh_is_linear_inside_noisy_when_saturated_and_expectation_at
 
 
 # ---------------------------------------------------------------- bad hyper-parameters
-@pytest.mark.parametrize("make", [lambda: Dropout(1.0), lambda: Dropout(-0.1), lambda: DropConnectLinear(2, 2, p=1.0),
+@pytest.mark.parametrize("make", [lambda: Dropout(1.5), lambda: Dropout(-0.1), lambda: DropConnectLinear(2, 2, p=1.0),
                                   lambda: DropConnectConv2d(1, 1, 3, p=2), lambda: StochasticDepth(nn.Identity(), 0.0),
                                   lambda: Dropout(0.1, mode="pixel")])
 def test_bad_hyper_parameters_are_rejected(make):

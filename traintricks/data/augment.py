@@ -1,8 +1,17 @@
 """Data augmentation on batches of tensors (no torchvision), chosen by name through :data:`AUGMENTATIONS`.
 
-Each augmentation is a callable ``aug(x, generator) -> x`` on a whole batch ``x`` of shape
-``(N, C, H, W)`` (or ``(N, C, L)`` for 1-D signals where it makes sense), drawing its randomness
-per example from ``generator`` so that a seeded epoch replays exactly.
+**One calling convention** for every batch transform -- each augmentation here, :class:`Compose`, and the
+``transform`` of :class:`~traintricks.data.TensorLoader`:
+
+    aug(x, y=None, generator=None)  ->  x         when no targets are given
+                                    ->  (x, y)    when they are
+
+on a whole batch ``x`` of shape ``(N, C, H, W)`` (or ``(N, C, L)`` for 1-D signals where it makes sense) with
+targets ``y`` (class indices (N,) or soft targets (N, K)), drawing its randomness per example from ``generator``
+(``None``: the global generator) so that a seeded epoch replays exactly. It is torchvision's ``transforms.v2``
+form (``t(images)`` or ``t(images, labels)``, the same structure back) plus the generator. Augmentations of the
+images only pass ``y`` through; label-mixing ones (:class:`Mixup`, :class:`CutMix`, ``mixes_labels = True``) need
+``y`` and return soft targets (N, K). The loader always calls ``transform(x, y, generator=g)``.
 """
 from __future__ import annotations
 
@@ -17,7 +26,30 @@ from ..registry import Registry
 AUGMENTATIONS = Registry("augmentation", section="forward pass: generalization")
 
 
-class RandomCrop:
+def _check_generator(y, generator) -> None:
+    if isinstance(y, torch.Generator):
+        raise TypeError("augmentations are called aug(x, y=None, generator=None): the generator went into y; "
+                        "call aug(x, generator=g) (or aug(x, y, g) with targets)")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+
+
+class BatchTransform:
+    """Base of the augmentations of the images only: ``aug(x, y=None, generator=None)`` returns ``x`` transformed
+    (by :meth:`transform`), with ``y`` passed through when given (see the module docstring)."""
+
+    mixes_labels = False
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor | None = None, generator: torch.Generator | None = None):
+        _check_generator(y, generator)
+        out = self.transform(x, generator)
+        return out if y is None else (out, y)
+
+    def transform(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+
+class RandomCrop(BatchTransform):
     """Random crop with zero padding: pad by ``padding`` on every side, then cut an input-sized window
     at a random offset per example (a random translation by up to ``padding`` pixels)."""
 
@@ -26,7 +58,7 @@ class RandomCrop:
             raise ValueError(f"padding must be >= 0, got {padding}")
         self.padding = padding
 
-    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def transform(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         p = self.padding
         if p == 0:
             return x
@@ -46,7 +78,7 @@ class RandomCrop:
         return f"RandomCrop(padding={self.padding})"
 
 
-class RandomFlip:
+class RandomFlip(BatchTransform):
     """Horizontal flip (last axis) of each example with probability ``p``."""
 
     def __init__(self, p: float = 0.5) -> None:
@@ -54,7 +86,7 @@ class RandomFlip:
             raise ValueError(f"p must be in [0, 1], got {p}")
         self.p = p
 
-    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def transform(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         mask = torch.rand(x.shape[0], generator=generator) < self.p
         return torch.where(mask.view(-1, *([1] * (x.ndim - 1))), x.flip(-1), x)
 
@@ -82,7 +114,7 @@ def _box_masks(n: int, h: int, w: int, cy: torch.Tensor, cx: torch.Tensor, bh: t
     return inside.unsqueeze(1)
 
 
-class Cutout:
+class Cutout(BatchTransform):
     """Cutout (DeVries & Taylor 2017, arXiv:1708.04552): zero a ``size`` x ``size`` square at a uniformly
     random centre in each image (the square may extend past the border), with probability ``p``."""
 
@@ -93,7 +125,7 @@ class Cutout:
             raise ValueError(f"cutout: p must be in [0, 1], got {p}")
         self.size, self.p = size, p
 
-    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def transform(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         if x.ndim != 4:
             raise ValueError(f"cutout needs images (N, C, H, W), got shape {tuple(x.shape)}")
         n, _, h, w = x.shape
@@ -107,7 +139,7 @@ class Cutout:
         return f"Cutout(size={self.size}, p={self.p})"
 
 
-class RandomErasing:
+class RandomErasing(BatchTransform):
     """Random erasing (Zhong et al. 2017, arXiv:1708.04896): with probability ``p`` per image, a rectangle of
     area ``s * H * W`` (``s ~ U(scale)``) and aspect ratio ``r`` (log-uniform in ``ratio``), inside the image,
     is filled with random values ``N(0, 1)`` (the data are standardized) or ``value``."""
@@ -122,7 +154,7 @@ class RandomErasing:
             raise ValueError(f"random_erasing: ratio must satisfy 0 < low <= high, got {ratio}")
         self.p, self.scale, self.ratio, self.value = p, tuple(scale), tuple(ratio), value
 
-    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def transform(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         if x.ndim != 4:
             raise ValueError(f"random_erasing needs images (N, C, H, W), got shape {tuple(x.shape)}")
         n, _, h, w = x.shape
@@ -164,9 +196,15 @@ class Mixup:
         lam = random.Random(seed).betavariate(self.alpha, self.alpha)
         return lam, torch.randperm(n, generator=generator)
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None):
+    def _targets(self, y: torch.Tensor | None, generator) -> torch.Tensor:
+        _check_generator(y, generator)
+        if y is None:
+            raise ValueError(f"{self!r} mixes labels: call it with the targets, aug(x, y, generator)")
+        return one_hot(y, self.num_classes)
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor | None = None, generator: torch.Generator | None = None):
+        t = self._targets(y, generator)
         lam, j = self._lam_perm(x.shape[0], generator)
-        t = one_hot(y, self.num_classes)
         return x * lam + x[j] * (1 - lam), t * lam + t[j] * (1 - lam)
 
     def __repr__(self) -> str:
@@ -181,7 +219,8 @@ class CutMix(Mixup):
     def __init__(self, num_classes: int, alpha: float = 1.0) -> None:
         super().__init__(num_classes, alpha)
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None):
+    def __call__(self, x: torch.Tensor, y: torch.Tensor | None = None, generator: torch.Generator | None = None):
+        t = self._targets(y, generator)
         if x.ndim != 4:
             raise ValueError(f"cutmix needs images (N, C, H, W), got shape {tuple(x.shape)}")
         n, _, h, w = x.shape
@@ -195,7 +234,6 @@ class CutMix(Mixup):
         out = x.clone()
         out[:, :, y0:y1, x0:x1] = x[j, :, y0:y1, x0:x1]
         lam = 1.0 - (y1 - y0) * (x1 - x0) / (h * w)
-        t = one_hot(y, self.num_classes)
         return out, t * lam + t[j] * (1 - lam)
 
     def __repr__(self) -> str:
@@ -203,21 +241,21 @@ class CutMix(Mixup):
 
 
 class Compose:
-    """Apply augmentations in order. Those that mix labels (``mixes_labels``: mixup, cutmix) also take and
-    return the targets; call ``compose(x, generator, y)`` then, which returns ``(x, y)``."""
+    """Apply batch transforms in order, each called by the one convention ``aug(x, y, generator)`` (see the module
+    docstring): ``compose(x, y=None, generator=None)`` returns ``x``, or ``(x, y)`` when targets are given (needed
+    when one of them mixes labels: mixup, cutmix)."""
 
     def __init__(self, augs: list) -> None:
         self.augs = list(augs)
         self.mixes_labels = any(getattr(a, "mixes_labels", False) for a in self.augs)
 
-    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None, y: torch.Tensor | None = None):
+    def __call__(self, x: torch.Tensor, y: torch.Tensor | None = None, generator: torch.Generator | None = None):
+        _check_generator(y, generator)
         for a in self.augs:
-            if getattr(a, "mixes_labels", False):
-                if y is None:
-                    raise ValueError(f"{a!r} mixes labels: call the augmentation with the targets too")
-                x, y = a(x, y, generator)
+            if y is None:
+                x = a(x, None, generator)
             else:
-                x = a(x, generator)
+                x, y = a(x, y, generator)
         return x if y is None else (x, y)
 
     def __repr__(self) -> str:

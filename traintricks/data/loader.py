@@ -21,9 +21,10 @@ class TensorLoader:
         batch_size: examples per batch.
         shuffle: draw a new permutation each epoch (seeded by ``seed`` and the epoch).
         drop_last: skip the final incomplete batch.
-        transform: ``transform(x_batch, generator)``, e.g. an augmentation, applied per batch; one with
-            ``mixes_labels`` (mixup, cutmix) is called ``transform(x, generator, y)`` and returns ``(x, y)``
-            with soft targets of shape (N, classes).
+        transform: a batch transform by the one convention of :mod:`traintricks.data.augment`, called
+            ``transform(x_batch, y_batch, generator=g)`` and returning ``(x, y)``: any augmentation (crop, flip,
+            cutout, ..., or mixup/cutmix, which return soft targets of shape (N, classes)) or a :class:`Compose`.
+            Anything else raises ``TypeError`` naming the convention.
         memory_format: e.g. ``torch.channels_last`` for 4-D batches.
         transform_from_epoch: apply ``transform`` only from this epoch on (0-based; a late start for augmentation:
             the network first learns the plain images fast, then trains on augmented ones).
@@ -31,7 +32,7 @@ class TensorLoader:
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bool = False,
                  drop_last: bool = False, seed: int = 0,
-                 transform: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
+                 transform: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None,
                  memory_format: torch.memory_format | None = None, rank: int = 0, world_size: int = 1,
                  transform_from_epoch: int = 0) -> None:
         if len(x) != len(y):
@@ -76,10 +77,12 @@ class TensorLoader:
         """The examples ``idx``, augmented with generator ``g`` and in the loader's memory format."""
         xb, yb = self.x[idx], self.y[idx]
         if self.transform is not None and self.epoch >= self.transform_from_epoch:
-            if getattr(self.transform, "mixes_labels", False):   # mixup/cutmix: soft targets
-                xb, yb = self.transform(xb, g, yb)
-            else:
-                xb = self.transform(xb, g)
+            out = self.transform(xb, yb, generator=g)
+            if not (isinstance(out, tuple) and len(out) == 2):
+                raise TypeError(f"TensorLoader: transform {self.transform!r} must return (x, y) when called "
+                                f"transform(x, y, generator=g) (the augmentations' convention); got "
+                                f"{type(out).__name__}")
+            xb, yb = out
         if self.memory_format is not None and xb.ndim == 4:
             xb = xb.contiguous(memory_format=self.memory_format)
         return xb, yb

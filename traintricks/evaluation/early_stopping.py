@@ -17,10 +17,24 @@ for ``patience`` consecutive epochs. Prechelt's three classes of criteria, on th
 Strips are the epochs ``k, 2k, 3k, ...`` (``PQ`` and ``UP`` are only evaluated at strip ends, ``GL`` every epoch).
 With ``restore_best`` the weights of the epoch of ``E_opt`` are put back. The state is part of the checkpoint, so
 a resumed run stops where an uninterrupted one would.
+
+In a plain loop (no trainer), pass the model to ``update`` and the criterion keeps a copy of the best weights and
+puts them back itself when it says stop (:meth:`EarlyStopping.restore` does it at any other time)::
+
+    stopper = EarlyStopping(patience=3)                     # restore_best=True
+    for epoch in range(1, epochs + 1):
+        train_one_epoch(model)
+        if stopper.update(epoch, {"val_loss": evaluate(model)}, model):
+            break                                           # model now holds the best epoch's weights
+    else:
+        stopper.restore(model)
 """
 from __future__ import annotations
 
 import math
+from typing import Any
+
+import torch
 
 from ..registry import Registry
 
@@ -36,7 +50,8 @@ class EarlyStopping:
         min_delta: smallest change counted as an improvement (>= 0).
         monitor: metric name from the epoch record, e.g. ``"val_loss"`` or ``"val_accuracy"``.
         mode: ``"min"`` or ``"max"``; by default ``"max"`` for names containing "acc", else ``"min"``.
-        restore_best: put back the best epoch's weights when training ends.
+        restore_best: put back the best epoch's weights when training ends: the trainer does it, or, in a plain
+            loop, ``update(..., model)`` does when it returns True (and :meth:`restore` at any time).
     """
 
     def __init__(self, patience: int = 5, min_delta: float = 0.0, monitor: str = "val_loss",
@@ -53,23 +68,48 @@ class EarlyStopping:
         self.best = math.inf if mode == "min" else -math.inf
         self.best_epoch = 0
         self.bad_epochs = 0
+        self.best_state: dict[str, torch.Tensor] | None = None    # the best weights (only with a model given)
+
+    def _value(self, record: dict | float) -> float:
+        if not isinstance(record, dict):
+            return float(record)                    # a plain number: the monitored value itself
+        if self.monitor not in record:
+            raise KeyError(f"early stopping monitors {self.monitor!r}, which the epoch record lacks "
+                           f"(has: {', '.join(sorted(record))})")
+        return float(record[self.monitor])
+
+    def _track(self, model: Any, improved: bool, stop: bool) -> bool:
+        """Keep a copy of ``model``'s weights when the epoch improved; put the best back on a stop."""
+        if model is not None and self.restore_best:
+            if improved:
+                self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            if stop:
+                self.restore(model)
+        return stop
+
+    def restore(self, model: Any) -> bool:
+        """Load the best epoch's weights kept by ``update(..., model)`` into ``model``; False if none were kept."""
+        if self.best_state is None:
+            return False
+        model.load_state_dict(self.best_state)
+        return True
 
     def improved(self, value: float) -> bool:
         if self.mode == "min":
             return value < self.best - self.min_delta
         return value > self.best + self.min_delta
 
-    def update(self, epoch: int, record: dict) -> bool:
-        """Record ``epoch``'s metrics; return True when training should stop."""
-        if self.monitor not in record:
-            raise KeyError(f"early stopping monitors {self.monitor!r}, which the epoch record lacks "
-                           f"(has: {', '.join(sorted(record))})")
-        value = float(record[self.monitor])
-        if self.improved(value):
+    def update(self, epoch: int, record: dict | float, model: Any = None) -> bool:
+        """Record ``epoch``'s metrics (the epoch record, or the monitored value as a number); return True when
+        training should stop. With ``model`` (and ``restore_best``) keep its weights at every improvement and
+        load the best ones back into it when returning True."""
+        value = self._value(record)
+        better = self.improved(value)
+        if better:
             self.best, self.best_epoch, self.bad_epochs = value, epoch, 0
         else:
             self.bad_epochs += 1
-        return self.bad_epochs >= self.patience
+        return self._track(model, better, self.bad_epochs >= self.patience)
 
     def state_dict(self) -> dict:
         return {"best": self.best, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs}
@@ -93,11 +133,8 @@ class PrecheltCriterion(EarlyStopping):
         self.val_errors: list[float] = []
         self.train_errors: list[float] = []
 
-    def error(self, record: dict) -> float:
-        if self.monitor not in record:
-            raise KeyError(f"early stopping monitors {self.monitor!r}, which the epoch record lacks "
-                           f"(has: {', '.join(sorted(record))})")
-        v = float(record[self.monitor])
+    def error(self, record: dict | float) -> float:
+        v = self._value(record)
         return 1.0 - v if self.mode == "max" else v
 
     def generalization_loss(self) -> float:
@@ -115,22 +152,22 @@ class PrecheltCriterion(EarlyStopping):
             return 0.0
         return 1000.0 * (sum(strip) / (len(strip) * low) - 1.0)
 
-    def update(self, epoch: int, record: dict) -> bool:
+    def update(self, epoch: int, record: dict | float, model: Any = None) -> bool:
         e_va = self.error(record)
         self.val_errors.append(e_va)
         if self.needs_train:
-            if "train_loss" not in record:
+            if not isinstance(record, dict) or "train_loss" not in record:
                 raise KeyError("this criterion needs 'train_loss' in the epoch record")
             self.train_errors.append(float(record["train_loss"]))
-        if e_va < self.best_error():
-            self.best, self.best_epoch = float(record[self.monitor]), epoch
-        return self.should_stop(epoch)
+        better = e_va < self.best_error()
+        if better:
+            self.best, self.best_epoch = self._value(record), epoch
+        return self._track(model, better, self.should_stop(epoch))
 
     needs_train = False
 
     def best_error(self) -> float:
-        if not self.best_epoch:
-            return math.inf
+        """``E_opt`` so far (``inf`` before the first epoch: ``best`` starts at -inf/inf; epochs may count from 0)."""
         return 1.0 - self.best if self.mode == "max" else self.best
 
     def at_strip_end(self, epoch: int) -> bool:

@@ -89,9 +89,19 @@ class ModelEMA:
         self.updates += 1
 
     @torch.no_grad()
-    def recompute_bn(self, batches: Iterable[torch.Tensor], forward=None) -> int:
-        """Re-estimate the EMA model's batch-norm running statistics on ``batches`` (inputs) with its own weights:
-        a cumulative average (``momentum=None``) over the batches. Returns the number of batches used."""
+    def recompute_bn(self, batches: Iterable, forward=None, device: torch.device | str | None = None,
+                     max_batches: int | None = None) -> int:
+        """Re-estimate the EMA model's batch-norm running statistics with its own weights: a cumulative average
+        (``momentum=None``) over the batches, as :func:`torch.optim.swa_utils.update_bn` computes it.
+
+        Args:
+            batches: any iterable of batches, e.g. a ``torch.utils.data.DataLoader`` or a ``TensorLoader``: each
+                batch is the input tensor, or a list/tuple whose first element is (``(x, y)``), as ``update_bn``.
+            forward: called on each input instead of the EMA module (e.g. a compiled wrapper of it).
+            device: move each input there first (as ``update_bn``'s ``device``).
+            max_batches: at most this many batches (default ``bn_batches``; ``update_bn`` uses all of them).
+
+        Returns the number of batches used (0, and nothing changed, for a model without batch norm)."""
         bns = [m for m in self.module.modules() if _is_bn(m)]
         if not bns:
             return 0
@@ -104,12 +114,17 @@ class ModelEMA:
         self.module.train()
         n = 0
         try:
+            limit = self.bn_batches if max_batches is None else max_batches
             for x in batches:
+                if isinstance(x, (list, tuple)):
+                    x = x[0]
+                if device is not None:
+                    x = x.to(device)
                 for m in bns:          # rate 1/n: the n-th batch makes the estimate the mean over n batches
                     _set_rate(m, 1.0 / (n + 1))
                 (forward or self.module)(x)
                 n += 1
-                if n >= self.bn_batches:
+                if n >= limit:
                     break
         finally:
             for m, r in saved:

@@ -64,19 +64,19 @@ def sinkhorn(num_classes: int, cost: list[list[float]] | None = None, eps: float
 @LOSSES.register("l1")
 def l1(reduction: str = "mean") -> nn.Module:
     """Mean absolute error to the (one-hot) target."""
-    return L1Loss(reduction)
+    return L1Loss(reduction=reduction)
 
 
 @LOSSES.register("l2")
 def l2(reduction: str = "mean") -> nn.Module:
     """Mean squared error to the (one-hot) target."""
-    return L2Loss(reduction)
+    return L2Loss(reduction=reduction)
 
 
 @LOSSES.register("huber")
 def huber(delta: float = 1.0) -> nn.Module:
     """Huber loss: quadratic below delta, linear above (robust)."""
-    return HuberLoss(delta)
+    return HuberLoss(delta=delta)
 
 
 @LOSSES.register("large_margin")

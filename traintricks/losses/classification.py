@@ -29,37 +29,70 @@ from ..errors import NonFiniteInputError
 REDUCTIONS = ("mean", "sum", "none")
 
 
-
 def check_reduction(name: str, reduction: str) -> str:
     if reduction not in REDUCTIONS:
         raise ValueError(f"{name}: reduction must be one of {', '.join(REDUCTIONS)}, got {reduction!r}")
     return reduction
 
 
-def check_logits_target(name: str, logits: torch.Tensor, target: torch.Tensor, ignore_index: int | None = None) -> None:
-    """Shapes (N, K) logits with (N,) class indices in [0, K) or (N, K) probabilities; finite logits."""
-    if logits.ndim != 2:
-        raise ValueError(f"{name}: expected logits of shape (N, classes), got {tuple(logits.shape)}")
-    n, k = logits.shape
-    if target.ndim == 1:
-        if target.shape[0] != n:
-            raise ValueError(f"{name}: {n} logit rows but {target.shape[0]} targets")
-        if target.dtype.is_floating_point:
-            raise ValueError(f"{name}: class-index targets must be integers, got {target.dtype}")
-        valid = target if ignore_index is None else target[target != ignore_index]
-        if valid.numel() and (int(valid.min()) < 0 or int(valid.max()) >= k):
-            raise ValueError(f"{name}: target labels must be in [0, {k}), got values in "
-                             f"[{int(valid.min())}, {int(valid.max())}]")
-    elif target.shape != logits.shape:
-        raise ValueError(f"{name}: soft targets must have the logits' shape {tuple(logits.shape)}, "
-                         f"got {tuple(target.shape)}")
-    if not bool(torch.isfinite(logits).all()):
+def class_index_target(name: str, target: torch.Tensor) -> torch.Tensor:
+    """Integer class indices of any dtype as ``int64`` (``F.cross_entropy`` takes only int64 and uint8, and uint8
+    fails with label smoothing); bool is refused."""
+    if target.dtype == torch.bool:
+        raise ValueError(f"{name}: class-index targets must be integers, got torch.bool")
+    return target.long()
+
+
+def check_logits_target(name: str, logits: torch.Tensor, target: torch.Tensor, ignore_index: int | None = None,
+                        validate: bool = False, min_ndim: int = 1, max_ndim: int | None = None) -> None:
+    """Shape and dtype checks of ``F.cross_entropy``'s layouts, without host synchronization:
+
+    * logits (C,) with a class-index target () -- one unbatched example;
+    * logits (N, C) or (N, C, d1, ...) with integer class indices (N,) or (N, d1, ...), or with soft targets
+      (probabilities) of the logits' shape.
+
+    Only static facts (shapes, dtypes) are checked. With ``validate=True`` the values are checked too, at the
+    cost of a host synchronization: class indices in ``[0, C)`` (``ignore_index`` allowed) and finite logits
+    (:class:`NonFiniteInputError`). Without it, out-of-range labels raise where the computation indexes with
+    them (``IndexError``/``RuntimeError`` on the CPU, a device-side assert on a GPU), as in PyTorch."""
+    if not logits.is_floating_point():
+        raise ValueError(f"{name}: logits must be floating point, got {logits.dtype}")
+    if logits.ndim < max(min_ndim, 1) or (max_ndim is not None and logits.ndim > max_ndim):
+        want = "(N, classes)" if max_ndim == 2 else "(N, classes, ...) or (classes,)"
+        raise ValueError(f"{name}: expected logits of shape {want}, got {tuple(logits.shape)}")
+    cdim = 1 if logits.ndim >= 2 else 0
+    k = logits.shape[cdim]
+    if target.is_floating_point():
+        if target.shape != logits.shape:
+            raise ValueError(f"{name}: soft targets must have the logits' shape {tuple(logits.shape)}, "
+                             f"got {tuple(target.shape)}")
+    else:
+        class_index_target(name, target)
+        expect = logits.shape[:cdim] + logits.shape[cdim + 1:]
+        if target.shape != expect:
+            if logits.ndim == 2 and target.ndim == 1:
+                raise ValueError(f"{name}: Expected input batch_size ({logits.shape[0]}) to match target batch_size "
+                                 f"({target.shape[0]})")
+            raise ValueError(f"{name}: class-index targets of shape {tuple(expect)} expected for logits of shape "
+                             f"{tuple(logits.shape)}, got {tuple(target.shape)}")
+        if validate:
+            valid = target if ignore_index is None else target[target != ignore_index]
+            if valid.numel() and (int(valid.min()) < 0 or int(valid.max()) >= k):
+                raise ValueError(f"{name}: target labels must be in [0, {k}), got values in "
+                                 f"[{int(valid.min())}, {int(valid.max())}]")
+    if validate and not bool(torch.isfinite(logits).all()):
         raise NonFiniteInputError(f"{name}: non-finite values (NaN or Inf) in the logits")
 
 
-def soft_targets(target: torch.Tensor, num_classes: int, label_smoothing: float = 0.0) -> torch.Tensor:
-    """``q = (1 - eps) * t + eps / K`` with ``t`` the one-hot (or given soft) target."""
-    q = target.float() if target.ndim == 2 else F.one_hot(target, num_classes).float()
+def soft_targets(target: torch.Tensor, num_classes: int, label_smoothing: float = 0.0,
+                 dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``q = (1 - eps) * t + eps / K`` with ``t`` the one-hot (or given soft) target, classes on dim 1
+    (dim 0 for an unbatched target), in ``dtype`` (default: the soft target's dtype, else float32)."""
+    if target.is_floating_point():
+        q = target if dtype is None else target.to(dtype)
+    else:
+        q = F.one_hot(class_index_target("soft_targets", target).long(), num_classes)
+        q = (q.movedim(-1, 1) if q.ndim > 2 else q).to(dtype or torch.get_default_dtype())
     return q * (1 - label_smoothing) + label_smoothing / num_classes if label_smoothing else q
 
 
@@ -82,52 +115,66 @@ def _reduce(loss: torch.Tensor, reduction: str, denom: torch.Tensor | float | No
 
 def cross_entropy(logits: torch.Tensor, target: torch.Tensor, label_smoothing: float = 0.0,
                   weight: torch.Tensor | None = None, ignore_index: int = -100, reduction: str = "mean",
-                  check: bool = True) -> torch.Tensor:
-    """``-sum_k q_k log softmax(z)_k`` per example (see the module docstring), reduced."""
-    if check:
-        check_logits_target("cross_entropy", logits, target, ignore_index if target.ndim == 1 else None)
-    k = logits.shape[1]
-    logp = torch.log_softmax(logits.float(), dim=1)
-    if target.ndim == 1:
-        keep = target != ignore_index
-        safe = torch.where(keep, target, torch.zeros_like(target))
-        q = soft_targets(safe, k, label_smoothing)
-        w_row = weight[safe] if weight is not None else torch.ones_like(logp[:, 0])
-        if weight is not None and label_smoothing:
-            # PyTorch's convention: the smoothing term is weighted per class, not per example
-            per = -(1 - label_smoothing) * logp.gather(1, safe[:, None])[:, 0] * w_row \
-                  - label_smoothing / k * (logp * weight).sum(1)
-        else:
-            per = -(q * logp).sum(1) * w_row
-        per = per * keep
-        denom = (w_row * keep).sum() if reduction == "mean" else None
-        return _reduce(per, reduction, denom)
-    q = soft_targets(target, k, label_smoothing)
-    per = -(q * logp * (weight if weight is not None else 1.0)).sum(1)
-    return _reduce(per, reduction)
+                  check: bool = True, validate: bool = False) -> torch.Tensor:
+    """``-sum_k q_k log softmax(z)_k`` per example (see the module docstring), reduced: ``F.cross_entropy``
+    with its layouts (see :func:`check_logits_target`), any integer target dtype, and class weights cast to
+    the logits' dtype and device. ``check``: shape checks (no synchronization); ``validate``: value checks too."""
+    if check or validate:
+        check_logits_target("cross_entropy", logits, target, ignore_index, validate)
+    if not target.is_floating_point():
+        target = class_index_target("cross_entropy", target)
+    if weight is not None and (weight.dtype != logits.dtype or weight.device != logits.device):
+        weight = weight.to(device=logits.device, dtype=logits.dtype)
+    return F.cross_entropy(logits, target, weight=weight, ignore_index=ignore_index, reduction=reduction,
+                           label_smoothing=label_smoothing)
 
 
 class CrossEntropy(nn.Module):
-    """Softmax cross-entropy with hard or soft targets, label smoothing and class weights.
+    """Softmax cross-entropy with hard or soft targets, label smoothing and class weights: the computation of
+    :class:`torch.nn.CrossEntropyLoss` (it calls ``F.cross_entropy``), with the notes' options.
 
-    ``class_weights`` is a list of ``K`` weights, or ``"balanced"`` (then pass ``class_counts``, the training
-    labels' per-class counts; the recipe does). ``ignore_index`` marks hard targets to skip."""
+    Args:
+        label_smoothing: ``eps`` in ``[0, 1]``; the target becomes ``(1 - eps) * onehot + eps / K``.
+        class_weights: ``K`` non-negative weights (a list or a tensor, whose dtype is kept), or ``"balanced"``
+            (then pass ``class_counts``, the training labels' per-class counts; the recipe does).
+        class_counts: per-class counts for ``"balanced"``: ``w_c = N / (K * n_c)``.
+        ignore_index: hard targets with this value are skipped (and leave the weighted mean's denominator).
+        reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+        weight: PyTorch's name (keyword-only): a tensor of ``K`` class weights, used as given (no checks, as
+            ``CrossEntropyLoss(weight=...)``); give either this or ``class_weights``.
+        validate: also check label ranges and finite logits in every call (one host synchronization; off by
+            default: out-of-range labels then raise PyTorch's ``IndexError``/device assert).
 
-    def __init__(self, label_smoothing: float = 0.0, class_weights: Sequence[float] | str | None = None,
-                 class_counts: Sequence[int] | None = None, ignore_index: int = -100, reduction: str = "mean") -> None:
+    Shapes: logits (N, C), (N, C, d1, ...) or (C,); targets class indices (N,), (N, d1, ...) or () of any integer
+    dtype, or probabilities of the logits' shape. The result has the logits' dtype ((N, d1, ...) for
+    ``reduction="none"``). Bad shapes, target dtypes or a wrong number of class weights raise PyTorch's errors
+    (``F.cross_entropy`` checks them); bad options raise ``ValueError`` at construction (PyTorch: at the call)."""
+
+    def __init__(self, label_smoothing: float = 0.0, class_weights: Sequence[float] | torch.Tensor | str | None = None,
+                 class_counts: Sequence[int] | None = None, ignore_index: int = -100, reduction: str = "mean", *,
+                 weight: torch.Tensor | None = None, validate: bool = False) -> None:
         super().__init__()
-        if not 0.0 <= label_smoothing < 1.0:
-            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+        if not 0.0 <= label_smoothing <= 1.0:
+            raise ValueError(f"label_smoothing must be between 0.0 and 1.0, got {label_smoothing}")
         self.label_smoothing, self.ignore_index = float(label_smoothing), ignore_index
         self.reduction = check_reduction("CrossEntropy", reduction)
-        if class_weights == "balanced":
+        self.validate = bool(validate)
+        if weight is not None:
+            if class_weights is not None:
+                raise ValueError("CrossEntropy: give class_weights or weight (PyTorch's name), not both")
+            w = torch.as_tensor(weight)
+            if w.ndim != 1 or not w.is_floating_point():
+                raise ValueError(f"CrossEntropy: weight must be a 1-D floating-point tensor, got {tuple(w.shape)} "
+                                 f"{w.dtype}")
+        elif isinstance(class_weights, str) and class_weights == "balanced":
             if class_counts is None:
                 raise ValueError("class_weights='balanced' needs class_counts (the training labels' counts)")
             w = balanced_weights(class_counts)
         elif isinstance(class_weights, str):
             raise ValueError(f"class_weights must be a list of numbers or 'balanced', got {class_weights!r}")
         elif class_weights is not None:
-            w = torch.as_tensor(class_weights, dtype=torch.float32)
+            w = torch.as_tensor(class_weights)
+            w = w if w.is_floating_point() else w.to(torch.get_default_dtype())
             if w.ndim != 1 or (w < 0).any():
                 raise ValueError(f"class_weights must be a list of non-negative numbers, got {class_weights}")
         else:
@@ -135,45 +182,63 @@ class CrossEntropy(nn.Module):
         self.register_buffer("weight", w)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        if self.weight is not None and self.weight.numel() != logits.shape[-1]:
-            raise ValueError(f"CrossEntropy: {self.weight.numel()} class weights for {logits.shape[-1]} classes")
-        return cross_entropy(logits, target, self.label_smoothing, self.weight, self.ignore_index, self.reduction)
+        # shapes, dtypes and the number of class weights are checked by F.cross_entropy itself, with PyTorch's
+        # errors (ValueError for a batch-size mismatch, RuntimeError for the rest)
+        return cross_entropy(logits, target, self.label_smoothing, self.weight, self.ignore_index, self.reduction,
+                             check=False, validate=self.validate)
 
     def extra_repr(self) -> str:
         return f"label_smoothing={self.label_smoothing}, weighted={self.weight is not None}, reduction={self.reduction}"
 
 
+def _class_dim(logits: torch.Tensor) -> int:
+    return 1 if logits.ndim >= 2 else 0
+
+
 class KLDivergence(nn.Module):
     """``KL(q || p) = sum_k q_k (log q_k - log p_k)`` to soft (or one-hot, or smoothed) targets ``q``,
     ``p = softmax(logits)``; terms with ``q_k = 0`` contribute 0. ``reduction="mean"`` averages over examples
-    (PyTorch's ``batchmean``)."""
+    (PyTorch's ``batchmean`` for (N, C) logits; every position of (N, C, d1, ...) logits is an example).
 
-    def __init__(self, label_smoothing: float = 0.0, reduction: str = "mean") -> None:
+    Unlike :class:`torch.nn.KLDivLoss` it takes *logits* (not log-probabilities) and class-index or
+    probability targets: ``KLDivergence()(z, q) == F.kl_div(log_softmax(z, 1), q, reduction="batchmean")``.
+    Shapes as :class:`CrossEntropy` (no ``ignore_index``); the result has the logits' dtype. ``validate=True``
+    checks label ranges and finite logits (host synchronization)."""
+
+    def __init__(self, label_smoothing: float = 0.0, reduction: str = "mean", *, validate: bool = False) -> None:
         super().__init__()
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
         self.label_smoothing, self.reduction = float(label_smoothing), check_reduction("KLDivergence", reduction)
+        self.validate = bool(validate)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        check_logits_target("KLDivergence", logits, target)
-        q = soft_targets(target, logits.shape[1], self.label_smoothing)
-        logp = torch.log_softmax(logits.float(), dim=1)
-        per = (torch.xlogy(q, q) - q * logp).sum(1)
+        check_logits_target("KLDivergence", logits, target, validate=self.validate)
+        c = _class_dim(logits)
+        q = soft_targets(target, logits.shape[c], self.label_smoothing, dtype=logits.dtype)
+        logp = torch.log_softmax(logits, dim=c)
+        per = (torch.xlogy(q, q) - q * logp).sum(c)
         return _reduce(per, self.reduction)
 
 
 class ConfidencePenalty(nn.Module):
-    """Cross-entropy minus ``beta`` times the output entropy, ``CE(q, p) - beta * H(p)`` (1701.06548)."""
+    """Cross-entropy minus ``beta`` times the output entropy, ``CE(q, p) - beta * H(p)`` (Pereyra et al. 2017,
+    arXiv:1701.06548). Shapes and dtypes as :class:`CrossEntropy`; ``reduction="mean"`` averages over examples."""
 
-    def __init__(self, beta: float = 0.1, label_smoothing: float = 0.0, reduction: str = "mean") -> None:
+    def __init__(self, beta: float = 0.1, label_smoothing: float = 0.0, reduction: str = "mean", *,
+                 validate: bool = False) -> None:
         super().__init__()
         if beta < 0:
             raise ValueError(f"beta must be >= 0, got {beta}")
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
         self.beta, self.label_smoothing = float(beta), float(label_smoothing)
         self.reduction = check_reduction("ConfidencePenalty", reduction)
+        self.validate = bool(validate)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        ce = cross_entropy(logits, target, self.label_smoothing, reduction="none")
-        logp = torch.log_softmax(logits.float(), dim=1)
-        entropy = -(logp.exp() * logp).sum(1)
+        check_logits_target("ConfidencePenalty", logits, target, validate=self.validate)
+        ce = cross_entropy(logits, target, self.label_smoothing, reduction="none", check=False)
+        logp = torch.log_softmax(logits, dim=_class_dim(logits))
+        entropy = -(logp.exp() * logp).sum(_class_dim(logits))
         return _reduce(ce - self.beta * entropy, self.reduction)

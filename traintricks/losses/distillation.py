@@ -18,14 +18,17 @@ from .classification import check_logits_target, check_reduction, cross_entropy
 
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, target: torch.Tensor, temperature: float = 4.0,
                       alpha: float = 0.9, reduction: str = "mean") -> torch.Tensor:
+    """The module docstring's ``L`` per example (shapes as :class:`CrossEntropy`: student and teacher logits
+    (N, C[, d1, ...]), class-index or soft targets), reduced; in the student's dtype (the teacher's logits are
+    cast to it)."""
     if student.shape != teacher.shape:
         raise ValueError(f"distillation: student logits {tuple(student.shape)} and teacher logits "
                          f"{tuple(teacher.shape)} differ in shape")
-    t = temperature
-    log_ps = torch.log_softmax(student.float() / t, dim=1)
-    log_pt = torch.log_softmax(teacher.float() / t, dim=1)
-    soft = (log_pt.exp() * (log_pt - log_ps)).sum(1) * t * t
-    hard = cross_entropy(student, target, reduction="none")
+    t, c = temperature, (1 if student.ndim >= 2 else 0)
+    log_ps = torch.log_softmax(student / t, dim=c)
+    log_pt = torch.log_softmax(teacher.to(student.dtype) / t, dim=c)
+    soft = (log_pt.exp() * (log_pt - log_ps)).sum(c) * t * t
+    hard = cross_entropy(student, target, reduction="none", check=False)
     per = alpha * soft + (1 - alpha) * hard
     return per if reduction == "none" else per.sum() if reduction == "sum" else per.mean()
 
@@ -35,7 +38,7 @@ class Distillation(nn.Module):
     model given, ``forward(student_logits, target)`` runs the teacher on the student's input itself."""
 
     def __init__(self, temperature: float = 4.0, alpha: float = 0.9, teacher: nn.Module | None = None,
-                 student: nn.Module | None = None, reduction: str = "mean") -> None:
+                 student: nn.Module | None = None, reduction: str = "mean", *, validate: bool = False) -> None:
         super().__init__()
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
@@ -43,6 +46,7 @@ class Distillation(nn.Module):
             raise ValueError(f"alpha must be in [0, 1], got {alpha}")
         self.temperature, self.alpha = float(temperature), float(alpha)
         self.reduction = check_reduction("Distillation", reduction)
+        self.validate = bool(validate)
         self.teacher = teacher.eval().requires_grad_(False) if teacher is not None else None
         self._inputs: list[torch.Tensor] = []
         if teacher is not None:
@@ -57,7 +61,7 @@ class Distillation(nn.Module):
         return self
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor, teacher_logits: torch.Tensor | None = None):
-        check_logits_target("Distillation", logits, target)
+        check_logits_target("Distillation", logits, target, validate=self.validate)
         if teacher_logits is None:
             if self.teacher is None or not self._inputs:
                 raise ValueError("Distillation: no teacher logits given and no teacher model to compute them")

@@ -21,7 +21,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .classification import _reduce, check_logits_target, check_reduction
+from .classification import _reduce, check_logits_target, check_reduction, class_index_target
 
 
 def tree_matrices(parents: Sequence[int], num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -50,10 +50,14 @@ def tree_matrices(parents: Sequence[int], num_classes: int) -> tuple[torch.Tenso
 
 
 class HierarchicalLoss(nn.Module):
-    """See the module docstring. ``parents`` lists each node's parent; ``weights`` (optional) one per node."""
+    """See the module docstring. ``parents`` lists each node's parent; ``weights`` (optional) one per node.
+
+    Shapes: logits (N, K), targets class indices (N,) of any integer dtype or probabilities (N, K). Computed in
+    at least float32, returned in the logits' dtype. ``validate=True`` checks label ranges and finite logits
+    (a host synchronization); without it an out-of-range label raises PyTorch's ``IndexError``."""
 
     def __init__(self, parents: Sequence[int], num_classes: int, weights: Sequence[float] | None = None,
-                 reduction: str = "mean") -> None:
+                 reduction: str = "mean", *, validate: bool = False) -> None:
         super().__init__()
         below, path = tree_matrices(list(parents), num_classes)
         w = torch.ones(len(parents)) if weights is None else torch.as_tensor(weights, dtype=torch.float32)
@@ -62,14 +66,18 @@ class HierarchicalLoss(nn.Module):
         self.register_buffer("below", below)
         self.register_buffer("path", path * w / path.sum(1, keepdim=True))
         self.num_classes, self.reduction = num_classes, check_reduction("HierarchicalLoss", reduction)
+        self.validate = bool(validate)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        check_logits_target("HierarchicalLoss", logits, target)
+        check_logits_target("HierarchicalLoss", logits, target, validate=self.validate, min_ndim=2, max_ndim=2)
         if logits.shape[1] != self.num_classes:
             raise ValueError(f"HierarchicalLoss: tree has {self.num_classes} classes, logits {logits.shape[1]}")
-        p = torch.softmax(logits.float(), dim=1)                                  # (N, K)
+        work = torch.promote_types(logits.dtype, torch.float32)           # float16/bfloat16: sums of small p in fp32
+        p = torch.softmax(logits.to(work), dim=1)                                 # (N, K)
         # log P(a), P(a) = sum of the class probabilities below a (clamped: the root row is empty and
         # has weight 0; a tiny floor keeps log and its gradient finite)
-        log_node = (p @ self.below.T).clamp_min(1e-30).log()                     # (N, nodes)
-        weights = self.path[target] if target.ndim == 1 else target.float() @ self.path
-        return _reduce(-(weights * log_node).sum(1), self.reduction)
+        log_node = (p @ self.below.to(work).T).clamp_min(1e-30).log()           # (N, nodes)
+        path = self.path.to(work)
+        weights = path[class_index_target("HierarchicalLoss", target).long()] if not target.is_floating_point() \
+            else target.to(work) @ path
+        return _reduce(-(weights * log_node).sum(1), self.reduction).to(logits.dtype)

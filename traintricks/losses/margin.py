@@ -18,7 +18,7 @@ import math
 import torch
 from torch import nn
 
-from .classification import check_logits_target, check_reduction, cross_entropy
+from .classification import check_reduction, class_index_target, cross_entropy
 
 
 def chebyshev(c: torch.Tensor, m: int) -> torch.Tensor:
@@ -33,7 +33,9 @@ def chebyshev(c: torch.Tensor, m: int) -> torch.Tensor:
 
 def large_margin_logits(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, target: torch.Tensor,
                         m: int, lam: float = 0.0) -> torch.Tensor:
-    """The logits with the L-Softmax target logit (see the module docstring)."""
+    """The logits with the L-Softmax target logit (see the module docstring): ``x`` (N, D), ``weight`` (K, D),
+    ``target`` (N,) class indices of any integer dtype; in ``x``'s dtype."""
+    target = class_index_target("large_margin_logits", target).long()
     logits = x @ weight.T
     w_y = weight[target]                                             # (N, D)
     norms = w_y.norm(dim=1) * x.norm(dim=1)
@@ -50,10 +52,13 @@ class LargeMarginSoftmax(nn.Module):
     """L-Softmax loss on features ``x`` (N, D) and a class weight matrix (K, D): ``forward(x, target)``.
 
     Holds its own classifier (``weight``, ``bias``) unless given an existing ``nn.Linear`` ``head``, whose
-    parameters it then uses. ``logits(x)`` gives the plain inference logits."""
+    parameters it then uses (``device``/``dtype`` are for the classifier it creates). ``logits(x)`` gives the
+    plain inference logits. ``reset_parameters()`` re-initializes the classifier (``nn.Linear``'s rule).
+    Raises ``ValueError`` for targets that are not class indices (N,) matching ``x`` (N, D)."""
 
     def __init__(self, in_features: int | None = None, num_classes: int | None = None, m: int = 2,
-                 lam: float = 0.0, head: nn.Linear | None = None, reduction: str = "mean") -> None:
+                 lam: float = 0.0, head: nn.Linear | None = None, reduction: str = "mean", *,
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
         if int(m) != m or m < 1:
             raise ValueError(f"m must be a positive integer, got {m}")
@@ -62,15 +67,22 @@ class LargeMarginSoftmax(nn.Module):
         if head is None:
             if in_features is None or num_classes is None:
                 raise ValueError("LargeMarginSoftmax needs in_features and num_classes, or a head")
-            head = nn.Linear(in_features, num_classes)
+            head = nn.Linear(in_features, num_classes, device=device, dtype=dtype)
         self.head, self.m, self.lam = head, int(m), float(lam)
         self.reduction = check_reduction("LargeMarginSoftmax", reduction)
+
+    def reset_parameters(self) -> None:
+        self.head.reset_parameters()
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(x)
 
     def forward(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        check_logits_target("LargeMarginSoftmax", self.head(x.detach()), target)
+        if x.ndim != 2 or x.shape[1] != self.head.in_features:
+            raise ValueError(f"LargeMarginSoftmax: expected features (N, {self.head.in_features}), got {tuple(x.shape)}")
+        if target.is_floating_point() or target.shape != (x.shape[0],):
+            raise ValueError(f"LargeMarginSoftmax: needs class indices of shape ({x.shape[0]},), got "
+                             f"{tuple(target.shape)} {target.dtype}")
         z = large_margin_logits(x, self.head.weight, self.head.bias, target, self.m, self.lam)
         return cross_entropy(z, target, reduction=self.reduction, check=False)
 
@@ -98,4 +110,4 @@ class LargeMarginLoss(nn.Module):
         if not self._features or self._features[0].shape[0] != logits.shape[0] or target.ndim != 1:
             return cross_entropy(logits, target)          # evaluation batches, soft targets: plain softmax
         x = self._features[0]
-        return self.lsm(x.float(), target)
+        return self.lsm(x, target)

@@ -13,54 +13,74 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .classification import NonFiniteInputError, _reduce, check_reduction
+from .classification import NonFiniteInputError, check_reduction
 
 
-def _pair(name: str, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    if y.ndim == 1 and x.ndim == 2 and not y.dtype.is_floating_point:
-        if int(y.min()) < 0 or int(y.max()) >= x.shape[1]:
+def _pair(name: str, x: torch.Tensor, y: torch.Tensor, validate: bool = False) -> torch.Tensor:
+    """The target in ``x``'s dtype: class indices (N,) for (N, K) scores become one-hot rows (by ``scatter``,
+    no host synchronization; an index outside ``[0, K)`` raises there, a device assert on a GPU); any other
+    target is passed on as PyTorch's losses take it (broadcast with its warning when the shapes differ)."""
+    if y.ndim == 1 and x.ndim == 2 and not y.is_floating_point() and y.dtype != torch.bool:
+        if y.shape[0] != x.shape[0]:
+            raise ValueError(f"{name}: {x.shape[0]} prediction rows but {y.shape[0]} class targets")
+        if validate and y.numel() and (int(y.min()) < 0 or int(y.max()) >= x.shape[1]):
             raise ValueError(f"{name}: target labels must be in [0, {x.shape[1]})")
-        y = F.one_hot(y, x.shape[1]).to(x.dtype)
-    if x.shape != y.shape:
-        raise ValueError(f"{name}: prediction shape {tuple(x.shape)} and target shape {tuple(y.shape)} differ")
-    if not bool(torch.isfinite(x).all()):
+        return torch.zeros_like(x).scatter_(1, y.long()[:, None], 1.0)
+    if validate and not bool(torch.isfinite(x).all()):
         raise NonFiniteInputError(f"{name}: non-finite values (NaN or Inf) in the predictions")
-    return y.to(x.dtype)
+    return y
 
 
-class L1Loss(nn.Module):
-    """Mean (or sum, or per-element) absolute error ``|x - y|``."""
+class L1Loss(nn.L1Loss):
+    """:class:`torch.nn.L1Loss` (same arguments, outputs, gradients and errors: it is a subclass calling
+    ``F.l1_loss``), also taking class indices (N,) against (N, K) scores as one-hot targets.
 
-    def __init__(self, reduction: str = "mean") -> None:
-        super().__init__()
-        self.reduction = check_reduction("L1Loss", reduction)
+    ``reduction`` is checked at construction (PyTorch: at the first call). ``validate=True`` (keyword-only)
+    checks label ranges and finite predictions, with a host synchronization."""
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return _reduce((x - _pair("L1Loss", x, y)).abs(), self.reduction)
+    def __init__(self, size_average=None, reduce=None, reduction: str = "mean", *, validate: bool = False) -> None:
+        super().__init__(size_average, reduce, reduction)
+        check_reduction("L1Loss", self.reduction)
+        self.validate = bool(validate)
 
-
-class L2Loss(nn.Module):
-    """Mean (or sum, or per-element) squared error ``(x - y)^2`` (times 0.5 with ``half``)."""
-
-    def __init__(self, reduction: str = "mean", half: bool = False) -> None:
-        super().__init__()
-        self.reduction, self.half = check_reduction("L2Loss", reduction), half
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        sq = (x - _pair("L2Loss", x, y)).square()
-        return _reduce(sq * 0.5 if self.half else sq, self.reduction)
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.l1_loss(input, _pair("L1Loss", input, target, self.validate), reduction=self.reduction)
 
 
-class HuberLoss(nn.Module):
-    """Huber loss with threshold ``delta`` (see the module docstring)."""
+class L2Loss(nn.MSELoss):
+    """Squared error ``(x - y)^2``: :class:`torch.nn.MSELoss` (a subclass: same arguments and results), also
+    taking class indices (N,) against (N, K) scores as one-hot targets; ``half=True`` (keyword-only) gives
+    ``0.5 * (x - y)^2``. ``validate=True`` checks label ranges and finite predictions (host synchronization)."""
 
-    def __init__(self, delta: float = 1.0, reduction: str = "mean") -> None:
-        super().__init__()
+    def __init__(self, size_average=None, reduce=None, reduction: str = "mean", *, half: bool = False,
+                 validate: bool = False) -> None:
+        super().__init__(size_average, reduce, reduction)
+        check_reduction("L2Loss", self.reduction)
+        self.half, self.validate = bool(half), bool(validate)
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        out = F.mse_loss(input, _pair("L2Loss", input, target, self.validate), reduction=self.reduction)
+        return out * 0.5 if self.half else out
+
+    def extra_repr(self) -> str:
+        return f"reduction={self.reduction}, half={self.half}"
+
+
+class HuberLoss(nn.HuberLoss):
+    """Huber loss with threshold ``delta`` (see the module docstring): :class:`torch.nn.HuberLoss` (a subclass
+    with its argument order ``(reduction, delta)``), also taking class indices (N,) against (N, K) scores as
+    one-hot targets. ``validate=True`` checks label ranges and finite predictions (host synchronization)."""
+
+    def __init__(self, reduction: str = "mean", delta: float = 1.0, *, validate: bool = False) -> None:
+        if isinstance(reduction, (int, float)) and not isinstance(reduction, bool):
+            raise TypeError(f"HuberLoss(reduction, delta) takes PyTorch's argument order; got reduction={reduction!r}"
+                            f" (give delta={reduction} by name)")
+        super().__init__(reduction, delta)
         if delta <= 0:
             raise ValueError(f"delta must be > 0, got {delta}")
-        self.delta, self.reduction = float(delta), check_reduction("HuberLoss", reduction)
+        check_reduction("HuberLoss", self.reduction)
+        self.validate = bool(validate)
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        r = (x - _pair("HuberLoss", x, y)).abs()
-        d = self.delta
-        return _reduce(torch.where(r <= d, 0.5 * r.square(), d * (r - 0.5 * d)), self.reduction)
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.huber_loss(input, _pair("HuberLoss", input, target, self.validate), reduction=self.reduction,
+                            delta=self.delta)

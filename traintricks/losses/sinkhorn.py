@@ -39,10 +39,14 @@ def sinkhorn_plan(p: torch.Tensor, q: torch.Tensor, cost: torch.Tensor, eps: flo
 
 class SinkhornLoss(nn.Module):
     """Entropic optimal-transport loss between ``softmax(logits)`` and the targets under class costs ``cost``
-    (a K x K list; default ``1 - I``). ``eps`` is the entropic regularization, ``iters`` the Sinkhorn steps."""
+    (a K x K list; default ``1 - I``). ``eps`` is the entropic regularization, ``iters`` the Sinkhorn steps.
+
+    Shapes: logits (N, K), targets class indices (N,) of any integer dtype or probabilities (N, K). Computed in
+    at least float32, returned in the logits' dtype. ``validate=True`` checks label ranges and finite logits
+    (a host synchronization)."""
 
     def __init__(self, cost: Sequence[Sequence[float]] | torch.Tensor | None = None, num_classes: int | None = None,
-                 eps: float = 0.05, iters: int = 100, reduction: str = "mean") -> None:
+                 eps: float = 0.05, iters: int = 100, reduction: str = "mean", *, validate: bool = False) -> None:
         super().__init__()
         if eps <= 0:
             raise ValueError(f"eps must be > 0, got {eps}")
@@ -59,14 +63,16 @@ class SinkhornLoss(nn.Module):
                                  f"{tuple(m.shape)}")
         self.register_buffer("cost", m)
         self.eps, self.iters, self.reduction = float(eps), int(iters), check_reduction("SinkhornLoss", reduction)
+        self.validate = bool(validate)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        check_logits_target("SinkhornLoss", logits, target)
+        check_logits_target("SinkhornLoss", logits, target, validate=self.validate, min_ndim=2, max_ndim=2)
         k = logits.shape[1]
         if self.cost.shape[0] != k:
             raise ValueError(f"SinkhornLoss: cost matrix is {self.cost.shape[0]}x{self.cost.shape[0]} for {k} classes")
-        p = torch.softmax(logits.double() if logits.dtype == torch.float64 else logits.float(), dim=1)
-        q = soft_targets(target, k).to(p.dtype)
-        cost = self.cost.to(p.dtype)
+        work = torch.promote_types(logits.dtype, torch.float32)           # the iterations need at least fp32
+        p = torch.softmax(logits.to(work), dim=1)
+        q = soft_targets(target, k, dtype=work)
+        cost = self.cost.to(work)
         plan = sinkhorn_plan(p, q, cost, self.eps, self.iters)
-        return _reduce((plan * cost).sum((1, 2)), self.reduction)
+        return _reduce((plan * cost).sum((1, 2)), self.reduction).to(logits.dtype)

@@ -55,7 +55,7 @@ def _reset(module: nn.Module) -> nn.Module:
 @REGULARIZERS.register("dropout")
 def dropout(model: nn.Module, p: float = 0.2, mode: str = "element") -> nn.Module:
     """Dropout with probability p on the classifier head's input (1207.0580)."""
-    layer = Dropout(p, mode)
+    layer = Dropout(p, mode=mode)
     model.head_dropout = layer
     _head(model, "dropout").register_forward_pre_hook(lambda _m, args: (layer(args[0]),) + tuple(args[1:]))
     return model

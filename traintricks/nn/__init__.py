@@ -12,7 +12,7 @@ from .groupnorm import (GroupLayerNorm, GroupNorm, GroupNormFunction, InstanceNo
 from .noise import GaussianNoise, NoisyHardTanh
 from .normalization import NORMS, fuses_norm_activation, make_norm
 from .shake import ShakeDrop, ShakeDropFunction, ShakeShake, ShakeShakeFunction
-from .stochastic_depth import StochasticDepth, linear_survival
+from .stochastic_depth import StochasticDepth, linear_survival, stochastic_depth
 
 __all__ = ["ACTIVATIONS", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "BatchNormAct1d", "BatchNormAct2d",
            "BatchNormAct3d", "BatchNormActFunction", "BatchNormFunction", "BatchRenorm1d", "BatchRenorm2d",
@@ -20,5 +20,5 @@ __all__ = ["ACTIVATIONS", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "BatchNor
            "GroupNormFunction", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d",
            "LayerNorm", "NORMS", "fold_batchnorm", "fold_pair", "fuses_norm_activation", "make_activation",
            "make_norm", "Dropout", "DropoutFunction", "dropout", "DropConnectLinear", "DropConnectConv2d",
-           "StochasticDepth", "linear_survival", "ShakeShake", "ShakeShakeFunction", "ShakeDrop", "ShakeDropFunction",
+           "StochasticDepth", "linear_survival", "stochastic_depth", "ShakeShake", "ShakeShakeFunction", "ShakeDrop", "ShakeDropFunction",
            "GaussianNoise", "NoisyHardTanh"]

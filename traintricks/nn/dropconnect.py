@@ -26,15 +26,18 @@ from .dropout import check_probability
 
 
 def _masked(weight: torch.Tensor, p: float) -> torch.Tensor:
-    mask = torch.rand(weight.shape, device=weight.device) >= p
+    mask = torch.rand(weight.shape, device=weight.device) >= p     # float32 draw whatever the weight's dtype
     return weight * mask * (1.0 / (1.0 - p))
 
 
 class DropConnectLinear(nn.Linear):
-    """:class:`torch.nn.Linear` whose weights are dropped with probability ``p`` in training (one mask per batch)."""
+    """:class:`torch.nn.Linear` whose weights are dropped with probability ``p`` (keyword-only, in ``[0, 1)``) in
+    training (one mask per batch). Linear's arguments ``(in_features, out_features, bias, device, dtype)``, its
+    parameters, ``state_dict`` keys and ``reset_parameters``; input (..., in_features), output (..., out_features)."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, p: float = 0.5, **kw) -> None:
-        super().__init__(in_features, out_features, bias=bias, **kw)
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None, *,
+                 p: float = 0.5) -> None:
+        super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
         self.p = check_probability("DropConnectLinear", p)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -54,7 +57,9 @@ class DropConnectLinear(nn.Linear):
 
 
 class DropConnectConv2d(nn.Conv2d):
-    """:class:`torch.nn.Conv2d` whose kernel weights are dropped with probability ``p`` in training (one mask per batch)."""
+    """:class:`torch.nn.Conv2d` whose kernel weights are dropped with probability ``p`` (keyword-only, in ``[0, 1)``)
+    in training (one mask per batch). Conv2d's arguments (``device``/``dtype`` included), parameters, keys and
+    ``reset_parameters``."""
 
     def __init__(self, *args, p: float = 0.5, **kw) -> None:
         super().__init__(*args, **kw)

@@ -37,6 +37,9 @@ class GaussianNoise(nn.Module):
             return x
         return x + torch.randn_like(x) * self.std
 
+    def reset_parameters(self) -> None:
+        """Nothing to reset (no parameters or buffers; hence no ``device``/``dtype`` either, as ``nn.Dropout``)."""
+
     def extra_repr(self) -> str:
         return f"std={self.std}"
 
@@ -57,6 +60,9 @@ class NoisyHardTanh(nn.Module):
         d = -torch.sign(x) * math.copysign(1.0, 1.0 - self.alpha) if self.alpha != 1.0 else torch.zeros_like(x)
         noise = torch.randn_like(x).abs() if self.training else math.sqrt(2.0 / math.pi)
         return self.alpha * h + (1.0 - self.alpha) * x + d * sigma * noise
+
+    def reset_parameters(self) -> None:
+        """Nothing to reset (no parameters or buffers; hence no ``device``/``dtype`` either, as ``nn.Hardtanh``)."""
 
     def extra_repr(self) -> str:
         return f"alpha={self.alpha}, c={self.c}, p={self.p}"

@@ -25,6 +25,13 @@ import torch
 from torch import nn
 
 
+def _reset_branches(*branches: nn.Module) -> None:
+    for branch in branches:
+        for m in branch.modules():
+            if hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+
+
 def _per_image(x: torch.Tensor, low: float, high: float) -> torch.Tensor:
     shape = (x.shape[0],) + (1,) * (x.ndim - 1)
     return torch.empty(shape, device=x.device, dtype=torch.float32).uniform_(low, high).to(x.dtype)
@@ -74,6 +81,10 @@ class ShakeShake(nn.Module):
             return 0.5 * (a + b)
         return ShakeShakeFunction.apply(a, b, _per_image(a, 0.0, 1.0), _per_image(a, 0.0, 1.0))
 
+    def reset_parameters(self) -> None:
+        """Re-initialize both branches (every sub-module's own ``reset_parameters``)."""
+        _reset_branches(self.branch1, self.branch2)
+
 
 class ShakeDrop(nn.Module):
     """One residual branch under ShakeDrop with survival probability ``p`` (``p_l`` in the paper)."""
@@ -95,6 +106,10 @@ class ShakeDrop(nn.Module):
         b = (torch.rand((f.shape[0],) + (1,) * (f.ndim - 1), device=f.device) < self.p).to(f.dtype)
         alpha, beta = _per_image(f, *self.alpha_range), _per_image(f, *self.beta_range)
         return ShakeDropFunction.apply(f, b + alpha - b * alpha, b + beta - b * beta)
+
+    def reset_parameters(self) -> None:
+        """Re-initialize the branch (every sub-module's own ``reset_parameters``)."""
+        _reset_branches(self.branch)
 
     def extra_repr(self) -> str:
         return f"p={self.p:.4g}, alpha_range={self.alpha_range}, beta_range={self.beta_range}"

@@ -54,6 +54,11 @@ class ClipByValue(GradientTransform):
 
 
 class ClipByGlobalNorm(GradientTransform):
+    """``g <- g * min(1, max_norm / (N + eps))`` with ``N`` the global L2 norm of all gradients: the computation of
+    :func:`torch.nn.utils.clip_grad_norm_` (``eps = 1e-6`` as there). Calling it returns ``N``, the total norm
+    *before* clipping, as a tensor (``clip_grad_norm_``'s return value; ``tensor(0.)`` without gradients); it is
+    also kept as ``last_norm``. No host synchronization."""
+
     def __init__(self, max_norm: float = 1.0, eps: float = 1e-6) -> None:
         if max_norm <= 0:
             raise ValueError(f"max_norm must be > 0, got {max_norm}")
@@ -62,12 +67,22 @@ class ClipByGlobalNorm(GradientTransform):
 
     @torch.no_grad()
     def __call__(self, params):
+        if isinstance(params, torch.Tensor):
+            params = [params]
         grads = [p.grad for p in params if p.grad is not None]
         if not grads:
-            return
-        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+            self.last_norm = torch.tensor(0.0)
+            return self.last_norm
+        device = grads[0].device
+        norm = torch.linalg.vector_norm(torch.stack([n.to(device) for n in torch._foreach_norm(grads)]))
         self.last_norm = norm
-        torch._foreach_mul_(grads, (self.max_norm / (norm + self.eps)).clamp(max=1.0))
+        coef = (self.max_norm / (norm + self.eps)).clamp(max=1.0)
+        by_device: dict[torch.device, list[torch.Tensor]] = {}
+        for g in grads:
+            by_device.setdefault(g.device, []).append(g)
+        for dev, gs in by_device.items():   # the coefficient as clip_grad_norm_ applies it (float32, per device)
+            torch._foreach_mul_(gs, coef.to(dev))
+        return norm
 
     def __repr__(self):
         return f"ClipByGlobalNorm(max_norm={self.max_norm})"

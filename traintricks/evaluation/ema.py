@@ -32,15 +32,12 @@ def _is_bn(m: nn.Module) -> bool:
 
 
 def _rate(m: nn.Module) -> float | None:
-    return 1.0 - m.alpha if hasattr(m, "alpha") else m.momentum
+    return m.momentum
 
 
 def _set_rate(m: nn.Module, rate: float | None) -> None:
-    """Set a batch norm's running-average rate: PyTorch's ``momentum`` or the notes' ``alpha = 1 - rate``."""
-    if hasattr(m, "alpha"):
-        m.alpha = 1.0 - rate
-    else:
-        m.momentum = rate
+    """Set a batch norm's running-average rate (PyTorch's ``momentum``; every norm here has torch's attribute)."""
+    m.momentum = rate
 
 
 class ModelEMA:

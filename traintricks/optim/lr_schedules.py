@@ -196,14 +196,15 @@ class Warmup(LRScheduler):
         return self.start_factor + (1 - self.start_factor) * max(t, 0) / self.warmup_steps
 
     def _lrs(self) -> list:
-        return [g["lr"] for g in self.optimizer.param_groups]
+        """The groups' rates (tensor rates copied, never aliased, as torch's schedulers keep them)."""
+        return [g["lr"].clone() if isinstance(g["lr"], torch.Tensor) else g["lr"] for g in self.optimizer.param_groups]
 
     def get_lr(self) -> list:
         t = self.last_epoch
         if self.inner is not None:
             if self._under is not None:            # let the wrapped schedule step from its own rates
                 for g, lr in zip(self.optimizer.param_groups, self._under):
-                    g["lr"] = lr
+                    _torch._update_param_group_val(g, "lr", lr)
             if not self._is_initial:
                 self.inner.step()
             self._under = self._lrs()

@@ -53,7 +53,9 @@ DEFAULTS: dict[str, Any] = {
     "model": {"name": "cnn", "widths": [16, 32, 64], "blocks": [1, 2, 2], "pool_before_norm": True},
     "optim": {"name": "sgd", "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4,
               "decay_norm_and_bias": False},
-    "schedule": {"name": "multicycle", "cycle_epochs": [5, 20], "peaks": [1.0, 0.5]},
+    # min_warmup_steps: a cycle too short to warm up over 15 optimizer steps peaks lower (optim/schedules.py), so
+    # short runs (--set data.limit=...) learn; the full run's cycles warm up over hundreds of steps, unchanged
+    "schedule": {"name": "multicycle", "cycle_epochs": [5, 20], "peaks": [1.0, 0.5], "min_warmup_steps": 15},
     "loss": {"name": "cross_entropy", "label_smoothing": 0.1},
     "early_stopping": {"name": "none"},
     "curriculum": {"name": "none"},

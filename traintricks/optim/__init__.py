@@ -6,7 +6,7 @@
 | ``large_batch.py`` | :class:`LARS`, :class:`LAMB` |
 | ``hypergradient.py`` | :class:`SGDHD`, :class:`AdamHD` |
 | ``second_order.py`` | :class:`Newton`, :class:`SaddleFreeNewton` (Hessian-vector products) |
-| ``lr_schedules.py`` | :class:`StepLR`, :class:`ExponentialLR`, :class:`CosineRestarts`, :class:`Warmup`, :class:`Cyclic`, :class:`OneCycle`, :class:`BatchSizeSchedule`, :func:`scale_lr` |
+| ``lr_schedules.py`` | :class:`StepLR`, :class:`ExponentialLR`, :class:`ConstantLR`, :class:`Warmup` (chainable); :class:`CosineRestarts`, :class:`Cyclic`, :class:`OneCycle`, :class:`MultiCycle` (closed-form owners); :class:`BatchSizeSchedule`, :func:`scale_lr` |
 | ``transforms.py`` | :class:`ClipByValue`, :class:`ClipByGlobalNorm`, :class:`AdaptiveClip`, :class:`GradientNoise`, :class:`Chain` |
 | ``lr_find.py`` | :func:`lr_find`, the learning-rate range test |
 
@@ -19,8 +19,8 @@ By name: :data:`OPTIMIZERS` factories take ``(param_groups, lr, **options)``; :d
 from .first_order import SGD, Adagrad, Adam, AdamW, RMSprop
 from .hypergradient import AdamHD, SGDHD
 from .large_batch import LAMB, LARS
-from .lr_schedules import (BatchSizeSchedule, ClosedFormLR, CosineRestarts, Cyclic, ExponentialLR, OneCycle, StepLR,
-                           Warmup, scale_lr)
+from .lr_schedules import (BatchSizeLR, BatchSizeSchedule, ClosedFormLR, ConstantLR, CosineRestarts, Cyclic,
+                           ExponentialLR, MultiCycle, OneCycle, StepLR, Warmup, scale_lr)
 from .optimizers import OPTIMIZERS, param_groups
 from .schedules import SCHEDULES
 from .second_order import Newton, SaddleFreeNewton
@@ -28,5 +28,6 @@ from .transforms import TRANSFORMS, AdaptiveClip, Chain, ClipByGlobalNorm, ClipB
 
 __all__ = ["OPTIMIZERS", "SCHEDULES", "TRANSFORMS", "param_groups", "SGD", "Adagrad", "Adam", "AdamW", "RMSprop",
            "LARS", "LAMB", "SGDHD", "AdamHD", "Newton", "SaddleFreeNewton", "StepLR", "ExponentialLR",
-           "CosineRestarts", "Warmup", "Cyclic", "OneCycle", "BatchSizeSchedule", "ClosedFormLR", "scale_lr",
+           "ConstantLR", "CosineRestarts", "Warmup", "Cyclic", "OneCycle", "MultiCycle", "BatchSizeSchedule", "BatchSizeLR",
+           "ClosedFormLR", "scale_lr",
            "ClipByValue", "ClipByGlobalNorm", "AdaptiveClip", "GradientNoise", "Chain"]

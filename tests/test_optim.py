@@ -229,7 +229,7 @@ def test_state_dict_round_trip_continues_identically(name):
 
 @pytest.mark.parametrize("make", [lambda p: SGD(p, lr=-0.1), lambda p: Adam(p, betas=(0.9, 1.0)),
                                   lambda p: Adam(p, betas=(-0.1, 0.9)), lambda p: LAMB(p, betas=(1.2, 0.9)),
-                                  lambda p: RMSprop(p, alpha=1.5), lambda p: LARS(p, momentum=-1),
+                                  lambda p: RMSprop(p, alpha=-0.5), lambda p: LARS(p, momentum=-1),
                                   lambda p: Adagrad(p, weight_decay=-1), lambda p: SGDHD(p, hypergrad_lr=-1),
                                   lambda p: Newton(p, damping=-1)])
 def test_invalid_hyper_parameters_rejected_at_construction(make):

@@ -108,6 +108,11 @@ def _num(x) -> float:
     return float(x) if isinstance(x, Tensor) else x
 
 
+def _lr_over(lr, d: float) -> float:
+    """``lr / d`` as torch computes it: in the tensor's dtype when ``lr`` is a tensor (float32 rounding)."""
+    return float(lr / d) if isinstance(lr, Tensor) else lr / d
+
+
 def adam_moments_(m: list[Tensor], v: list[Tensor], grads: list[Tensor], b1: float, b2: float, ops=None) -> None:
     """Adam's moment estimates in place: ``m <- b1 m + (1 - b1) g``, ``v <- b2 v + (1 - b2) g^2``."""
     ops = ops or _FOREACH
@@ -245,7 +250,9 @@ class _PerTensorOps:
     @staticmethod
     def addcdiv_(xs, a, b, value=1.0):
         for i, (x, u, v) in enumerate(zip(xs, a, b)):
-            x.addcdiv_(u, v, value=_at(value, i))
+            # under autograd the numerator (state, e.g. Adam's m) is saved for backward: a copy, as torch
+            # does, so the next step's in-place update of the state does not invalidate it
+            x.addcdiv_(u.clone() if u.requires_grad else u, v, value=_at(value, i))
 
     @staticmethod
     def maximum_(xs, ys):
@@ -348,7 +355,9 @@ class Optimizer(torch.optim.Optimizer):
             return "fused"
         if group.get("foreach") or group.get("fused") is False or not self.has_fused:
             return "foreach"
-        return "auto"
+        # a tensor lr: torch's default (per-tensor) path rounds lr / bias correction in the tensor's dtype;
+        # the kernels would compute it in double
+        return "foreach" if isinstance(group.get("lr"), Tensor) else "auto"
 
     @staticmethod
     def _fused_split(params: list[Tensor], per_param: list[list[Tensor]], forced: bool):
@@ -511,7 +520,8 @@ class Adagrad(_TorchTwin):
         self._init_state(group, params)                      # groups added later
         sums, steps = [self.state[p]["sum"] for p in params], [self.state[p]["step"] for p in params]
         torch._foreach_add_(steps, 1.0)
-        lr, wd, eps, decay = _num(group["lr"]), group["weight_decay"], group["eps"], group["lr_decay"]
+        lr_t, wd, eps, decay = group["lr"], group["weight_decay"], group["eps"], group["lr_decay"]
+        lr = _num(lr_t)
 
         def fused(idx):
             torch._fused_adagrad_(_pick(params, idx), _pick(grads, idx), _pick(sums, idx), _pick(steps, idx), lr=lr,
@@ -527,7 +537,7 @@ class Adagrad(_TorchTwin):
             grads = ops.add_(grads, params, alpha=wd) if own else ops.add(grads, params, alpha=wd)
         ops.addcmul_(sums, grads, grads, value=1.0)
         std = ops.tmp_add(ops.sqrt(sums), eps)
-        ops.addcdiv_(params, grads, std, [-lr / (1 + (float(s) - 1) * decay) for s in steps])
+        ops.addcdiv_(params, grads, std, [-_lr_over(lr_t, 1 + (float(s) - 1) * decay) for s in steps])
 
 
 class RMSprop(_TorchTwin):
@@ -636,7 +646,8 @@ class Adam(_TorchTwin):
 
     def _update(self, group, params, grads) -> None:
         b1, b2 = (_num(b) for b in group["betas"])
-        lr, eps, wd, ams = _num(group["lr"]), group["eps"], group["weight_decay"], group["amsgrad"]
+        lr_t, eps, wd, ams = group["lr"], group["eps"], group["weight_decay"], group["amsgrad"]
+        lr = _num(lr_t)
         m, v = self._state_list(params, "exp_avg"), self._state_list(params, "exp_avg_sq")
         vmax = self._state_list(params, "max_exp_avg_sq") if ams else []
         steps = self._steps(params, fused=bool(group["fused"]))
@@ -656,7 +667,7 @@ class Adam(_TorchTwin):
         vmax = _pick(vmax, rest) if ams else []
         grads, own = self._signed(ops, grads, group)
         if wd and decoupled:
-            ops.mul_(params, 1 - lr * wd)
+            ops.mul_(params, float(1 - lr_t * wd))          # in lr's dtype when it is a tensor, as torch
         elif wd:
             grads = ops.add_(grads, params, alpha=wd) if own else ops.add(grads, params, alpha=wd)
         adam_moments_(m, v, grads, b1, b2, ops)
@@ -665,7 +676,7 @@ class Adam(_TorchTwin):
         t = [float(s) for s in steps]
         denom = ops.tmp_div(ops.sqrt(vmax if ams else v), [(1 - b2 ** ti) ** 0.5 for ti in t])
         denom = ops.tmp_add(denom, eps)
-        ops.addcdiv_(params, m, denom, [-lr / (1 - b1 ** ti) for ti in t])
+        ops.addcdiv_(params, m, denom, [-_lr_over(lr_t, 1 - b1 ** ti) for ti in t])
 
 
 class AdamW(Adam):

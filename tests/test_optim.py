@@ -910,3 +910,41 @@ def test_issue15_registered_names_have_their_classes_defaults():
     w = torch.nn.Parameter(torch.zeros(1))
     opt = OPTIMIZERS.get("sgd")([w], lr=0.1)
     assert opt.param_groups[0]["momentum"] == 0 == torch.optim.SGD([w]).param_groups[0]["momentum"]
+
+
+@pytest.mark.parametrize("cls", [Newton, SaddleFreeNewton])
+def test_issue15_newton_on_a_strided_parameter_writes_inside_it(cls):
+    base = torch.zeros(3, 2, dtype=torch.float64)
+    w = torch.nn.Parameter(base[:, 0])
+    w.data.copy_(torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64))
+    ref = torch.nn.Parameter(w.detach().clone())
+    f = lambda x: (x ** 2 * torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)).sum() + (x ** 4).sum()   # noqa: E731
+    for p in (w, ref):
+        opt = cls([p], lr=0.5)
+        for _ in range(3):
+            opt.step(lambda: f(p))
+    torch.testing.assert_close(w.detach(), ref.detach(), rtol=1e-12, atol=1e-14)
+    assert torch.equal(base[:, 1], torch.zeros(3, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("name", list(NO_TWIN))
+def test_issue15_older_state_dicts_of_optimizers_without_a_twin_load(name):
+    """Saved before ``maximize`` existed (and with ``step`` as a number): loads, continues identically."""
+    make = NO_TWIN[name]
+    grads = [[torch.full((2, 2), 0.5 * (i + 1), dtype=torch.float64)] for i in range(6)]
+    a, b = (torch.nn.Parameter(torch.ones(2, 2, dtype=torch.float64)) for _ in range(2))
+    oa = _run(make, [a], grads[:3])
+    _run(make, [b], grads[:3])
+    sd = copy.deepcopy(oa.state_dict())
+    for group in sd["param_groups"]:
+        group.pop("maximize")
+    for st in sd["state"].values():
+        if "step" in st:
+            st["step"] = float(st["step"])
+    ob = make([b])
+    ob.load_state_dict(sd)
+    for (gr,) in grads[3:]:
+        for o, t in ((oa, a), (ob, b)):
+            t.grad = gr.clone()
+            o.step()
+    torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)

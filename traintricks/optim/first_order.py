@@ -585,7 +585,8 @@ class RMSprop(_TorchTwin):
                 for i in sub:
                     buf = scratch.get(params[i])
                     if buf is None or buf.stride() != params[i].stride():
-                        buf = scratch[params[i]] = torch.empty_like(params[i])
+                        # zeros, not empty: the kernel forms 0 * m + g, and 0 * NaN-garbage is NaN
+                        buf = scratch[params[i]] = torch.zeros_like(params[i])
                     m.append(buf)
                 torch._fused_adam_(_pick(params, sub), _pick(grads, sub), m, _pick(sq, sub), [], _pick(steps, sub),
                                    lr=lr / c, beta1=0.0, beta2=a, weight_decay=wd, eps=eps / c, amsgrad=False,

@@ -2,8 +2,11 @@
 against the ``pytorch_optimizer`` package (``foreach=True``), on ResNet-shaped parameter sets of about 1M
 and 10M parameters (conv kernels, BN scales/shifts, a classifier), fp32, random fixed gradients.
 
-Ours runs its default path: ATen's fused kernels for SGD, Adam, AdamW and Adagrad, multi-tensor
-``torch._foreach_*`` for the rest; ``(foreach)`` rows force our multi-tensor path for comparison.
+Ours runs its default path: ATen's fused kernels for SGD (large tensors), Adam, AdamW, Adagrad and plain
+RMSprop, multi-tensor ``torch._foreach_*`` for the rest; ``(foreach)`` rows force our multi-tensor path
+(``foreach=True``) for comparison. The fused kernels take only tensors laid out alike (dense, same strides):
+the ``adam (channels_last)`` row has channels_last conv kernels with contiguous gradients, which go to the
+multi-tensor path (torch's ``foreach=True`` reference runs on the same tensors).
 ``pytorch_optimizer`` is a benchmark-only dependency (``pip install pytorch_optimizer==4.1.0``); without
 it the LARS/LAMB rows are skipped.
 
@@ -39,9 +42,14 @@ def resnet_shapes(scale: float) -> list[tuple[int, ...]]:
     return shapes + [(10, cin), (10,)]
 
 
-def make_params(shapes, seed=0):
+def make_params(shapes, seed=0, channels_last=False):
+    """Parameters with fixed random gradients; ``channels_last``: 4-D ones channels_last, their gradients
+    contiguous (layouts differ: the fused kernels must not take them)."""
     g = torch.Generator().manual_seed(seed)
     params = [torch.randn(s, generator=g).requires_grad_() for s in shapes]
+    if channels_last:
+        params = [p.detach().to(memory_format=torch.channels_last).requires_grad_() if p.dim() == 4 else p
+                  for p in params]
     for p in params:
         p.grad = torch.randn(p.shape, generator=g) * 0.01
     return params
@@ -51,10 +59,12 @@ def pairs():
     out = [
         ("sgd (nesterov)", lambda p: SGD(p, lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4),
          lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4, foreach=True), "torch"),
-        ("sgd (nesterov, foreach)", lambda p: SGD(p, lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4, fused=False),
+        ("sgd (nesterov, foreach)", lambda p: SGD(p, lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4, foreach=True),
          lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4, foreach=True), "torch"),
         ("adam", lambda p: Adam(p, lr=1e-3), lambda p: torch.optim.Adam(p, lr=1e-3, foreach=True), "torch"),
-        ("adam (foreach)", lambda p: Adam(p, lr=1e-3, fused=False), lambda p: torch.optim.Adam(p, lr=1e-3, foreach=True),
+        ("adam (foreach)", lambda p: Adam(p, lr=1e-3, foreach=True), lambda p: torch.optim.Adam(p, lr=1e-3, foreach=True),
+         "torch"),
+        ("adam (channels_last)", lambda p: Adam(p, lr=1e-3), lambda p: torch.optim.Adam(p, lr=1e-3, foreach=True),
          "torch"),
         ("adamw", lambda p: AdamW(p, lr=1e-3), lambda p: torch.optim.AdamW(p, lr=1e-3, foreach=True), "torch"),
         ("adagrad", lambda p: Adagrad(p, lr=1e-2), lambda p: torch.optim.Adagrad(p, lr=1e-2, foreach=True), "torch"),
@@ -83,7 +93,8 @@ def main() -> None:
         shapes = resnet_shapes(scale)
         n = sum(torch.Size(s).numel() for s in shapes)
         for name, ours_f, ref_f, ref_name in pairs():
-            pa, pb = make_params(shapes), make_params(shapes)
+            cl = "channels_last" in name
+            pa, pb = make_params(shapes, channels_last=cl), make_params(shapes, channels_last=cl)
             oa, ob = ours_f(pa), ref_f(pb)
             t = time_interleaved({"ours": oa.step, "ref": ob.step}, rounds=args.rounds)
             row = {"optimizer": name, "params": f"{label} ({n / 1e6:.2f}M, {len(shapes)} tensors)",

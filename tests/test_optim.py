@@ -229,7 +229,7 @@ def test_state_dict_round_trip_continues_identically(name):
 
 @pytest.mark.parametrize("make", [lambda p: SGD(p, lr=-0.1), lambda p: Adam(p, betas=(0.9, 1.0)),
                                   lambda p: Adam(p, betas=(-0.1, 0.9)), lambda p: LAMB(p, betas=(1.2, 0.9)),
-                                  lambda p: RMSprop(p, alpha=1.5), lambda p: LARS(p, momentum=-1),
+                                  lambda p: RMSprop(p, alpha=-0.5), lambda p: LARS(p, momentum=-1),
                                   lambda p: Adagrad(p, weight_decay=-1), lambda p: SGDHD(p, hypergrad_lr=-1),
                                   lambda p: Newton(p, damping=-1)])
 def test_invalid_hyper_parameters_rejected_at_construction(make):
@@ -541,3 +541,411 @@ def test_multicycle_is_consecutive_one_cycles_with_their_own_peaks():
         run(SCHEDULES.get("multicycle"), 80, cycle_epochs=[0.01, 10])
     with pytest.raises(ValueError, match="peaks"):
         run(SCHEDULES.get("multicycle"), 80, cycle_epochs=[3, 5], peaks=[1.0])
+
+
+# ======================================================================= issue 15: drop-in optimizers
+import inspect  # noqa: E402
+
+TWINS = {   # ours, torch's, constructor kwargs that exercise the interesting parts of the update
+    "SGD": (SGD, torch.optim.SGD, dict(lr=0.1, momentum=0.9, weight_decay=0.01, nesterov=True)),
+    "SGD-damp": (SGD, torch.optim.SGD, dict(lr=0.1, momentum=0.8, dampening=0.3)),
+    "Adagrad": (Adagrad, torch.optim.Adagrad, dict(lr=0.1, lr_decay=0.01, weight_decay=0.01)),
+    "RMSprop": (RMSprop, torch.optim.RMSprop, dict(lr=0.01, weight_decay=0.01)),
+    "RMSprop-mc": (RMSprop, torch.optim.RMSprop, dict(lr=0.01, momentum=0.5, centered=True)),
+    "Adam": (Adam, torch.optim.Adam, dict(lr=0.1, weight_decay=0.01)),
+    "Adam-ams": (Adam, torch.optim.Adam, dict(lr=0.1, amsgrad=True)),
+    "AdamW": (AdamW, torch.optim.AdamW, dict(lr=0.1, weight_decay=0.1)),
+}
+# every path a twin has: default, fused, foreach, per tensor, differentiable (run on non-leaf copies)
+PATHS = {"default": {}, "fused": {"fused": True}, "no-fused": {"fused": False}, "foreach": {"foreach": True},
+         "per-tensor": {"foreach": False}, "differentiable": {"differentiable": True}}
+NO_TWIN = {   # ours without a torch twin: compared with themselves on contiguous copies
+    "LARS": lambda p, **kw: LARS(p, lr=0.1, exclude_1d=False, **kw),
+    "LAMB": lambda p, **kw: LAMB(p, lr=0.1, exclude_1d=False, **kw),
+    "SGDHD": lambda p, **kw: SGDHD(p, lr=0.1, hypergrad_lr=0.01, **kw),
+    "AdamHD": lambda p, **kw: AdamHD(p, lr=0.1, hypergrad_lr=0.01, **kw),
+}
+
+
+def _path_ok(cls, path):
+    return not (cls is RMSprop and path in ("fused", "no-fused"))     # torch's RMSprop has no fused= argument
+
+
+# torch's differentiable path computes Adam's bias corrections from float32 step tensors (ours in float64, as
+# its default path): the values are compared with torch's default path, the gradients with a float32 tolerance
+DIFF_TOL = dict(rtol=1e-4, atol=1e-6)
+
+
+def _run(make, tensors, grads_per_step, closure_free=True):
+    """Step ``make(tensors)`` with the given gradients (None: no gradient that step); returns the optimizer."""
+    opt = make(tensors)
+    for grads in grads_per_step:
+        for t, g in zip(tensors, grads):
+            t.grad = None if g is None else g.clone()
+        opt.step()
+    return opt
+
+
+@pytest.mark.parametrize("make", [lambda p: Adam(p, lr=0.1), lambda p: Adam(p, lr=0.1, fused=True),
+                                  lambda p: Adam(p, lr=0.1, fused=False), lambda p: Adam(p, lr=0.1, foreach=True)])
+def test_issue15_adam_on_a_strided_parameter_writes_inside_it(make):
+    """Issue 15 item 1, the exact repro: torch.optim.Adam sets w[0, 1] = -0.1 and writes nothing outside w."""
+    base = torch.zeros(2, 2, 2)
+    w = torch.nn.Parameter(base[..., 0])
+    w.grad = torch.tensor([[0.0, 1.0], [0.0, 0.0]])
+    make([w]).step()
+    ref = torch.zeros(2, 2)
+    ref[0, 1] = -0.1
+    torch.testing.assert_close(w.detach(), ref)
+    assert torch.equal(base[..., 1], torch.zeros(2, 2))
+
+
+def _layouts():
+    """(parameter, gradient) layouts torch's fused kernels would get wrong: a strided view, channels_last with a
+    contiguous gradient, a contiguous parameter with a transposed gradient."""
+    g = torch.Generator().manual_seed(3)
+    base = torch.randn(3, 4, 2, generator=g, dtype=torch.float64)
+    cl = torch.randn(2, 3, 4, 5, generator=g, dtype=torch.float64).to(memory_format=torch.channels_last)
+    return {
+        "strided": (lambda: base.clone()[..., 0], (3, 4), lambda x: x.contiguous()),
+        "channels_last": (lambda: cl.clone(), (2, 3, 4, 5), lambda x: x.contiguous()),
+        "grad_transposed": (lambda: base[..., 0].clone(), (3, 4), lambda x: x.t().contiguous().t()),
+    }
+
+
+@pytest.mark.parametrize("layout", ["strided", "channels_last", "grad_transposed"])
+@pytest.mark.parametrize("path", list(PATHS))
+@pytest.mark.parametrize("name", list(TWINS))
+def test_issue15_every_optimizer_every_path_on_strided_tensors_equals_torch(name, path, layout):
+    ours, ref, kw = TWINS[name]
+    if not _path_ok(ours, path):
+        pytest.skip("torch's RMSprop has no fused kernel (fused= is not an argument)")
+    make_param, shape, grad_layout = _layouts()[layout]
+    g = torch.Generator().manual_seed(0)
+    grads = [[grad_layout(torch.randn(shape, generator=g, dtype=torch.float64))] for _ in range(4)]
+    diff = path == "differentiable"
+    results = []
+    for cls, extra in ((ours, PATHS[path]), (ref, {"foreach": False})):
+        leaf = torch.nn.Parameter(make_param())
+        w = leaf.clone() if diff else leaf                      # differentiable: a non-leaf, as torch's tests
+        if diff:
+            w.retain_grad()
+        before = w.detach().clone()
+        owner = w._base if w._base is not None else None
+        opt = cls([w], **kw, **extra)
+        for (gr,) in grads:
+            w.grad = gr.clone()
+            opt.step()
+        results.append((w.detach().clone(), w.stride(), before, opt.state[w]))
+        del owner
+    (a, sa, _, sta), (b, sb, _, stb) = results
+    tol = dict(rtol=1e-10, atol=1e-12)
+    assert sa == sb                                          # updated in place, layout kept
+    torch.testing.assert_close(a, b, **tol)
+    for key in stb:
+        torch.testing.assert_close(sta[key].detach(), stb[key].detach(), **tol, msg=f"state {key}")
+
+
+@pytest.mark.parametrize("name", list(NO_TWIN))
+def test_issue15_optimizers_without_a_twin_on_strided_tensors_equal_their_contiguous_run(name):
+    make = NO_TWIN[name]
+    g = torch.Generator().manual_seed(0)
+    for layout, (make_param, shape, grad_layout) in _layouts().items():
+        grads = [grad_layout(torch.randn(shape, generator=g, dtype=torch.float64)) for _ in range(4)]
+        base = torch.zeros(*shape, 2, dtype=torch.float64)
+        strided = base[..., 0]
+        strided.copy_(make_param())
+        runs = []
+        for w0 in (strided, make_param().contiguous()):
+            w = torch.nn.Parameter(w0) if w0 is not strided else torch.nn.Parameter(strided)
+            opt = make([w])
+            for gr in grads:
+                w.grad = gr.clone()
+                opt.step()
+            runs.append(w.detach().clone())
+        torch.testing.assert_close(runs[0], runs[1], rtol=1e-12, atol=1e-14)
+        assert torch.equal(base[..., 1], torch.zeros(shape, dtype=torch.float64)), layout    # nothing outside
+
+
+def test_issue15_sgd_momentum_first_step_is_per_parameter():
+    """Issue 15 item 2: step 1 gives only c a gradient, step 2 both: torch ends with c = -2.9."""
+    for kw in ({}, {"fused": True}, {"fused": False}, {"foreach": False}):
+        a, c = torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))
+        opt = SGD([a, c], lr=1, momentum=0.9, **kw)
+        c.grad = torch.ones(1)
+        opt.step()
+        a.grad = torch.ones(1)
+        opt.step()
+        assert c.item() == pytest.approx(-2.9) and a.item() == pytest.approx(-1.0), kw
+
+
+@pytest.mark.parametrize("path", ["default", "fused", "foreach", "per-tensor"])
+@pytest.mark.parametrize("name", list(TWINS))
+def test_issue15_state_is_per_parameter_when_some_have_no_gradient(name, path):
+    ours, ref, kw = TWINS[name]
+    if not _path_ok(ours, path):
+        pytest.skip("torch's RMSprop has no fused kernel")
+    g = torch.Generator().manual_seed(1)
+    shapes = [(3,), (2, 3), (4,)]
+    init = [torch.randn(s, generator=g, dtype=torch.float64) for s in shapes]
+    pattern = [(0, 1, 0), (1, 1, 0), (1, 0, 1), (1, 1, 1), (0, 1, 1)]     # who has a gradient at each step
+    grads = [[torch.randn(s, generator=g, dtype=torch.float64) if on else None for s, on in zip(shapes, row)]
+             for row in pattern]
+    ta = [torch.nn.Parameter(x.clone()) for x in init]
+    tb = [torch.nn.Parameter(x.clone()) for x in init]
+    oa = _run(lambda p: ours(p, **kw, **PATHS[path]), ta, grads)
+    ob = _run(lambda p: ref(p, **kw), tb, grads)
+    for x, y in zip(ta, tb):
+        torch.testing.assert_close(x, y, rtol=1e-10, atol=1e-12)
+        assert set(oa.state[x]) == set(ob.state[y])
+        for key in ob.state[y]:
+            torch.testing.assert_close(oa.state[x][key], ob.state[y][key], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["LARS", "LAMB"])
+def test_issue15_layerwise_optimizers_keep_per_parameter_state(name):
+    """LARS/LAMB adapt per tensor: a tensor first updated at step 2 follows the same trajectory as alone
+    in a fresh optimizer (its own step count and bias corrections)."""
+    g = torch.Generator().manual_seed(2)
+    ga = [torch.randn(3, 2, generator=g, dtype=torch.float64) for _ in range(4)]
+    gc = [torch.randn(3, 2, generator=g, dtype=torch.float64) for _ in range(4)]
+    a, c = torch.nn.Parameter(torch.ones(3, 2, dtype=torch.float64)), torch.nn.Parameter(torch.ones(3, 2, dtype=torch.float64))
+    _run(NO_TWIN[name], [a, c], [(ga[0], None)] + [(x, y) for x, y in zip(ga[1:], gc[1:])])
+    alone = torch.nn.Parameter(torch.ones(3, 2, dtype=torch.float64))
+    _run(NO_TWIN[name], [alone], [(y,) for y in gc[1:]])
+    torch.testing.assert_close(c, alone, rtol=1e-12, atol=1e-14)
+
+
+def test_issue15_hypergradient_previous_update_is_per_parameter():
+    """u_{t-1} of a parameter that did not move at t-1 is 0: with a gradient only for c at step 1, the rate
+    after step 2 is lr + beta * (g_c2 . g_c1) (SGD-HD); Adam-HD counts each parameter's own steps."""
+    a, c = torch.nn.Parameter(torch.zeros(2, dtype=torch.float64)), torch.nn.Parameter(torch.zeros(2, dtype=torch.float64))
+    gc1, gc2, ga2 = (torch.tensor(v, dtype=torch.float64) for v in ([1.0, 2.0], [3.0, -1.0], [5.0, 7.0]))
+    opt = _run(lambda p: SGDHD(p, lr=0.1, hypergrad_lr=0.01), [a, c], [(None, gc1), (ga2, gc2)])
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.1 + 0.01 * float(gc2 @ gc1))
+    opt = _run(lambda p: SGDHD(p, lr=0.1, hypergrad_lr=0.01), [a, c], [(ga2, gc1), (None, gc2), (ga2, gc2)])
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.1 + 0.01 * float(gc2 @ gc1) + 0.01 * float(gc2 @ gc2))
+    a2, c2 = torch.nn.Parameter(torch.zeros(2, dtype=torch.float64)), torch.nn.Parameter(torch.zeros(2, dtype=torch.float64))
+    opt = _run(lambda p: AdamHD(p, lr=0.1, hypergrad_lr=0.0), [a2, c2], [(None, gc1), (ga2, gc2)])
+    assert float(opt.state[a2]["step"]) == 1 and float(opt.state[c2]["step"]) == 2
+    torch.testing.assert_close(a2.detach(), -0.1 * torch.sign(ga2))        # Adam's first step: lr * sign(g)
+
+
+@pytest.mark.parametrize("where", ["constructor", "group"])
+@pytest.mark.parametrize("path", ["default", "fused", "foreach", "per-tensor"])
+@pytest.mark.parametrize("name", list(TWINS))
+def test_issue15_maximize_in_the_constructor_and_in_a_param_group(name, path, where):
+    ours, ref, kw = TWINS[name]
+    if not _path_ok(ours, path):
+        pytest.skip("torch's RMSprop has no fused kernel")
+    g = torch.Generator().manual_seed(4)
+    init = [torch.randn(3, 2, generator=g, dtype=torch.float64) for _ in range(2)]
+    grads = [[torch.randn(3, 2, generator=g, dtype=torch.float64) for _ in range(2)] for _ in range(3)]
+    ta = [torch.nn.Parameter(x.clone()) for x in init]
+    tb = [torch.nn.Parameter(x.clone()) for x in init]
+
+    def groups(ps):
+        return [{"params": [ps[0]], "maximize": True}, {"params": [ps[1]]}] if where == "group" else ps
+
+    top = {"maximize": True} if where == "constructor" else {}
+    _run(lambda p: ours(groups(p), **kw, **top, **PATHS[path]), ta, grads)
+    _run(lambda p: ref(groups(p), **kw, **top), tb, grads)
+    for x, y in zip(ta, tb):
+        torch.testing.assert_close(x, y, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", list(NO_TWIN) + ["Newton"])
+def test_issue15_maximize_without_a_twin_is_minimizing_the_negation(name):
+    make = NO_TWIN.get(name, lambda p, **kw: Newton(p, lr=0.5, **kw))
+    torch.manual_seed(0)
+    h = torch.randn(4, 4, dtype=torch.float64)
+    h = h @ h.T + torch.eye(4, dtype=torch.float64)
+    f = lambda w: 0.5 * w @ h @ w - w.sum() + (w ** 4).sum()           # noqa: E731
+    ends = []
+    for sign, kw in ((-1.0, {"maximize": True}), (1.0, {})):
+        w = torch.nn.Parameter(torch.full((4,), 0.3, dtype=torch.float64))
+        opt = make([w], **kw)
+        for _ in range(5):
+            loss_fn = lambda: sign * f(w)                                 # noqa: E731
+            if name == "Newton":
+                opt.step(loss_fn)
+            else:
+                opt.zero_grad()
+                loss_fn().backward()
+                opt.step()
+        ends.append(w.detach())
+    torch.testing.assert_close(ends[0], ends[1], rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("cls", [SGD, Adagrad, RMSprop, Adam, AdamW, LARS, LAMB, SGDHD, AdamHD, Newton])
+def test_issue15_tensor_lr_of_more_than_one_element_is_refused_like_torch(cls):
+    with pytest.raises(ValueError, match="Tensor lr must be 1-element"):
+        cls([torch.nn.Parameter(torch.zeros(2))], lr=torch.tensor([0.1, 0.1]))
+
+
+@pytest.mark.parametrize("name", list(TWINS))
+def test_issue15_one_element_tensor_lr_works_like_torch(name):
+    ours, ref, kw = TWINS[name]
+    kw = dict(kw, lr=torch.tensor([kw["lr"]]))
+    grads = [[torch.full((3,), float(i + 1), dtype=torch.float64)] for i in range(3)]
+    a, b = torch.nn.Parameter(torch.ones(3, dtype=torch.float64)), torch.nn.Parameter(torch.ones(3, dtype=torch.float64))
+    _run(lambda p: ours(p, **kw), [a], grads)
+    _run(lambda p: ref(p, **kw), [b], grads)
+    torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("cls", [SGD, Adagrad, RMSprop, Adam, AdamW])
+def test_issue15_constructor_signature_is_torchs(cls):
+    ours = inspect.signature(cls).parameters
+    theirs = inspect.signature(getattr(torch.optim, cls.__name__)).parameters
+    assert [(n, p.kind, p.default) for n, p in ours.items()] == [(n, p.kind, p.default) for n, p in theirs.items()]
+
+
+@pytest.mark.parametrize("name", list(TWINS))
+def test_issue15_state_dict_moves_both_ways_and_continues(name):
+    ours, ref, kw = TWINS[name]
+    g = torch.Generator().manual_seed(5)
+    init = [torch.randn(3, 2, generator=g, dtype=torch.float64), torch.randn(4, generator=g, dtype=torch.float64)]
+    grads = [[torch.randn(x.shape, generator=g, dtype=torch.float64) for x in init] for _ in range(6)]
+    for first, second in ((ref, ours), (ours, ref)):
+        ta = [torch.nn.Parameter(x.clone()) for x in init]
+        tb = [torch.nn.Parameter(x.clone()) for x in init]
+        oa = _run(lambda p: first(p, **kw), ta, grads[:3])
+        _run(lambda p: first(p, **kw), tb, grads[:3])
+        ob = second(tb, **kw)
+        ob.load_state_dict(copy.deepcopy(oa.state_dict()))
+        assert set(ob.state_dict()["param_groups"][0]) == set(oa.state_dict()["param_groups"][0])
+        for grads_i in grads[3:]:
+            for o, ts in ((oa, ta), (ob, tb)):
+                for t, gr in zip(ts, grads_i):
+                    t.grad = gr.clone()
+                o.step()
+        for x, y in zip(ta, tb):
+            torch.testing.assert_close(x, y, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", list(TWINS))
+def test_issue15_an_older_traintricks_state_dict_loads_and_continues(name):
+    """Older traintricks wrote groups without fused/maximize/foreach/... and could hold ``step`` as a number."""
+    ours, ref, kw = TWINS[name]
+    grads = [[torch.full((3,), 0.5 * (i + 1), dtype=torch.float64)] for i in range(6)]
+    a, b = torch.nn.Parameter(torch.ones(3, dtype=torch.float64)), torch.nn.Parameter(torch.ones(3, dtype=torch.float64))
+    oa = _run(lambda p: ours(p, **kw), [a], grads[:3])
+    _run(lambda p: ours(p, **kw), [b], grads[:3])
+    sd = copy.deepcopy(oa.state_dict())
+    for group in sd["param_groups"]:
+        for key in ("fused", "maximize", "foreach", "differentiable", "capturable", "decoupled_weight_decay"):
+            group.pop(key, None)
+    for st in sd["state"].values():
+        if "step" in st:
+            st["step"] = float(st["step"])
+    ob = ours([b], **kw)
+    ob.load_state_dict(sd)
+    for grads_i in grads[3:]:
+        for o, t in ((oa, a), (ob, b)):
+            t.grad = grads_i[0].clone()
+            o.step()
+    torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+    assert torch.is_tensor(ob.state[b].get("step", torch.zeros(()))) and ob.param_groups[0]["maximize"] is False
+
+
+@pytest.mark.parametrize("cls", [SGD, Adagrad, Adam, AdamW])
+def test_issue15_path_option_errors_are_torchs(cls):
+    p = [torch.nn.Parameter(torch.zeros(2))]
+    for kw, msg in (({"fused": True, "foreach": True}, "cannot be `True` together"),
+                    ({"fused": True, "differentiable": True}, "does not support `differentiable`")):
+        with pytest.raises(RuntimeError, match=msg):
+            getattr(torch.optim, cls.__name__)(p, **kw)
+        with pytest.raises(RuntimeError, match=msg):
+            cls(p, **kw)
+
+
+@pytest.mark.parametrize("cls", [Adam, AdamW, RMSprop])
+def test_issue15_capturable_on_cpu_raises_at_step_like_torch(cls):
+    for c in (cls, getattr(torch.optim, cls.__name__)):
+        w = torch.nn.Parameter(torch.ones(2))
+        w.grad = torch.ones(2)
+        opt = c([w], capturable=True)                       # accepted at construction, as torch
+        with pytest.raises(AssertionError, match="capturable=True"):
+            opt.step()
+
+
+def test_issue15_adam_tensor_hyper_parameter_errors_are_torchs():
+    p = [torch.nn.Parameter(torch.zeros(2))]
+    for kw, msg in (({"lr": torch.tensor(0.1), "foreach": True}, "lr as a Tensor is not supported"),
+                    ({"betas": (0.9, torch.tensor(0.99))}, "both floats or both Tensors"),
+                    ({"betas": (torch.tensor(0.9), torch.tensor(0.99)), "foreach": True}, r"betas\[0\] as a Tensor"),
+                    ({"betas": (1.0, 0.0)}, "beta parameter at index 0")):
+        for cls in (Adam, torch.optim.Adam):
+            with pytest.raises(ValueError, match=msg):
+                cls(p, **kw)
+
+
+@pytest.mark.parametrize("name", ["SGD", "Adam", "AdamW", "RMSprop", "Adagrad"])
+def test_issue15_differentiable_gives_torchs_gradients(name):
+    """Gradients through three differentiable steps w.r.t. the initial parameter and the gradients.
+    (Centred RMSprop is not differentiable over several steps in torch either: lerp_ on its state.)"""
+    ours, ref, kw = TWINS[name]
+    grads = []
+    for cls in (ours, ref):
+        leaf = torch.nn.Parameter(torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64))
+        g0 = torch.tensor([0.3, -0.1, 0.2], dtype=torch.float64, requires_grad=True)
+        w = leaf.clone()
+        opt = cls([w], **kw, differentiable=True)
+        for i in range(3):
+            w.grad = g0 * (i + 1) + w
+            opt.step()
+        grads.append(torch.autograd.grad(w.square().sum(), (leaf, g0)))
+    for x, y in zip(*grads):
+        torch.testing.assert_close(x, y, **DIFF_TOL)
+
+
+def test_issue15_registered_names_have_their_classes_defaults():
+    classes = {"sgd": SGD, "adam": Adam, "adamw": AdamW, "adagrad": Adagrad, "rmsprop": RMSprop, "lars": LARS,
+               "lamb": LAMB, "sgd_hd": SGDHD, "adam_hd": AdamHD, "newton": Newton, "saddle_free_newton": SaddleFreeNewton}
+    assert set(classes) == set(OPTIMIZERS.names())
+    for name, cls in classes.items():
+        sig = inspect.signature(cls).parameters
+        for opt_name, p in OPTIMIZERS.options(name).items():
+            assert p.default == sig[opt_name].default, (name, opt_name)
+    w = torch.nn.Parameter(torch.zeros(1))
+    opt = OPTIMIZERS.get("sgd")([w], lr=0.1)
+    assert opt.param_groups[0]["momentum"] == 0 == torch.optim.SGD([w]).param_groups[0]["momentum"]
+
+
+@pytest.mark.parametrize("cls", [Newton, SaddleFreeNewton])
+def test_issue15_newton_on_a_strided_parameter_writes_inside_it(cls):
+    base = torch.zeros(3, 2, dtype=torch.float64)
+    w = torch.nn.Parameter(base[:, 0])
+    w.data.copy_(torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64))
+    ref = torch.nn.Parameter(w.detach().clone())
+    f = lambda x: (x ** 2 * torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)).sum() + (x ** 4).sum()   # noqa: E731
+    for p in (w, ref):
+        opt = cls([p], lr=0.5)
+        for _ in range(3):
+            opt.step(lambda: f(p))
+    torch.testing.assert_close(w.detach(), ref.detach(), rtol=1e-12, atol=1e-14)
+    assert torch.equal(base[:, 1], torch.zeros(3, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("name", list(NO_TWIN))
+def test_issue15_older_state_dicts_of_optimizers_without_a_twin_load(name):
+    """Saved before ``maximize`` existed (and with ``step`` as a number): loads, continues identically."""
+    make = NO_TWIN[name]
+    grads = [[torch.full((2, 2), 0.5 * (i + 1), dtype=torch.float64)] for i in range(6)]
+    a, b = (torch.nn.Parameter(torch.ones(2, 2, dtype=torch.float64)) for _ in range(2))
+    oa = _run(make, [a], grads[:3])
+    _run(make, [b], grads[:3])
+    sd = copy.deepcopy(oa.state_dict())
+    for group in sd["param_groups"]:
+        group.pop("maximize")
+    for st in sd["state"].values():
+        if "step" in st:
+            st["step"] = float(st["step"])
+    ob = make([b])
+    ob.load_state_dict(sd)
+    for (gr,) in grads[3:]:
+        for o, t in ((oa, a), (ob, b)):
+            t.grad = gr.clone()
+            o.step()
+    torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)

@@ -1,16 +1,37 @@
 """First-order optimizers from their update rules, as ``torch.optim.Optimizer`` subclasses.
 
-Each ``step()`` updates every tensor of a parameter group at once with multi-tensor ``torch._foreach_*``
-operations (one kernel launch per operation for the whole group), or, where ATen has a fused CPU/GPU
-kernel for exactly this update (SGD, Adam, AdamW, Adagrad), with that kernel (``fused=True``, the
-default when available; ``fused=False`` runs the readable foreach form). Both are tested equal to
-``torch.optim`` after 100 steps in float64. Notation: ``g`` gradient, ``lr`` learning rate, ``wd``
-weight decay, ``t`` step count from 1.
+Each class takes the arguments of its ``torch.optim`` namesake (same names, order, defaults and checks;
+``inspect.signature`` equal) and keeps the same per-parameter state under the same keys, so ``state_dict``s
+move both ways. The update of a parameter group runs on one of three paths, each used only where it is
+correct for the tensors at hand:
+
+* **fused**: ATen's fused CPU/GPU kernel for exactly this update (``torch._fused_sgd_``, ``_fused_adam_``,
+  ``_fused_adamw_``, ``_fused_adagrad_``). These kernels walk the flat memory of each tensor, so they are
+  given only parameters whose parameter, gradient and state tensors are dense and laid out alike (same
+  strides: contiguous or all channels_last); every other tensor of the group goes to the multi-tensor path.
+* **foreach**: multi-tensor ``torch._foreach_*`` operations (one kernel launch per operation for the group);
+  correct for any strides.
+* **per tensor**: the same update one tensor at a time (``foreach=False``), and with autograd enabled when
+  ``differentiable=True`` (the update is then differentiable w.r.t. parameters, gradients and state).
+
+Default (``foreach=None, fused=None``): fused where ATen has the kernel (SGD only for large tensors, where
+it wins), multi-tensor otherwise. ``fused=True`` forces the kernel (``RuntimeError`` for non-floating or
+unsupported-device parameters, as torch), ``foreach=True`` the multi-tensor path.
+
+State is per parameter and created lazily the first time a parameter has a gradient (Adagrad: at
+construction, as torch): step counts, momentum buffers and bias corrections of a parameter do not depend on
+whether other parameters had gradients before. ``maximize`` (ascend), tensor ``lr`` (1-element, read once
+per step) and a ``step`` stored as a number by older ``state_dict``s are handled as torch does.
+``capturable=True`` is accepted; like torch it raises at ``step`` for CPU parameters, and on GPUs it is not
+implemented (see ``docs/compat/optimizers.md``).
+
+Notation: ``g`` gradient (negated under ``maximize``), ``lr`` learning rate, ``wd`` weight decay, ``t`` the
+parameter's step count from 1.
 
 **SGD with momentum** (Polyak 1964; Nesterov as in Sutskever et al. 2013, the notes' form)::
 
     g <- g + wd * theta
-    b <- mu * b + (1 - dampening) * g           (b = g at the first step)
+    b <- mu * b + (1 - dampening) * g           (b = g at the parameter's first step)
     d <- g + mu * b  (nesterov)  or  b
     theta <- theta - lr * d
 
@@ -32,13 +53,18 @@ with ``lr_t = lr / (1 + (t - 1) * lr_decay)``.
     theta <- theta - lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
 
 with L2 weight decay added to the gradient; **AdamW** (Loshchilov & Hutter 2019, arXiv:1711.05101)
-decouples it: ``theta <- theta (1 - lr wd)`` before the Adam step.
+decouples it: ``theta <- theta (1 - lr wd)`` before the Adam step. ``amsgrad`` (Reddi et al. 2018) uses the
+running maximum of ``v``.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Iterable
 
 import torch
+from torch import Tensor
+from torch.optim.optimizer import (_get_capturable_supported_devices, _get_fused_kernels_supported_devices,
+                                   _get_scalar_dtype)
 
 
 def _check_range(name: str, value: float, low: float, high: float | None = None, high_open: bool = True) -> None:
@@ -48,29 +74,245 @@ def _check_range(name: str, value: float, low: float, high: float | None = None,
         raise ValueError(f"{name} must be {'in ' + rng if high is not None else rng}, got {value}")
 
 
+def _nonneg(what: str, value) -> None:
+    """torch.optim's check and message: ``ValueError("Invalid <what>: <value>")`` unless ``value >= 0``."""
+    if not 0.0 <= value:
+        raise ValueError(f"Invalid {what}: {value}")
+
+
 def check_betas(betas) -> tuple[float, float]:
-    """Adam's ``(beta1, beta2)``: two numbers in ``[0, 1)``, returned as a tuple of floats."""
+    """Adam's ``(beta1, beta2)`` for the optimizers without a torch twin: two numbers in ``[0, 1)``."""
     if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
         raise ValueError(f"betas must be two numbers in [0, 1), got {betas}")
     return float(betas[0]), float(betas[1])
 
 
-def adam_moments_(m: list[torch.Tensor], v: list[torch.Tensor], grads: list[torch.Tensor], b1: float, b2: float) -> None:
+def _check_torch_betas(betas, foreach, capturable) -> tuple:
+    """``torch.optim.Adam``'s checks on ``betas`` (floats or 1-element tensors, each in [0, 1)), same messages."""
+    for i in (0, 1):
+        if not 0.0 <= betas[i] < 1.0:
+            raise ValueError(f"Invalid beta parameter at index {i}: {betas[i]}")
+    if not (all(isinstance(b, float) for b in betas) or all(isinstance(b, Tensor) for b in betas)):
+        raise ValueError("betas must be either both floats or both Tensors")
+    for i in (0, 1):
+        if isinstance(betas[i], Tensor):
+            if foreach and not capturable:
+                raise ValueError(f"betas[{i}] as a Tensor is not supported for capturable=False and foreach=True")
+            if betas[i].numel() != 1:
+                raise ValueError(f"Tensor betas[{i}] must be 1-element")
+    return tuple(b.squeeze() if isinstance(b, Tensor) and b.dim() else b for b in betas)
+
+
+def _num(x) -> float:
+    """A hyper-parameter as a Python number (a 1-element tensor ``lr`` or beta is read once per step)."""
+    return float(x) if isinstance(x, Tensor) else x
+
+
+def _lr_over(lr, d: float) -> float:
+    """``lr / d`` as torch computes it: in the tensor's dtype when ``lr`` is a tensor (float32 rounding)."""
+    return float(lr / d) if isinstance(lr, Tensor) else lr / d
+
+
+def adam_moments_(m: list[Tensor], v: list[Tensor], grads: list[Tensor], b1: float, b2: float, ops=None) -> None:
     """Adam's moment estimates in place: ``m <- b1 m + (1 - b1) g``, ``v <- b2 v + (1 - b2) g^2``."""
-    torch._foreach_lerp_(m, grads, 1 - b1)
-    torch._foreach_mul_(v, b2)
-    torch._foreach_addcmul_(v, grads, grads, value=1 - b2)
+    ops = ops or _FOREACH
+    ops.lerp_(m, grads, 1 - b1)
+    ops.mul_(v, b2)
+    ops.addcmul_(v, grads, grads, value=1 - b2)
+
+
+def dense_alike(tensors: Iterable[Tensor]) -> bool:
+    """True when the tensors have the same strides and those strides are dense and non-overlapping
+    (contiguous, channels_last, any permutation without gaps): then an elementwise kernel may walk their
+    flat memory side by side, as ATen's fused optimizer kernels do."""
+    tensors = list(tensors)
+    if all(t.is_contiguous() for t in tensors):
+        return True
+    stride = tensors[0].stride()
+    if any(t.stride() != stride or t.shape != tensors[0].shape for t in tensors[1:]):
+        return False
+    expected = 1
+    for size, st in sorted(zip(tensors[0].shape, stride), key=lambda s: s[1]):
+        if size == 1:
+            continue
+        if st != expected:
+            return False
+        expected *= size
+    return True
+
+
+def _at(v, i):
+    return v[i] if isinstance(v, (list, tuple)) else v
+
+
+class _ForeachOps:
+    """The multi-tensor path: one ``torch._foreach_*`` call per operation. ``tmp_*`` ops act on temporaries
+    (in place here; out of place on the per-tensor path, where autograd may need their inputs)."""
+
+    neg, sqrt, clone = torch._foreach_neg, torch._foreach_sqrt, lambda xs: [x.clone() for x in xs]
+
+    @staticmethod
+    def add(xs, ys, alpha=1.0):
+        return torch._foreach_add(xs, ys, alpha=alpha)
+
+    @staticmethod
+    def add_(xs, ys, alpha=1.0):
+        torch._foreach_add_(xs, ys, alpha=alpha)
+        return xs
+
+    @staticmethod
+    def mul_(xs, s):
+        torch._foreach_mul_(xs, s)
+
+    @staticmethod
+    def lerp_(xs, ys, w):
+        torch._foreach_lerp_(xs, ys, w)
+
+    @staticmethod
+    def addcmul_(xs, a, b, value=1.0):
+        torch._foreach_addcmul_(xs, a, b, value=value)
+
+    @staticmethod
+    def addcmul(xs, a, b, value=1.0):
+        return torch._foreach_addcmul(xs, a, b, value=value)
+
+    @staticmethod
+    def addcdiv_(xs, a, b, value=1.0):
+        if isinstance(value, list):
+            torch._foreach_addcdiv_(xs, a, b, value)
+        else:
+            torch._foreach_addcdiv_(xs, a, b, value=value)
+
+    @staticmethod
+    def maximum_(xs, ys):
+        torch._foreach_maximum_(xs, ys)
+
+    @staticmethod
+    def tmp_add(xs, s):
+        torch._foreach_add_(xs, s)
+        return xs
+
+    @staticmethod
+    def tmp_div(xs, s):
+        torch._foreach_div_(xs, s)
+        return xs
+
+    @staticmethod
+    def tmp_sqrt(xs):
+        torch._foreach_sqrt_(xs)
+        return xs
+
+
+class _PerTensorOps:
+    """The per-tensor path (``foreach=False``; ``differentiable=True`` runs it under autograd)."""
+
+    @staticmethod
+    def neg(xs):
+        return [x.neg() for x in xs]
+
+    @staticmethod
+    def sqrt(xs):
+        return [x.sqrt() for x in xs]
+
+    @staticmethod
+    def clone(xs):
+        return [x.clone() for x in xs]
+
+    @staticmethod
+    def add(xs, ys, alpha=1.0):
+        return [x.add(y, alpha=alpha) for x, y in zip(xs, ys)]
+
+    @staticmethod
+    def add_(xs, ys, alpha=1.0):
+        for x, y in zip(xs, ys):
+            x.add_(y, alpha=alpha)
+        return xs
+
+    @staticmethod
+    def mul_(xs, s):
+        for i, x in enumerate(xs):
+            x.mul_(_at(s, i))
+
+    @staticmethod
+    def lerp_(xs, ys, w):
+        for x, y in zip(xs, ys):
+            x.lerp_(y, w)
+
+    @staticmethod
+    def addcmul_(xs, a, b, value=1.0):
+        for x, u, v in zip(xs, a, b):
+            x.addcmul_(u, v, value=value)
+
+    @staticmethod
+    def addcmul(xs, a, b, value=1.0):
+        return [x.addcmul(u, v, value=value) for x, u, v in zip(xs, a, b)]
+
+    @staticmethod
+    def addcdiv_(xs, a, b, value=1.0):
+        for i, (x, u, v) in enumerate(zip(xs, a, b)):
+            # under autograd the numerator (state, e.g. Adam's m) is saved for backward: a copy, as torch
+            # does, so the next step's in-place update of the state does not invalidate it
+            x.addcdiv_(u.clone() if u.requires_grad else u, v, value=_at(value, i))
+
+    @staticmethod
+    def maximum_(xs, ys):
+        for x, y in zip(xs, ys):
+            x.copy_(torch.maximum(x, y))
+
+    @staticmethod
+    def tmp_add(xs, s):
+        return [x.add(_at(s, i)) for i, x in enumerate(xs)]
+
+    @staticmethod
+    def tmp_div(xs, s):
+        return [x.div(_at(s, i)) for i, x in enumerate(xs)]
+
+    @staticmethod
+    def tmp_sqrt(xs):
+        return [x.sqrt() for x in xs]
+
+
+_FOREACH, _PER_TENSOR = _ForeachOps(), _PerTensorOps()
 
 
 class Optimizer(torch.optim.Optimizer):
-    """Shared checks: learning rate and weight decay at construction; dense real gradients at each step."""
+    """Shared parts: torch's checks of ``lr``/``weight_decay`` and of the path options at construction;
+    dense real gradients at each step; lazily created per-parameter state; the path of a group; loading
+    ``state_dict``s written by torch or by older traintricks (missing group keys get this optimizer's
+    defaults; a ``step`` stored as a number becomes a tensor)."""
+
+    #: ATen's fused kernel for this update, if any (``fused=None`` uses it by default)
+    has_fused = False
 
     def __init__(self, params: Iterable, defaults: dict[str, Any]) -> None:
-        _check_range("lr", defaults.get("lr", 0.0), 0.0)
-        _check_range("weight_decay", defaults.get("weight_decay", 0.0), 0.0)
+        lr = defaults.get("lr", 0.0)
+        if isinstance(lr, Tensor) and lr.numel() != 1:
+            raise ValueError("Tensor lr must be 1-element")
+        _nonneg("learning rate", lr)
+        _nonneg("weight_decay value", defaults.get("weight_decay", 0.0))
         super().__init__(params, defaults)
+        if defaults.get("fused"):
+            if defaults.get("differentiable"):
+                raise RuntimeError("`fused` does not support `differentiable`")
+            if defaults.get("foreach"):
+                raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
 
-    def _group_tensors(self, group: dict) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:
+            for key, value in self.defaults.items():
+                if key != "lr":
+                    group.setdefault(key, value)
+            self._fix_group(group)
+            for p in group["params"]:
+                st = self.state.get(p)
+                if st and "step" in st and not torch.is_tensor(st["step"]):
+                    st["step"] = torch.tensor(float(st["step"]), dtype=_get_scalar_dtype(group.get("fused")))
+
+    def _fix_group(self, group: dict) -> None:
+        """Group keys an optimizer pins after loading (AdamW: ``decoupled_weight_decay``)."""
+
+    def _group_tensors(self, group: dict) -> tuple[list[Tensor], list[Tensor]]:
         params, grads = [], []
         for p in group["params"]:
             if p.grad is None:
@@ -81,215 +323,374 @@ class Optimizer(torch.optim.Optimizer):
                 raise RuntimeError(f"{type(self).__name__} does not support complex parameters")
             params.append(p)
             grads.append(p.grad)
+        if group.get("capturable") and params:
+            ok = _get_capturable_supported_devices()
+            if any(p.device.type not in ok for p in params):
+                raise AssertionError(f"If capturable=True, params and state_steps must be on supported devices: {ok}.")
+            raise NotImplementedError(f"{type(self).__name__}(capturable=True) is not implemented in traintricks; "
+                                      f"use torch.optim.{type(self).__name__} for CUDA graph capture")
         return params, grads
 
-    def _state_list(self, params: list[torch.Tensor], key: str, init=torch.zeros_like) -> list[torch.Tensor]:
+    def _state_list(self, params: list[Tensor], key: str, init=None) -> list[Tensor]:
         out = []
         for p in params:
             st = self.state[p]
-            if key not in st:
-                st[key] = init(p)
+            if st.get(key) is None:
+                st[key] = init(p) if init is not None else torch.zeros_like(p, memory_format=torch.preserve_format)
             out.append(st[key])
         return out
 
-    def _steps(self, params: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Per-parameter step counters (float tensors, as torch.optim keeps them), incremented."""
-        steps = self._state_list(params, "step", lambda p: torch.zeros((), dtype=torch.float32))
+    def _steps(self, params: list[Tensor], fused: bool = False) -> list[Tensor]:
+        """Per-parameter step counters (0-d float tensors, as torch.optim keeps them), incremented."""
+        dtype = _get_scalar_dtype(fused)
+        steps = self._state_list(params, "step", lambda p: torch.zeros((), dtype=dtype))
         torch._foreach_add_(steps, 1.0)
         return steps
 
+    def _path(self, group: dict) -> str:
+        """``"per_tensor"``, ``"foreach"``, ``"fused"`` (forced) or ``"auto"`` (fused where it is correct)."""
+        if group.get("differentiable") or group.get("foreach") is False:
+            return "per_tensor"
+        if group.get("fused"):
+            return "fused"
+        if group.get("foreach") or group.get("fused") is False or not self.has_fused:
+            return "foreach"
+        # a tensor lr: torch's default (per-tensor) path rounds lr / bias correction in the tensor's dtype;
+        # the kernels would compute it in double
+        return "foreach" if isinstance(group.get("lr"), Tensor) else "auto"
+
     @staticmethod
-    def _fused_ok(params: list[torch.Tensor]) -> bool:
-        return bool(params) and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params) \
-            and len({(p.device, p.dtype) for p in params}) == 1
+    def _fused_split(params: list[Tensor], per_param: list[list[Tensor]], forced: bool):
+        """Indices of the parameters the fused kernel may take, bucketed by (device, dtype), and the rest.
+        ``per_param[i]``: every tensor the kernel would touch for parameter ``i``. ``forced`` (``fused=True``)
+        raises torch's error for non-floating or unsupported-device parameters."""
+        devices = _get_fused_kernels_supported_devices()
+        buckets: dict[tuple, list[int]] = {}
+        rest = []
+        for i, p in enumerate(params):
+            if not (p.device.type in devices and torch.is_floating_point(p)):
+                if forced:
+                    raise RuntimeError("`fused=True` requires all the params to be floating point Tensors of "
+                                       f"supported devices: {devices} but {p.dtype} and {p.device.type}")
+                rest.append(i)
+            elif dense_alike(per_param[i]):
+                buckets.setdefault((p.device, p.dtype), []).append(i)
+            else:
+                rest.append(i)
+        return list(buckets.values()), rest
 
 
-class SGD(Optimizer):
-    """SGD with momentum and Nesterov momentum (see the module docstring)."""
+def _pick(xs, idx):
+    return [xs[i] for i in idx]
 
-    def __init__(self, params: Iterable, lr: float = 1e-3, momentum: float = 0.0, dampening: float = 0.0,
-                 weight_decay: float = 0.0, nesterov: bool = False, fused: bool | None = None) -> None:
-        _check_range("momentum", momentum, 0.0, 1.0)
+
+class _TorchTwin(Optimizer):
+    """``step`` of the optimizers with a torch twin: each group's parameters with gradients -> ``_update``."""
+
+    def step(self, closure=None):
+        """One update of every parameter with a gradient; ``closure`` (optional) re-evaluates and returns the loss."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        with torch.set_grad_enabled(bool(self.defaults.get("differentiable", False))):
+            for group in self.param_groups:
+                params, grads = self._group_tensors(group)
+                if params:
+                    self._update(group, params, grads)
+        return loss
+
+    def _ops_and_rest(self, group, params, grads, per_param, run_fused):
+        """Run ``run_fused(indices)`` on each fused bucket; return the ops and the tensors left for them."""
+        path = self._path(group)
+        if path in ("fused", "auto"):
+            buckets, rest = self._fused_split(params, per_param, path == "fused")
+            for idx in buckets:
+                run_fused(idx)
+            return _FOREACH, rest
+        return (_PER_TENSOR if path == "per_tensor" else _FOREACH), list(range(len(params)))
+
+    @staticmethod
+    def _signed(ops, grads, group) -> tuple[list[Tensor], bool]:
+        """``-g`` under ``maximize``; the flag says whether the list is a fresh copy (safe to update in place)."""
+        return (ops.neg(grads), True) if group["maximize"] else (grads, False)
+
+
+class SGD(_TorchTwin):
+    """SGD with momentum and Nesterov momentum (see the module docstring); arguments as ``torch.optim.SGD``.
+
+    Args: ``lr`` (float or 1-element tensor, >= 0), ``momentum`` (>= 0), ``dampening``, ``weight_decay``
+    (L2, >= 0), ``nesterov`` (needs momentum > 0 and dampening 0), keyword-only ``maximize``, ``foreach``,
+    ``differentiable``, ``fused`` (see the module docstring). Raises ``ValueError`` for out-of-range values,
+    ``RuntimeError`` for ``fused`` with ``foreach=True`` or ``differentiable``.
+    """
+
+    has_fused = True
+
+    def __init__(self, params: Iterable, lr: float | Tensor = 1e-3, momentum: float = 0, dampening: float = 0,
+                 weight_decay: float | Tensor = 0, nesterov: bool = False, *, maximize: bool = False,
+                 foreach: bool | None = None, differentiable: bool = False, fused: bool | None = None) -> None:
+        _nonneg("momentum value", momentum)
         if nesterov and (momentum <= 0 or dampening != 0):
-            raise ValueError("nesterov needs momentum > 0 and dampening 0")
+            raise ValueError("Nesterov momentum requires a momentum and zero dampening")
         super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
-                                      nesterov=nesterov, fused=fused))
+                                      nesterov=nesterov, maximize=maximize, foreach=foreach,
+                                      differentiable=differentiable, fused=fused))
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = torch.enable_grad()(closure)() if closure is not None else None
-        for group in self.param_groups:
-            params, grads = self._group_tensors(group)
-            if not params:
-                continue
-            lr, mu, wd = group["lr"], group["momentum"], group["weight_decay"]
-            first = mu != 0 and "momentum_buffer" not in self.state[params[0]]
-            bufs = self._state_list(params, "momentum_buffer") if mu != 0 else []
-            # ATen's fused SGD kernel wins on large tensors (2x at 10M parameters) but loses to the
-            # multi-tensor path on many small ones: use it when tensors average >= 64k elements
-            big = sum(p.numel() for p in params) >= 65536 * len(params) or params[0].is_cuda
-            if (group["fused"] is True or (group["fused"] is None and big)) and self._fused_ok(params):
-                torch._fused_sgd_(params, grads, bufs, weight_decay=wd, momentum=mu, lr=lr,
-                                  dampening=group["dampening"], nesterov=group["nesterov"], maximize=False,
-                                  is_first_step=first)
-                continue
-            fresh = bool(wd)
-            if wd:
-                grads = torch._foreach_add(grads, params, alpha=wd)
-            if mu:
+    def _path(self, group: dict) -> str:
+        path = super()._path(group)
+        return "foreach" if path == "auto" and not self._big else path
+
+    def _update(self, group, params, grads) -> None:
+        lr, mu, damp = _num(group["lr"]), group["momentum"], group["dampening"]
+        wd = _num(group["weight_decay"])
+        # ATen's fused SGD kernel wins on large tensors (2x at 10M parameters) but loses to the multi-tensor
+        # path on many small ones: by default it is used when tensors average >= 64k elements
+        self._big = sum(p.numel() for p in params) >= 65536 * len(params) or params[0].is_cuda
+        bufs = [self.state[p].get("momentum_buffer") if mu else None for p in params]
+
+        def fused(idx):
+            for first in (False, True):
+                sub = [i for i in idx if (bufs[i] is None) == first] if mu else ([] if first else idx)
+                if not sub:
+                    continue
                 if first:
-                    torch._foreach_copy_(bufs, grads)
-                else:
-                    torch._foreach_mul_(bufs, mu)
-                    torch._foreach_add_(bufs, grads, alpha=1 - group["dampening"])
-                if group["nesterov"]:
-                    if fresh:                 # our own copy already: update it in place
-                        torch._foreach_add_(grads, bufs, alpha=mu)
-                    else:
-                        grads = torch._foreach_add(grads, bufs, alpha=mu)
-                else:
-                    grads = bufs
-            torch._foreach_add_(params, grads, alpha=-lr)
-        return loss
+                    for i in sub:
+                        bufs[i] = self.state[params[i]]["momentum_buffer"] = torch.empty_like(grads[i])
+                torch._fused_sgd_(_pick(params, sub), _pick(grads, sub), _pick(bufs, sub) if mu else [],
+                                  weight_decay=wd, momentum=mu, lr=lr, dampening=damp, nesterov=group["nesterov"],
+                                  maximize=group["maximize"], is_first_step=first)
 
-
-class Adagrad(Optimizer):
-    """Adagrad (Duchi et al. 2011); see the module docstring."""
-
-    def __init__(self, params: Iterable, lr: float = 1e-2, lr_decay: float = 0.0, weight_decay: float = 0.0,
-                 initial_accumulator_value: float = 0.0, eps: float = 1e-10, fused: bool | None = None) -> None:
-        _check_range("lr_decay", lr_decay, 0.0)
-        _check_range("eps", eps, 0.0)
-        _check_range("initial_accumulator_value", initial_accumulator_value, 0.0)
-        super().__init__(params, dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay, eps=eps,
-                                      initial_accumulator_value=initial_accumulator_value, fused=fused))
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = torch.enable_grad()(closure)() if closure is not None else None
-        for group in self.param_groups:
-            params, grads = self._group_tensors(group)
-            if not params:
-                continue
-            init = group["initial_accumulator_value"]
-            sums = self._state_list(params, "sum", lambda p: torch.full_like(p, init))
-            steps = self._steps(params)
-            lr, wd, eps, decay = group["lr"], group["weight_decay"], group["eps"], group["lr_decay"]
-            if group["fused"] is not False and self._fused_ok(params):
-                torch._fused_adagrad_(params, grads, sums, steps, lr=lr, lr_decay=decay, weight_decay=wd, eps=eps,
-                                      maximize=False)
-                continue
-            if wd:
-                grads = torch._foreach_add(grads, params, alpha=wd)
-            torch._foreach_addcmul_(sums, grads, grads, value=1.0)
-            std = torch._foreach_sqrt(sums)
-            torch._foreach_add_(std, eps)
-            clr = [-lr / (1 + (float(s) - 1) * decay) for s in steps]
-            torch._foreach_mul_(std, [1.0 / c for c in clr])       # divide by -clr: params += g / (std / -clr)
-            torch._foreach_addcdiv_(params, grads, std)
-        return loss
-
-
-class RMSprop(Optimizer):
-    """RMSprop (Hinton, lecture 6e), optionally centred and with momentum; see the module docstring."""
-
-    def __init__(self, params: Iterable, lr: float = 1e-2, alpha: float = 0.99, eps: float = 1e-8,
-                 weight_decay: float = 0.0, momentum: float = 0.0, centered: bool = False,
-                 fused: bool | None = None) -> None:
-        _check_range("alpha", alpha, 0.0, 1.0)
-        _check_range("eps", eps, 0.0)
-        _check_range("momentum", momentum, 0.0, 1.0)
-        super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum,
-                                      centered=centered, fused=fused))
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = torch.enable_grad()(closure)() if closure is not None else None
-        for group in self.param_groups:
-            params, grads = self._group_tensors(group)
-            if not params:
-                continue
-            steps = self._steps(params)
-            a, eps, lr, wd, mu = group["alpha"], group["eps"], group["lr"], group["weight_decay"], group["momentum"]
-            sq = self._state_list(params, "square_avg")
-            if not (mu or group["centered"]) and group.get("fused") is not False and self._fused_ok(params):
-                # Plain RMSprop is Adam with beta1 = 0 and beta2 = alpha once Adam's bias correction is undone:
-                # sqrt(v / c) + eps = (sqrt(v) + eps sqrt(c)) / sqrt(c), c = 1 - alpha^t, so Adam with
-                # lr / sqrt(c) and eps / sqrt(c) takes exactly the step lr g / (sqrt(v) + eps): one fused
-                # pass instead of five (it keeps g in an extra "exp_avg" buffer).
-                c = (1 - a ** float(steps[0])) ** 0.5
-                m = self._state_list(params, "exp_avg")
-                torch._fused_adam_(params, grads, m, sq, [], steps, lr=lr / c, beta1=0.0,
-                                   beta2=a, weight_decay=wd, eps=eps / c, amsgrad=False, maximize=False)
-                continue
-            if wd:
-                grads = torch._foreach_add(grads, params, alpha=wd)
-            torch._foreach_mul_(sq, a)
-            torch._foreach_addcmul_(sq, grads, grads, value=1 - a)
-            if group["centered"]:
-                gavg = self._state_list(params, "grad_avg")
-                torch._foreach_lerp_(gavg, grads, 1 - a)
-                denom = torch._foreach_addcmul(sq, gavg, gavg, value=-1)
-                torch._foreach_sqrt_(denom)
+        per_param = [[p, g] + ([b] if b is not None else []) for p, g, b in zip(params, grads, bufs)]
+        ops, rest = self._ops_and_rest(group, params, grads, per_param, fused)
+        if not rest:
+            return
+        params, grads, bufs = _pick(params, rest), _pick(grads, rest), _pick(bufs, rest)
+        grads, own = self._signed(ops, grads, group)
+        if wd:
+            grads, own = (ops.add_(grads, params, alpha=wd) if own else ops.add(grads, params, alpha=wd)), True
+        if mu:
+            old = [i for i, b in enumerate(bufs) if b is not None]
+            if old:
+                ob = _pick(bufs, old)
+                ops.mul_(ob, mu)
+                ops.add_(ob, _pick(grads, old), alpha=1 - damp)
+            for i, b in enumerate(bufs):
+                if b is None:                      # this parameter's first step: b = g
+                    bufs[i] = self.state[params[i]]["momentum_buffer"] = grads[i].detach().clone()
+            if group["nesterov"]:
+                grads = ops.add_(grads, bufs, alpha=mu) if own else ops.add(grads, bufs, alpha=mu)
             else:
-                denom = torch._foreach_sqrt(sq)
-            torch._foreach_add_(denom, eps)
-            if mu:
-                bufs = self._state_list(params, "momentum_buffer")
-                torch._foreach_mul_(bufs, mu)
-                torch._foreach_addcdiv_(bufs, grads, denom)
-                torch._foreach_add_(params, bufs, alpha=-lr)
-            else:
-                torch._foreach_addcdiv_(params, grads, denom, value=-lr)
-        return loss
+                grads = bufs
+        ops.add_(params, grads, alpha=-lr)
 
 
-class Adam(Optimizer):
-    """Adam (1412.6980) with L2 weight decay; ``decoupled_weight_decay=True`` is AdamW (1711.05101)."""
+class Adagrad(_TorchTwin):
+    """Adagrad (Duchi et al. 2011); see the module docstring. Arguments as ``torch.optim.Adagrad``; state
+    (``step``, ``sum``) is created for every parameter at construction, as torch does."""
 
-    def __init__(self, params: Iterable, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, weight_decay: float = 0.0, amsgrad: bool = False,
-                 decoupled_weight_decay: bool = False, fused: bool | None = None) -> None:
-        betas = check_betas(betas)
-        _check_range("eps", eps, 0.0)
+    has_fused = True
+
+    def __init__(self, params: Iterable, lr: float | Tensor = 1e-2, lr_decay: float = 0, weight_decay: float = 0,
+                 initial_accumulator_value: float = 0, eps: float = 1e-10, foreach: bool | None = None, *,
+                 maximize: bool = False, differentiable: bool = False, fused: bool | None = None) -> None:
+        if isinstance(lr, Tensor) and lr.numel() != 1:
+            raise ValueError("Tensor lr must be 1-element")
+        _nonneg("learning rate", lr)
+        _nonneg("lr_decay value", lr_decay)
+        _nonneg("weight_decay value", weight_decay)
+        _nonneg("initial_accumulator_value value", initial_accumulator_value)
+        _nonneg("epsilon value", eps)
+        super().__init__(params, dict(lr=lr, lr_decay=lr_decay, eps=eps, weight_decay=weight_decay,
+                                      initial_accumulator_value=initial_accumulator_value, foreach=foreach,
+                                      maximize=maximize, differentiable=differentiable, fused=fused))
+        for group in self.param_groups:
+            self._init_state(group, group["params"])
+
+    def _init_state(self, group, params) -> None:
+        for p in params:
+            st = self.state[p]
+            if "step" not in st:
+                st["step"] = torch.zeros((), dtype=_get_scalar_dtype(group["fused"]),
+                                         device=p.device if group["fused"] else None)
+            if "sum" not in st:
+                st["sum"] = torch.full_like(p, group["initial_accumulator_value"], memory_format=torch.preserve_format)
+
+    def _update(self, group, params, grads) -> None:
+        self._init_state(group, params)                      # groups added later
+        sums, steps = [self.state[p]["sum"] for p in params], [self.state[p]["step"] for p in params]
+        torch._foreach_add_(steps, 1.0)
+        lr_t, wd, eps, decay = group["lr"], group["weight_decay"], group["eps"], group["lr_decay"]
+        lr = _num(lr_t)
+
+        def fused(idx):
+            torch._fused_adagrad_(_pick(params, idx), _pick(grads, idx), _pick(sums, idx), _pick(steps, idx), lr=lr,
+                                  lr_decay=decay, weight_decay=wd, eps=eps, maximize=group["maximize"])
+
+        ops, rest = self._ops_and_rest(group, params, grads, [[p, g, s] for p, g, s in zip(params, grads, sums)],
+                                       fused)
+        if not rest:
+            return
+        params, grads, sums, steps = (_pick(x, rest) for x in (params, grads, sums, steps))
+        grads, own = self._signed(ops, grads, group)
+        if wd:
+            grads = ops.add_(grads, params, alpha=wd) if own else ops.add(grads, params, alpha=wd)
+        ops.addcmul_(sums, grads, grads, value=1.0)
+        std = ops.tmp_add(ops.sqrt(sums), eps)
+        ops.addcdiv_(params, grads, std, [-_lr_over(lr_t, 1 + (float(s) - 1) * decay) for s in steps])
+
+
+class RMSprop(_TorchTwin):
+    """RMSprop (Hinton, lecture 6e), optionally centred and with momentum; see the module docstring.
+    Arguments as ``torch.optim.RMSprop`` (which has no ``fused``): by default the plain form (no momentum,
+    not centred) runs as one fused Adam kernel pass, see ``_update``."""
+
+    has_fused = True
+
+    def __init__(self, params: Iterable, lr: float | Tensor = 1e-2, alpha: float = 0.99, eps: float = 1e-8,
+                 weight_decay: float = 0, momentum: float = 0, centered: bool = False, capturable: bool = False,
+                 foreach: bool | None = None, maximize: bool = False, differentiable: bool = False) -> None:
+        if isinstance(lr, Tensor) and lr.numel() != 1:
+            raise ValueError("Tensor lr must be 1-element")
+        _nonneg("learning rate", lr)
+        _nonneg("epsilon value", eps)
+        _nonneg("momentum value", momentum)
+        _nonneg("weight_decay value", weight_decay)
+        _nonneg("alpha value", alpha)
+        super().__init__(params, dict(lr=lr, momentum=momentum, alpha=alpha, eps=eps, centered=centered,
+                                      weight_decay=weight_decay, capturable=capturable, foreach=foreach,
+                                      maximize=maximize, differentiable=differentiable))
+
+    def _path(self, group: dict) -> str:
+        path = super()._path(group)
+        return "foreach" if path == "auto" and (group["momentum"] or group["centered"]) else path
+
+    def _update(self, group, params, grads) -> None:
+        steps = self._steps(params)
+        a, eps, lr, wd, mu = group["alpha"], group["eps"], _num(group["lr"]), group["weight_decay"], group["momentum"]
+        sq = self._state_list(params, "square_avg")
+        scratch = self.__dict__.setdefault("_scratch", {})
+
+        def fused(idx):
+            # Plain RMSprop is Adam with beta1 = 0 and beta2 = alpha once Adam's bias correction is undone:
+            # sqrt(v / c) + eps = (sqrt(v) + eps sqrt(c)) / sqrt(c), c = 1 - alpha^t, so Adam with lr / sqrt(c)
+            # and eps / sqrt(c) takes exactly the step lr g / (sqrt(v) + eps): one fused pass instead of five.
+            # Adam's first moment (= g when beta1 = 0) goes to a scratch buffer kept outside the state.
+            by_t: dict[float, list[int]] = {}
+            for i in idx:
+                by_t.setdefault(float(steps[i]), []).append(i)
+            for t, sub in by_t.items():
+                c = (1 - a ** t) ** 0.5
+                m = []
+                for i in sub:
+                    buf = scratch.get(params[i])
+                    if buf is None or buf.stride() != params[i].stride():
+                        # zeros, not empty: the kernel forms 0 * m + g, and 0 * NaN-garbage is NaN
+                        buf = scratch[params[i]] = torch.zeros_like(params[i])
+                    m.append(buf)
+                torch._fused_adam_(_pick(params, sub), _pick(grads, sub), m, _pick(sq, sub), [], _pick(steps, sub),
+                                   lr=lr / c, beta1=0.0, beta2=a, weight_decay=wd, eps=eps / c, amsgrad=False,
+                                   maximize=group["maximize"])
+
+        ops, rest = self._ops_and_rest(group, params, grads, [[p, g, s] for p, g, s in zip(params, grads, sq)], fused)
+        if not rest:
+            return
+        params, grads, sq = (_pick(x, rest) for x in (params, grads, sq))
+        grads, own = self._signed(ops, grads, group)
+        if wd:
+            grads = ops.add_(grads, params, alpha=wd) if own else ops.add(grads, params, alpha=wd)
+        ops.mul_(sq, a)
+        ops.addcmul_(sq, grads, grads, value=1 - a)
+        if group["centered"]:
+            gavg = self._state_list(params, "grad_avg")
+            ops.lerp_(gavg, grads, 1 - a)
+            denom = ops.tmp_sqrt(ops.addcmul(sq, gavg, gavg, value=-1))
+        else:
+            denom = ops.sqrt(sq)
+        denom = ops.tmp_add(denom, eps)
+        if mu:
+            bufs = self._state_list(params, "momentum_buffer")
+            ops.mul_(bufs, mu)
+            ops.addcdiv_(bufs, grads, denom)
+            ops.add_(params, bufs, alpha=-lr)
+        else:
+            ops.addcdiv_(params, grads, denom, value=-lr)
+
+
+class Adam(_TorchTwin):
+    """Adam (1412.6980) with L2 weight decay; ``decoupled_weight_decay=True`` is AdamW (1711.05101).
+    Arguments, checks and state (``step``, ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq``) as ``torch.optim.Adam``;
+    ``betas`` may be floats or 1-element tensors (read once per step)."""
+
+    has_fused = True
+
+    def __init__(self, params: Iterable, lr: float | Tensor = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0, amsgrad: bool = False, *, foreach: bool | None = None,
+                 maximize: bool = False, capturable: bool = False, differentiable: bool = False,
+                 fused: bool | None = None, decoupled_weight_decay: bool = False) -> None:
+        if isinstance(lr, Tensor):
+            if foreach and not capturable:
+                raise ValueError("lr as a Tensor is not supported for capturable=False and foreach=True")
+            if lr.numel() != 1:
+                raise ValueError("Tensor lr must be 1-element")
+        _nonneg("learning rate", lr)
+        _nonneg("epsilon value", eps)
+        betas = tuple(betas)
+        if len(betas) != 2:
+            raise ValueError(f"betas must be a pair (beta1, beta2), got {betas}")
+        betas = _check_torch_betas(tuple(float(b) if isinstance(b, int) else b for b in betas), foreach, capturable)
+        _nonneg("weight_decay value", weight_decay)
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
-                                      decoupled_weight_decay=decoupled_weight_decay, fused=fused))
+                                      maximize=maximize, foreach=foreach, capturable=capturable,
+                                      differentiable=differentiable, fused=fused,
+                                      decoupled_weight_decay=decoupled_weight_decay))
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = torch.enable_grad()(closure)() if closure is not None else None
-        for group in self.param_groups:
-            params, grads = self._group_tensors(group)
-            if not params:
-                continue
-            (b1, b2), lr, eps, wd = group["betas"], group["lr"], group["eps"], group["weight_decay"]
-            m, v = self._state_list(params, "exp_avg"), self._state_list(params, "exp_avg_sq")
-            vmax = self._state_list(params, "max_exp_avg_sq") if group["amsgrad"] else []
-            steps = self._steps(params)
-            decoupled = group["decoupled_weight_decay"]
-            if group["fused"] is not False and self._fused_ok(params):
-                kernel = torch._fused_adamw_ if decoupled else torch._fused_adam_
-                kernel(params, grads, m, v, vmax, steps, lr=lr, beta1=b1, beta2=b2, weight_decay=wd, eps=eps,
-                       amsgrad=group["amsgrad"], maximize=False)
-                continue
-            if wd and decoupled:
-                torch._foreach_mul_(params, 1 - lr * wd)
-            elif wd:
-                grads = torch._foreach_add(grads, params, alpha=wd)
-            adam_moments_(m, v, grads, b1, b2)
-            if group["amsgrad"]:
-                torch._foreach_maximum_(vmax, v)
-            t = [float(s) for s in steps]
-            denom = torch._foreach_sqrt(vmax if group["amsgrad"] else v)
-            torch._foreach_div_(denom, [(1 - b2 ** ti) ** 0.5 for ti in t])
-            torch._foreach_add_(denom, eps)
-            torch._foreach_addcdiv_(params, m, denom, [-lr / (1 - b1 ** ti) for ti in t])
-        return loss
+    def _update(self, group, params, grads) -> None:
+        b1, b2 = (_num(b) for b in group["betas"])
+        lr_t, eps, wd, ams = group["lr"], group["eps"], group["weight_decay"], group["amsgrad"]
+        lr = _num(lr_t)
+        m, v = self._state_list(params, "exp_avg"), self._state_list(params, "exp_avg_sq")
+        vmax = self._state_list(params, "max_exp_avg_sq") if ams else []
+        steps = self._steps(params, fused=bool(group["fused"]))
+        decoupled = group["decoupled_weight_decay"]
+
+        def fused(idx):
+            kernel = torch._fused_adamw_ if decoupled else torch._fused_adam_
+            kernel(_pick(params, idx), _pick(grads, idx), _pick(m, idx), _pick(v, idx), _pick(vmax, idx) if ams else [],
+                   _pick(steps, idx), lr=lr, beta1=b1, beta2=b2, weight_decay=wd, eps=eps, amsgrad=ams,
+                   maximize=group["maximize"])
+
+        per_param = [[p, g, a, b] + ([vmax[i]] if ams else []) for i, (p, g, a, b) in enumerate(zip(params, grads, m, v))]
+        ops, rest = self._ops_and_rest(group, params, grads, per_param, fused)
+        if not rest:
+            return
+        params, grads, m, v, steps = (_pick(x, rest) for x in (params, grads, m, v, steps))
+        vmax = _pick(vmax, rest) if ams else []
+        grads, own = self._signed(ops, grads, group)
+        if wd and decoupled:
+            ops.mul_(params, float(1 - lr_t * wd))          # in lr's dtype when it is a tensor, as torch
+        elif wd:
+            grads = ops.add_(grads, params, alpha=wd) if own else ops.add(grads, params, alpha=wd)
+        adam_moments_(m, v, grads, b1, b2, ops)
+        if ams:
+            ops.maximum_(vmax, v)
+        t = [float(s) for s in steps]
+        denom = ops.tmp_div(ops.sqrt(vmax if ams else v), [(1 - b2 ** ti) ** 0.5 for ti in t])
+        denom = ops.tmp_add(denom, eps)
+        ops.addcdiv_(params, m, denom, [-_lr_over(lr_t, 1 - b1 ** ti) for ti in t])
 
 
 class AdamW(Adam):
-    """Adam with decoupled weight decay (1711.05101): ``theta <- theta (1 - lr wd)``, then the Adam step."""
+    """Adam with decoupled weight decay (1711.05101): ``theta <- theta (1 - lr wd)``, then the Adam step.
+    Arguments as ``torch.optim.AdamW`` (``weight_decay`` default 1e-2)."""
 
-    def __init__(self, params: Iterable, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, weight_decay: float = 1e-2, amsgrad: bool = False, fused: bool | None = None) -> None:
-        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, decoupled_weight_decay=True, fused=fused)
+    def __init__(self, params: Iterable, lr: float | Tensor = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 1e-2, amsgrad: bool = False, *, maximize: bool = False,
+                 foreach: bool | None = None, capturable: bool = False, differentiable: bool = False,
+                 fused: bool | None = None) -> None:
+        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach, maximize=maximize,
+                         capturable=capturable, differentiable=differentiable, fused=fused,
+                         decoupled_weight_decay=True)
+
+    def _fix_group(self, group: dict) -> None:
+        group["decoupled_weight_decay"] = True

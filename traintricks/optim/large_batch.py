@@ -15,7 +15,9 @@ In both, the ratio is 1 when either norm is 0, and tensors with at most one dime
 normalization scales and shifts) are by default excluded from the adaptation and from weight decay
 (``exclude_1d=True``): the papers adapt per *layer weight*, and decaying BN parameters only fights the
 normalization. All norms of a group come from one ``torch._foreach_norm`` call and the ratios stay tensors
-(no host synchronization).
+(no host synchronization). State is per parameter (LAMB's bias corrections use each tensor's own step count);
+``maximize=True`` (keyword-only) ascends. Compared with ``pytorch_optimizer``'s LARS / Lamb in
+``tests/compat/test_optimizers.py`` (where their rules differ from the papers: ``docs/compat/optimizers.md``).
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ from typing import Iterable
 
 import torch
 
-from .first_order import Optimizer, _check_range, adam_moments_, check_betas
+from .first_order import Optimizer, _check_range, _num, adam_moments_, check_betas
 
 
 def _trust(num: torch.Tensor, den: torch.Tensor, scale: float = 1.0) -> list[torch.Tensor]:
@@ -36,11 +38,13 @@ class LARS(Optimizer):
     """LARS (1708.03888); see the module docstring."""
 
     def __init__(self, params: Iterable, lr: float = 1.0, momentum: float = 0.9, weight_decay: float = 5e-4,
-                 trust_coefficient: float = 0.001, eps: float = 0.0, exclude_1d: bool = True) -> None:
+                 trust_coefficient: float = 0.001, eps: float = 0.0, exclude_1d: bool = True, *,
+                 maximize: bool = False) -> None:
         _check_range("momentum", momentum, 0.0, 1.0)
         _check_range("trust_coefficient", trust_coefficient, 0.0)
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay,
-                                      trust_coefficient=trust_coefficient, eps=eps, exclude_1d=exclude_1d))
+                                      trust_coefficient=trust_coefficient, eps=eps, exclude_1d=exclude_1d,
+                                      maximize=maximize))
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -49,7 +53,9 @@ class LARS(Optimizer):
             params, grads = self._group_tensors(group)
             if not params:
                 continue
-            wd, mu, lr = group["weight_decay"], group["momentum"], group["lr"]
+            if group["maximize"]:
+                grads = torch._foreach_neg(grads)
+            wd, mu, lr = group["weight_decay"], group["momentum"], _num(group["lr"])
             adapt = [p.ndim > 1 or not group["exclude_1d"] for p in params]
             ap = [p for p, a in zip(params, adapt) if a]
             ag = [g for g, a in zip(grads, adapt) if a]
@@ -77,11 +83,11 @@ class LAMB(Optimizer):
 
     def __init__(self, params: Iterable, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-6, weight_decay: float = 0.01, clamp: float | None = None,
-                 exclude_1d: bool = True) -> None:
+                 exclude_1d: bool = True, *, maximize: bool = False) -> None:
         betas = check_betas(betas)
         _check_range("eps", eps, 0.0)
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, clamp=clamp,
-                                      exclude_1d=exclude_1d))
+                                      exclude_1d=exclude_1d, maximize=maximize))
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -90,18 +96,20 @@ class LAMB(Optimizer):
             params, grads = self._group_tensors(group)
             if not params:
                 continue
-            (b1, b2), eps, wd, lr = group["betas"], group["eps"], group["weight_decay"], group["lr"]
+            if group["maximize"]:
+                grads = torch._foreach_neg(grads)
+            (b1, b2), eps, wd, lr = group["betas"], group["eps"], group["weight_decay"], _num(group["lr"])
             m, v = self._state_list(params, "exp_avg"), self._state_list(params, "exp_avg_sq")
-            t = float(self._steps(params)[0])
+            t = [float(s) for s in self._steps(params)]          # each parameter's own step count
             adam_moments_(m, v, grads, b1, b2)
             # r = m_hat / (sqrt(v_hat) + eps) = k * m / (sqrt(v) + eps * sqrt(c2)), k = sqrt(c2) / c1, plus wd * w:
             # four passes (sqrt, add, the decay term, addcdiv) instead of six
-            c1, c2 = 1 - b1 ** t, (1 - b2 ** t) ** 0.5
+            c1, c2 = [1 - b1 ** ti for ti in t], [(1 - b2 ** ti) ** 0.5 for ti in t]
             denom = torch._foreach_sqrt(v)
-            torch._foreach_add_(denom, eps * c2)
+            torch._foreach_add_(denom, [eps * c for c in c2])
             adapt = [p.ndim > 1 or not group["exclude_1d"] for p in params]
             r = [p * wd if (wd and a) else torch.zeros_like(p) for p, a in zip(params, adapt)]
-            torch._foreach_addcdiv_(r, m, denom, value=c2 / c1)
+            torch._foreach_addcdiv_(r, m, denom, [b / a for a, b in zip(c1, c2)])
             ap = [p for p, a in zip(params, adapt) if a]
             ar = [x for x, a in zip(r, adapt) if a]
             if ap:

@@ -12,7 +12,9 @@ the number of parameters (the default cap ``krylov_dim`` covers small models) th
 absolute eigenvalues: ``theta <- theta - lr * V Q diag(1 / (|lam| + damping)) Q^T V^T g``. It rescales
 by curvature like Newton but always descends, and escapes saddles (tested on ``x^2 - y^2 + y^4 / 4``).
 
-``step(closure)`` needs a closure that returns the loss (it is differentiated twice).
+``step(closure)`` needs a closure that returns the loss (it is differentiated twice). ``maximize=True``
+(keyword-only) steps on ``-f``. Parameters of any strides are updated in place element by element; the
+optimizers keep no per-parameter state.
 """
 from __future__ import annotations
 
@@ -27,11 +29,12 @@ class _KrylovNewton(Optimizer):
     absolute = False
     needs_closure = True
 
-    def __init__(self, params: Iterable, lr: float = 1.0, damping: float = 1e-3, krylov_dim: int = 200) -> None:
+    def __init__(self, params: Iterable, lr: float = 1.0, damping: float = 1e-3, krylov_dim: int = 200, *,
+                 maximize: bool = False) -> None:
         _check_range("damping", damping, 0.0)
         if krylov_dim < 1:
             raise ValueError(f"krylov_dim must be >= 1, got {krylov_dim}")
-        super().__init__(params, dict(lr=lr, damping=damping, krylov_dim=krylov_dim))
+        super().__init__(params, dict(lr=lr, damping=damping, krylov_dim=krylov_dim, maximize=maximize))
 
     def step(self, closure=None):
         if closure is None:
@@ -43,7 +46,8 @@ class _KrylovNewton(Optimizer):
                 for p in params:
                     if torch.is_complex(p):
                         raise RuntimeError(f"{type(self).__name__} does not support complex parameters")
-                grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
+                objective = -loss if group["maximize"] else loss         # maximize: Newton on -f
+                grads = torch.autograd.grad(objective, params, create_graph=True, allow_unused=True)
                 pairs = [(p, g) for p, g in zip(params, grads) if g is not None]
                 if not pairs:
                     continue
@@ -62,8 +66,8 @@ class _KrylovNewton(Optimizer):
                         n = p.numel()
                         p.add_(d[offset:offset + n].view_as(p), alpha=-group["lr"])
                         offset += n
-                    for p, g in zip(params, grads):
-                        p.grad = g.detach()
+                    for p, g in zip(params, grads):                    # p.grad: the gradient of f
+                        p.grad = -g.detach() if group["maximize"] else g.detach()
         return loss.detach()
 
     def _direction(self, hvp, g: torch.Tensor, group: dict) -> torch.Tensor:

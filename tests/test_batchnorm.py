@@ -412,3 +412,38 @@ def test_batchnorm3d_and_inplace_abn1d_shapes():
     torch.testing.assert_close(ours(x), theirs(x))
     torch.testing.assert_close(ours.running_var, theirs.running_var)
     assert InPlaceABN1d(4)(torch.randn(5, 4, 3)).shape == (5, 4, 3)
+
+
+@pytest.mark.parametrize("cls_name", ["BatchNorm2d", "BatchNormAct2d", "BatchRenorm2d", "InPlaceABN"])
+def test_cumulative_warmup_averages_the_first_batches_then_follows_momentum(cls_name):
+    # rate max(momentum, 1/t): the plain mean of the first 1/momentum batches' statistics, then the EMA
+    # (issue 15 item 13: short runs evaluated with running estimates still near their initial 0/1)
+    import traintricks.memory as memory
+    import traintricks.nn as tnn
+    cls = getattr(tnn, cls_name, None) or getattr(memory, cls_name)
+    torch.manual_seed(0)
+    bn = cls(3, momentum=0.25, cumulative_warmup=True).double()
+    xs = [torch.randn(8, 3, 4, 4, dtype=torch.float64) * (i + 1) + i for i in range(7)]
+    mean, var = torch.zeros(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64)
+    for t, x in enumerate(xs, 1):
+        bn(x)
+        rate = max(0.25, 1 / t)
+        mean = (1 - rate) * mean + rate * x.mean((0, 2, 3))
+        var = (1 - rate) * var + rate * x.var((0, 2, 3), unbiased=True)
+        torch.testing.assert_close(bn.running_mean, mean, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(bn.running_var, var, rtol=1e-12, atol=1e-12)
+    # after the first batch nothing is left of the initial values
+    fresh = cls(3, momentum=0.25, cumulative_warmup=True).double()
+    fresh(xs[3])
+    torch.testing.assert_close(fresh.running_mean, xs[3].mean((0, 2, 3)), rtol=1e-12, atol=1e-12)
+    assert "cumulative_warmup=True" in repr(fresh)
+
+
+def test_cumulative_warmup_has_no_graph_breaks_and_models_by_name_use_it():
+    from traintricks.nn import make_norm
+    bn = make_norm("batchnorm", 4)
+    assert bn.cumulative_warmup and abs(bn.momentum - 0.1) < 1e-12
+    assert not BatchNorm2d(4).cumulative_warmup            # the class default is PyTorch's plain momentum
+    torch._dynamo.reset()
+    explain = torch._dynamo.explain(bn)(torch.randn(4, 4, 3, 3))
+    assert explain.graph_break_count == 0

@@ -79,9 +79,9 @@ class _InPlaceABN(_BatchNorm):
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True,
                  track_running_stats: bool = True, device=None, dtype=None, *, bias: bool = True,
                  alpha: float | None = None, activation_param: float = 0.01, eps_gamma: float = 1e-5,
-                 check_finite: bool = False) -> None:
+                 check_finite: bool = False, cumulative_warmup: bool = False) -> None:
         super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype, bias=bias,
-                         alpha=alpha, check_finite=check_finite)
+                         alpha=alpha, check_finite=check_finite, cumulative_warmup=cumulative_warmup)
         if not activation_param > 0:
             raise ValueError(f"{type(self).__name__}: the leaky ReLU slope must be > 0 to be invertible, "
                              f"got {activation_param}")
@@ -98,7 +98,8 @@ class _InPlaceABN(_BatchNorm):
         if not bn_training or x.numel() == 0:
             return F.leaky_relu(self._normalize(x, bn_training), self.slope, inplace=True)
         w, b = self._affine(x)
-        in_kernel = self._tracking() and self.momentum is not None and self.running_mean is not None
+        in_kernel = (self._tracking() and self.momentum is not None and not self.cumulative_warmup
+                     and self.running_mean is not None)
         if in_kernel:                  # the kernel moves the running estimates at rate momentum
             z, _, _ = InPlaceABNFunction.apply(x, w, b, self.eps, self.slope, self.eps_gamma,
                                                self.running_mean, self.running_var, self.momentum)

@@ -141,7 +141,8 @@ class _BatchNorm(nn.modules.batchnorm._NormBase):
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True,
                  track_running_stats: bool = True, device=None, dtype=None, *, bias: bool = True,
-                 alpha: float | None = None, impl: str = "fast", check_finite: bool = False) -> None:
+                 alpha: float | None = None, impl: str = "fast", check_finite: bool = False,
+                 cumulative_warmup: bool = False) -> None:
         if isinstance(eps, str):
             raise TypeError(f"{type(self).__name__}: eps must be a number, got {eps!r} (the options after "
                             "track_running_stats, dtype are keyword-only)")
@@ -150,6 +151,7 @@ class _BatchNorm(nn.modules.batchnorm._NormBase):
                          bias=bias)
         self.impl = check_impl(impl)
         self.check_finite = bool(check_finite)
+        self.cumulative_warmup = bool(cumulative_warmup)
         self.sync = False
 
     # -- checks -----------------------------------------------------------------------------------------------
@@ -194,15 +196,17 @@ class _BatchNorm(nn.modules.batchnorm._NormBase):
         return self.training and self.track_running_stats
 
     def _step_factor(self):
-        """Count this batch (``num_batches_tracked += 1``) and return the update rate: ``momentum``, or for
-        ``momentum=None`` the cumulative ``1 / num_batches_tracked`` as a 0-d tensor (no host read)."""
+        """Count this batch (``num_batches_tracked += 1``) and return the update rate: ``momentum``; for
+        ``momentum=None`` the cumulative ``1 / t`` (``t = num_batches_tracked``); with ``cumulative_warmup``
+        ``max(momentum, 1 / t)``. The last two as 0-d tensors (no host read)."""
         if self.num_batches_tracked is None:
             return 0.0 if self.momentum is None else self.momentum
         self.num_batches_tracked.add_(1)
-        if self.momentum is not None:
+        if self.momentum is not None and not self.cumulative_warmup:
             return self.momentum
-        return self.num_batches_tracked.to(self.running_mean.dtype if self.running_mean is not None
-                                           else torch.get_default_dtype()).reciprocal()
+        inv_t = self.num_batches_tracked.to(self.running_mean.dtype if self.running_mean is not None
+                                            else torch.get_default_dtype()).reciprocal()
+        return inv_t if self.momentum is None else inv_t.clamp(min=self.momentum)
 
     @torch.no_grad()
     def _track(self, mu: torch.Tensor, var_unbiased: torch.Tensor) -> None:
@@ -275,7 +279,8 @@ class _BatchNorm(nn.modules.batchnorm._NormBase):
 
     def extra_repr(self) -> str:
         return super().extra_repr() + (", impl='reference'" if self.impl == "reference" else "") + \
-            (", check_finite=True" if self.check_finite else "")
+            (", check_finite=True" if self.check_finite else "") + \
+            (", cumulative_warmup=True" if self.cumulative_warmup else "")
 
 
 class _PlainBatchNorm(_BatchNorm, nn.modules.batchnorm._BatchNorm):

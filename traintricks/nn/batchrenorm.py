@@ -133,9 +133,9 @@ class _BatchRenorm(_BatchNorm):
                  track_running_stats: bool = True, device=None, dtype=None, *, bias: bool = True,
                  alpha: float | None = None, rmax: float = 3.0, dmax: float = 5.0, warmup_steps: int = 5000,
                  r_ramp_steps: int = 40000, d_ramp_steps: int = 25000, impl: str = "fast",
-                 check_finite: bool = False) -> None:
+                 check_finite: bool = False, cumulative_warmup: bool = False) -> None:
         super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype, bias=bias,
-                         alpha=alpha, impl=impl, check_finite=check_finite)
+                         alpha=alpha, impl=impl, check_finite=check_finite, cumulative_warmup=cumulative_warmup)
         name = type(self).__name__
         if not track_running_stats:
             raise ValueError(f"{name}: batch renormalization corrects towards the running estimates; "

@@ -79,12 +79,12 @@ class _BatchNormAct(_BatchNorm):
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True,
                  track_running_stats: bool = True, device=None, dtype=None, *, bias: bool = True,
                  activation: str = "relu", negative_slope: float = 0.01, alpha: float | None = None,
-                 impl: str = "fast", check_finite: bool = False) -> None:
+                 impl: str = "fast", check_finite: bool = False, cumulative_warmup: bool = False) -> None:
         if isinstance(eps, str):
             raise TypeError(f"{type(self).__name__}: eps must be a number, got {eps!r}; the activation is "
                             f"keyword-only: {type(self).__name__}({num_features}, activation={eps!r})")
         super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype, bias=bias,
-                         alpha=alpha, impl=impl, check_finite=check_finite)
+                         alpha=alpha, impl=impl, check_finite=check_finite, cumulative_warmup=cumulative_warmup)
         if activation not in FUSED_ACTIVATIONS:
             raise ValueError(f"{type(self).__name__}: activation must be one of {', '.join(FUSED_ACTIVATIONS)}, "
                              f"got {activation!r}")

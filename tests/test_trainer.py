@@ -366,7 +366,7 @@ def test_recipe_schedule_counts_every_update_with_accumulation(tiny_cfg):
     # run with accumulation uses the same examples as the run without: the recipe drops the incomplete last batch,
     # so the incomplete last group too (drop_tail). 4 micro-batches of 12 per batch of 48; no batch norm (its
     # statistics are per micro-batch: accumulation equals a larger batch only for models without it).
-    mlp = ["model.name=mlp", "model.hidden=[32]", "model.norm=none"]
+    mlp = ["model.name=mlp", "model.hidden=[32]", "model.norm=none", "precision=fp32"]    # the arithmetic, in fp32
 
     def build(*extra):
         t = build_trainer(tiny_cfg("epochs=1", "batch_size=48", *mlp, *extra), progress=False)

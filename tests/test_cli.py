@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from tests.conftest import TINY
+from tests.conftest import PRECISION, TINY
 from traintricks.cli import main
 from traintricks.registry import all_registries
 from traintricks.training import checkpoint as ckpt
@@ -107,11 +107,12 @@ def test_sigkilled_run_resumes_to_the_same_weights(tmp_path):
 @pytest.mark.skipif(not os.path.isdir("/usr/share/datasets/fashion-mnist") and not os.environ.get("TRAINTRICKS_DATA"),
                     reason="Fashion-MNIST not installed")
 def test_default_recipe_runs_end_to_end_on_a_fashion_mnist_subset(tmp_path, capsys):
-    # the default recipe (bf16 where supported, channels-last, two one-cycles, crop+flip and flip TTA from the
+    # the default recipe (at the tests' PRECISION, channels-last, two one-cycles, crop+flip and flip TTA from the
     # second) on 3,000 images, its 26 epochs shrunk to 2 (1 + 1: cycle lengths scale with the run);
     # batches of 64 with the rate scaled linearly from the recipe's 0.4 at 512
     assert main(["train", "--set", "data.limit=3000", "--set", "epochs=2", "--set", "batch_size=64",
-                 "--set", "lr=0.05", "--set", "data.augment_from_epoch=1", "--out", str(tmp_path),
+                 "--set", "lr=0.05", "--set", "data.augment_from_epoch=1", "--set", f"precision={PRECISION}",
+                 "--out", str(tmp_path),
                  "--no-progress"]) == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["dataset"] == "fashion_mnist" and summary["epochs"] == 2

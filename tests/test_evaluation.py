@@ -318,10 +318,13 @@ def test_curriculum_from_a_reference_run_and_from_a_scores_file(tiny_cfg, tmp_pa
 
 
 # ------------------------------------------------------------------------------------------------ lab
-def test_lab_lists_the_claims_and_runs_them_writing_verdicts_and_plots(tmp_path, capsys):
+def test_lab_lists_the_claims_and_runs_them_writing_verdicts_and_plots(tmp_path, capsys, monkeypatch):
     import json
+    from tests.conftest import PRECISION
     from traintricks.cli import main
+    from traintricks.evaluation import lab
     from traintricks.evaluation.lab import CLAIMS
+    monkeypatch.setattr(lab, "LAB_MODEL", [*lab.LAB_MODEL, f"precision={PRECISION}"])   # not the machine's "auto"
     assert main(["lab"]) == 0
     listing = capsys.readouterr().out
     assert all(name in listing for name in CLAIMS) and len(CLAIMS) >= 9

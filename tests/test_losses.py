@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tests.conftest import PRECISION
 from traintricks.config import ConfigError, load_config
 from traintricks.losses import (LOSSES, PENALTIES, AuxiliaryHeads, ConfidencePenalty, CrossEntropy, Distillation,
                                 HierarchicalLoss, HuberLoss, KLDivergence, L1Loss, L2Loss, LargeMarginSoftmax,
@@ -356,7 +357,7 @@ def _train(overrides, epochs=1):
     from traintricks.training import build_trainer
     cfg = load_config(overrides=["data.name=digits", f"epochs={epochs}", "data.augment=[]", "eval.tta_flip=false",
                                  "model.widths=[8, 16]", "model.blocks=[1, 1]", "batch_size=64", "lr=0.1",
-                                 "precision=fp32"] + overrides)
+                                 f"precision={PRECISION}"] + overrides)
     return build_trainer(cfg, progress=False).fit()
 
 
@@ -372,15 +373,16 @@ def _train(overrides, epochs=1):
     ["model.name=preact_resnet", "model.aux_heads=[0]", "model.stem_width=8"],
 ])
 def test_every_loss_trains_by_name_from_a_config(spec):
-    summary = _train(spec)
-    assert math.isfinite(summary["test_loss"]) and summary["test_accuracy"] > 0.15
+    summary = _train(spec, epochs=2)     # after 1 epoch sinkhorn/l1 reached 0.20/0.23 against 0.15; now >= 0.40
+    assert math.isfinite(summary["test_loss"]) and summary["test_accuracy"] > 0.25
 
 
 def test_distillation_from_a_finished_run(tmp_path):
     from traintricks.training import run
     teacher_dir = tmp_path / "teacher"
     cfg = load_config(overrides=["data.name=digits", "epochs=2", "data.augment=[]", "eval.tta_flip=false",
-                                 "model.widths=[8, 16]", "model.blocks=[1, 1]", "batch_size=64", "lr=0.1"])
+                                 "model.widths=[8, 16]", "model.blocks=[1, 1]", "batch_size=64", "lr=0.1",
+                                 f"precision={PRECISION}"])
     run(cfg, teacher_dir, progress=False)
     summary = _train(["loss.name=distillation", f'loss.teacher="{teacher_dir}"', "loss.temperature=3.0"])
     assert summary["test_accuracy"] > 0.3

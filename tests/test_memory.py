@@ -202,15 +202,17 @@ def test_reversible_inverse_and_constant_memory_in_depth():
 @pytest.mark.parametrize("overrides", [
     ["model.name=revnet", "model.widths=[8, 16]", "model.blocks=[2, 1]"],
     ["model.name=preact_resnet", "model.norm=inplace_abn", "model.activation=leaky_relu", "model.widths=[4, 8]",
-     "model.blocks=[1, 1]", "model.stem_width=8"],
+     "model.blocks=[1, 1]", "model.stem_width=8", "lr=0.2"],      # at lr 0.1: 0.507 in bf16, 0.526 in fp32
     ["model.name=revnet", "model.norm=inplace_abn", "model.activation=leaky_relu", "model.widths=[8, 16]",
      "model.blocks=[1, 1]"],
 ])
 def test_memory_saving_models_train_by_name(overrides):
+    from tests.conftest import PRECISION
     from traintricks.config import load_config
     from traintricks.training import build_trainer
     cfg = load_config(overrides=["data.name=digits", "epochs=2", "data.augment=[]", "eval.tta_flip=false",
-                                 "batch_size=64", "lr=0.1", "schedule.name=onecycle"] + overrides)
+                                 "batch_size=64", "lr=0.1", "schedule.name=onecycle", f"precision={PRECISION}",
+                                 *overrides])
     assert build_trainer(cfg, progress=False).fit()["test_accuracy"] > 0.5
 
 

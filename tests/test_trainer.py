@@ -209,3 +209,185 @@ def test_epoch_records_carry_the_gradient_norm_before_clipping(tiny_cfg):
     r = t.history[0]
     assert max(norms) <= 0.0100001 and r["grad_norm"] > 0.01          # the record holds the raw norm
     assert r["grad_norm_max"] >= r["grad_norm"] > 0
+
+
+# ------------------------------------------------------------------ gradient accumulation (issue 15, item 9)
+def _toy(seed=0, n=10):
+    g = torch.Generator().manual_seed(seed)
+    x, y = torch.randn(n, 5, generator=g), torch.randint(0, 3, (n,), generator=g)
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.Tanh(), torch.nn.Linear(4, 3))
+    return x, y, model
+
+
+def _plain_loop(model, x, y, batches, lr=0.5, momentum=0.9, max_norm=None, closure_opt=None):
+    """The expected run, in plain PyTorch: one update per batch (a list of example slices), each the mean
+    cross-entropy of that batch; returns the weights, the lr of every step, the gradient norms and the
+    loss of each (micro-)batch at the time it was computed."""
+    import copy
+    import torch.nn.functional as F
+    model = copy.deepcopy(model)
+    opt = closure_opt(model.parameters()) if closure_opt else torch.optim.SGD(model.parameters(), lr=lr,
+                                                                              momentum=momentum)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 1.0 / (1 + t))
+    norms, lrs, loss_sum, correct = [], [], 0.0, 0
+    for parts in batches:
+        with torch.no_grad():              # what the trainer records: each micro-batch once, before the update
+            for s in parts:
+                out = model(x[s])
+                loss_sum += F.cross_entropy(out, y[s]).item() * len(y[s])
+                correct += (out.argmax(1) == y[s]).sum().item()
+        idx = torch.cat([torch.arange(len(x))[s] for s in parts])
+        opt.zero_grad()
+        lrs.append(opt.param_groups[0]["lr"])
+        if closure_opt:
+            opt.step(lambda: F.cross_entropy(model(x[idx]), y[idx]))
+            norms.append(torch.cat([p.grad.flatten() for p in model.parameters()]).norm().item())
+        else:
+            F.cross_entropy(model(x[idx]), y[idx]).backward()
+            norms.append(torch.cat([p.grad.flatten() for p in model.parameters()]).norm().item())
+            if max_norm is not None:
+                torch.nn.utils.clip_grad_norm_(list(model.parameters()), max_norm)
+            opt.step()
+        sched.step()
+    return model, lrs, norms, loss_sum / len(x), correct / len(x)
+
+
+def _trainer(model, x, y, micro, k, lr=0.5, momentum=0.9, transforms=(), drop_tail=False, opt=None):
+    from traintricks.data import TensorLoader
+    opt = opt(model.parameters()) if opt else torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 1.0 / (1 + t))
+    lrs = []                                  # the rate of every optimizer step
+    opt.register_step_pre_hook(lambda o, args, kwargs: lrs.append(o.param_groups[0]["lr"]))
+    t = Trainer(model, opt, torch.nn.functional.cross_entropy, TensorLoader(x, y, micro, shuffle=False),
+                scheduler=sched, epochs=1, progress=False, accumulate_steps=k, grad_transforms=transforms,
+                drop_tail=drop_tail)
+    return t, lrs
+
+
+def _assert_weights_close(a, b, **tol):
+    for (k, p), q in zip(a.state_dict().items(), b.state_dict().values()):
+        torch.testing.assert_close(p, q, **tol, msg=lambda m: f"{k}: {m}")
+
+
+def test_accumulation_tail_makes_a_last_update_over_the_micro_batches_it_has():
+    # issue 15 item 9: 10 examples, micro-batches of 2, accumulate_steps=2 -> 3 updates (4, 4, then the tail's 2
+    # examples as one batch); before: 2 updates, the weights of a run on the first 8 examples
+    x, y, model = _toy()
+    clip = lambda ps: torch.nn.utils.clip_grad_norm_(ps, 0.5)          # noqa: E731
+    t, lrs = _trainer(model, x, y, micro=2, k=2, transforms=[clip])
+    expected, exp_lrs, norms, loss, acc = _plain_loop(model, x, y, [[slice(0, 2), slice(2, 4)],
+                                                                  [slice(4, 6), slice(6, 8)], [slice(8, 10)]],
+                                                      max_norm=0.5)
+    first8, *_ = _plain_loop(model, x, y, [[slice(0, 4)], [slice(4, 8)]], max_norm=0.5)
+    assert t.updates_per_epoch() == 3
+    t.fit()
+    assert len(lrs) == 3 and lrs == pytest.approx(exp_lrs) and t.scheduler.last_epoch == 3   # schedule: 3 steps
+    _assert_weights_close(t.model, expected, rtol=1e-6, atol=1e-6)
+    with pytest.raises(AssertionError):
+        _assert_weights_close(t.model, first8, rtol=1e-6, atol=1e-6)
+    r = t.history[0]
+    assert r["train_loss"] == pytest.approx(loss, rel=1e-6)           # each of the 10 examples counted once
+    assert r["train_accuracy"] == pytest.approx(acc)
+    # the record's gradient norm: before clipping, over the 3 updates (the tail's too)
+    assert r["grad_norm"] == pytest.approx(sum(norms) / 3, rel=1e-5)
+    assert r["grad_norm_max"] == pytest.approx(max(norms), rel=1e-5)
+
+
+def test_accumulation_weights_micro_batches_by_their_examples():
+    # micro-batches of 3 on 10 examples are 3, 3, 3, 1: with k=2 the second update is over 4 examples (a batch of
+    # 3 and one of 1) -- the same two updates as batches of 6 without accumulation (6, then 4)
+    x, y, model = _toy(1)
+    acc, _ = _trainer(model, x, y, micro=3, k=2)
+    one, _ = _trainer(_toy(1)[2], x, y, micro=6, k=1)
+    expected, *_ = _plain_loop(model, x, y, [[slice(0, 6)], [slice(6, 10)]])
+    acc.fit()
+    one.fit()
+    _assert_weights_close(acc.model, expected, rtol=1e-6, atol=1e-6)
+    _assert_weights_close(one.model, expected, rtol=1e-6, atol=1e-6)
+    assert acc.history[0]["train_loss"] == pytest.approx(one.history[0]["train_loss"], rel=1e-6)
+
+
+def test_accumulation_of_k_micro_batches_equals_one_batch_k_times_larger():
+    # 8 examples: k=2 micro-batches of 2 = batches of 4; k=1 is exactly the plain loop (bitwise)
+    x, y, model = _toy(2, n=8)
+    acc, _ = _trainer(model, x, y, micro=2, k=2)
+    one, _ = _trainer(_toy(2, n=8)[2], x, y, micro=4, k=1)
+    expected, *_ = _plain_loop(model, x, y, [[slice(0, 4)], [slice(4, 8)]])
+    acc.fit()
+    one.fit()
+    _assert_weights_close(acc.model, one.model, rtol=1e-6, atol=1e-6)
+    _assert_weights_close(one.model, expected, rtol=0, atol=0)
+
+
+def test_accumulation_drop_tail_skips_the_incomplete_group():
+    x, y, model = _toy()
+    t, lrs = _trainer(model, x, y, micro=2, k=2, drop_tail=True)
+    expected, _, _, loss8, _ = _plain_loop(model, x[:8], y[:8], [[slice(0, 4)], [slice(4, 8)]])
+    assert t.updates_per_epoch() == 2
+    t.fit()
+    assert len(lrs) == 2 and t.scheduler.last_epoch == 2
+    _assert_weights_close(t.model, expected, rtol=1e-6, atol=1e-6)
+    assert t.history[0]["train_loss"] == pytest.approx(loss8, rel=1e-6)     # the tail is neither trained nor counted
+    t3, _ = _trainer(_toy()[2], x[:2], y[:2], micro=2, k=2, drop_tail=True)      # one micro-batch: no group
+    with pytest.raises(ValueError, match="drop_tail"):
+        t3.fit()
+
+
+def test_accumulation_with_a_closure_optimizer_makes_one_step_per_group():
+    # second-order optimizers take the group's loss in one closure: 3 steps, as Newton on batches 4, 4, 2
+    # (float64: a float32 Krylov-Newton step is too ill-conditioned to compare two sums of the same loss)
+    from traintricks.optim import Newton
+    x, y, model = _toy(3)
+    x, model = x.double(), model.double()
+    newton = lambda ps: Newton(ps, lr=0.5, damping=1e-2)           # noqa: E731
+    t, lrs = _trainer(model, x, y, micro=2, k=2, opt=newton)
+    expected, _, norms, loss, _ = _plain_loop(model, x, y, [[slice(0, 2), slice(2, 4)], [slice(4, 6), slice(6, 8)],
+                                                            [slice(8, 10)]], closure_opt=newton)
+    t.fit()
+    assert len(lrs) == 3 and t.scheduler.last_epoch == 3
+    _assert_weights_close(t.model, expected, rtol=1e-9, atol=1e-9)
+    assert t.history[0]["train_loss"] == pytest.approx(loss, rel=1e-6)
+    assert t.history[0]["grad_norm"] == pytest.approx(sum(norms) / 3, rel=1e-5)
+    with pytest.raises(ValueError, match="grad_transforms"):
+        _trainer(_toy()[2], x, y, micro=2, k=1, opt=newton, transforms=[lambda ps: None])
+
+
+def test_optimizer_steps_counts_the_tail():
+    from traintricks.training.trainer import optimizer_steps
+    assert [optimizer_steps(m, 2) for m in (0, 1, 4, 5)] == [0, 1, 2, 3]
+    assert [optimizer_steps(m, 2, drop_tail=True) for m in (1, 4, 5)] == [0, 2, 2]
+    with pytest.raises(ValueError):
+        optimizer_steps(5, 0)
+
+
+def test_recipe_schedule_counts_every_update_with_accumulation(tiny_cfg):
+    # the recipe builds the same schedule (OneCycle over the run's updates) with and without accumulation, and the
+    # run with accumulation uses the same examples as the run without: the recipe drops the incomplete last batch,
+    # so the incomplete last group too (drop_tail). 4 micro-batches of 12 per batch of 48; no batch norm (its
+    # statistics are per micro-batch: accumulation equals a larger batch only for models without it).
+    mlp = ["model.name=mlp", "model.hidden=[32]", "model.norm=none", "precision=fp32"]    # the arithmetic, in fp32
+
+    def build(*extra):
+        t = build_trainer(tiny_cfg("epochs=1", "batch_size=48", *mlp, *extra), progress=False)
+        lrs = []
+        t.optimizer.register_step_pre_hook(lambda o, a, kw: lrs.append(o.param_groups[0]["lr"]))
+        return t, lrs
+    one, one_lrs = build()
+    acc, acc_lrs = build("accumulate_steps=4")
+    n = len(one.train_loader.x)
+    assert n % 48 >= 12                      # a tail group of micro-batches exists: the case to test
+    assert acc.drop_tail and acc.updates_per_epoch() == one.updates_per_epoch() == n // 48
+    assert acc.scheduler.total == one.scheduler.total
+    one.fit()
+    acc.fit()
+    assert acc_lrs == one_lrs and len(acc_lrs) == n // 48
+    _assert_weights_close(acc.model, one.model, rtol=1e-4, atol=1e-5)
+    # a single incomplete batch (no drop_last): with accumulation it is one update, the tail group, and the
+    # schedule counts it as the run without accumulation does
+    small, small_lrs = build("data.limit=60", "epochs=2", "batch_size=64", "accumulate_steps=4")
+    plain = build_trainer(tiny_cfg("data.limit=60", "epochs=2", "batch_size=64", *mlp), progress=False)
+    assert not small.drop_tail and small.updates_per_epoch() == plain.updates_per_epoch() == 1
+    assert small.scheduler.total == plain.scheduler.total
+    small.fit()
+    assert len(small_lrs) == 2 and small.scheduler.last_epoch == 2

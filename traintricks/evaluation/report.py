@@ -57,13 +57,13 @@ def lr_per_step(trainer, epochs: int) -> list[float]:
     """The learning rate of every optimizer step of a run: its freshly built scheduler stepped through."""
     import warnings
     lrs = []
-    updates = len(trainer.train_loader) // trainer.accumulate_steps
+    updates = trainer.updates_per_epoch()
     with warnings.catch_warnings():          # stepping a scheduler with no optimizer step is the point here
         warnings.simplefilter("ignore", UserWarning)
         for e in range(epochs):
             if hasattr(trainer.scheduler, "set_epoch"):
                 trainer.scheduler.set_epoch(e, trainer.train_loader)
-                updates = len(trainer.train_loader) // trainer.accumulate_steps
+                updates = trainer.updates_per_epoch()
             for _ in range(updates):
                 lrs.append(trainer.current_lr())
                 if trainer.scheduler is not None:

@@ -26,7 +26,7 @@ from ..optim import OPTIMIZERS, SCHEDULES, TRANSFORMS, param_groups
 from ..parallel.ddp import dist_info, setup_distributed
 from . import checkpoint as ckpt
 from .report import plot_curves, write_report
-from .trainer import NonFiniteLossError, Trainer
+from .trainer import NonFiniteLossError, Trainer, optimizer_steps
 
 EVAL_BATCH = 1000
 
@@ -196,7 +196,7 @@ def build_trainer(cfg: dict[str, Any], data: DataSplits | None = None, out_dir: 
     groups = param_groups(model, wd, o.get("decay_norm_and_bias", False))
     optimizer = _build("optim", o, opt_fn, groups, lr=cfg["lr"], **_options(o, drop=["decay_norm_and_bias"]))
     s = cfg["schedule"]
-    updates = len(train) // acc                       # optimizer steps per epoch
+    updates = optimizer_steps(len(train), acc, drop_tail=loader_args["drop_last"])   # per epoch, a tail too
     scheduler = _build("schedule", s, SCHEDULES.get(s["name"]), optimizer, cfg["epochs"] * updates, updates,
                        **_options(s))
     loss_fn = build_loss(cfg, model, data)
@@ -217,7 +217,7 @@ def build_trainer(cfg: dict[str, Any], data: DataSplits | None = None, out_dir: 
     e = cfg["ema"]
     ema = ModelEMA(model, e["decay"], e["warmup"], e["bn"], e["bn_batches"]) if e["decay"] > 0 else None
     return Trainer(model, optimizer, loss_fn, train, val, test, scheduler=scheduler, epochs=cfg["epochs"],
-                   grad_transforms=transforms, accumulate_steps=acc, ema=ema,
+                   grad_transforms=transforms, accumulate_steps=acc, drop_tail=loader_args["drop_last"], ema=ema,
                    early_stopping=early, out_dir=out_dir, device=cfg["device"], precision=cfg["precision"],
                    channels_last=cfg["channels_last"], compile=cfg["compile"], tta_flip=cfg["eval"]["tta_flip"],
                    tta_from_epoch=d["augment_from_epoch"],

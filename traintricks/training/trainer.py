@@ -27,6 +27,14 @@ from . import checkpoint as ckpt
 GradTransform = Callable[[Sequence[torch.Tensor]], None]
 
 
+def optimizer_steps(micro_batches: int, accumulate_steps: int, drop_tail: bool = False) -> int:
+    """Optimizer steps in an epoch of ``micro_batches`` with ``accumulate_steps`` micro-batches per step: the
+    incomplete tail group counts as one step unless ``drop_tail``. Schedules take their total step count from it."""
+    if micro_batches < 0 or accumulate_steps < 1:
+        raise ValueError(f"need micro_batches >= 0 and accumulate_steps >= 1, got {micro_batches}, {accumulate_steps}")
+    return micro_batches // accumulate_steps if drop_tail else -(-micro_batches // accumulate_steps)
+
+
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
@@ -72,8 +80,18 @@ class Trainer:
             augmentation, a model that has never seen mirror images is evaluated without them).
         test_every_epoch: evaluate on ``test_loader`` after every epoch (else only at the end).
         callbacks: ``cb(trainer, record)`` called after each epoch's record is complete and saved.
-        accumulate_steps: micro-batches per optimizer step (gradient accumulation); the loader yields
-            micro-batches, the schedule is stepped once per optimizer step.
+        accumulate_steps: ``k``, micro-batches per optimizer step (gradient accumulation); the loader yields
+            micro-batches, the schedule is stepped once per optimizer step. Normalization: each micro-batch's
+            loss is weighted by its share of the examples of its group, ``n_i / sum(n_j)``, before backward,
+            so the update is the one of the group's micro-batches as one batch (``loss_fn`` a per-example mean):
+            k micro-batches of ``B`` give the update of one batch of ``k*B``, and when the epoch's micro-batches
+            do not divide into groups of k, the last (tail) group of ``t < k`` micro-batches makes one more
+            update equal to that of one batch of the examples it has (10 examples in micro-batches of 2 with
+            k=2: 3 updates, the last over 2 examples). ``k=1`` is exactly ``loss.backward()``, unscaled.
+            The number of updates per epoch is :func:`optimizer_steps` of the loader's length.
+        drop_tail: skip an incomplete last group (not computed, not counted in ``train_loss``), the analogue of
+            ``drop_last`` for the accumulated batch: the recipe sets it when it drops the last incomplete batch,
+            so a run with ``accumulate_steps=k`` uses the same examples as one without.
         progress: show a progress bar.
         ema: a :class:`~traintricks.evaluation.ModelEMA` of the model, updated after every optimizer step;
             validation, test, early stopping and the saved model then use the averaged weights.
@@ -86,12 +104,16 @@ class Trainer:
                  device: str | torch.device = "cpu", precision: str = "fp32", channels_last: bool = False,
                  compile: bool = False, tta_flip: bool = False, test_every_epoch: bool = True,
                  callbacks: Sequence[Callable] = (), progress: bool = True, keep_checkpoints: int = 2,
-                 accumulate_steps: int = 1, ema: Any = None, tta_from_epoch: int = 0) -> None:
+                 accumulate_steps: int = 1, ema: Any = None, tta_from_epoch: int = 0,
+                 drop_tail: bool = False) -> None:
         if epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {epochs}")
         if accumulate_steps < 1:
             raise ValueError(f"accumulate_steps must be >= 1, got {accumulate_steps}")
-        self.accumulate_steps = accumulate_steps
+        if grad_transforms and getattr(optimizer, "needs_closure", False):
+            raise ValueError(f"grad_transforms cannot be applied with {type(optimizer).__name__}: it computes its "
+                             "own gradients from the loss closure inside step()")
+        self.accumulate_steps, self.drop_tail = accumulate_steps, drop_tail
         self.device = resolve_device(device) if isinstance(device, str) else device
         self.precision = resolve_precision(precision, self.device)
         if self.precision not in ("fp32", "bf16"):
@@ -155,6 +177,22 @@ class Trainer:
     def current_lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
 
+    def updates_per_epoch(self) -> int:
+        """Optimizer (and schedule) steps in one epoch of the train loader as it is now (needs ``len``)."""
+        return optimizer_steps(len(self.train_loader), self.accumulate_steps, self.drop_tail)
+
+    def _groups(self) -> Iterable[tuple[list, bool]]:
+        """The loader's micro-batches in groups of ``accumulate_steps`` (the last one maybe shorter), each with
+        whether it is complete."""
+        group: list = []
+        for batch in self.train_loader:
+            group.append(batch)
+            if len(group) == self.accumulate_steps:
+                yield group, True
+                group = []
+        if group:
+            yield group, False
+
     def train_epoch(self, epoch: int) -> dict[str, float]:
         """One pass over the training data; returns mean loss and accuracy over its batches."""
         self.model.train()
@@ -175,49 +213,62 @@ class Trainer:
                    desc=f"epoch {epoch + 1}/{self.epochs}", leave=False,
                    disable=not (self.progress and sys.stderr.isatty()),
                    file=sys.stderr, dynamic_ncols=True)
+        closure_path = getattr(self.optimizer, "needs_closure", False)
+        step = 0                                  # micro-batches done this epoch
         with bar:
-            k = self.accumulate_steps
-            for step, (x, y) in enumerate(self.train_loader):
-                x, y = self._to_device(x, y)
-                first, last = step % k == 0, (step + 1) % k == 0
-                if first:
-                    self.optimizer.zero_grad(set_to_none=True)
-                with self._autocast():
-                    try:
-                        logits = self.forward(x)
-                        loss = self.loss_fn(logits, y)
-                        value = loss.item()
-                    except NonFiniteInputError:     # NaN/Inf activations or logits: divergence, like a NaN loss
-                        value = float("nan")
-                if not math.isfinite(value):
-                    where = f"{self.last_checkpoint}" if self.last_checkpoint else "none was written yet"
-                    raise NonFiniteLossError(
-                        f"loss became {value} at epoch {epoch + 1}, step {step + 1}; training stopped. "
-                        f"Last good checkpoint: {where}. Try a lower learning rate or gradient clipping.")
-                if getattr(self.optimizer, "needs_closure", False):
-                    # second-order optimizers differentiate the loss themselves (Hessian-vector products)
-                    def closure(x=x, y=y):
-                        with self._autocast():
-                            return self.loss_fn(self.forward(x), y)
+            for group, complete in self._groups():
+                if not complete and self.drop_tail:
+                    break
+                # each micro-batch's loss weighted by its share of the group's examples: the update of the group
+                # as one batch (k micro-batches of B = one batch of kB; a tail group = one batch of what is left)
+                sizes = [y.shape[0] for _, y in group]
+                total = sum(sizes)
+                self.optimizer.zero_grad(set_to_none=True)
+                on_device = []
+                for (x, y), n in zip(group, sizes):
+                    x, y = self._to_device(x, y)
+                    with self._autocast():
+                        try:
+                            logits = self.forward(x)
+                            loss = self.loss_fn(logits, y)
+                            value = loss.item()
+                        except NonFiniteInputError:     # NaN/Inf activations or logits: divergence, like a NaN loss
+                            value = float("nan")
+                    if not math.isfinite(value):
+                        where = f"{self.last_checkpoint}" if self.last_checkpoint else "none was written yet"
+                        raise NonFiniteLossError(
+                            f"loss became {value} at epoch {epoch + 1}, step {step + 1}; training stopped. "
+                            f"Last good checkpoint: {where}. Try a lower learning rate or gradient clipping.")
+                    if closure_path:
+                        on_device.append((x, y, n))
+                    else:
+                        (loss if n == total else loss * (n / total)).backward()
+                    loss_sum += value * n
+                    correct += correct_count(logits, y).cpu()
+                    seen += n
+                    step += 1
+                    bar.update(1)
+                del logits, loss
+                if closure_path:
+                    # second-order optimizers differentiate the loss themselves (Hessian-vector products): the
+                    # closure returns the group's loss, weighted as above, with its graph
+                    def closure(batches=on_device, total=total):
+                        out = None
+                        for x, y, n in batches:
+                            with self._autocast():
+                                part = self.loss_fn(self.forward(x), y)
+                            part = part if n == total else part * (n / total)
+                            out = part if out is None else out + part
+                        return out
                     self.optimizer.step(closure)
-                else:
-                    # gradient accumulation: k micro-batches, each loss divided by k, make one update whose
-                    # gradient is the mean over the k micro-batches (equal sizes) -- one batch k times larger
-                    (loss / k if k > 1 else loss).backward()
-                    if not last:
-                        n = y.shape[0]
-                        loss_sum += value * n
-                        correct += correct_count(logits, y).cpu()
-                        seen += n
-                        bar.update(1)
-                        continue
-                    with_grad = [p for p in params if p.grad is not None]
-                    if with_grad:
-                        gn = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(
-                            [p.grad for p in with_grad]))).double()
-                        gn_sum += gn
-                        torch.maximum(gn_max, gn, out=gn_max)
-                        updates += 1
+                with_grad = [p for p in params if p.grad is not None]
+                if with_grad:                     # the norm before the transforms (closure path: the step's gradient)
+                    gn = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(
+                        [p.grad for p in with_grad]))).double()
+                    gn_sum += gn
+                    torch.maximum(gn_max, gn, out=gn_max)
+                    updates += 1
+                if not closure_path:
                     for t in self.grad_transforms:
                         t(with_grad)
                     self.optimizer.step()
@@ -225,13 +276,11 @@ class Trainer:
                     self.ema.update(self.model)
                 if self.scheduler is not None:
                     self.scheduler.step()
-                n = y.shape[0]
-                loss_sum += value * n
-                correct += correct_count(logits, y).cpu()
-                seen += n
-                if self.progress and step % 10 == 0:
+                if self.progress and any(i % 10 == 0 for i in range(step - len(group), step)):
                     bar.set_postfix(loss=f"{value:.3f}", lr=f"{self.current_lr():.3g}", refresh=False)
-                bar.update(1)
+        if step == 0 and self.drop_tail:
+            raise ValueError(f"the train loader yielded fewer than accumulate_steps={self.accumulate_steps} "
+                             "micro-batches and drop_tail is set: no optimizer step in the epoch")
         if self.dist.distributed:                          # metrics over every process's share
             totals = torch.stack([loss_sum, correct.double(), torch.tensor(float(seen), dtype=torch.float64)])
             torch.distributed.all_reduce(totals)

@@ -48,7 +48,7 @@ def test_impossible_values_are_named(override, key):
 
 
 @pytest.mark.parametrize("override, key", [
-    ("optim.momentum=1.5", "optim.momentum"), ("loss.label_smoothing=1.0", "loss.label_smoothing"),
+    ("optim.momentum=1.5", "optim.momentum"), ("loss.label_smoothing=1.5", "loss.label_smoothing"),
     ("model.widths=[0, 4]", "model.widths"), ("schedule.pct_start=0", "schedule.pct_start"),
 ])
 def test_range_errors_from_factories_name_the_option(tiny_cfg, override, key):

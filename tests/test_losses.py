@@ -420,3 +420,15 @@ def test_expected_calibration_error_by_hand():
     ece = (abs(1 - 0.93) + abs(0 - 0.82) + abs(1 - 0.71) + abs(1 - 0.56)) / 4
     torch.testing.assert_close(expected_calibration_error(probs, y, bins=10), ece, rtol=0, atol=1e-6)
     assert reliability(probs, y, bins=10)["count"].sum() == 4
+
+
+def test_large_margin_softmax_under_bf16_autocast():
+    # autocast runs the matmul in bf16 and the norms in fp32: the target logit is written in the logits' dtype
+    from traintricks.losses.margin import LargeMarginSoftmax
+    torch.manual_seed(0)
+    loss_fn = LargeMarginSoftmax(4, 3)
+    x, y = torch.randn(5, 4), torch.randint(0, 3, (5,))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = loss_fn(x, y)
+    assert torch.isfinite(loss)
+    torch.testing.assert_close(loss.float(), loss_fn(x, y), rtol=0.05, atol=0.05)

@@ -44,7 +44,7 @@ def large_margin_logits(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
         k = torch.floor(m * torch.acos(cos) / math.pi).clamp(0, m - 1)
     psi = (1 - 2 * (k % 2)) * chebyshev(cos, m) - 2 * k
     f_y = norms * (lam * cos + psi) / (1 + lam)
-    logits = logits.scatter(1, target[:, None], f_y[:, None])
+    logits = logits.scatter(1, target[:, None], f_y[:, None].to(logits.dtype))   # autocast: norms run in fp32
     return logits + bias if bias is not None else logits
 
 

@@ -20,7 +20,7 @@ from .first_order import SGD, Adagrad, Adam, AdamW, RMSprop
 from .hypergradient import AdamHD, SGDHD
 from .large_batch import LAMB, LARS
 from .lr_schedules import (BatchSizeLR, BatchSizeSchedule, ClosedFormLR, ConstantLR, CosineRestarts, Cyclic,
-                           ExponentialLR, MultiCycle, OneCycle, StepLR, Warmup, scale_lr)
+                           ExponentialLR, MultiCycle, OneCycle, StepLR, Warmup, scale_lr, sets_rate_each_step)
 from .optimizers import OPTIMIZERS, param_groups
 from .schedules import SCHEDULES
 from .second_order import Newton, SaddleFreeNewton
@@ -29,5 +29,5 @@ from .transforms import TRANSFORMS, AdaptiveClip, Chain, ClipByGlobalNorm, ClipB
 __all__ = ["OPTIMIZERS", "SCHEDULES", "TRANSFORMS", "param_groups", "SGD", "Adagrad", "Adam", "AdamW", "RMSprop",
            "LARS", "LAMB", "SGDHD", "AdamHD", "Newton", "SaddleFreeNewton", "StepLR", "ExponentialLR",
            "ConstantLR", "CosineRestarts", "Warmup", "Cyclic", "OneCycle", "MultiCycle", "BatchSizeSchedule", "BatchSizeLR",
-           "ClosedFormLR", "scale_lr",
+           "ClosedFormLR", "scale_lr", "sets_rate_each_step",
            "ClipByValue", "ClipByGlobalNorm", "AdaptiveClip", "GradientNoise", "Chain"]

@@ -514,3 +514,13 @@ class MultiCycle(OneCycle):
                 factor, m = super()._at(t - start, n)
                 return factor * peak, m
         raise AssertionError
+
+
+def sets_rate_each_step(scheduler: LRScheduler) -> bool:
+    """Whether ``scheduler`` writes each group's rate from a formula of the step at every ``step()`` (a closed-form
+    owner: ours, ``LambdaLR``, ``OneCycleLR``, ``CyclicLR``, ``CosineAnnealingWarmRestarts``), overwriting any change
+    made by someone else (another schedule, or an optimizer that learns its rate, like SGD-HD / Adam-HD). The
+    chainable ones (``StepLR``, ``ExponentialLR``, ``ConstantLR``, ``Warmup``, ...) scale the current rate instead."""
+    from torch.optim import lr_scheduler as tls
+    return isinstance(scheduler, (ClosedFormLR, tls.LambdaLR, tls.OneCycleLR, tls.CyclicLR,
+                                  tls.CosineAnnealingWarmRestarts))

@@ -22,7 +22,7 @@ from ..data.curriculum import load_scores, reference_scores
 from ..evaluation import EARLY_STOPPING, ModelEMA
 from ..losses import LOSSES, PENALTIES, AuxiliaryHeads, WithPenalties
 from ..models import MODELS, REGULARIZERS, zero_init_residual
-from ..optim import OPTIMIZERS, SCHEDULES, TRANSFORMS, param_groups
+from ..optim import OPTIMIZERS, SCHEDULES, TRANSFORMS, param_groups, sets_rate_each_step
 from ..parallel.ddp import dist_info, setup_distributed
 from . import checkpoint as ckpt
 from .report import plot_curves, write_report
@@ -199,6 +199,10 @@ def build_trainer(cfg: dict[str, Any], data: DataSplits | None = None, out_dir: 
     updates = optimizer_steps(len(train), acc, drop_tail=loader_args["drop_last"])   # per epoch, a tail too
     scheduler = _build("schedule", s, SCHEDULES.get(s["name"]), optimizer, cfg["epochs"] * updates, updates,
                        **_options(s))
+    if "hypergrad_lr" in optimizer.defaults and sets_rate_each_step(scheduler):
+        raise ConfigError("schedule.name", f"{s['name']!r} sets the rate from a formula at every step, which would "
+                          f"overwrite the rate {o['name']} learns (hypergradient descent, 1703.04782); use "
+                          f"'constant', or 'step' / 'exponential' (they scale the learned rate)")
     loss_fn = build_loss(cfg, model, data)
     if d["augment"] and d["augment_from_epoch"] >= cfg["epochs"]:
         warnings.warn(f"data.augment is never applied: data.augment_from_epoch ({d['augment_from_epoch']}) >= "

@@ -358,7 +358,7 @@ def test_cyclic_matches_torch(mode):
 def test_onecycle_matches_torch_including_momentum(anneal, three_phase):
     o1, o2 = _opt(momentum=0.9), _opt(momentum=0.9)
     ours = OneCycle(o1, 2.0, 50, pct_start=0.3, anneal=anneal, three_phase=three_phase, div_factor=25.0,
-                    final_div_factor=1e4)      # torch's defaults (ours are the recipe's: docs/compat/schedules.md)
+                    final_div_factor=1e4)      # torch's defaults (ours are the recipe's: docs/compatibility.md)
     ref = torch.optim.lr_scheduler.OneCycleLR(o2, 2.0, total_steps=50, pct_start=0.3, anneal_strategy=anneal,
                                               three_phase=three_phase)
     for _ in range(49):

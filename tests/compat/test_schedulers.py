@@ -5,7 +5,7 @@ run side by side with our classes -- alone, two stepped together, in ``ChainedSc
 Ours with a torch twin of the same name (``StepLR``, ``ExponentialLR``, ``ConstantLR``) and ``Cyclic``
 (``CyclicLR``) must match in every respect; the closed-form owners with a differently named twin
 (``CosineRestarts`` / ``CosineAnnealingWarmRestarts``, ``OneCycle`` / ``OneCycleLR``, ``Warmup`` / ``LinearLR``)
-must give the same rates on the same settings (docs/compat/schedules.md lists what differs and why).
+must give the same rates on the same settings (docs/compatibility.md lists what differs and why).
 """
 import copy
 import pickle

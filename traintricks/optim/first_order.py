@@ -23,7 +23,7 @@ construction, as torch): step counts, momentum buffers and bias corrections of a
 whether other parameters had gradients before. ``maximize`` (ascend), tensor ``lr`` (1-element, read once
 per step) and a ``step`` stored as a number by older ``state_dict``s are handled as torch does.
 ``capturable=True`` is accepted; like torch it raises at ``step`` for CPU parameters, and on GPUs it is not
-implemented (see ``docs/compat/optimizers.md``).
+implemented (see ``docs/compatibility.md``).
 
 Notation: ``g`` gradient (negated under ``maximize``), ``lr`` learning rate, ``wd`` weight decay, ``t`` the
 parameter's step count from 1.

@@ -17,7 +17,7 @@ normalization scales and shifts) are by default excluded from the adaptation and
 normalization. All norms of a group come from one ``torch._foreach_norm`` call and the ratios stay tensors
 (no host synchronization). State is per parameter (LAMB's bias corrections use each tensor's own step count);
 ``maximize=True`` (keyword-only) ascends. Compared with ``pytorch_optimizer``'s LARS / Lamb in
-``tests/compat/test_optimizers.py`` (where their rules differ from the papers: ``docs/compat/optimizers.md``).
+``tests/compat/test_optimizers.py`` (where their rules differ from the papers: ``docs/compatibility.md``).
 """
 from __future__ import annotations
 

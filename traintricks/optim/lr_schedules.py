@@ -1,6 +1,6 @@
 """Learning-rate schedules as ``torch.optim.lr_scheduler.LRScheduler`` subclasses.
 
-Two kinds, as in ``torch.optim.lr_scheduler`` (``docs/compat/schedules.md``):
+Two kinds, as in ``torch.optim.lr_scheduler`` (``docs/compatibility.md``):
 
 * **Chainable** schedules change the rate the optimizer holds *now* (multiply it by a factor at some steps), so
   several of them compose: stepped together, or inside torch's ``ChainedScheduler`` / ``SequentialLR``, their

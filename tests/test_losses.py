@@ -8,7 +8,7 @@ from torch import nn
 
 from tests.conftest import PRECISION
 from traintricks.config import ConfigError, load_config
-from traintricks.losses import (LOSSES, PENALTIES, AuxiliaryHeads, ConfidencePenalty, CrossEntropy, Distillation,
+from traintricks.losses import (LOSSES, PENALTIES, AuxiliaryHeads, BCEWithLogitsLoss, ConfidencePenalty, CrossEntropy, Distillation,
                                 HierarchicalLoss, HuberLoss, KLDivergence, L1Loss, L2Loss, LargeMarginSoftmax,
                                 NonFiniteInputError, SinkhornLoss, SpectralNormPenalty, WeightPenalty,
                                 large_margin_logits, sinkhorn_plan)
@@ -149,6 +149,7 @@ def _loss_cases(dtype):
         ("huber", HuberLoss(delta=0.5), (z, t)), ("huber_cls", HuberLoss(), (z, Y)),
         ("distillation", Distillation(2.0, 0.5), (z, Y, t)),
         ("large_margin", LargeMarginSoftmax(6, 5, m=2, dtype=dtype), (x, Y)),
+        ("bce_with_logits", BCEWithLogitsLoss(), (z, torch.sigmoid(t))),
     ]
 
 
@@ -185,6 +186,52 @@ def test_no_loss_synchronizes_the_host_meta_device_and_graph_breaks():
         meta = tuple(a.to("meta") for a in args)
         out = loss.to("meta")(*meta)
         assert out.device.type == "meta" and out.dtype == torch.float32, name
+
+
+# ---------------------------------------------------------------- multi-label: binary cross-entropy on logits
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("pos", [False, True])
+def test_bce_with_logits_equals_pytorch(reduction, weighted, pos):
+    g = torch.Generator().manual_seed(0)
+    z = (4 * torch.randn(9, 4, generator=g, dtype=torch.float64)).requires_grad_()
+    y = (torch.rand(9, 4, generator=g, dtype=torch.float64) < 0.4).double()
+    kw = {"reduction": reduction}
+    if weighted:
+        kw["weight"] = torch.rand(4, generator=g, dtype=torch.float64)
+    if pos:
+        kw["pos_weight"] = 0.5 + 2 * torch.rand(4, generator=g, dtype=torch.float64)
+    ours, ref = BCEWithLogitsLoss(**kw), nn.BCEWithLogitsLoss(**kw)
+    assert isinstance(ours, nn.BCEWithLogitsLoss) and ours.state_dict().keys() == ref.state_dict().keys()
+    a, b = ours(z, y), ref(z, y)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    g_out = torch.randn_like(b)
+    torch.testing.assert_close(torch.autograd.grad(a, z, g_out)[0], torch.autograd.grad(b, z, g_out)[0], rtol=0, atol=0)
+    # the formula of the module docstring
+    p = kw.get("pos_weight", 1.0)
+    w = kw.get("weight", 1.0)
+    formula = -w * (p * y * F.logsigmoid(z) + (1 - y) * F.logsigmoid(-z))
+    want = {"mean": formula.mean(), "sum": formula.sum(), "none": formula}[reduction]
+    torch.testing.assert_close(a, want, rtol=1e-12, atol=1e-12)
+
+
+def test_bce_with_logits_errors_and_registry_factory():
+    z = torch.randn(3, 4)
+    with pytest.raises(ValueError, match="must be the same as input size"):
+        BCEWithLogitsLoss()(z, torch.zeros(3, 5))
+    with pytest.raises(RuntimeError) as ours:
+        BCEWithLogitsLoss()(z, torch.zeros(3, 4, dtype=torch.long))
+    with pytest.raises(RuntimeError) as ref:
+        nn.BCEWithLogitsLoss()(z, torch.zeros(3, 4, dtype=torch.long))
+    assert str(ours.value) == str(ref.value)
+    with pytest.raises(ValueError, match="reduction must be one of"):
+        BCEWithLogitsLoss(reduction="avg")
+    y = (torch.rand(3, 4) < 0.5).float()
+    built = LOSSES.get("bce_with_logits")(pos_weight=[1.0, 2.0, 3.0, 4.0], weight=[1.0, 1.0, 0.5, 0.5])
+    ref = nn.BCEWithLogitsLoss(weight=torch.tensor([1.0, 1.0, 0.5, 0.5]), pos_weight=torch.tensor([1.0, 2, 3, 4]))
+    torch.testing.assert_close(built(z, y), ref(z, y), rtol=0, atol=0)
+    cfg = load_config(None, ["loss.name=bce_with_logits", "loss.pos_weight=[1.0, 2.0]"])
+    assert cfg["loss"] == {"name": "bce_with_logits", "pos_weight": [1.0, 2.0]}
 
 
 # ---------------------------------------------------------------- Sinkhorn / optimal transport

@@ -44,6 +44,9 @@ DEFAULTS: dict[str, Any] = {
     "channels_last": True,
     "compile": False,
     "threads": 0,
+    # what the run predicts: "auto" = the dataset's task (classification for the default recipe), or a name from
+    # traintricks.evaluation.tasks.TASKS (classification, regression, multilabel)
+    "task": "auto",
     # the default recipe: a first one-cycle of 5 epochs on plain images gives ~92.5% in under a minute, a second of
     # 20 epochs with crop + flip (and flip TTA) continues to ~93.3% (docs/benchmarks.md); 1/30 of the training
     # images (2,000 of Fashion-MNIST) for validation. Pooling before the norm makes the full-resolution stage's
@@ -76,6 +79,11 @@ def _choice(*options: str) -> Callable[[Any], str | None]:
     return lambda v: None if v in options else f"must be one of {', '.join(options)}"
 
 
+def _task(v: str) -> str | None:
+    from .evaluation.tasks import TASKS       # imported when checked: config imports no registry at module level
+    return None if v == "auto" or v in TASKS else f"must be auto or one of {', '.join(TASKS.names())}"
+
+
 _FIXED: dict[str, tuple[Any, Callable[[Any], str | None] | None]] = {
     "seed": (int, _nonneg),
     "epochs": (int, _pos),
@@ -86,6 +94,7 @@ _FIXED: dict[str, tuple[Any, Callable[[Any], str | None] | None]] = {
     "channels_last": (bool, None),
     "compile": (bool, None),
     "threads": (int, _nonneg),
+    "task": (str, _task),
     "data.name": (str, None),
     "data.root": (str, None),
     "data.limit": (int, _nonneg),

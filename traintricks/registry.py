@@ -80,7 +80,7 @@ def all_registries() -> list[Registry]:
     from .models import MODELS, REGULARIZERS
     from .nn import ACTIVATIONS, NORMS
     from .optim import OPTIMIZERS, SCHEDULES, TRANSFORMS
-    from .evaluation import EARLY_STOPPING
+    from .evaluation import EARLY_STOPPING, TASKS
 
     return [NORMS, ACTIVATIONS, REGULARIZERS, AUGMENTATIONS, LOSSES, PENALTIES, OPTIMIZERS, SCHEDULES, TRANSFORMS,
-            EARLY_STOPPING, CURRICULA, MODELS, DATASETS]
+            EARLY_STOPPING, TASKS, CURRICULA, MODELS, DATASETS]

@@ -7,6 +7,7 @@ outputs, input gradients and errors.
 | ``L1Loss`` | ``L1Loss`` | same class (subclass), same kwargs |
 | ``MSELoss`` | ``L2Loss`` | same kwargs |
 | ``HuberLoss`` | ``HuberLoss`` | same kwargs |
+| ``BCEWithLogitsLoss`` | ``BCEWithLogitsLoss`` | same class (subclass), same kwargs |
 | ``KLDivLoss`` | ``KLDivergence`` | not run on module_db's samples: ours takes logits, torch log-probabilities (skipped with that reason); compared on ``log_softmax`` inputs instead |
 """
 from __future__ import annotations
@@ -16,9 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch.testing._internal.common_modules import module_db
 
-from traintricks.losses import CrossEntropy, HuberLoss, KLDivergence, L1Loss, L2Loss
+from traintricks.losses import BCEWithLogitsLoss, CrossEntropy, HuberLoss, KLDivergence, L1Loss, L2Loss
 
-TWINS = {"CrossEntropyLoss": CrossEntropy, "L1Loss": L1Loss, "MSELoss": L2Loss, "HuberLoss": HuberLoss}
+TWINS = {"CrossEntropyLoss": CrossEntropy, "L1Loss": L1Loss, "MSELoss": L2Loss, "HuberLoss": HuberLoss,
+         "BCEWithLogitsLoss": BCEWithLogitsLoss}
 INFOS = {info.module_cls.__name__: info for info in module_db if info.module_cls.__name__ in TWINS}
 
 

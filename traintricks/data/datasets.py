@@ -6,6 +6,17 @@
 - ``digits``: scikit-learn's bundled 8x8 digits (1,797 images), for quick runs.
 - ``mnist1d``: MNIST-1D (Greydanus 2020, arXiv:2011.14439), generated offline by the ``mnist1d``
   package (4,000 train / 1,000 test sequences of length 40).
+- ``diabetes`` (task ``regression``): scikit-learn's bundled diabetes data (442 patients, 10 features; target:
+  disease progression after one year), targets ``(N, 1)`` float32 standardized with the training split's mean
+  and standard deviation; fixed 20% test split.
+- ``digits_multilabel`` (task ``multilabel``): the ``digits`` images with 4 binary labels per image, float32
+  ``(N, 4)`` in {0, 1}: ``even``, ``ge5`` (digit >= 5), ``prime`` (2, 3, 5, 7), ``loop`` (a closed loop: 0, 6,
+  8, 9); same fixed test split as ``digits``.
+
+Every dataset records its ``task`` (a name in :data:`traintricks.evaluation.tasks.TASKS`, ``"classification"``
+unless said) on :class:`RawData` and :class:`DataSplits`; a config's ``task = "auto"`` takes it from there. For a
+non-classification task ``class_names`` names the model's outputs (the regression targets or the labels), so
+``num_classes`` is the number of outputs the model needs.
 """
 from __future__ import annotations
 
@@ -34,6 +45,7 @@ class RawData:
     test_x: torch.Tensor
     test_y: torch.Tensor
     class_names: list[str]
+    task: str = "classification"
 
 
 @dataclass
@@ -50,9 +62,11 @@ class DataSplits:
     class_names: list[str]
     mean: list[float] = field(default_factory=list)
     std: list[float] = field(default_factory=list)
+    task: str = "classification"
 
     @property
     def num_classes(self) -> int:
+        """Classes (classification) or model outputs (other tasks: target dimensions or labels)."""
         return len(self.class_names)
 
     @property
@@ -118,11 +132,7 @@ def _fixed_test_split(x: torch.Tensor, y: torch.Tensor, test_fraction: float) ->
 @DATASETS.register("digits")
 def digits(root: str = "") -> RawData:
     """scikit-learn's bundled 8x8 handwritten digits (1,797 images; fixed 20% test split)."""
-    try:
-        from sklearn.datasets import load_digits
-    except ImportError:
-        raise DataError("dataset 'digits' needs scikit-learn: pip install 'traintricks[small-data]'") from None
-    d = load_digits()
+    d = _load_digits()
     x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0
     y = torch.tensor(d.target, dtype=torch.long)
     return RawData(*_fixed_test_split(x, y, 0.2), class_names=[str(i) for i in range(10)])
@@ -139,6 +149,42 @@ def mnist1d(root: str = "") -> RawData:
     f = lambda a: torch.as_tensor(a, dtype=torch.float32).unsqueeze(1)  # noqa: E731
     return RawData(f(d["x"]), torch.as_tensor(d["y"]).long(), f(d["x_test"]),
                    torch.as_tensor(d["y_test"]).long(), class_names=[str(i) for i in range(10)])
+
+
+def _load_digits():
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        raise DataError("the digits datasets need scikit-learn: pip install 'traintricks[small-data]'") from None
+    return load_digits()
+
+
+@DATASETS.register("diabetes")
+def diabetes(root: str = "") -> RawData:
+    """scikit-learn's diabetes data, a regression task: 10 features, standardized progression target (442 patients)."""
+    try:
+        from sklearn.datasets import load_diabetes
+    except ImportError:
+        raise DataError("dataset 'diabetes' needs scikit-learn: pip install 'traintricks[small-data]'") from None
+    d = load_diabetes()
+    x = torch.tensor(d.data, dtype=torch.float32)
+    y = torch.tensor(d.target, dtype=torch.float32)[:, None]
+    tx, ty, vx, vy = _fixed_test_split(x, y, 0.2)
+    mean, std = ty.mean(), ty.std()
+    return RawData(tx, (ty - mean) / std, vx, (vy - mean) / std, class_names=["progression"], task="regression")
+
+
+DIGIT_LABELS = {"even": (0, 2, 4, 6, 8), "ge5": (5, 6, 7, 8, 9), "prime": (2, 3, 5, 7), "loop": (0, 6, 8, 9)}
+
+
+@DATASETS.register("digits_multilabel")
+def digits_multilabel(root: str = "") -> RawData:
+    """The 8x8 digits with 4 binary labels per image (even, >= 5, prime, closed loop), a multi-label task."""
+    d = _load_digits()
+    x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    digit = torch.tensor(d.target, dtype=torch.long)
+    y = torch.stack([torch.isin(digit, torch.tensor(v)) for v in DIGIT_LABELS.values()], dim=1).float()
+    return RawData(*_fixed_test_split(x, y, 0.2), class_names=list(DIGIT_LABELS), task="multilabel")
 
 
 def load_data(name: str, root: str = "", limit: int = 0, val_size: float = 0.1, seed: int = 0) -> DataSplits:
@@ -168,4 +214,4 @@ def load_data(name: str, root: str = "", limit: int = 0, val_size: float = 0.1, 
     norm = lambda x: ((x.float() - mean) / std).contiguous()  # noqa: E731
     return DataSplits(name=name, train_x=norm(train_x), train_y=ty[ti], val_x=norm(tx[vi]), val_y=ty[vi],
                       test_x=norm(raw.test_x), test_y=raw.test_y, class_names=raw.class_names,
-                      mean=mean.flatten().tolist(), std=std.flatten().tolist())
+                      mean=mean.flatten().tolist(), std=std.flatten().tolist(), task=raw.task)

@@ -8,6 +8,7 @@ Every loss is a ``torch.nn.Module`` called as ``loss(logits, target)`` with clas
 |---|---|
 | ``classification.py`` | :class:`CrossEntropy` (label smoothing, class weights), :class:`KLDivergence`, :class:`ConfidencePenalty` |
 | ``regression.py`` | :class:`L1Loss`, :class:`L2Loss`, :class:`HuberLoss` |
+| ``multilabel.py`` | :class:`BCEWithLogitsLoss` (one sigmoid per label, ``pos_weight``) |
 | ``sinkhorn.py`` | :class:`SinkhornLoss` (entropic optimal transport with a class cost matrix) |
 | ``margin.py`` | :class:`LargeMarginSoftmax` (L-Softmax) |
 | ``distillation.py`` | :class:`Distillation` (temperature, T^2 scaling) |
@@ -27,6 +28,7 @@ from .classification import (ConfidencePenalty, CrossEntropy, KLDivergence, NonF
                              cross_entropy, soft_targets)
 from .distillation import Distillation, distillation_loss, load_teacher
 from .hierarchical import HierarchicalLoss
+from .multilabel import BCEWithLogitsLoss
 from .margin import LargeMarginLoss, LargeMarginSoftmax, large_margin_logits
 from .penalties import SpectralNormPenalty, WeightPenalty, WithPenalties
 from .regression import HuberLoss, L1Loss, L2Loss
@@ -79,6 +81,15 @@ def huber(delta: float = 1.0) -> nn.Module:
     return HuberLoss(delta=delta)
 
 
+@LOSSES.register("bce_with_logits")
+def bce_with_logits(pos_weight: list[float] | None = None, weight: list[float] | None = None,
+                    reduction: str = "mean") -> nn.Module:
+    """Binary cross-entropy on logits, one sigmoid per label (multi-label); per-label pos_weight and weight."""
+    import torch
+    as_t = lambda v: None if v is None else torch.tensor(v, dtype=torch.float32)  # noqa: E731
+    return BCEWithLogitsLoss(weight=as_t(weight), reduction=reduction, pos_weight=as_t(pos_weight))
+
+
 @LOSSES.register("large_margin")
 def large_margin(model: nn.Module, m: int = 2, lam: float = 0.0) -> nn.Module:
     """Large-margin softmax (L-Softmax): target logit ||W|| ||x|| psi(theta) with margin m on the model's head (1612.02295)."""
@@ -120,7 +131,7 @@ def spectral_norm(model: nn.Module, lam: float = 0.01, iters: int = 1) -> nn.Mod
     return SpectralNormPenalty(model, lam, iters)
 
 
-__all__ = ["LOSSES", "PENALTIES", "AuxiliaryHeads", "ConfidencePenalty", "CrossEntropy", "Distillation",
+__all__ = ["LOSSES", "PENALTIES", "AuxiliaryHeads", "BCEWithLogitsLoss", "ConfidencePenalty", "CrossEntropy", "Distillation",
            "HierarchicalLoss", "HuberLoss", "KLDivergence", "L1Loss", "L2Loss", "LargeMarginLoss",
            "LargeMarginSoftmax", "NonFiniteInputError", "SinkhornLoss", "SpectralNormPenalty", "WeightPenalty", "WithPenalties",
            "balanced_weights", "cross_entropy", "distillation_loss", "large_margin_logits", "load_teacher",

@@ -211,3 +211,112 @@ def test_a_model_trained_with_each_task_loss_scores_well():
             assert m["r2"] > 0.3 and m["rmse"] < 0.85          # a linear fit reaches about R^2 0.45 on this data
         else:
             assert m["micro_f1"] > 0.9
+
+
+# ---------------------------------------------------------------- report and compare of each task's runs
+def _fake_run(tmp_path, task, dataset, metrics_of_epoch):
+    """A finished run directory written by hand: config.toml, model.safetensors (an untrained mlp), summary.json
+    and metrics.jsonl with the keys the task's runs write (see traintricks.evaluation.tasks)."""
+    import json
+    from traintricks.config import load_config, to_toml
+    from traintricks.data import load_data
+    from traintricks.training import checkpoint as ckpt
+    from traintricks.training.recipe import build_model
+    run = tmp_path / f"run-{task}"
+    run.mkdir()
+    cfg = load_config(None, [f"data.name={dataset}", f"task={task}", "model.name=mlp", "model.hidden=[16]",
+                             "data.augment=[]", "eval.tta_flip=false", "epochs=3", "batch_size=64",
+                             f"loss.name={default_loss(task)}", "data.val_size=0.1", "precision=fp32"])
+    (run / "config.toml").write_text(to_toml(cfg))
+    d = load_data(dataset, val_size=0.1)
+    torch.manual_seed(0)
+    model = build_model(cfg, d.input_shape, d.num_classes)
+    ckpt.save_weights(model.state_dict(), run / "model.safetensors")
+    hist = [{"epoch": e, "train_loss": 1.0 / e, "lr": 0.1 * e / 3, "grad_norm": 2.0 / e, "grad_norm_max": 3.0 / e,
+             **{f"{split}_{k}": v * (1 + 0.1 * e) for split in ("val", "test") for k, v in metrics_of_epoch.items()},
+             "val_loss": 1.1 / e, "test_loss": 1.2 / e} for e in (1, 2, 3)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(h) + "\n" for h in hist))
+    summary = {"dataset": dataset, "model": "mlp", "task": task, "status": "finished", "epochs": 3, "best_epoch": 3,
+               "train_seconds": 1.0, "test_loss": 0.4, **{f"test_{k}": v for k, v in metrics_of_epoch.items()}}
+    (run / "summary.json").write_text(json.dumps(summary))
+    return run, model, d
+
+
+def test_report_of_a_regression_run_shows_its_metrics_and_no_confusion_matrix(tmp_path):
+    import json
+    from traintricks.evaluation.report import predict, render_run_report
+    run, model, d = _fake_run(tmp_path, "regression", "diabetes", {"rmse": 0.8, "mae": 0.6, "r2": 0.3})
+    html = render_run_report(run).read_text()
+    for part in ("Test metrics", "rmse (primary)", "mae", "r2", "Predicted vs true", "Residuals",
+                 "Learning-rate schedule", "Gradient-norm history", "Task: <b>regression</b>"):
+        assert part in html, part
+    body = html.split("<h2>Config</h2>")[0]                  # the config's own text aside
+    for absent in ("Confusion matrix", "Per-class accuracy", "confusion", "accuracy"):
+        assert absent not in body, absent
+    rep = json.loads((run / "report.json").read_text())
+    p = predict(model, d.test_x).numpy()
+    y = d.test_y.numpy()
+    assert rep["task"] == "regression"
+    assert rep["test_metrics"]["rmse"] == pytest.approx(root_mean_squared_error(y, p), rel=1e-6)
+    assert rep["test_metrics"]["r2"] == pytest.approx(r2_score(y, p), rel=1e-6)
+    assert rep["residual_mean"] == pytest.approx(float((p - y).mean()), abs=1e-6)
+    for png in ("pred_vs_true.png", "residuals.png", "curves.png", "lr_schedule.png", "grad_norm.png"):
+        assert (run / png).read_bytes()[:4] == b"\x89PNG"
+    assert not (run / "confusion.png").exists()
+
+
+def test_report_of_a_multilabel_run_shows_per_label_metrics(tmp_path):
+    import json
+    from traintricks.evaluation.report import predict, render_run_report
+    run, model, d = _fake_run(tmp_path, "multilabel", "digits_multilabel",
+                              {"micro_f1": 0.7, "macro_f1": 0.6, "label_accuracy": 0.8, "exact_match": 0.4})
+    html = render_run_report(run).read_text()
+    for part in ("micro_f1 (primary)", "macro_f1", "label_accuracy", "exact_match", "Per-label metrics",
+                 "even", "ge5", "prime", "loop", "support"):
+        assert part in html, part
+    assert "Confusion matrix" not in html and "Per-class accuracy" not in html
+    rep = json.loads((run / "report.json").read_text())
+    pred = (predict(model, d.test_x) >= 0).int().numpy()
+    y = d.test_y.int().numpy()
+    assert rep["test_metrics"]["micro_f1"] == pytest.approx(f1_score(y, pred, average="micro", zero_division=0))
+    assert rep["per_label"]["labels"] == ["even", "ge5", "prime", "loop"]
+    assert rep["per_label"]["f1"] == pytest.approx(list(f1_score(y, pred, average=None, zero_division=0)))
+
+
+def _fake_compare_runs(task, metric, values):
+    """Finished compare runs (two variants x two seeds) as run_compare collects them, without training."""
+    runs = []
+    for (variant, seed), v in values.items():
+        hist = [{"epoch": e, "train_loss": 1.0 / e, f"val_{metric}": v + 0.1 * e} for e in (1, 2)]
+        summary = {"status": "finished", f"test_{metric}": v, "train_seconds": 2.0}
+        if task != "classification":
+            summary["task"] = task
+        runs.append({"variant": variant, "values": {"x": variant}, "seed": seed, "status": "finished",
+                     "summary": summary, "history": hist, "peak_rss_mb": 100.0, "dir": f"r/{variant}/{seed}"})
+    return runs
+
+
+@pytest.mark.parametrize("task,metric", [("regression", "rmse"), ("multilabel", "micro_f1"),
+                                         ("classification", "accuracy")])
+def test_compare_uses_the_task_primary_metric(tmp_path, task, metric):
+    import json
+    from traintricks.evaluation.compare import _aggregate, write_compare_report
+    values = {("a", 0): 0.5, ("a", 1): 0.7, ("b", 0): 0.9, ("b", 1): 0.8}
+    result = _aggregate([("x", ["a", "b"])], _fake_compare_runs(task, metric, values), 2, None, [], 1.0)
+    assert result["task"] == task and result["metric"] == metric
+    a = result["variants"][0]
+    assert a[f"test_{metric}_mean"] == pytest.approx(0.6) and a[f"test_{metric}_std"] == pytest.approx(0.02 ** 0.5)
+    best = min if get_task(task).mode == "min" else max
+    assert a[f"best_val_{metric}_mean"] == pytest.approx((best(0.6, 0.7) + best(0.8, 0.9)) / 2)
+    assert a["curves"][f"val_{metric}"] == pytest.approx([0.7, 0.8])
+    html = write_compare_report(tmp_path, result).read_text()
+    want_best = "a" if task == "regression" else "b"                       # lower RMSE wins; higher F1/accuracy
+    if task == "classification":
+        assert "final test acc % (mean ± std)" in html and "60.00 ± 14.14" in html
+        assert f"Best final test accuracy: <b>{want_best}</b>" in html and "Task:" not in html
+    else:
+        assert f"Task: {task}, metric: {metric}" in html and f"Best final test {metric}: <b>{want_best}</b>" in html
+        assert "accuracy" not in html.replace("label_accuracy", "")
+        shown = "0.6000 ± 0.1414" if task == "regression" else "60.00 ± 14.14"
+        assert shown in html
+    assert json.loads((tmp_path / "compare.json").read_text())["metric"] == metric

@@ -7,6 +7,14 @@ config is validated before anything runs. The report (``report.html``, self-cont
 test accuracy and best validation accuracy as mean +- sample standard deviation over seeds, training time and peak
 memory (the child process's maximum resident set size, from ``wait4``) per variant. A run that fails or diverges
 is reported as such; the others go on.
+
+The metric is the run's task's primary metric (:mod:`traintricks.evaluation.tasks`; the task is ``summary.json``'s
+``task`` of the first finished run, absent = classification): ``test_<primary>`` from each ``summary.json`` and
+the best (highest or lowest, by the task's mode) ``val_<primary>`` of each ``metrics.jsonl``. ``compare.json``'s
+variant rows name them after it -- ``test_<primary>_mean``/``_std``, ``best_val_<primary>_mean``/``_std``,
+``per_seed_test_<primary>`` and the curves ``val_<primary>``/``test_<primary>`` -- so a classification comparison
+keeps its ``test_accuracy_mean`` etc.; the result's ``task`` and ``metric`` say which. Fractions (accuracy, F1...)
+are shown as percentages, other metrics (RMSE, R^2...) as they are.
 """
 from __future__ import annotations
 
@@ -158,30 +166,44 @@ def run_compare(config: str | None, varies: Sequence[str], seeds: int = 1, sets:
         r["history"] = [json.loads(x) for x in mf.read_text().splitlines()] if mf.is_file() else []
         r["status"] = (r["summary"] or {}).get("status", "failed") if p.returncode in (0, 1) else "failed"
         if progress:
-            acc = (r["summary"] or {}).get("test_accuracy")
+            t = _task_of([r])
+            val = (r["summary"] or {}).get(f"test_{t.primary}")
+            shown = "" if val is None else (f", test {100 * val:.2f}%" if t.primary == "accuracy" else
+                                            f", test {t.primary} {val:.4f}")
             print(f"[{len(runs) - len(pending) - len(active)}/{len(runs)}] {r['variant']} seed {r['seed']}: "
-                  f"{r['status']}" + (f", test {100 * acc:.2f}%" if acc is not None else "")
-                  + f" ({r['seconds']:.0f} s)", file=sys.stderr, flush=True)
+                  f"{r['status']}" + shown + f" ({r['seconds']:.0f} s)", file=sys.stderr, flush=True)
     result = _aggregate(parsed, runs, seeds, config, sets, time.perf_counter() - t0)
     write_compare_report(out, result)
     return result
 
 
+def _task_of(runs):
+    """The task of the first run with a summary (classification when none says)."""
+    from .tasks import get_task
+    for r in runs:
+        if r.get("summary"):
+            return get_task(r["summary"].get("task", "classification"))
+    return get_task("classification")
+
+
 def _aggregate(parsed, runs, seeds, config, sets, wall) -> dict[str, Any]:
     rows = []
     names = list(dict.fromkeys(r["variant"] for r in runs))
+    task = _task_of([r for r in runs if r["status"] == "finished"] or runs)
+    m = task.primary
+    best = max if task.mode == "max" else min
     for name in names:
         rs = [r for r in runs if r["variant"] == name]
         ok = [r for r in rs if r["status"] == "finished"]
-        test = [r["summary"]["test_accuracy"] for r in ok if "test_accuracy" in r["summary"]]
-        best_val = [max(h["val_accuracy"] for h in r["history"]) for r in ok
-                    if r["history"] and "val_accuracy" in r["history"][0]]
+        test = [r["summary"][f"test_{m}"] for r in ok if f"test_{m}" in r["summary"]]
+        best_val = [best(h[f"val_{m}"] for h in r["history"] if f"val_{m}" in h) for r in ok
+                    if any(f"val_{m}" in h for h in r["history"])]
         tm, ts = _mean_std(test)
         vm, vs = _mean_std(best_val)
         sm, _ = _mean_std([r["summary"]["train_seconds"] for r in ok])
         mm, _ = _mean_std([r["peak_rss_mb"] for r in rs])
         curves = {}
-        for key in ("train_loss", "val_accuracy", "test_accuracy"):
+        for key in ("train_loss", f"val_{m}", f"test_{m}"):
             hs = [[h[key] for h in r["history"] if key in h] for r in ok]
             hs = [h for h in hs if h]
             if hs:
@@ -189,10 +211,10 @@ def _aggregate(parsed, runs, seeds, config, sets, wall) -> dict[str, Any]:
                 curves[key] = [sum(h[i] for h in hs) / len(hs) for i in range(n)]
         rows.append({"variant": name, "values": rs[0]["values"], "runs": len(rs), "finished": len(ok),
                      "failed": [f"seed {r['seed']}: {r['status']}" for r in rs if r["status"] != "finished"],
-                     "test_accuracy_mean": tm, "test_accuracy_std": ts, "best_val_accuracy_mean": vm,
-                     "best_val_accuracy_std": vs, "train_seconds_mean": sm, "peak_rss_mb_mean": mm,
-                     "per_seed_test_accuracy": test, "curves": curves})
-    return {"config": str(config) if config else None, "sets": list(sets), "vary": [f"{k}={','.join(v)}" for k, v in parsed],
+                     f"test_{m}_mean": tm, f"test_{m}_std": ts, f"best_val_{m}_mean": vm,
+                     f"best_val_{m}_std": vs, "train_seconds_mean": sm, "peak_rss_mb_mean": mm,
+                     f"per_seed_test_{m}": test, "curves": curves})
+    return {"task": task.name, "metric": m, "config": str(config) if config else None, "sets": list(sets), "vary": [f"{k}={','.join(v)}" for k, v in parsed],
             "seeds": seeds, "wall_seconds": wall, "variants": rows,
             "runs": [{k: (str(v) if isinstance(v, Path) else v) for k, v in r.items() if k not in ("history", "summary")}
                      | {"summary": r["summary"]} for r in runs]}
@@ -201,6 +223,12 @@ def _aggregate(parsed, runs, seeds, config, sets, wall) -> dict[str, Any]:
 def write_compare_report(out: Path, result: dict[str, Any]) -> Path:
     """``compare.json``, ``curves.png``, ``accuracy.png`` and the self-contained ``report.html``."""
     from ..training import checkpoint as ckpt
+    from .tasks import get_task
+    task = get_task(result.get("task", "classification"))
+    m = result.get("metric", task.primary)
+    pct = m in task.fractions
+    scale = 100 if pct else 1
+    label = ("accuracy" if m == "accuracy" else m) + (" (%)" if pct else "")
     plt = pyplot()
     rows = result["variants"]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4))
@@ -208,12 +236,12 @@ def write_compare_report(out: Path, result: dict[str, Any]) -> Path:
         c = r["curves"]
         if "train_loss" in c:
             axes[0].plot(range(1, len(c["train_loss"]) + 1), c["train_loss"], marker="o", ms=3, label=r["variant"])
-        acc = c.get("val_accuracy") or c.get("test_accuracy")
+        acc = c.get(f"val_{m}") or c.get(f"test_{m}")
         if acc:
-            axes[1].plot(range(1, len(acc) + 1), [100 * a for a in acc], marker="o", ms=3, label=r["variant"])
+            axes[1].plot(range(1, len(acc) + 1), [scale * a for a in acc], marker="o", ms=3, label=r["variant"])
     axes[0].set_ylabel("training loss")
-    axes[1].set_ylabel("validation accuracy (%)" if any("val_accuracy" in r["curves"] for r in rows) else
-                       "test accuracy (%)")
+    axes[1].set_ylabel(f"validation {label}" if any(f"val_{m}" in r["curves"] for r in rows) else
+                       f"test {label}")
     for ax in axes:
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
@@ -222,34 +250,45 @@ def write_compare_report(out: Path, result: dict[str, Any]) -> Path:
     fig.tight_layout()
     curves = savefig(fig, out / "curves.png")
     fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(rows)), 3.5))
-    ok = [r for r in rows if not math.isnan(r["test_accuracy_mean"])]
-    ax.bar(range(len(ok)), [100 * r["test_accuracy_mean"] for r in ok],
-           yerr=[100 * r["test_accuracy_std"] for r in ok], capsize=4)
+    ok = [r for r in rows if not math.isnan(r[f"test_{m}_mean"])]
+    ax.bar(range(len(ok)), [scale * r[f"test_{m}_mean"] for r in ok],
+           yerr=[scale * r[f"test_{m}_std"] for r in ok], capsize=4)
     ax.set_xticks(range(len(ok)), [r["variant"] for r in ok], rotation=20, ha="right", fontsize=8)
-    ax.set_ylabel("final test accuracy (%)")
-    if ok:
-        lo = min(100 * (r["test_accuracy_mean"] - r["test_accuracy_std"]) for r in ok)
+    ax.set_ylabel(f"final test {label}")
+    if ok and pct:
+        lo = min(100 * (r[f"test_{m}_mean"] - r[f"test_{m}_std"]) for r in ok)
         ax.set_ylim(max(0, lo - 2), 100)
     fig.tight_layout()
     bars = savefig(fig, out / "accuracy.png")
     ckpt.atomic_write_json(out / "compare.json", result)
 
-    def pm(m, s, pct=True):
-        if math.isnan(m):
+    def pm(mean, s, pct=True):
+        if math.isnan(mean):
             return "n/a"
-        return f"{100 * m:.2f} ± {100 * s:.2f}" if pct else f"{m:.1f}"
+        return f"{100 * mean:.2f} ± {100 * s:.2f}" if pct else f"{mean:.1f}"
+
+    def pm_metric(mean, s):
+        return pm(mean, s) if pct else ("n/a" if math.isnan(mean) else f"{mean:.4f} ± {s:.4f}")
     trs = [{"variant": r["variant"], "runs": f"{r['finished']}/{r['runs']}",
-            "test": pm(r["test_accuracy_mean"], r["test_accuracy_std"]),
-            "val": pm(r["best_val_accuracy_mean"], r["best_val_accuracy_std"]),
+            "test": pm_metric(r[f"test_{m}_mean"], r[f"test_{m}_std"]),
+            "val": pm_metric(r[f"best_val_{m}_mean"], r[f"best_val_{m}_std"]),
             "time": pm(r["train_seconds_mean"], 0, pct=False), "mem": pm(r["peak_rss_mb_mean"], 0, pct=False),
             "failed": "; ".join(r["failed"])} for r in rows]
-    best = max(ok, key=lambda r: r["test_accuracy_mean"], default=None)
+    pick = max if task.metrics.get(m, task.mode) == "max" else min
+    best = pick(ok, key=lambda r: r[f"test_{m}_mean"], default=None)
+    short = "acc %" if m == "accuracy" else (f"{m} %" if pct else m)
     intro = (f"{len(rows)} variant(s) x {result['seeds']} seed(s), {result['wall_seconds']:.0f} s in all. Varied: "
-             + esc("; ".join(result["vary"])) + (f". Best final test accuracy: <b>{esc(best['variant'])}</b>." if best else "."))
+             + esc("; ".join(result["vary"]))
+             + ("" if task.name == "classification" else f". Task: {esc(task.name)}, metric: {esc(m)} "
+                f"({'higher' if pick is max else 'lower'} is better)")
+             + (f". Best final test {'accuracy' if m == 'accuracy' else esc(m)}: <b>{esc(best['variant'])}</b>."
+                if best else "."))
     sections = [("Results", table(trs, ["variant", "runs", "test", "val", "time", "mem", "failed"],
-                                  ["variant", "finished", "final test acc % (mean ± std)", "best val acc % (mean ± std)",
-                                   "training s (mean)", "peak RSS MB (mean)", "failed runs"])),
-                ("Learning curves", image(curves, "curves")), ("Final accuracy", image(bars, "accuracy")),
+                                  ["variant", "finished", f"final test {short} (mean ± std)",
+                                   f"best val {short} (mean ± std)", "training s (mean)", "peak RSS MB (mean)",
+                                   "failed runs"])),
+                ("Learning curves", image(curves, "curves")),
+                ("Final accuracy" if m == "accuracy" else f"Final {m}", image(bars, "accuracy" if m == "accuracy" else m)),
                 ("Base", f"<pre>config: {esc(result['config'])}\n--set: {esc(' '.join(result['sets']))}</pre>")]
     path = out / "report.html"
     ckpt.atomic_write_text(path, page("traintricks compare", sections, intro))

@@ -1,11 +1,28 @@
 """The report of a finished run (``traintricks report DIR``): one self-contained ``report.html`` plus its PNGs.
 
-It shows the learning curves, the **confusion matrix** ``C[i, j]`` = number of test examples of class ``i``
+What it shows depends on the run's task (``summary.json``'s ``task``; absent means classification; the keys a run
+writes for each task are listed in :mod:`traintricks.evaluation.tasks`).
+
+**Classification** shows the learning curves, the **confusion matrix** ``C[i, j]`` = number of test examples of class ``i``
 predicted as ``j`` and the **per-class accuracy** ``C[i, i] / sum_j C[i, j]`` (recomputed from the saved model on
 the test set, with the run's own evaluation settings), the **learning-rate schedule** at every optimizer step (the
 run's scheduler replayed from its config), and the **gradient-norm history** (the global L2 norm of the gradient
 before any gradient transform, mean and max per epoch, from ``metrics.jsonl``). The numbers also go to
 ``report.json``.
+
+**Regression and multi-label** runs show their task's metrics instead (never an arg-max accuracy): the test metrics
+recomputed from ``model.safetensors`` through the task (:class:`~traintricks.evaluation.tasks.Task`) next to the
+run's own ``test_<metric>``, learning curves of the loss and of every metric of the task, and
+
+* regression: **predicted vs true** on the test set (one scatter per target dimension, up to 4, with the
+  identity line) and the **residual histogram** ``prediction - target``;
+* multi-label: **per-label** precision, recall, F1, accuracy and support on the test set
+  (:meth:`~traintricks.evaluation.tasks.MultiLabel.per_label`).
+
+The learning-rate schedule is replayed per step when the run's trainer can be rebuilt from its config, else taken
+per epoch from ``metrics.jsonl`` (the page says which, and why); the gradient-norm history is as for
+classification. The numbers go to ``report.json`` (``task``, ``test_metrics``, ``per_label`` for multi-label,
+``lr_per_step`` or ``lr_per_epoch``, ``grad_norm``, ``summary``).
 """
 from __future__ import annotations
 
@@ -81,6 +98,8 @@ def render_run_report(run_dir: str | Path) -> Path:
 
     run_dir = Path(run_dir)
     summary, history = _read_run(run_dir)
+    if summary.get("task", "classification") != "classification":
+        return _render_task_report(run_dir, summary, history)
     cfg = load_config(run_dir / "config.toml")
     d = cfg["data"]
     data = load_data(d["name"], root=d["root"], limit=d["limit"], val_size=d["val_size"], seed=cfg["seed"])
@@ -137,18 +156,8 @@ def render_run_report(run_dir: str | Path) -> Path:
     fig.tight_layout()
     pngs["lr_schedule"] = savefig(fig, run_dir / "lr_schedule.png")
 
-    gn = [r for r in history if "grad_norm" in r]
-    if gn:
-        fig, ax = plt.subplots(figsize=(6, 3))
-        ax.plot([r["epoch"] for r in gn], [r["grad_norm"] for r in gn], "o-", ms=3, label="mean per epoch")
-        ax.plot([r["epoch"] for r in gn], [r["grad_norm_max"] for r in gn], "^--", ms=3, label="max per epoch")
-        ax.set_yscale("log")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("gradient L2 norm")
-        ax.legend()
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        pngs["grad_norm"] = savefig(fig, run_dir / "grad_norm.png")
+    if (gn_png := _grad_norm_png(history, run_dir, plt)) is not None:
+        pngs["grad_norm"] = gn_png
 
     numbers = {"test_accuracy": accuracy, "per_class_accuracy": dict(zip(names, per_class)),
                "confusion": conf.tolist(), "class_names": names, "lr_per_step": lrs,
@@ -174,11 +183,199 @@ def render_run_report(run_dir: str | Path) -> Path:
         ("Learning-rate schedule", image(pngs["lr_schedule"], "lr")),
     ]
     if "grad_norm" in pngs:
-        sections.append(("Gradient-norm history", image(pngs["grad_norm"], "gradient norm") +
-                         "<p>Global L2 norm of the gradient before clipping or other transforms.</p>"))
+        sections.append(_grad_norm_section(pngs["grad_norm"]))
     sections.append(("Config", f"<pre>{esc((run_dir / 'config.toml').read_text())}</pre>"))
     title = f"traintricks run: {summary.get('dataset', '')} / {summary.get('model', '')} ({run_dir.name})"
     intro = f"Test accuracy recomputed from model.safetensors: <b>{100 * accuracy:.2f}%</b>."
     out = run_dir / "report.html"
     ckpt.atomic_write_text(out, page(title, sections, intro))
     return out
+
+
+def _grad_norm_png(history: list[dict[str, Any]], run_dir: Path, plt) -> Path | None:
+    gn = [r for r in history if "grad_norm" in r]
+    if not gn:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 3))
+    ax.plot([r["epoch"] for r in gn], [r["grad_norm"] for r in gn], "o-", ms=3, label="mean per epoch")
+    if all("grad_norm_max" in r for r in gn):
+        ax.plot([r["epoch"] for r in gn], [r["grad_norm_max"] for r in gn], "^--", ms=3, label="max per epoch")
+    ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("gradient L2 norm")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return savefig(fig, run_dir / "grad_norm.png")
+
+
+def _grad_norm_section(png: Path) -> tuple[str, str]:
+    return ("Gradient-norm history", image(png, "gradient norm") +
+            "<p>Global L2 norm of the gradient before clipping or other transforms.</p>")
+
+
+def plot_task_curves(history: list[dict[str, Any]], task, path: Path, title: str = "") -> Path:
+    """Loss, every metric of ``task`` (``train_``/``val_``/``test_<metric>`` where recorded) and the learning rate
+    against the epoch."""
+    plt = pyplot()
+    metrics = ["loss", *task.metrics]
+    fig, axes = plt.subplots(1, len(metrics) + 1, figsize=(3.4 * (len(metrics) + 1), 3.4))
+    ep = [r["epoch"] for r in history]
+    for ax, metric in zip(axes, metrics):
+        for split, style in (("train", "-"), ("val", "--"), ("test", ":")):
+            pts = [(r["epoch"], r[f"{split}_{metric}"]) for r in history if f"{split}_{metric}" in r]
+            if pts:
+                ax.plot(*zip(*pts), style, marker="o", ms=3, label=split)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(metric + (" (primary)" if metric == task.primary else ""))
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=8)
+    if all("lr" in r for r in history):
+        axes[-1].plot(ep, [r["lr"] for r in history], marker="o", ms=3)
+    axes[-1].set_xlabel("epoch")
+    axes[-1].set_ylabel("learning rate (end of epoch)")
+    axes[-1].grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return savefig(fig, path)
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    """The model's outputs (eval mode, on its own device) for every row of ``x``, on the CPU."""
+    model.eval()
+    dev = next((p.device for p in model.parameters()), torch.device("cpu"))
+    return torch.cat([model(x[i:i + batch_size].to(dev)).float().cpu() for i in range(0, len(x), batch_size)])
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+def _render_task_report(run_dir: Path, summary: dict[str, Any], history: list[dict[str, Any]]) -> Path:
+    """The report of a regression or multi-label run (see the module docstring)."""
+    import warnings
+
+    from ..config import load_config
+    from ..data import load_data
+    from ..training import checkpoint as ckpt
+    from ..training.recipe import build_trainer, load_run_model
+    from .tasks import get_task
+
+    task = get_task(summary["task"])
+    cfg = load_config(run_dir / "config.toml")
+    d = cfg["data"]
+    data = load_data(d["name"], root=d["root"], limit=d["limit"], val_size=d["val_size"], seed=cfg["seed"])
+    model, _ = load_run_model(run_dir, data.input_shape, data.num_classes)
+    out = predict(model, data.test_x)
+    state = task.new_state()
+    task.update(state, out, data.test_y)
+    metrics = task.compute(state)
+    plt = pyplot()
+    pngs: dict[str, Path] = {}
+    numbers: dict[str, Any] = {"task": task.name, "test_metrics": metrics}
+    sections: list[tuple[str, str]] = []
+    head = [{"metric": k_, "value": _fmt(v)} for k_, v in summary.items() if not isinstance(v, (dict, list))]
+    sections.append(("Summary", table(head, ["metric", "value"])))
+    rows = [{"metric": m + (" (primary)" if m == task.primary else ""), "recomputed": _fmt(metrics[m]),
+             "run": _fmt(summary.get(f"test_{m}", "")), "better": "higher" if mode == "max" else "lower"}
+            for m, mode in task.metrics.items()]
+    sections.append(("Test metrics", table(rows, ["metric", "recomputed", "run", "better"],
+                                           ["metric", "recomputed from model.safetensors", "summary.json",
+                                            "better is"])))
+    if history:
+        pngs["curves"] = plot_task_curves(history, task, run_dir / "curves.png",
+                                          title=f"{summary.get('dataset')} / {summary.get('model')}")
+        sections.append(("Learning curves", image(pngs["curves"], "curves")))
+
+    if task.name == "regression":
+        from .tasks import Regression
+        p, y = Regression.pairs(out, data.test_y)
+        names = data.class_names if len(data.class_names) == p.shape[1] else [str(i) for i in range(p.shape[1])]
+        k = min(p.shape[1], 4)
+        fig, axes = plt.subplots(1, k, figsize=(4 * k, 4), squeeze=False)
+        for j, ax in enumerate(axes[0]):
+            ax.scatter(y[:, j].numpy(), p[:, j].numpy(), s=8, alpha=0.6)
+            lo, hi = float(min(y[:, j].min(), p[:, j].min())), float(max(y[:, j].max(), p[:, j].max()))
+            ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="prediction = target")
+            ax.set_xlabel(f"true {names[j]}")
+            ax.set_ylabel(f"predicted {names[j]}")
+            ax.legend(fontsize=8)
+            ax.grid(alpha=0.3)
+        fig.suptitle("predicted vs true (test)")
+        fig.tight_layout()
+        pngs["scatter"] = savefig(fig, run_dir / "pred_vs_true.png")
+        res = (p - y).flatten()
+        fig, ax = plt.subplots(figsize=(6, 3.2))
+        ax.hist(res.numpy(), bins=40)
+        ax.axvline(0, c="k", lw=1)
+        ax.set_xlabel("residual (prediction - target)")
+        ax.set_ylabel("test examples")
+        fig.tight_layout()
+        pngs["residuals"] = savefig(fig, run_dir / "residuals.png")
+        numbers["residual_mean"], numbers["residual_std"] = float(res.mean()), float(res.std()) if len(res) > 1 else 0.0
+        sections += [("Predicted vs true", image(pngs["scatter"], "predicted vs true") +
+                      (f"<p>First {k} of {p.shape[1]} target dimensions.</p>" if k < p.shape[1] else "")),
+                     ("Residuals", image(pngs["residuals"], "residuals") +
+                      f"<p>Mean {numbers['residual_mean']:.4f}, standard deviation {numbers['residual_std']:.4f} "
+                      f"over {len(res)} test values.</p>")]
+    elif task.name == "multilabel":
+        per = task.per_label(state)
+        names = data.class_names if len(data.class_names) == len(per["f1"]) else [str(i) for i in range(len(per["f1"]))]
+        numbers["per_label"] = {"labels": names, **per}
+        k = len(names)
+        fig, ax = plt.subplots(figsize=(max(5, 0.9 * k + 2), 3.4))
+        w = 0.27
+        for i, m in enumerate(("precision", "recall", "f1")):
+            ax.bar([j + (i - 1) * w for j in range(k)], [100 * v for v in per[m]], w, label=m)
+        ax.set_xticks(range(k), names, rotation=45, ha="right")
+        ax.set_ylabel("test (%)")
+        ax.set_ylim(0, 115)
+        ax.set_yticks(range(0, 101, 20))
+        ax.legend(loc="upper center", ncol=3, fontsize=8)
+        fig.tight_layout()
+        pngs["per_label"] = savefig(fig, run_dir / "per_label.png")
+        sections.append(("Per-label metrics", image(pngs["per_label"], "per label") + table(
+            [{"label": names[j], "precision": f"{100 * per['precision'][j]:.2f}%",
+              "recall": f"{100 * per['recall'][j]:.2f}%", "f1": f"{100 * per['f1'][j]:.2f}%",
+              "accuracy": f"{100 * per['accuracy'][j]:.2f}%", "support": per["support"][j]} for j in range(k)],
+            ["label", "precision", "recall", "f1", "accuracy", "support"]) +
+            "<p>A label is predicted present when sigmoid(logit) &ge; 0.5; support = test examples with it.</p>"))
+
+    try:                                    # the schedule replayed per step needs the run's trainer
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            trainer = build_trainer({**cfg, "parallel": {**cfg["parallel"], "mode": "sync"}}, data=data,
+                                    progress=False)
+            lrs = lr_per_step(trainer, int(summary.get("epochs", cfg["epochs"])))
+        numbers["lr_per_step"], x_label, note = lrs, "optimizer step", ""
+    except Exception as e:                  # noqa: BLE001 -- the report still shows the recorded rates
+        lrs = [r["lr"] for r in history if "lr" in r]
+        numbers["lr_per_epoch"], x_label = lrs, "epoch"
+        note = (f"<p>Per epoch from metrics.jsonl: the run's trainer could not be rebuilt to replay the schedule "
+                f"per step ({esc(type(e).__name__)}: {esc(e)}).</p>")
+    if lrs:
+        fig, ax = plt.subplots(figsize=(6, 3))
+        ax.plot(range(1, len(lrs) + 1), lrs)
+        ax.set_xlabel(x_label)
+        ax.set_ylabel("learning rate")
+        ax.set_title(f"schedule: {cfg['schedule']['name']}")
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        pngs["lr_schedule"] = savefig(fig, run_dir / "lr_schedule.png")
+        sections.append(("Learning-rate schedule", image(pngs["lr_schedule"], "lr") + note))
+    if (gn_png := _grad_norm_png(history, run_dir, plt)) is not None:
+        sections.append(_grad_norm_section(gn_png))
+    numbers["grad_norm"] = [r.get("grad_norm") for r in history]
+    numbers["summary"] = summary
+    ckpt.atomic_write_json(run_dir / "report.json", numbers)
+    sections.append(("Config", f"<pre>{esc((run_dir / 'config.toml').read_text())}</pre>"))
+    title = f"traintricks run: {summary.get('dataset', '')} / {summary.get('model', '')} ({run_dir.name})"
+    intro = (f"Task: <b>{esc(task.name)}</b>. Test {esc(task.primary)} recomputed from model.safetensors: "
+             f"<b>{metrics[task.primary]:.4f}</b> ({'higher' if task.mode == 'max' else 'lower'} is better); "
+             + ", ".join(f"{esc(m)} {v:.4f}" for m, v in metrics.items() if m != task.primary) + ".")
+    path = run_dir / "report.html"
+    ckpt.atomic_write_text(path, page(title, sections, intro))
+    return path

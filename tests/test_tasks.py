@@ -320,3 +320,19 @@ def test_compare_uses_the_task_primary_metric(tmp_path, task, metric):
         shown = "0.6000 ± 0.1414" if task == "regression" else "60.00 ± 14.14"
         assert shown in html
     assert json.loads((tmp_path / "compare.json").read_text())["metric"] == metric
+
+
+def test_run_end_report_md_and_curves_use_the_task_metric(tmp_path):
+    from traintricks.training.report import _primary_metric, plot_curves, write_report
+    hist = [{"epoch": e, "train_loss": 1.0 / e, "val_loss": 1.1 / e, "val_rmse": 0.9 / e, "val_mae": 0.7 / e,
+             "val_r2": 0.1 * e, "test_rmse": 0.95 / e, "lr": 0.1, "epoch_seconds": 1.0} for e in (1, 2)]
+    assert _primary_metric(None, hist) == "rmse"
+    assert _primary_metric(None, [{"epoch": 1, "val_accuracy": 0.5}]) == "accuracy"
+    assert _primary_metric({"task": "multilabel"}, []) == "micro_f1"
+    assert plot_curves(hist, tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    summary = {"dataset": "diabetes", "model": "mlp", "task": "regression", "test_loss": 0.5, "test_rmse": 0.7,
+               "test_mae": 0.5, "test_r2": 0.4, "epochs": 2, "best_epoch": 2, "stopped_early": False,
+               "train_seconds": 1.0, "wall_seconds": 2.0, "device": "cpu", "precision": "fp32"}
+    md = write_report(tmp_path, summary, hist, "").read_text()
+    assert "**test rmse: 0.7000**" in md and "task: regression (test mae 0.5000, r2 0.4000)" in md
+    assert "| val rmse |" in md and "| 2 | 0.5000 |  | 0.5500 | 0.4500 | 0.4750 |" in md and "acc" not in md

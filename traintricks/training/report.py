@@ -1,4 +1,5 @@
-"""Run reports: ``curves.png`` (loss, accuracy and learning rate per epoch) and ``report.md``."""
+"""Run reports: ``curves.png`` (loss, the task's primary metric -- accuracy for classification -- and learning rate
+per epoch) and ``report.md``."""
 from __future__ import annotations
 
 import os
@@ -8,8 +9,24 @@ from typing import Any, Sequence
 from .checkpoint import atomic_write_text
 
 
-def plot_curves(history: Sequence[dict[str, Any]], path: str | os.PathLike, title: str = "") -> Path:
-    """Plot train/val/test loss, accuracy and the learning rate against the epoch."""
+def _primary_metric(summary: dict[str, Any] | None, history: Sequence[dict[str, Any]]) -> str:
+    """The run's task's primary metric: from ``summary["task"]``, else the first task whose ``val_``/``test_``
+    metric the history records (``accuracy`` when none)."""
+    from ..evaluation.tasks import TASKS, get_task
+    if summary and summary.get("task"):
+        return get_task(summary["task"]).primary
+    keys = set().union(*history) if history else set()
+    for name in ["classification", *TASKS.names()]:
+        m = get_task(name).primary
+        if any(f"{split}_{m}" in keys for split in ("train", "val", "test")):
+            return m
+    return "accuracy"
+
+
+def plot_curves(history: Sequence[dict[str, Any]], path: str | os.PathLike, title: str = "",
+                metric: str | None = None) -> Path:
+    """Plot train/val/test loss, ``metric`` (default: the task's primary metric found in the history, e.g.
+    accuracy) and the learning rate against the epoch."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -18,13 +35,13 @@ def plot_curves(history: Sequence[dict[str, Any]], path: str | os.PathLike, titl
     path = Path(path)
     ep = [r["epoch"] for r in history]
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
-    for ax, metric in zip(axes[:2], ("loss", "accuracy")):
+    for ax, m in zip(axes[:2], ("loss", metric or _primary_metric(None, history))):
         for split, style in (("train", "-"), ("val", "--"), ("test", ":")):
-            key = f"{split}_{metric}"
+            key = f"{split}_{m}"
             if history and key in history[0]:
                 ax.plot(ep, [r[key] for r in history], style, marker="o", ms=3, label=split)
         ax.set_xlabel("epoch")
-        ax.set_ylabel(metric)
+        ax.set_ylabel(m)
         ax.grid(alpha=0.3)
         ax.legend()
     axes[2].plot(ep, [r["lr"] for r in history], marker="o", ms=3)
@@ -47,18 +64,26 @@ def write_report(out_dir: str | os.PathLike, summary: dict[str, Any], history: S
     out = Path(out_dir)
     s = summary
     lines = [f"# traintricks run: {s.get('dataset', '')} / {s.get('model', '')}", ""]
-    if "test_accuracy" in s:
-        lines.append(f"- **test accuracy: {s['test_accuracy']:.4f}** (test loss {s['test_loss']:.4f})")
+    m = _primary_metric(s, history)
+    if f"test_{m}" in s:
+        name = "accuracy" if m == "accuracy" else m
+        lines.append(f"- **test {name}: {s[f'test_{m}']:.4f}** (test loss {s['test_loss']:.4f})")
+    if s.get("task", "classification") != "classification":
+        from ..evaluation.tasks import get_task
+        others = [f"{k} {s[f'test_{k}']:.4f}" for k in get_task(s["task"]).metrics if k != m and f"test_{k}" in s]
+        lines.append(f"- task: {s['task']}" + (f" (test {', '.join(others)})" if others else ""))
     lines += [f"- epochs: {s['epochs']} (best epoch {s['best_epoch']}, stopped early: {s['stopped_early']})",
               f"- training time: {s['train_seconds']:.1f} s of {s['wall_seconds']:.1f} s wall"
               f" ({s['device']}, {s['precision']}, {s.get('threads', '?')} threads)",
               f"- parameters: {s.get('parameters', '?'):,}" if isinstance(s.get('parameters'), int) else "",
-              "", "![curves](curves.png)", "", "| epoch | train loss | train acc | val loss | val acc | test acc | lr | s |",
+              "", "![curves](curves.png)", "",
+              "| epoch | train loss | train acc | val loss | val acc | test acc | lr | s |" if m == "accuracy" else
+              f"| epoch | train loss | train {m} | val loss | val {m} | test {m} | lr | s |",
               "|---:|---:|---:|---:|---:|---:|---:|---:|"]
     f = lambda r, k, fmt: format(r[k], fmt) if k in r else ""  # noqa: E731
     for r in history:
-        lines.append(f"| {r['epoch']} | {f(r, 'train_loss', '.4f')} | {f(r, 'train_accuracy', '.4f')} | "
-                     f"{f(r, 'val_loss', '.4f')} | {f(r, 'val_accuracy', '.4f')} | {f(r, 'test_accuracy', '.4f')} | "
+        lines.append(f"| {r['epoch']} | {f(r, 'train_loss', '.4f')} | {f(r, f'train_{m}', '.4f')} | "
+                     f"{f(r, 'val_loss', '.4f')} | {f(r, f'val_{m}', '.4f')} | {f(r, f'test_{m}', '.4f')} | "
                      f"{f(r, 'lr', '.3g')} | {f(r, 'epoch_seconds', '.1f')} |")
     lines += ["", "## Config", "", "```toml", config_toml.rstrip(), "```", ""]
     path = out / "report.md"

@@ -87,6 +87,18 @@ def test_regression_state_stays_on_device_without_host_sync_in_update():
                for k in ("abs", "sq", "sy", "syy", "shift"))
 
 
+@pytest.mark.parametrize("name", ["classification", "regression", "multilabel"])
+def test_update_never_reads_the_device(name):
+    """update runs on the meta device (any .item()/bool(tensor)/float(tensor) would raise there)."""
+    t = get_task(name)
+    state = t.new_state()
+    out = torch.randn(6, 3, device="meta")
+    y = torch.zeros(6, dtype=torch.long, device="meta") if name == "classification" else torch.randn(6, 3, device="meta")
+    t.update(state, out, y)
+    t.update(state, out, y)
+    assert state["n"] == 12
+
+
 def _multilabel_data(n=60, labels=5, seed=0):
     g = torch.Generator().manual_seed(seed)
     y = (torch.rand(n, labels, generator=g) < torch.linspace(0.1, 0.6, labels)).float()

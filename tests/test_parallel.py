@@ -191,3 +191,116 @@ def test_async_server_checkpoints_each_epoch_and_a_restarted_run_continues(tmp_p
     assert summary["resumed"] and summary["failed_workers"] == []
     assert summary["updates"] == 2 * 2 * per_epoch              # 2 epochs x 2 workers x batches: none lost or redone
     assert summary["test_accuracy"] > 0.8
+
+
+def _two_node_job(tmp_path, args_a: list[str], args_b: list[str], timeout: float = 120):
+    """Start two ``torchrun`` agents, "node A" and "node B", each ``--nnodes=2 --nproc-per-node=1`` with a c10d
+    rendezvous on loopback, running ``traintricks <args>``; wait for both (killing both process groups after
+    ``timeout`` seconds) and return their ``CompletedProcess``-like results."""
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import time
+    import uuid
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
+    exe = shutil.which("traintricks", path=os.path.dirname(sys.executable))
+    if torchrun is None or exe is None:
+        pytest.skip("torchrun / traintricks scripts not installed in this environment")
+    port, run_id = _free_port(), f"tt-{uuid.uuid4().hex[:12]}"
+    # loopback only: the rendezvous store, the workers' store (--local-addr) and gloo's sockets (GLOO_SOCKET_IFNAME)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
+    procs, logs = [], []
+    for node, host, args in (("a", 1, args_a), ("b", 0, args_b)):
+        cmd = [torchrun, "--nnodes=2", "--nproc-per-node=1", "--rdzv-backend=c10d",
+               f"--rdzv-endpoint=127.0.0.1:{port}", f"--rdzv-id={run_id}", f"--rdzv-conf=is_host={host}",
+               "--local-addr=127.0.0.1", "--max-restarts=0", "--no-python", exe, *args]
+        log = (tmp_path / f"{run_id}-{node}.out", tmp_path / f"{run_id}-{node}.err")    # files: no pipe to fill
+        with open(log[0], "w") as out, open(log[1], "w") as err:
+            procs.append(subprocess.Popen(cmd, stdout=out, stderr=err, env=env, start_new_session=True,
+                                          cwd=tmp_path))
+        logs.append(log)
+    deadline = time.monotonic() + timeout
+    try:
+        for p in procs:
+            p.wait(timeout=max(deadline - time.monotonic(), 1))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)    # the agent and its worker: a hang fails instead of blocking
+                p.wait()
+    return [subprocess.CompletedProcess(p.args, p.returncode, o.read_text(), e.read_text())
+            for p, (o, e) in zip(procs, logs)]
+
+
+def test_two_torchrun_nodes_equal_one_process_with_the_whole_batch(tmp_path):
+    """``--nnodes=2`` (one process per node, c10d rendezvous on loopback, gloo): global rank 0, whichever node the
+    rendezvous makes it, writes the run; the other node writes nothing; the final weights and metrics equal one
+    process with the whole batch (fp32). Then ``--resume`` of that run directory on two nodes, from its epoch-1
+    checkpoint, ends where the uninterrupted run did."""
+    import json
+    import shutil
+    from traintricks.training import checkpoint as ckpt
+    from traintricks.training.recipe import run
+    cfg = [*CFG, "precision=fp32"]
+    sets = [a for kv in cfg for a in ("--set", kv)]
+    out_a, out_b = tmp_path / "node_a" / "run", tmp_path / "node_b" / "run"     # each "machine" its own disk
+    results = _two_node_job(tmp_path, ["train", "--out", str(out_a), "--no-progress", *sets],
+                            ["train", "--out", str(out_b), "--no-progress", *sets])
+    for r in results:
+        assert r.returncode == 0, r.stderr[-3000:]
+    written = [o for o in (out_a, out_b) if o.exists()]
+    assert len(written) == 1, "exactly one node (global rank 0's) writes the run directory"
+    out = written[0]
+    assert sum(r.stdout.count("test_accuracy") for r in results) == 1          # only global rank 0 reports
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["processes"] == 2
+
+    single = run(load_config(overrides=cfg), tmp_path / "single", progress=False)
+    ref = ckpt.load_weights(tmp_path / "single" / "model.safetensors")
+    got = ckpt.load_weights(out / "model.safetensors")
+    assert got.keys() == ref.keys()
+    for k in ref:
+        torch.testing.assert_close(got[k], ref[k], rtol=1e-5, atol=1e-6)
+    assert summary["test_accuracy"] == pytest.approx(single["test_accuracy"], abs=2e-3)
+    assert summary["epochs"] == single["epochs"] == 2
+
+    # resume on two nodes from a run directory both can read (a shared filesystem): roll the run back to epoch 1
+    shared = tmp_path / "shared" / "run"
+    shutil.copytree(out, shared)
+    shutil.rmtree(shared / "checkpoints" / "epoch-0002")
+    for name in ("summary.json", "model.safetensors"):
+        (shared / name).unlink()
+    results = _two_node_job(tmp_path, ["train", "--resume", str(shared), "--no-progress"],
+                            ["train", "--resume", str(shared), "--no-progress"])
+    for r in results:
+        assert r.returncode == 0, r.stderr[-3000:]
+    resumed = json.loads((shared / "summary.json").read_text())
+    assert resumed["status"] == "finished" and resumed["processes"] == 2 and resumed["epochs"] == 2
+    assert (shared / "checkpoints" / "epoch-0002").is_dir()
+    epochs = [json.loads(line)["epoch"] for line in (shared / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2]
+    got = ckpt.load_weights(shared / "model.safetensors")
+    for k in ref:
+        torch.testing.assert_close(got[k], ref[k], rtol=1e-5, atol=1e-6)
+
+
+def test_two_node_resume_refuses_run_directories_that_differ_between_machines(tmp_path):
+    """A multi-machine ``--resume`` where node B's copy of the run directory is stale (an older latest checkpoint):
+    every process stops with the same clear error naming the ranks that differ, instead of training from state
+    other than rank 0's. (A machine without the directory at all takes the same path: its config digest is None.)"""
+    import shutil
+    from traintricks.training.recipe import run
+    a = tmp_path / "node_a" / "run"
+    run(load_config(overrides=[*CFG, "precision=fp32"]), a, progress=False)
+    (a / "summary.json").unlink()
+    b = tmp_path / "node_b" / "run"
+    shutil.copytree(a, b)
+    shutil.rmtree(b / "checkpoints" / "epoch-0002")
+    results = _two_node_job(tmp_path, ["train", "--resume", str(a), "--no-progress"],
+                            ["train", "--resume", str(b), "--no-progress"])
+    for r in results:
+        assert r.returncode != 0
+        assert "traintricks: error:" in r.stderr and "do not see the same run directory" in r.stderr, r.stderr[-3000:]
+        assert "shared filesystem" in r.stderr and "rank(s) [1] differ from rank 0" in r.stderr
+    assert not (a / "summary.json").exists()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -35,8 +36,23 @@ def setup_distributed(device: str = "cpu") -> DistInfo:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and dist.is_available() and not dist.is_initialized():
         backend = "nccl" if str(device).startswith("cuda") and torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            # one GPU per process on each machine: ``device = "cuda"`` means this process's GPU, indexed by its
+            # rank on the machine (``LOCAL_RANK``), not by its global rank
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group(backend=backend)
     return dist_info()
+
+
+def gather_object(obj: Any) -> list[Any]:
+    """Every process's ``obj`` (picklable), indexed by global rank: ``[obj]`` when not distributed. A collective:
+    every process of the group must call it."""
+    info = dist_info()
+    if not info.distributed:
+        return [obj]
+    out: list[Any] = [None] * info.world_size
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def cleanup() -> None:

@@ -23,7 +23,7 @@ from ..evaluation import EARLY_STOPPING, ModelEMA
 from ..losses import LOSSES, PENALTIES, AuxiliaryHeads, WithPenalties
 from ..models import MODELS, REGULARIZERS, zero_init_residual
 from ..optim import OPTIMIZERS, SCHEDULES, TRANSFORMS, param_groups, sets_rate_each_step
-from ..parallel.ddp import dist_info, setup_distributed
+from ..parallel.ddp import dist_info, gather_object, setup_distributed
 from . import checkpoint as ckpt
 from .report import plot_curves, write_report
 from .trainer import NonFiniteLossError, Trainer, optimizer_steps
@@ -236,6 +236,8 @@ def run(cfg: dict[str, Any] | None, out_dir: str | Path, resume: bool = False, p
     rank 0 writes (see :mod:`traintricks.parallel`)."""
     out = Path(out_dir)
     info = setup_distributed(cfg["device"] if cfg is not None else "cpu")
+    if resume and info.distributed:
+        _same_run_on_every_process(out)
     if resume:
         if not (out / "config.toml").is_file():
             raise ckpt.CheckpointError(f"{out / 'config.toml'}: not found; is {out} a traintricks run directory?")
@@ -273,6 +275,29 @@ def run(cfg: dict[str, Any] | None, out_dir: str | Path, resume: bool = False, p
         plot_curves(trainer.history, out / "curves.png", title=f"{meta['dataset']} / {meta['model']}")
     write_report(out, summary, trainer.history, to_toml(cfg))
     return summary
+
+
+def _same_run_on_every_process(out: Path) -> None:
+    """Before a distributed ``--resume``: every process (on every machine) must read the same run directory,
+    the same config and the same latest checkpoint, else ``CheckpointError`` on every process naming the ones
+    that differ (a machine without the directory, or with a stale copy of it, would otherwise fail in the first
+    collective or, worse, train from other state than rank 0)."""
+    import hashlib
+
+    def digest(path: Path) -> str | None:
+        return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else None
+    last = ckpt.latest_checkpoint(out / "checkpoints")
+    view = (digest(out / "config.toml"), last.name if last is not None else None,
+            digest(last / "state.pt") if last is not None else None)
+    views = gather_object(view)
+    differ = [r for r, v in enumerate(views) if v != views[0]]
+    if differ:
+        seen = "; ".join(f"rank {r}: config.toml {'found' if v[0] else 'missing'}, latest checkpoint {v[1]}"
+                         for r, v in enumerate(views) if r == 0 or r in differ)
+        raise ckpt.CheckpointError(
+            f"{out}: the processes do not see the same run directory (rank(s) {differ} differ from rank 0: "
+            f"{seen}); a multi-machine --resume needs the run directory on a shared filesystem, or rank 0's "
+            f"copied to the same path on every machine")
 
 
 def _run_meta(cfg: dict[str, Any], trainer: Trainer) -> dict[str, Any]:

@@ -111,3 +111,15 @@ def test_shipped_configs_are_valid():
     assert configs
     for p in configs:
         load_config(p)
+
+
+def test_printed_config_lists_factory_defaults_and_loads_back(tmp_path):
+    from traintricks.config import to_toml, with_factory_defaults
+    cfg = load_config(None, ["optim.name=adamw"])
+    full = with_factory_defaults(cfg)
+    assert full["optim"]["betas"] == [0.9, 0.999] and full["optim"]["eps"] == 1e-8
+    assert full["model"]["norm"] == "batchnorm"                      # a factory default the recipe does not write
+    path = tmp_path / "full.toml"
+    path.write_text(to_toml(full))
+    again = load_config(str(path), [])
+    assert with_factory_defaults(again) == full                      # the printed config is a valid config

@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from .config import ConfigError, component_options, load_config, to_toml
+from .config import ConfigError, component_options, load_config, to_toml, with_factory_defaults
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -80,7 +80,7 @@ def _cmd_config(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"traintricks: error: {e}", file=sys.stderr)
         return 2
-    sys.stdout.write(to_toml(cfg))
+    sys.stdout.write(to_toml(with_factory_defaults(cfg)))
     return 0
 
 

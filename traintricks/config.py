@@ -366,3 +366,20 @@ def to_toml(cfg: dict[str, Any]) -> str:
         if isinstance(v, dict):
             lines += ["", f"[{k}]"] + [f"{kk} = {_toml_value(vv)}" for kk, vv in v.items()]
     return "\n".join(lines) + "\n"
+
+
+def with_factory_defaults(cfg: dict[str, Any]) -> dict[str, Any]:
+    """``cfg`` with every component table completed by its factory's defaults (the options a run takes without
+    writing them), as ``traintricks config`` prints it; options without a TOML value (``None``) are left out."""
+    out = copy.deepcopy(cfg)
+    for section, (registry, _) in _components().items():
+        spec = out.get(section)
+        if not isinstance(spec, dict) or spec.get("name") in (None, "none"):
+            continue
+        for key, param in registry.options(spec["name"]).items():
+            if key in _SUPPLIED or key in spec or param.default is None:
+                continue
+            value = list(param.default) if isinstance(param.default, tuple) else param.default
+            if isinstance(value, (bool, int, float, str, list)):
+                spec[key] = value
+    return out

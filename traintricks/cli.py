@@ -51,7 +51,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if info.is_main:
         keys = ("test_accuracy", "best_epoch", "epochs", "train_seconds", "wall_seconds", "stopped_early")
         print(json.dumps({k: summary[k] for k in keys if k in summary}))
-        print(f"wrote {out}/summary.json, metrics.jsonl, curves.png, report.md, model.safetensors", file=sys.stderr)
+        names = ("summary.json", "metrics.jsonl", "curves.png", "report.md", "model.safetensors")
+        print(f"wrote {out}/{', '.join(n for n in names if (out / n).exists())}", file=sys.stderr)
     if info.distributed:
         # leave the group, then exit at once: gloo can abort at interpreter exit after destroy_process_group
         cleanup()
@@ -121,8 +122,9 @@ def _cmd_report(args: argparse.Namespace) -> int:
     except (ReportError, CheckpointError, DataError, _CE) as e:
         print(f"traintricks: error: {e}", file=sys.stderr)
         return 2
-    print(f"wrote {path} (and report.json, confusion.png, per_class.png, lr_schedule.png, grad_norm.png)",
-          file=sys.stderr)
+    extra = [n for n in ("report.json", "confusion.png", "per_class.png", "lr_schedule.png", "grad_norm.png",
+                         "predictions.png", "residuals.png", "per_label.png") if (Path(path).parent / n).exists()]
+    print(f"wrote {path}" + (f" (and {', '.join(extra)})" if extra else ""), file=sys.stderr)
     return 0
 
 

@@ -190,7 +190,8 @@ class Trainer:
         drop_tail: skip an incomplete last group (not computed, not counted in ``train_loss``), the analogue of
             ``drop_last`` for the accumulated batch.
         out_dir: where ``metrics.jsonl`` and ``checkpoints/`` go (``None``: nothing written).
-        checkpoint_every_steps, checkpoint_every_seconds: also checkpoint inside epochs (0: only per epoch).
+        checkpoint_every_steps, checkpoint_every_seconds: also checkpoint inside epochs (0: only per epoch;
+            nothing is written without ``out_dir``).
         keep_checkpoints: how many recent checkpoints to keep.
         device: ``"cpu"``, ``"cuda"``...; precision: ``"fp32"``, ``"bf16"`` (autocast) or ``"auto"``.
         channels_last: move model and 4-D batches to channels-last memory format.
@@ -306,8 +307,6 @@ class Trainer:
         if self.out_dir is not None:
             cbs.append(CheckpointWriter(checkpoint_every_steps, checkpoint_every_seconds))
             cbs.append(MetricsLogger(self.out_dir / "metrics.jsonl"))
-        elif checkpoint_every_steps or checkpoint_every_seconds:
-            raise ValueError("checkpoint_every_steps/checkpoint_every_seconds need out_dir")
         cbs += [EpochEndFunction(f) for f in old_style]
         self.callbacks: list[Callback] = cbs
         self._index_callbacks()

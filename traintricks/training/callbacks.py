@@ -42,7 +42,6 @@ class NonFiniteLossError(RuntimeError):
 
 # ------------------------------------------------------------------------------------------------- schedules
 _PER_STEP_TORCH = (torch.optim.lr_scheduler.OneCycleLR, torch.optim.lr_scheduler.CyclicLR)
-_warned: set[str] = set()
 
 
 def default_interval(scheduler: Any) -> str:
@@ -52,19 +51,16 @@ def default_interval(scheduler: Any) -> str:
     - torch's ``OneCycleLR`` and ``CyclicLR`` (documented as stepped after every batch) and traintricks'
       closed-form schedules (:class:`~traintricks.optim.lr_schedules.ClosedFormLR`: lengths in steps): ``"step"``;
     - any other scheduler (``StepLR``, ``MultiStepLR``, ``ExponentialLR``, ``CosineAnnealingLR``, ``LambdaLR``,
-      ...): ``"epoch"``, torch's convention for them, with a one-time warning naming the argument.
+      ...): ``"epoch"``, torch's convention for them, with a warning (when the trainer is built) naming the argument.
     The recipe always passes the interval (its schedules are built in optimizer steps)."""
     from ..optim.lr_schedules import ClosedFormLR
     if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
         return "epoch"
     if isinstance(scheduler, _PER_STEP_TORCH + (ClosedFormLR,)):
         return "step"
-    name = type(scheduler).__name__
-    if name not in _warned:
-        _warned.add(name)
-        warnings.warn(f"Trainer: scheduler {name} given without scheduler_interval is stepped once per epoch "
-                      "(torch's convention for it); pass scheduler_interval='step' to step it after every "
-                      "optimizer step", UserWarning, stacklevel=4)
+    warnings.warn(f"Trainer: scheduler {type(scheduler).__name__} given without scheduler_interval is stepped once "
+                  "per epoch (torch's convention for it); pass scheduler_interval='step' to step it after every "
+                  "optimizer step", UserWarning, stacklevel=4)
     return "epoch"
 
 
@@ -353,10 +349,11 @@ class EpochEndFunction(Callback):
 # -------------------------------------------------------------------------- the example of a new technique
 @CALLBACKS.register("grad_norm_quantiles")
 class GradNormQuantiles(Callback):
-    """Quantiles of the per-step global gradient norm (before transforms) over each epoch, in the record as
-    ``grad_norm_p50``, ``grad_norm_p90``, ``grad_norm_p99``...: the distribution to choose a clipping threshold
-    from (clip at a high quantile of the unclipped norms; Zhang et al. 2020, arXiv:1905.11881, and the notes on
-    gradient clipping). The norms stay on the device during the epoch; one host read at its end.
+    """Quantiles of the per-step global gradient norm over each epoch, in the record as ``grad_norm_p50``,
+    ``grad_norm_p90``, ``grad_norm_p99``...: the distribution to choose a clipping threshold from (run without
+    clipping, then clip at a high quantile of the norms; Zhang et al. 2020, arXiv:1905.11881). It reads the
+    gradients the optimizer step will use (after the trainer's ``grad_transforms``, which run before the user's
+    callbacks). The norms stay on the device during the epoch; one host read at its end.
 
     Args:
         quantiles: the quantiles in (0, 1), e.g. ``[0.5, 0.9, 0.99]``.

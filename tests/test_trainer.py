@@ -260,7 +260,8 @@ def _trainer(model, x, y, micro, k, lr=0.5, momentum=0.9, transforms=(), drop_ta
     lrs = []                                  # the rate of every optimizer step
     opt.register_step_pre_hook(lambda o, args, kwargs: lrs.append(o.param_groups[0]["lr"]))
     t = Trainer(model, opt, torch.nn.functional.cross_entropy, TensorLoader(x, y, micro, shuffle=False),
-                scheduler=sched, epochs=1, progress=False, accumulate_steps=k, grad_transforms=transforms,
+                scheduler=sched, scheduler_interval="step", epochs=1, progress=False, accumulate_steps=k,
+                grad_transforms=transforms,
                 drop_tail=drop_tail)
     return t, lrs
 

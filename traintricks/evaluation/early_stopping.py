@@ -32,10 +32,12 @@ puts them back itself when it says stop (:meth:`EarlyStopping.restore` does it a
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..callback import Callback
 from ..registry import Registry
 
 EARLY_STOPPING = Registry("early-stopping criterion", section="evaluation",
@@ -269,3 +271,51 @@ def pq(alpha: float = 0.5, strip: int = 5, monitor: str = "val_loss", restore_be
 def up(s: int = 3, strip: int = 5, monitor: str = "val_loss", restore_best: bool = True) -> UpStrips:
     """Prechelt's UP_s: stop when the validation error rose in s successive strips of `strip` epochs."""
     return UpStrips(s=s, strip=strip, monitor=monitor, restore_best=restore_best)
+
+
+class EarlyStoppingCallback(Callback):
+    """An early-stopping criterion in the training loop: after each epoch's evaluation it is updated with the
+    epoch record and asks the trainer to stop (``trainer.stopped_early``); with ``restore_best`` it keeps the
+    evaluated model's weights at each improvement (checkpointed as ``best.safetensors``) and puts them back when
+    training ends, so the final test evaluation and the saved model are the best epoch's.
+
+    Args:
+        criterion: an :class:`EarlyStopping` (or one of Prechelt's criteria).
+    """
+
+    name = "early_stopping"
+
+    def __init__(self, criterion: EarlyStopping) -> None:
+        self.criterion = criterion
+        self.best_state: dict[str, torch.Tensor] | None = None
+
+    def on_epoch_end(self, trainer, record) -> None:
+        before = self.criterion.best_epoch
+        if self.criterion.update(trainer.epoch, record):
+            trainer.stopped_early = True
+        if self.criterion.restore_best and self.criterion.best_epoch != before:
+            self.best_state = {k: v.detach().clone() for k, v in trainer.eval_model.state_dict().items()}
+
+    def on_fit_end(self, trainer, summary) -> None:
+        if self.criterion.best_epoch:
+            summary["best_epoch"] = self.criterion.best_epoch
+        if self.criterion.restore_best and self.best_state is not None and self.criterion.best_epoch != trainer.epoch:
+            trainer.restore_weights(self.best_state)
+            summary["restored_best"] = True
+
+    def state_dict(self):
+        return self.criterion.state_dict()
+
+    def load_state_dict(self, state):
+        self.criterion.load_state_dict(state)
+
+    def on_save_checkpoint(self, trainer, directory) -> None:
+        if self.best_state is not None:
+            trainer.save_tensors(self.best_state, Path(directory) / "best.safetensors")
+
+    def on_load_checkpoint(self, trainer, directory) -> None:
+        if (Path(directory) / "best.safetensors").is_file():
+            self.best_state = trainer.load_tensors(Path(directory) / "best.safetensors")
+
+    def __repr__(self) -> str:
+        return f"EarlyStoppingCallback({self.criterion!r})"

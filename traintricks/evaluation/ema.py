@@ -18,10 +18,13 @@ The warm-up keeps the average from being dominated by the random initial weights
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Iterable
 
 import torch
 from torch import nn
+
+from ..callback import Callback
 
 BN_MODES = ("recompute", "ema", "copy")
 
@@ -138,3 +141,48 @@ class ModelEMA:
 
     def __repr__(self) -> str:
         return f"ModelEMA(decay={self.decay}, warmup={self.warmup}, bn={self.bn!r}, bn_batches={self.bn_batches})"
+
+
+class EMACallback(Callback):
+    """:class:`ModelEMA` in the training loop: the average is updated after every optimizer step, its batch-norm
+    statistics are recomputed (``bn="recompute"``) before each evaluation, it is the model the trainer evaluates
+    and saves, and it is checkpointed (``ema.safetensors`` and its update count).
+
+    Args:
+        ema: the :class:`ModelEMA` (of the trainer's model).
+    """
+
+    name = "ema"
+
+    def __init__(self, ema: ModelEMA) -> None:
+        self.ema = ema
+
+    def setup(self, trainer) -> None:
+        self.ema.module.to(trainer.device)
+        if trainer.memory_format is not None:
+            self.ema.module.to(memory_format=trainer.memory_format)
+        trainer.set_eval_model(self.ema.module)
+
+    def on_after_optimizer_step(self, trainer) -> None:
+        self.ema.update(trainer.model)
+
+    def on_train_epoch_end(self, trainer, record) -> None:
+        if self.ema.bn == "recompute":
+            self.ema.recompute_bn(trainer.inputs(trainer.train_loader))
+
+    def state_dict(self):
+        return {"updates": self.ema.updates}
+
+    def load_state_dict(self, state):
+        self.ema.updates = int(state["updates"])
+
+    def on_save_checkpoint(self, trainer, directory) -> None:
+        trainer.save_tensors(self.ema.state_dict(), Path(directory) / "ema.safetensors")
+
+    def on_load_checkpoint(self, trainer, directory) -> None:
+        state = trainer.load_tensors(Path(directory) / "ema.safetensors",
+                                     missing="the run was started without a weight EMA")
+        self.ema.load_state_dict(state, self.ema.updates)
+
+    def __repr__(self) -> str:
+        return f"EMACallback({self.ema!r})"

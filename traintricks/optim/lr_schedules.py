@@ -39,6 +39,8 @@ import torch
 from torch.optim import lr_scheduler as _torch
 from torch.optim.lr_scheduler import LRScheduler
 
+from ..callback import Callback
+
 
 def scale_lr(base_lr: float, batch_size: int, reference_batch: int = 256) -> float:
     """The linear scaling rule (1706.02677): ``base_lr * batch_size / reference_batch``."""
@@ -241,11 +243,15 @@ class Warmup(LRScheduler):
             self.inner.load_state_dict(inner)
 
 
-class BatchSizeSchedule:
+class BatchSizeSchedule(Callback):
     """Increase the batch size by ``factor`` at each epoch in ``milestones`` instead of decaying the rate
     (1711.00489). ``set_epoch(epoch, loader)`` sets ``loader.batch_size`` to ``base * factor^k`` where ``k`` is
-    the number of milestones passed (a closed form, so resuming at any epoch is exact); the trainer calls
-    it at the start of every epoch when the schedule has it. ``max_batch_size`` caps the growth."""
+    the number of milestones passed (a closed form, so resuming at any epoch is exact). It is a training-loop
+    callback: give it to the trainer (``Trainer(callbacks=[schedule])``; the recipe does it for
+    ``schedule.name = "batch_size_increase"``) and it sets the train loader's batch size at the start of every
+    epoch. ``max_batch_size`` caps the growth."""
+
+    name = "batch_size_schedule"
 
     def __init__(self, base_batch_size: int, milestones: Sequence[int], factor: int = 5,
                  max_batch_size: int | None = None) -> None:
@@ -262,6 +268,9 @@ class BatchSizeSchedule:
 
     def set_epoch(self, epoch: int, loader: Any) -> None:
         loader.batch_size = self.batch_size(epoch)
+
+    def on_epoch_start(self, trainer: Any) -> None:
+        self.set_epoch(trainer.epoch, trainer.train_loader)
 
 
 class BatchSizeLR(ConstantLR):

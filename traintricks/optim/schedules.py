@@ -187,3 +187,12 @@ def batch_size_increase(optimizer: torch.optim.Optimizer, total_steps: int, step
                         max_batch_size: int = 0) -> LRScheduler:
     """Keep the rate, multiply the batch size by factor at each milestone epoch instead (1711.00489)."""
     return BatchSizeLR(optimizer, BatchSizeSchedule(batch_size, list(milestones), factor, max_batch_size or None))
+
+
+@SCHEDULES.register("plateau")
+def plateau(optimizer: torch.optim.Optimizer, total_steps: int, steps_per_epoch: int, factor: float = 0.1,
+            patience: int = 10, threshold: float = 1e-4, mode: str = "min", cooldown: int = 0,
+            min_lr: float = 0.0) -> torch.optim.lr_scheduler.ReduceLROnPlateau:
+    """Divide the rate by 1/factor when the monitored metric (schedule.monitor, default val_loss) stops improving."""
+    return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=mode, factor=factor, patience=patience,
+                                                      threshold=threshold, cooldown=cooldown, min_lr=min_lr)

@@ -1,11 +1,13 @@
 """Checkpoints written atomically, in formats that load without unpickling code.
 
-Each checkpoint is a directory ``checkpoints/epoch-NNNN/`` holding
+Each checkpoint is a directory ``checkpoints/epoch-NNNN/`` (written when epoch ``NNNN`` ends) or
+``checkpoints/epoch-NNNN-step-MMMMMM/`` (``MMMMMM`` optimizer steps into epoch ``NNNN + 1``) holding
 
 - ``model.safetensors``: the model's weights (safetensors);
-- ``best.safetensors``: the best epoch's weights, when early stopping keeps them;
-- ``state.pt``: optimizer, scheduler, RNG, early-stopping state and the metric history, saved
-  with ``torch.save`` and loaded with ``torch.load(weights_only=True)``.
+- the callbacks' files: ``ema.safetensors`` (weight EMA), ``best.safetensors`` (the best epoch's weights,
+  when early stopping keeps them);
+- ``state.pt``: the position, optimizer, every RNG, each callback's state (schedule, early stopping, ...) and
+  the metric history, saved with ``torch.save`` and loaded with ``torch.load(weights_only=True)``.
 
 The directory is written under a temporary name and renamed into place, so a run killed while
 saving leaves the previous checkpoint intact and no partial one that looks complete.
@@ -71,14 +73,31 @@ def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
 
 
-def write_checkpoint(root: str | os.PathLike, epoch: int, write: Callable[[Path], None], keep: int = 2) -> Path:
-    """Create ``root/epoch-NNNN`` atomically: ``write(tmpdir)`` fills it, then it is renamed into place.
+def checkpoint_name(epoch: int, step: int = 0) -> str:
+    """``epoch-NNNN`` at the end of epoch ``NNNN``; ``epoch-NNNN-step-MMMMMM`` ``MMMMMM`` steps into the next."""
+    return f"{_PREFIX}{epoch:04d}" + (f"-step-{step:06d}" if step else "")
+
+
+def _position(name: str) -> tuple[int, int] | None:
+    """``(epoch, step)`` of a checkpoint directory's name, ``None`` if it is not one."""
+    if not name.startswith(_PREFIX):
+        return None
+    epoch, sep, step = name[len(_PREFIX):].partition("-step-")
+    if not epoch.isdigit() or (sep and not step.isdigit()):
+        return None
+    return int(epoch), int(step) if sep else 0
+
+
+def write_checkpoint(root: str | os.PathLike, epoch: int, write: Callable[[Path], None], keep: int = 2,
+                     step: int = 0) -> Path:
+    """Create ``root/epoch-NNNN`` (or ``root/epoch-NNNN-step-MMMMMM`` for ``step`` > 0) atomically:
+    ``write(tmpdir)`` fills it, then it is renamed into place.
 
     Older checkpoints beyond the ``keep`` most recent are removed.
     """
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    final = root / f"{_PREFIX}{epoch:04d}"
+    final = root / checkpoint_name(epoch, step)
     tmp = root / f".tmp-{final.name}-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -101,9 +120,9 @@ def list_checkpoints(root: str | os.PathLike) -> list[Path]:
     root = Path(root)
     if not root.is_dir():
         return []
-    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(_PREFIX)
-             and p.name[len(_PREFIX):].isdigit() and (p / "state.pt").is_file() and (p / "model.safetensors").is_file()]
-    return sorted(found, key=lambda p: int(p.name[len(_PREFIX):]))
+    found = [p for p in root.iterdir() if p.is_dir() and _position(p.name) is not None
+             and (p / "state.pt").is_file() and (p / "model.safetensors").is_file()]
+    return sorted(found, key=lambda p: _position(p.name))
 
 
 def latest_checkpoint(root: str | os.PathLike) -> Path | None:

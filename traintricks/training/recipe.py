@@ -22,11 +22,12 @@ from ..data.curriculum import load_scores, reference_scores
 from ..evaluation import EARLY_STOPPING, ModelEMA
 from ..losses import LOSSES, PENALTIES, AuxiliaryHeads, WithPenalties
 from ..models import MODELS, REGULARIZERS, zero_init_residual
-from ..optim import OPTIMIZERS, SCHEDULES, TRANSFORMS, param_groups, sets_rate_each_step
+from ..optim import OPTIMIZERS, SCHEDULES, TRANSFORMS, BatchSizeLR, param_groups, sets_rate_each_step
 from ..parallel.ddp import dist_info, gather_object, setup_distributed
 from . import checkpoint as ckpt
 from .report import plot_curves, write_report
-from .trainer import NonFiniteLossError, Trainer, optimizer_steps
+from .callbacks import NonFiniteLossError
+from .trainer import Trainer, optimizer_steps
 
 EVAL_BATCH = 1000
 
@@ -198,7 +199,19 @@ def build_trainer(cfg: dict[str, Any], data: DataSplits | None = None, out_dir: 
     s = cfg["schedule"]
     updates = optimizer_steps(len(train), acc, drop_tail=loader_args["drop_last"])   # per epoch, a tail too
     scheduler = _build("schedule", s, SCHEDULES.get(s["name"]), optimizer, cfg["epochs"] * updates, updates,
-                       **_options(s))
+                       **_options(s, drop=["interval", "monitor"]))
+    plateau = isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+    interval = s.get("interval", "epoch" if plateau else "step")   # the registry's schedules count steps
+    if interval not in ("step", "epoch"):
+        raise ConfigError("schedule.interval", f"must be 'step' or 'epoch', got {interval!r}")
+    if plateau and interval != "epoch":
+        raise ConfigError("schedule.interval", f"{s['name']!r} is stepped with a metric after each evaluation: "
+                                               "it must be 'epoch'")
+    if "monitor" in s and not plateau:
+        raise ConfigError("schedule.monitor", f"{s['name']!r} takes no metric (a 'plateau' schedule does)")
+    monitor = s.get("monitor", "val_loss") if plateau else None
+    if monitor is not None and monitor.startswith("val") and not (len(data.val_x) and evaluate):
+        raise ConfigError("schedule.monitor", f"monitors {monitor!r} but data.val_size is 0")
     if "hypergrad_lr" in optimizer.defaults and sets_rate_each_step(scheduler):
         raise ConfigError("schedule.name", f"{s['name']!r} sets the rate from a formula at every step, which would "
                           f"overwrite the rate {o['name']} learns (hypergradient descent, 1703.04782); use "
@@ -220,12 +233,16 @@ def build_trainer(cfg: dict[str, Any], data: DataSplits | None = None, out_dir: 
         transforms.append(_build(f"grad_transforms[{i}]", t, TRANSFORMS.get(t["name"]), **_options(t)))
     e = cfg["ema"]
     ema = ModelEMA(model, e["decay"], e["warmup"], e["bn"], e["bn_batches"]) if e["decay"] > 0 else None
-    return Trainer(model, optimizer, loss_fn, train, val, test, scheduler=scheduler, epochs=cfg["epochs"],
+    extra = [scheduler.batch_schedule] if isinstance(scheduler, BatchSizeLR) else []   # sets the loader's batch
+    return Trainer(model, optimizer, loss_fn, train, val, test, scheduler=scheduler, scheduler_interval=interval,
+                   scheduler_monitor=monitor, epochs=cfg["epochs"],
                    grad_transforms=transforms, accumulate_steps=acc, drop_tail=loader_args["drop_last"], ema=ema,
                    early_stopping=early, out_dir=out_dir, device=cfg["device"], precision=cfg["precision"],
                    channels_last=cfg["channels_last"], compile=cfg["compile"], tta_flip=cfg["eval"]["tta_flip"],
-                   tta_from_epoch=d["augment_from_epoch"],
-                   test_every_epoch=cfg["eval"]["test_every_epoch"], callbacks=callbacks, progress=progress)
+                   tta_from_epoch=d["augment_from_epoch"], test_every_epoch=cfg["eval"]["test_every_epoch"],
+                   callbacks=[*extra, *callbacks], progress=progress,
+                   checkpoint_every_steps=cfg.get("checkpoint_every_steps", 0),
+                   checkpoint_every_seconds=cfg.get("checkpoint_every_seconds", 0.0))
 
 
 def run(cfg: dict[str, Any] | None, out_dir: str | Path, resume: bool = False, progress: bool = True,

@@ -1,0 +1,399 @@
+"""The engine's built-in callbacks: what the :class:`~traintricks.training.Trainer` used to do by name.
+
+| callback | events | what it does |
+|---|---|---|
+| :class:`ScheduleStep` | after optimizer step / epoch end | steps a learning-rate schedule per step or per epoch, or with a monitored metric (``ReduceLROnPlateau``) |
+| :class:`GradNormRecord` | before the optimizer step | the epoch record's ``grad_norm``/``grad_norm_max`` (global norm before any transform) |
+| :class:`GradientTransforms` | before the optimizer step | clipping, noise, ... (:mod:`traintricks.optim.transforms`) on the final gradients |
+| :class:`NonFiniteGuard` | after forward, after evaluation | a NaN/Inf loss (training or evaluation) ends the run with :class:`NonFiniteLossError` |
+| :class:`FlipTTA` | evaluated outputs | mean of the logits of the image and its mirror |
+| :class:`ProgressBar` | steps, epoch end | a tqdm bar and one line per epoch on stderr |
+| :class:`CheckpointWriter` | step end, epoch end | atomic checkpoints per epoch and every N steps / T seconds |
+| :class:`MetricsLogger` | epoch end | ``metrics.jsonl`` |
+| :class:`EpochEndFunction` | epoch end | an old-style ``fn(trainer, record)`` callback |
+| :class:`GradNormQuantiles` | before the optimizer step, train epoch end | quantiles of the per-step gradient norm (choosing a clipping threshold) |
+
+The weight EMA (:class:`~traintricks.evaluation.ema.EMACallback`), early stopping
+(:class:`~traintricks.evaluation.early_stopping.EarlyStoppingCallback`) and the batch-size schedule
+(:class:`~traintricks.optim.lr_schedules.BatchSizeSchedule`) live beside their techniques. :data:`CALLBACKS`
+registers those a config can name in its ``callbacks = [...]`` list.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+import warnings
+from typing import Any, Callable, Sequence
+
+import torch
+from tqdm import tqdm
+
+from ..callback import Callback
+from ..registry import Registry
+
+CALLBACKS = Registry("callback", section="training")
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss (in training or in an evaluation) became NaN or infinite; the last good checkpoint is kept."""
+
+
+# ------------------------------------------------------------------------------------------------- schedules
+_PER_STEP_TORCH = (torch.optim.lr_scheduler.OneCycleLR, torch.optim.lr_scheduler.CyclicLR)
+
+
+def default_interval(scheduler: Any) -> str:
+    """The rule for a scheduler given without ``scheduler_interval`` (docs/architecture.md, "Schedules"):
+
+    - ``ReduceLROnPlateau``: ``"epoch"`` (it is stepped with the monitored metric after evaluation);
+    - torch's ``OneCycleLR`` and ``CyclicLR`` (documented as stepped after every batch) and traintricks'
+      closed-form schedules (:class:`~traintricks.optim.lr_schedules.ClosedFormLR`: lengths in steps): ``"step"``;
+    - any other scheduler (``StepLR``, ``MultiStepLR``, ``ExponentialLR``, ``CosineAnnealingLR``, ``LambdaLR``,
+      ...): ``"epoch"``, torch's convention for them, with a warning (when the trainer is built) naming the argument.
+    The recipe always passes the interval (its schedules are built in optimizer steps)."""
+    from ..optim.lr_schedules import ClosedFormLR
+    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        return "epoch"
+    if isinstance(scheduler, _PER_STEP_TORCH + (ClosedFormLR,)):
+        return "step"
+    warnings.warn(f"Trainer: scheduler {type(scheduler).__name__} given without scheduler_interval is stepped once "
+                  "per epoch (torch's convention for it); pass scheduler_interval='step' to step it after every "
+                  "optimizer step", UserWarning, stacklevel=4)
+    return "epoch"
+
+
+class ScheduleStep(Callback):
+    """Step ``scheduler`` after every optimizer step (``interval="step"``) or after every epoch's evaluation
+    (``"epoch"``); a metric-driven schedule (``ReduceLROnPlateau``) is stepped per epoch with
+    ``record[monitor]`` (default ``"val_loss"``).
+
+    Raises ``ValueError`` for an unknown interval, a plateau schedule stepped per step, or a ``monitor`` given for
+    a schedule that takes no metric; ``KeyError`` (naming the record's keys) when the monitored metric is missing."""
+
+    name = "schedule"
+
+    def __init__(self, scheduler: Any, interval: str | None = None, monitor: str | None = None) -> None:
+        plateau = isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+        interval = default_interval(scheduler) if interval is None else interval
+        if interval not in ("step", "epoch"):
+            raise ValueError(f"scheduler_interval must be 'step' or 'epoch', got {interval!r}")
+        if plateau and interval != "epoch":
+            raise ValueError("scheduler_interval: a ReduceLROnPlateau is stepped with a metric after each "
+                             "evaluation: it must be 'epoch'")
+        if monitor is not None and not plateau:
+            raise ValueError(f"scheduler_monitor: {type(scheduler).__name__} takes no metric (only a "
+                             "ReduceLROnPlateau does)")
+        self.scheduler, self.interval = scheduler, interval
+        self.monitor = (monitor or "val_loss") if plateau else None
+
+    def on_after_optimizer_step(self, trainer) -> None:
+        if self.interval == "step":
+            self.scheduler.step()
+
+    def on_epoch_end(self, trainer, record) -> None:
+        if self.interval != "epoch":
+            return
+        if self.monitor is None:
+            self.scheduler.step()
+            return
+        if self.monitor not in record:
+            raise KeyError(f"the schedule monitors {self.monitor!r}, which the epoch record lacks "
+                           f"(has: {', '.join(sorted(record))})")
+        self.scheduler.step(record[self.monitor])
+
+    def state_dict(self):
+        return self.scheduler.state_dict()
+
+    def load_state_dict(self, state):
+        if state is not None:
+            self.scheduler.load_state_dict(state)
+
+    def __repr__(self):
+        return f"ScheduleStep({type(self.scheduler).__name__}, interval={self.interval!r}, monitor={self.monitor!r})"
+
+
+# ------------------------------------------------------------------------------------------------- gradients
+def global_grad_norm(params: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The global L2 norm of the parameters' gradients, float64, on their device (no host read)."""
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm([p.grad for p in params]))).double()
+
+
+def _params_with_grad(trainer) -> list:
+    return [p for g in trainer.optimizer.param_groups for p in g["params"] if p.grad is not None]
+
+
+class GradNormRecord(Callback):
+    """Adds ``grad_norm`` (mean over the epoch's optimizer steps) and ``grad_norm_max`` to the epoch record: the
+    global gradient norm before any transform (on the closure path: the step's gradient, read after the step).
+    Sums stay on the device; one host read per epoch."""
+
+    name = "grad_norm"
+
+    def __init__(self) -> None:
+        self.sum = self.max = None
+        self.updates = 0
+
+    def _add(self, params) -> None:
+        if not params:
+            return
+        gn = global_grad_norm(params)
+        if self.sum is None:
+            self.sum, self.max = torch.zeros_like(gn), torch.zeros_like(gn)
+        self.sum += gn
+        torch.maximum(self.max, gn, out=self.max)
+        self.updates += 1
+
+    def on_epoch_start(self, trainer) -> None:
+        if trainer.step_in_epoch == 0:
+            self.sum = self.max = None
+            self.updates = 0
+
+    def on_before_optimizer_step(self, trainer, params) -> None:
+        if not trainer.closure_path:
+            self._add(params)
+
+    def on_after_optimizer_step(self, trainer) -> None:
+        if trainer.closure_path:
+            self._add(_params_with_grad(trainer))
+
+    def on_train_epoch_end(self, trainer, record) -> None:
+        if self.updates:                          # (under DDP the gradients are averaged: the same on every rank)
+            record["grad_norm"], record["grad_norm_max"] = self.sum.item() / self.updates, self.max.item()
+
+    def state_dict(self):
+        return {"sum": self.sum, "max": self.max, "updates": self.updates}
+
+    def load_state_dict(self, state):
+        self.sum, self.max, self.updates = state["sum"], state["max"], int(state["updates"])
+
+
+class GradientTransforms(Callback):
+    """Apply ``transforms`` in order to the final gradients, between backward and the optimizer step. Each is
+    ``t(params_with_grad)`` (in place); a ``state_dict``/``load_state_dict`` of a transform is checkpointed.
+
+    Raises ``ValueError`` at setup for an optimizer that computes its own gradients (``needs_closure``): there is
+    no moment where the gradients are final before its update."""
+
+    name = "grad_transforms"
+
+    def __init__(self, transforms: Sequence[Callable] = ()) -> None:
+        self.transforms = list(transforms)
+
+    def setup(self, trainer) -> None:
+        if self.transforms and trainer.closure_path:
+            raise ValueError(f"grad_transforms cannot be applied with {type(trainer.optimizer).__name__}: it "
+                             "computes its own gradients from the loss closure inside step()")
+
+    def on_before_optimizer_step(self, trainer, params) -> None:
+        for t in self.transforms:
+            t(params)
+
+    def state_dict(self):
+        return {"transforms": [t.state_dict() if hasattr(t, "state_dict") else {} for t in self.transforms]}
+
+    def load_state_dict(self, state):
+        for t, st in zip(self.transforms, state.get("transforms", [])):
+            if hasattr(t, "load_state_dict"):
+                t.load_state_dict(st)
+
+
+# ------------------------------------------------------------------------------------------------ divergence
+class NonFiniteGuard(Callback):
+    """End the run when a loss is NaN or infinite: in training (each micro-batch's loss, read on the host: one
+    synchronization per micro-batch) or in an evaluation (its mean loss), raising :class:`NonFiniteLossError`
+    that names the epoch, the step and the last good checkpoint. A forward pass that raises
+    :class:`~traintricks.errors.NonFiniteInputError` counts as a NaN loss."""
+
+    name = "nonfinite_guard"
+
+    def _fail(self, trainer, value: float, where: str) -> None:
+        last = f"{trainer.last_checkpoint}" if trainer.last_checkpoint else "none was written yet"
+        raise NonFiniteLossError(f"loss became {value} {where}; training stopped. Last good checkpoint: {last}. "
+                                 "Try a lower learning rate or gradient clipping.")
+
+    def on_after_forward(self, trainer) -> None:
+        value = float("nan") if trainer.loss is None else trainer.loss.item()
+        if not math.isfinite(value):
+            self._fail(trainer, value, f"at epoch {trainer.epoch + 1}, step {trainer.step_in_epoch + 1}")
+
+    def on_evaluate(self, trainer, split, metrics) -> None:
+        value = metrics.get("loss", 0.0)
+        if not math.isfinite(value):
+            self._fail(trainer, value, f"in the {split} evaluation after epoch {trainer.epoch + 1}")
+
+
+# ------------------------------------------------------------------------------------------------ evaluation
+class FlipTTA(Callback):
+    """Test-time augmentation: the evaluated prediction is the mean of the logits of the image and of its
+    horizontal mirror (4-D inputs only), once ``from_epoch`` epochs are done (a model that has never seen mirror
+    images is evaluated without them)."""
+
+    name = "tta_flip"
+
+    def __init__(self, from_epoch: int = 0) -> None:
+        self.from_epoch = from_epoch
+
+    def on_eval_outputs(self, trainer, inputs, outputs):
+        if inputs.ndim == 4 and trainer.epoch >= self.from_epoch:
+            return 0.5 * (outputs + trainer.output_fn(trainer.eval_forward(inputs.flip(-1))).float())
+        return None
+
+
+# ------------------------------------------------------------------------------------------------ reporting
+class ProgressBar(Callback):
+    """A tqdm bar over the epoch's micro-batches (on a terminal) and one summary line per epoch on stderr."""
+
+    name = "progress"
+
+    def __init__(self) -> None:
+        self.bar = None
+        self.count = 0
+
+    def on_epoch_start(self, trainer) -> None:
+        loader = trainer.train_loader
+        self.bar = tqdm(total=len(loader) if hasattr(loader, "__len__") else None,
+                        desc=f"epoch {trainer.epoch + 1}/{trainer.epochs}", leave=False,
+                        disable=not sys.stderr.isatty(), file=sys.stderr, dynamic_ncols=True,
+                        initial=trainer.step_in_epoch * trainer.accumulate_steps)
+        self.count = 0
+
+    def on_after_forward(self, trainer) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+            self.count += 1
+            if self.count % 10 == 1 and not self.bar.disable:
+                self.bar.set_postfix(loss=f"{trainer.loss.item():.3f}", lr=f"{trainer.current_lr():.3g}",
+                                     refresh=False)
+
+    def on_train_epoch_end(self, trainer, record) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def on_exception(self, trainer, exc) -> None:
+        self.on_train_epoch_end(trainer, {})
+
+    def on_epoch_end(self, trainer, r) -> None:
+        parts = [f"epoch {r['epoch']}/{trainer.epochs}", f"train loss {r['train_loss']:.4f}"
+                 + (f" acc {r['train_accuracy']:.4f}" if "train_accuracy" in r else "")]
+        if "val_loss" in r:
+            parts.append(f"val loss {r['val_loss']:.4f}" + (f" acc {r['val_accuracy']:.4f}"
+                                                           if "val_accuracy" in r else ""))
+        if "test_accuracy" in r:
+            parts.append(f"test acc {r['test_accuracy']:.4f}")
+        parts.append(f"lr {r['lr']:.3g}  {r['epoch_seconds']:.1f}s")
+        tqdm.write(" | ".join(parts), file=sys.stderr)
+
+
+class CheckpointWriter(Callback):
+    """Write an atomic checkpoint (:meth:`Trainer.save_checkpoint`) after every epoch, and inside epochs every
+    ``every_steps`` optimizer steps and/or every ``every_seconds`` seconds (0: off). Only the main process
+    writes. A checkpoint inside an epoch holds the position in it, so :meth:`Trainer.resume` continues at the next
+    step with every RNG and callback state as they were: the run ends with the weights of an uninterrupted one."""
+
+    name = "checkpoints"
+
+    def __init__(self, every_steps: int = 0, every_seconds: float = 0.0) -> None:
+        if every_steps < 0 or every_seconds < 0:
+            raise ValueError(f"checkpoint_every_steps and checkpoint_every_seconds must be >= 0, got "
+                             f"{every_steps}, {every_seconds}")
+        self.every_steps, self.every_seconds = int(every_steps), float(every_seconds)
+        self.last = time.monotonic()
+
+    def on_fit_start(self, trainer) -> None:
+        self.last = time.monotonic()
+
+    def on_step_end(self, trainer) -> None:
+        due = (self.every_steps and trainer.global_step % self.every_steps == 0) or \
+              (self.every_seconds and time.monotonic() - self.last >= self.every_seconds)
+        if due and trainer.dist.is_main:
+            trainer.save_checkpoint()
+            self.last = time.monotonic()
+
+    def on_epoch_end(self, trainer, record) -> None:
+        if trainer.dist.is_main:
+            trainer.save_checkpoint()
+            self.last = time.monotonic()
+
+
+class MetricsLogger(Callback):
+    """Rewrite ``out_dir/metrics.jsonl`` (one JSON record per epoch, atomically) after every epoch (main process)."""
+
+    name = "metrics_log"
+
+    def __init__(self, path) -> None:
+        self.path = path
+
+    def on_epoch_end(self, trainer, record) -> None:
+        from .checkpoint import atomic_write_text
+        if trainer.dist.is_main:
+            atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in trainer.history))
+
+
+class EpochEndFunction(Callback):
+    """An old-style callback: ``fn(trainer, record)`` after each epoch's record is complete and saved."""
+
+    def __init__(self, fn: Callable) -> None:
+        self.fn = fn
+
+    @property
+    def name(self) -> str:
+        return f"fn:{getattr(self.fn, '__qualname__', type(self.fn).__name__)}:{id(self.fn)}"
+
+    def on_epoch_end(self, trainer, record) -> None:
+        self.fn(trainer, record)
+
+
+# -------------------------------------------------------------------------- the example of a new technique
+@CALLBACKS.register("grad_norm_quantiles")
+class GradNormQuantiles(Callback):
+    """Quantiles of the per-step global gradient norm over each epoch, in the record as ``grad_norm_p50``,
+    ``grad_norm_p90``, ``grad_norm_p99``...: the distribution to choose a clipping threshold from (run without
+    clipping, then clip at a high quantile of the norms; Zhang et al. 2020, arXiv:1905.11881). It reads the
+    gradients the optimizer step will use (after the trainer's ``grad_transforms``, which run before the user's
+    callbacks). The norms stay on the device during the epoch; one host read at its end.
+
+    Args:
+        quantiles: the quantiles in (0, 1), e.g. ``[0.5, 0.9, 0.99]``.
+    """
+
+    name = "grad_norm_quantiles"
+
+    def __init__(self, quantiles: list[float] = (0.5, 0.9, 0.99)) -> None:
+        quantiles = [float(q) for q in quantiles]
+        if not quantiles or not all(0 < q < 1 for q in quantiles):
+            raise ValueError(f"quantiles must be in (0, 1), got {quantiles}")
+        self.quantiles = quantiles
+        self.norms: list[torch.Tensor] = []
+
+    def on_epoch_start(self, trainer) -> None:
+        if trainer.step_in_epoch == 0:
+            self.norms = []
+
+    def on_before_optimizer_step(self, trainer, params) -> None:
+        if params and not trainer.closure_path:
+            self.norms.append(global_grad_norm(params))
+
+    def on_after_optimizer_step(self, trainer) -> None:
+        if trainer.closure_path:
+            params = _params_with_grad(trainer)
+            if params:
+                self.norms.append(global_grad_norm(params))
+
+    def on_train_epoch_end(self, trainer, record) -> None:
+        if self.norms:
+            q = torch.quantile(torch.stack(self.norms), torch.tensor(self.quantiles, dtype=torch.float64,
+                                                                     device=self.norms[0].device)).tolist()
+            for p, v in zip(self.quantiles, q):
+                record[f"grad_norm_p{100 * p:g}"] = v
+
+    def state_dict(self):
+        return {"norms": torch.stack(self.norms).cpu() if self.norms else torch.zeros(0, dtype=torch.float64)}
+
+    def load_state_dict(self, state):
+        self.norms = list(state["norms"].unbind(0))
+
+    def __repr__(self):
+        return f"GradNormQuantiles(quantiles={self.quantiles})"

@@ -185,3 +185,31 @@ def test_compare_runs_every_variant_over_seeds_and_writes_one_report(tmp_path, c
     capsys.readouterr()
     assert main(["compare", "--vary", "model.norm=batchnorm,bogus", "--out", str(tmp_path / "bad")] + sets) == 2
     assert "model.norm" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
+
+def test_an_error_found_while_building_the_run_leaves_no_run_directory(tmp_path):
+    # a factory's range error (found when the run is built, after the config's own checks) names its key and
+    # writes nothing: no half run directory holding only config.toml
+    out = tmp_path / "run"
+    r = cli("train", "--set", "data.name=digits", "--set", "optim.momentum=1.5", "--out", str(out), "--no-progress")
+    assert r.returncode == 2 and "optim.momentum" in r.stderr
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("dataset, metric", [("diabetes", "test_rmse"), ("digits_multilabel", "test_micro_f1")])
+def test_regression_and_multilabel_runs_train_and_report_their_task_metrics(tmp_path, dataset, metric):
+    import json
+    from tests.conftest import PRECISION
+    out = tmp_path / "run"
+    model = ["--set", "model.name=mlp"] if dataset == "diabetes" else []
+    r = cli("train", "--set", f"data.name={dataset}", *model, "--set", "data.augment=[]", "--set", "eval.tta_flip=false",
+            "--set", "epochs=2", "--set", f"precision={PRECISION}", "--out", str(out), "--no-progress")
+    assert r.returncode == 0, r.stderr
+    printed = json.loads(r.stdout.strip().splitlines()[-1])
+    summary = json.loads((out / "summary.json").read_text())
+    assert metric in printed and "test_accuracy" not in printed and "test_accuracy" not in summary
+    assert summary["task"] in ("regression", "multilabel") and summary[metric] == printed[metric]
+    r = cli("report", str(out))
+    assert r.returncode == 0, r.stderr
+    html = (out / "report.html").read_text()
+    assert metric.removeprefix("test_") in html and "confusion" not in html.lower()

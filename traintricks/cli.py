@@ -49,8 +49,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from .parallel import cleanup, dist_info
     info = dist_info()
     if info.is_main:
-        keys = ("test_accuracy", "best_epoch", "epochs", "train_seconds", "wall_seconds", "stopped_early")
-        print(json.dumps({k: summary[k] for k in keys if k in summary}))
+        keys = ("best_epoch", "epochs", "train_seconds", "wall_seconds", "stopped_early")
+        tests = [k for k in summary if k.startswith("test_") and k != "test_loss"]     # the task's test metrics
+        print(json.dumps({k: summary[k] for k in (*tests, *keys) if k in summary}))
         names = ("summary.json", "metrics.jsonl", "curves.png", "report.md", "model.safetensors")
         print(f"wrote {out}/{', '.join(n for n in names if (out / n).exists())}", file=sys.stderr)
     if info.distributed:

@@ -20,6 +20,7 @@ from ..config import ConfigError, load_config, to_toml
 from ..data import AUGMENTATIONS, CURRICULA, Compose, CurriculumLoader, DataSplits, TensorLoader, as_spec, load_data
 from ..data.curriculum import load_scores, reference_scores
 from ..evaluation import EARLY_STOPPING, ModelEMA
+from ..evaluation.tasks import loss_for_task, resolve_task
 from ..losses import LOSSES, PENALTIES, AuxiliaryHeads, WithPenalties
 from ..models import MODELS, REGULARIZERS, zero_init_residual
 from ..optim import OPTIMIZERS, SCHEDULES, TRANSFORMS, BatchSizeLR, param_groups, sets_rate_each_step
@@ -80,7 +81,8 @@ def build_loss(cfg: dict[str, Any], model: torch.nn.Module, data: DataSplits) ->
     """The configured loss, with its penalty terms and the model's auxiliary heads."""
     spec = cfg["loss"]
     supplied = {"model": model, "in_shape": tuple(data.input_shape), "num_classes": data.num_classes,
-                "class_counts": torch.bincount(data.train_y, minlength=data.num_classes).tolist()}
+                "class_counts": torch.bincount(data.train_y, minlength=data.num_classes).tolist()
+                if getattr(data, "task", "classification") == "classification" else None}
     factory = LOSSES.get(spec["name"])
     loss = _build("loss", spec, factory, **_supplied(factory, supplied), **_options(spec, drop=["penalties"]))
     penalties = []
@@ -167,6 +169,11 @@ def build_trainer(cfg: dict[str, Any], data: DataSplits | None = None, out_dir: 
     if data is None:
         data = _build("data", d, load_data, d["name"], root=d["root"], limit=d["limit"],
                       val_size=d["val_size"], seed=cfg["seed"])
+    task = resolve_task(cfg.get("task", "auto"), data)
+    try:        # the default recipe's cross-entropy becomes the task's own loss; another unfit loss is refused
+        cfg = {**cfg, "loss": loss_for_task(task, cfg["loss"])}
+    except ValueError as e:
+        raise ConfigError("loss.name", str(e)) from None
     if model is None:
         model = build_model(cfg, data.input_shape, data.num_classes)
     if cfg["parallel"]["sync_batchnorm"]:
@@ -240,7 +247,7 @@ def build_trainer(cfg: dict[str, Any], data: DataSplits | None = None, out_dir: 
                    early_stopping=early, out_dir=out_dir, device=cfg["device"], precision=cfg["precision"],
                    channels_last=cfg["channels_last"], compile=cfg["compile"], tta_flip=cfg["eval"]["tta_flip"],
                    tta_from_epoch=d["augment_from_epoch"], test_every_epoch=cfg["eval"]["test_every_epoch"],
-                   callbacks=[*extra, *callbacks], progress=progress,
+                   callbacks=[*extra, *callbacks], progress=progress, task=task,
                    checkpoint_every_steps=cfg.get("checkpoint_every_steps", 0),
                    checkpoint_every_seconds=cfg.get("checkpoint_every_seconds", 0.0))
 
@@ -266,12 +273,17 @@ def run(cfg: dict[str, Any] | None, out_dir: str | Path, resume: bool = False, p
             cfg = load_config()
         if ckpt.latest_checkpoint(out / "checkpoints") is not None or (out / "summary.json").exists():
             raise RunExistsError(f"{out} already holds a run; continue it with --resume {out} or choose another --out")
-        if info.is_main:
+
+    def write_config() -> None:      # once the run is known to build: a config error leaves no directory behind
+        if not resume and info.is_main:
             out.mkdir(parents=True, exist_ok=True)
             ckpt.atomic_write_text(out / "config.toml", to_toml(cfg))
+
     if cfg["parallel"]["mode"] in ("hogwild", "async"):
+        write_config()
         return _run_hogwild(cfg, out, resume)
     trainer = build_trainer(cfg, out_dir=out, progress=progress, callbacks=callbacks)
+    write_config()
     if resume:
         trainer.resume(out)
     meta = _run_meta(cfg, trainer)
@@ -319,7 +331,8 @@ def _same_run_on_every_process(out: Path) -> None:
 
 def _run_meta(cfg: dict[str, Any], trainer: Trainer) -> dict[str, Any]:
     """The summary's description of a run: dataset, model, seed, parameter count, threads."""
-    return {"dataset": cfg["data"]["name"], "model": cfg["model"]["name"], "seed": cfg["seed"],
+    return {"dataset": cfg["data"]["name"], "model": cfg["model"]["name"], "task": trainer.task.name,
+            "seed": cfg["seed"],
             "parameters": sum(p.numel() for p in trainer.model.parameters()), "threads": torch.get_num_threads()}
 
 

@@ -203,3 +203,157 @@ def test_a_short_run_of_the_default_recipe_learns(tiny_cfg):
         trainer = build_trainer(cfg, progress=False)
         assert 20 <= len(trainer.train_loader) * 6 <= 40
         assert trainer.fit()["test_accuracy"] > 0.5                  # chance is 0.1
+
+
+# ------------------------------------------------------------- testers' faults after issue 15: Warmup from 0
+def _others():
+    return {"exponential": (lambda o: ExponentialLR(o, 0.9), lambda o: tl.ExponentialLR(o, 0.9)),
+            "step": (lambda o: StepLR(o, 1, 0.5), lambda o: tl.StepLR(o, 1, 0.5))}
+
+
+@pytest.mark.parametrize("other", ["exponential", "step"])
+@pytest.mark.parametrize("order", ["other_first", "warmup_first"])
+@pytest.mark.parametrize("how", ["by_hand", "chained"])
+def test_warmup_from_zero_multiplies_what_another_schedule_does_either_order(other, order, how):
+    """`ExponentialLR(opt, 0.9)` then `Warmup(opt, 4)` (start_factor 0) stepped 4 times gave 0.25, 0.45, 0.6075,
+    0.729 (the factor 0.9 applied to the zero rate was lost); right: torch's schedule alone times t/4."""
+    ours_other, torch_other = _others()[other]
+    o = _opt(momentum=0.0)
+    if order == "other_first":                       # constructed and stepped in this order
+        scheds = [ours_other(o), Warmup(o, 4)]
+    else:
+        w = Warmup(o, 4)
+        scheds = [w, ours_other(o)]
+    assert o.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-25)          # step 0: (about) rate 0
+    if how == "chained":
+        ch = tl.ChainedScheduler(scheds)
+        got = _run(ch.step, o, 10)
+    else:
+        got = _run(lambda: [s.step() for s in scheds], o, 10)
+    r = _opt(momentum=0.0)
+    t = torch_other(r)
+    want = [lr * min(1.0, k / 4) for k, lr in enumerate(_run(t.step, r, 10), start=1)]
+    assert got == pytest.approx(want, rel=1e-12)
+    if other == "exponential":
+        assert got[:4] == pytest.approx([0.225, 0.405, 0.5468, 0.6561], abs=1e-4)   # the testers' right values
+
+
+def test_warmup_from_zero_takes_a_rate_set_by_an_owner_stepped_before_it():
+    """After the zero step, a rate *set* by someone else (a closed-form owner) is not divided by the zero factor."""
+    o, r = _opt(momentum=0.0), _opt(momentum=0.0)
+    ch = tl.ChainedScheduler([tl.CosineAnnealingWarmRestarts(o, 10), Warmup(o, 4)])
+    t = tl.CosineAnnealingWarmRestarts(r, 10)
+    got, want = _run(ch.step, o, 1), _run(t.step, r, 1)
+    assert got == pytest.approx([want[0] * 0.25], rel=1e-12)
+    o, r = _opt(momentum=0.0), _opt(momentum=0.0)                     # wrapping: the owner's rate times t/4
+    s, t = Warmup(o, 4, schedule=CosineRestarts(o, 10)), tl.CosineAnnealingWarmRestarts(r, 10)
+    want = [lr * min(1.0, k / 4) for k, lr in enumerate(_run(t.step, r, 12), start=1)]
+    assert _run(s.step, o, 12) == pytest.approx(want, rel=1e-12)
+
+
+# --------------------------------------------------------- testers' faults after issue 15: short runs, by name
+def test_cosine_too_short_for_its_warmup_warms_up_over_half_the_run_with_a_note():
+    """`--config configs/resnet.toml --set epochs=1` raised ConfigError 'warmup_epochs (1.0) must be shorter than
+    training': a 10-step run with a 1-epoch (10-step) warm-up now warms up over 5 steps, then cosine."""
+    import math
+    o = _opt(momentum=0.0)
+    with pytest.warns(UserWarning, match=r"schedule cosine: warmup_epochs 1.0 \(10 steps\).*10-step run.*over 5 steps"):
+        s = SCHEDULES.get("cosine")(o, 10, 10, warmup_epochs=1.0)
+    lrs = [o.param_groups[0]["lr"]] + _run(s.step, o, 9)
+    want = [(t + 1) / 5 if t < 5 else 0.5 * (1 + math.cos(math.pi * (t - 5) / 5)) for t in range(10)]
+    assert lrs == pytest.approx(want, rel=1e-12)
+    with warnings.catch_warnings():                 # a run long enough: no note, the warm-up as asked
+        warnings.simplefilter("error")
+        SCHEDULES.get("cosine")(_opt(), 20, 10, warmup_epochs=1.0)
+
+
+def test_resnet_config_for_one_epoch_builds_with_a_note():
+    from tests.conftest import PRECISION
+    from traintricks.config import load_config
+    from traintricks.training import build_trainer
+    cfg = load_config("configs/resnet.toml", ["epochs=1", "data.name=digits", "data.limit=300",
+                                              f"precision={PRECISION}", "channels_last=false"])
+    with pytest.warns(UserWarning, match="schedule cosine: warmup_epochs 1.0"):
+        trainer = build_trainer(cfg, progress=False)
+    assert trainer is not None
+
+
+@pytest.mark.parametrize("name, kw, note", [
+    ("cosine_restarts", {"first_epochs": 2.0}, r"one cosine period over the 10 steps"),
+    ("cyclic", {"half_cycle_epochs": 2.0}, r"half-cycles of 5 steps"),
+    ("step", {"step_epochs": 10}, r"never decays"),
+    ("batch_size_increase", {"milestones": [5, 10]}, r"never grows"),
+    ("multicycle", {"cycle_epochs": [5, 20]}, r"one one-cycle over the 3 steps"),
+])
+def test_every_schedule_name_too_long_for_the_run_falls_back_with_a_one_line_note(name, kw, note):
+    """A run too short for a schedule's options never fails: a sane schedule for its length and one warning."""
+    total, per = (3, 3) if name == "multicycle" else (10, 10)
+    o = _opt(momentum=0.9)
+    with pytest.warns(UserWarning, match=note) as rec:
+        s = SCHEDULES.get(name)(o, total, per, **kw)
+    assert len([w for w in rec if w.category is UserWarning]) == 1 and "\n" not in str(rec[0].message)
+    lrs = [o.param_groups[0]["lr"]] + _run(s.step, o, total - 1)
+    assert all(0 < v <= 1.0 + 1e-12 for v in lrs)
+    if name == "cosine_restarts":       # one period over the run, as torch's CosineAnnealingWarmRestarts(T_0=10)
+        r = _opt(momentum=0.9)
+        t = tl.CosineAnnealingWarmRestarts(r, 10)
+        assert lrs == pytest.approx([1.0] + _run(t.step, r, 9), rel=1e-12)
+    if name == "cyclic":                # up and back down inside the run, as torch's CyclicLR(step_size_up=5)
+        r = _opt(momentum=0.9)
+        t = tl.CyclicLR(r, 0.1, 1.0, 5)
+        assert lrs == pytest.approx([0.1] + _run(t.step, r, 9), rel=1e-12)
+    if name == "step":
+        assert lrs == [1.0] * 10
+    with warnings.catch_warnings():                 # long enough: no note
+        warnings.simplefilter("error")
+        SCHEDULES.get(name)(_opt(), 100 * total, per, **kw)
+
+
+# ------------------------------------------------- testers' faults after issue 15: step(epoch) with a fraction
+@pytest.mark.parametrize("T_mult, eta_min, epoch, right", [(1, 0.0, 0.5, 0.96194), (2, 0.0, 11.9, 0.00039),
+                                                           (1, 0.1, 5.25, None), (2, 0.1, 2.75, None),
+                                                           (3, 0.05, 17.4, None)])
+def test_cosine_restarts_step_takes_fractional_epochs_as_torch(T_mult, eta_min, epoch, right):
+    """`CosineRestarts(o, 4).step(0.5)` gave 1.0 (the fraction truncated); torch's documented
+    `step(epoch + i / iters)` gives 0.96194 (epoch 11.9 with T_mult=2: 0.00039). Then step() keeps the fraction."""
+    o, r = _opt(momentum=0.0), _opt(momentum=0.0)
+    s, t = CosineRestarts(o, 4, T_mult, eta_min), tl.CosineAnnealingWarmRestarts(r, 4, T_mult, eta_min)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                     # torch's twin gives no warning for this use
+        s.step(epoch)
+        t.step(epoch)
+    assert o.param_groups[0]["lr"] == pytest.approx(r.param_groups[0]["lr"], rel=1e-12, abs=1e-15)
+    if right is not None:
+        assert o.param_groups[0]["lr"] == pytest.approx(right, abs=1e-5)
+    assert (s.last_epoch, s.T_i) == (t.last_epoch, t.T_i) and s.T_cur == pytest.approx(t.T_cur, rel=1e-12)
+    assert _run(s.step, o, 12) == pytest.approx(_run(t.step, r, 12), rel=1e-10, abs=1e-15)
+    # a state saved after a fraction continues the same, ours -> torch and torch -> ours
+    s.step(epoch + 1.5), t.step(epoch + 1.5)
+    o2, r2 = _opt(momentum=0.0), _opt(momentum=0.0)
+    s2, t2 = CosineRestarts(o2, 4, T_mult, eta_min), tl.CosineAnnealingWarmRestarts(r2, 4, T_mult, eta_min)
+    s2.load_state_dict(t.state_dict())
+    t2.load_state_dict(s.state_dict())
+    assert set(s.state_dict()) == set(t.state_dict())
+    want = _run(t.step, r, 6)
+    assert _run(s2.step, o2, 6) == pytest.approx(want, rel=1e-10, abs=1e-15)
+    assert _run(t2.step, r2, 6) == pytest.approx(want, rel=1e-10, abs=1e-15)
+    with pytest.raises(ValueError, match="Expected non-negative epoch, but got -0.5"):
+        s.step(-0.5)
+
+
+def test_multicycle_step_with_a_fractional_epoch_is_onecyclelr_of_its_cycle():
+    """MultiCycle's closed form at a fractional position inside its second cycle is torch's OneCycleLR of that
+    cycle at the fraction (rate and momentum)."""
+    o = _opt(momentum=0.9)
+    s = MultiCycle(o, 1.0, [8, 20], [1.0, 0.5])
+    for pos in (9.5, 13.25, 20.75, 3.5):
+        start, n, peak = (8, 20, 0.5) if pos >= 8 else (0, 8, 1.0)
+        r = _opt(momentum=0.9)
+        t = tl.OneCycleLR(r, peak, n, pct_start=0.25, anneal_strategy="linear", div_factor=10.0,
+                          final_div_factor=100.0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")                   # torch's step(epoch) deprecation warning
+            s.step(pos)
+            t.step(pos - start)
+        g, h = o.param_groups[0], r.param_groups[0]
+        assert (g["lr"], g["momentum"]) == pytest.approx((h["lr"], h["momentum"]), rel=1e-12)

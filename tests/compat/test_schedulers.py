@@ -111,6 +111,30 @@ def test_composed_with_torch_schedulers(case, how):
           run(theirs, lambda o: tl.ConstantLR(o, factor=0.1, total_iters=4)))
 
 
+@pytest.mark.parametrize("other", [lambda o: tl.MultiStepLR(o, milestones=[1, 5, 9], gamma=0.1),
+                                   lambda o: tl.ExponentialLR(o, gamma=0.9),
+                                   lambda o: tl.ConstantLR(o, factor=0.1, total_iters=2)],
+                         ids=["multistep", "exponential", "constantlr"])
+@pytest.mark.parametrize("how", ["together", "together_reversed", "chained", "chained_reversed"])
+def test_warmup_from_zero_composed_with_torch_schedulers(other, how):
+    """``Warmup(opt, 4)`` (start_factor 0, which LinearLR refuses) beside a torch scheduler, either order, by hand
+    or in ChainedScheduler, float and tensor rates: the torch scheduler's own rates times ``min(1, t / 4)``."""
+    o = make_opt()
+    if how.endswith("reversed"):                          # constructed and stepped in this order
+        first = Warmup(o, 4)
+        second = other(o)
+    else:
+        first = other(o)
+        second = Warmup(o, 4)
+    if how.startswith("together"):
+        got = trajectory(o, lambda: (first.step(), second.step()))
+    else:
+        got = trajectory(o, tl.ChainedScheduler([first, second]).step)
+    r = make_opt()
+    want = [[lr * min(1.0, t / 4) for lr in row] for t, row in enumerate(trajectory(r, other(r).step))]
+    close(got, want)
+
+
 @pytest.mark.parametrize("case", SAME + TWINS, ids=lambda c: c[0])
 @pytest.mark.parametrize("position", ["first", "second"])
 def test_in_sequential_lr(case, position):
@@ -140,6 +164,40 @@ def test_step_with_epoch_uses_the_closed_form(case):
             a.step(), b.step()
             sa.step(epoch), sb.step(epoch)
             close(lrs(a), lrs(b))
+
+
+FRACTIONAL = [c for c in SAME + TWINS if c[0].startswith(("cyclic", "warm", "onecycle", "linearlr"))] + [
+    ("warm_restarts_T_mult3", lambda o: CosineRestarts(o, T_0=2, T_mult=3, eta_min=0.01),
+     lambda o: tl.CosineAnnealingWarmRestarts(o, T_0=2, T_mult=3, eta_min=0.01)),
+    ("cyclic_momentum", lambda o: Cyclic(o, [0.01, 0.02], [0.1, 0.5], 3, 2, mode="exp_range", gamma=0.9),
+     lambda o: tl.CyclicLR(o, [0.01, 0.02], [0.1, 0.5], 3, 2, mode="exp_range", gamma=0.9)),
+    ("onecycle_momentum", lambda o: OneCycle(o, 0.1, EPOCHS + 1, pct_start=0.3, anneal="cos", div_factor=25.0,
+                                             final_div_factor=1e4),
+     lambda o: tl.OneCycleLR(o, 0.1, EPOCHS + 1)),
+]
+
+
+@pytest.mark.parametrize("case", FRACTIONAL, ids=lambda c: c[0])
+def test_step_with_a_fractional_epoch(case):
+    """``step(epoch + i / iters)`` (CosineAnnealingWarmRestarts' documented use; OneCycleLR / CyclicLR / LinearLR
+    take a fraction too): the same rates and momentum at the fraction and at the plain steps after it."""
+    name, ours, theirs = case
+    tensor = not name.startswith(("onecycle", "warm"))
+    a, b = make_opt(tensor, momentum=0.9), make_opt(tensor, momentum=0.9)
+    sa, sb = ours(a), theirs(b)
+    # LinearLR's chainable step() past its end after a fractional epoch keeps the fractional factor forever
+    # (docs/compatibility.md): compare it inside the warm-up only
+    epochs, after = ((0.5, 2.25, 1.75, 0.25), 1) if name == "linearlr" else ((0.5, 2.25, 7.75, 9.9, 3.5, 0.4), 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")                    # torch's step(epoch) deprecation warning
+        for epoch in epochs:
+            a.step(), b.step()
+            sa.step(epoch), sb.step(epoch)
+            for _ in range(after + 1):
+                close(lrs(a), lrs(b))
+                close([g["momentum"] for g in a.param_groups], [g["momentum"] for g in b.param_groups])
+                a.step(), b.step()
+                sa.step(), sb.step()
 
 
 @pytest.mark.parametrize("case", SAME, ids=lambda c: c[0])

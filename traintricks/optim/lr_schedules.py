@@ -155,11 +155,23 @@ class Warmup(LRScheduler):
     ``f(t) = start_factor + (1 - start_factor) * t / warmup_steps`` for ``t < warmup_steps``, then times 1.
 
     Chainable like torch's ``LinearLR`` (its twin: ``Warmup(opt, n, start_factor=s)`` gives
-    ``LinearLR(opt, s, 1.0, n)``'s rates), and unlike ``LinearLR`` it also allows ``start_factor = 0`` (the first
-    step at rate 0): the rate without the warm-up factor is kept, so other schedules' changes to the rate --
-    stepped before or after this one, in a ``ChainedScheduler`` or by hand -- are carried through.
+    ``LinearLR(opt, s, 1.0, n)``'s rates), and unlike ``LinearLR`` it also allows ``start_factor = 0`` (the
+    default). The rate without the warm-up factor is kept, so what other chainable schedules do to the rate --
+    stepped before or after this one, in a ``ChainedScheduler`` or by hand -- is carried through: the rate at step
+    ``t`` is ``f(t)`` times the rate the other schedules produce (``ExponentialLR(opt, 0.9)`` beside
+    ``Warmup(opt, 4)`` on ``lr = 1``, either order: 0.225, 0.405, 0.54675, 0.6561).
+
+    A factor of exactly 0 would hide what the others do to the rate at that step (``0 * gamma = 0``: torch's
+    ``LinearLR`` refuses ``start_factor = 0`` for this reason), so a zero factor is applied as
+    ``ZERO = 2**-100`` (about 7.9e-31): the rate at step 0 is ``lr * 2**-100``, which moves no float32/float64
+    weight whose magnitude is above ~1e-22 (a zero bias moves by < 1e-30 times its gradient), and the others'
+    factor is read back exactly (a power of two). A rate found far above that (``> lr * 2**-50``) after a zero
+    step was *set* by someone else (a closed-form owner, an optimizer that learns its rate) rather than
+    multiplied, and is taken as the rate to warm up. After a closed-form owner in a ``ChainedScheduler`` it
+    behaves as ``LinearLR`` there (the owner's new rate times ``f(t) / f(t - 1)``); to warm up an owner, wrap it.
+
     With ``schedule``, it wraps that schedule (any ``LRScheduler`` on the same optimizer): each step the wrapped
-    schedule steps on its own rates, then the factor is applied.
+    schedule steps on its own rates, then the factor is applied (a factor of 0 exactly: nothing is read back).
 
     Args:
         optimizer: the wrapped optimizer.
@@ -178,6 +190,9 @@ class Warmup(LRScheduler):
         >>> sched = Warmup(opt, 5, StepLR(opt, 10, 0.1))
     """
 
+    ZERO = 2.0 ** -100       # a factor of 0 as applied (see above)
+    _SET = 2.0 ** 50         # a rate this many times the one written after a zero factor was set, not multiplied
+
     def __init__(self, optimizer: torch.optim.Optimizer, warmup_steps: int, schedule: LRScheduler | None = None,
                  start_factor: float = 0.0, last_epoch: int = -1) -> None:
         if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
@@ -191,15 +206,30 @@ class Warmup(LRScheduler):
         self._written: list | None = None     # the rate this schedule last wrote, per group
         super().__init__(optimizer, last_epoch)
 
-    def factor(self, t: int) -> float:
-        """The warm-up factor at step ``t``."""
+    def factor(self, t: float) -> float:
+        """The warm-up factor at step ``t`` (0 at ``t = 0`` when ``start_factor = 0``)."""
         if t >= self.warmup_steps:
             return 1.0
         return self.start_factor + (1 - self.start_factor) * max(t, 0) / self.warmup_steps
 
+    def _applied(self, t: float) -> float:
+        """The factor as written into the optimizer: ``factor(t)``, with 0 as :attr:`ZERO` unless this schedule
+        wraps one (the wrapped schedule steps on the rates kept here, so nothing is read back from a zero)."""
+        f = self.factor(t)
+        return f if f > 0 or self.inner is not None else self.ZERO
+
     def _lrs(self) -> list:
         """The groups' rates (tensor rates copied, never aliased, as torch's schedulers keep them)."""
         return [g["lr"].clone() if isinstance(g["lr"], torch.Tensor) else g["lr"] for g in self.optimizer.param_groups]
+
+    def _carried(self, under, current, written, prev: float):
+        """The rate without the warm-up factor, given the rate found now and the one written at the last step
+        (with factor ``prev``): unchanged if nobody touched it, else the others' change carried through."""
+        if bool(current == written):
+            return under
+        if prev == self.ZERO and bool(abs(current) > abs(written) * self._SET):
+            return current                     # set by someone else after a zero step, not multiplied
+        return current / prev
 
     def get_lr(self) -> list:
         t = self.last_epoch
@@ -211,23 +241,28 @@ class Warmup(LRScheduler):
                 self.inner.step()
             self._under = self._lrs()
         else:
-            current, prev = self._lrs(), self.factor(t - 1)
+            current = self._lrs()
             if self._under is None or self._is_initial:
                 self._under = current
             else:                                  # what others did to the rate since we wrote it
-                self._under = [u if c == w else (c / prev if prev > 0 else c)
-                               for u, c, w in zip(self._under, current, self._written)]
-        self._written = [u * self.factor(t) for u in self._under]
+                prev = self._applied(t - 1)
+                self._under = [self._carried(u, c, w, prev) for u, c, w in zip(self._under, current, self._written)]
+        f = self._applied(t)
+        self._written = [u * f for u in self._under]
         return list(self._written)
 
     def _get_closed_form_lr(self) -> list:
         if self.inner is not None and hasattr(self.inner, "_get_closed_form_lr"):
-            self.inner.last_epoch = self.last_epoch
+            if hasattr(self.inner, "_set_epoch"):
+                self.inner._set_epoch(self.last_epoch)
+            else:
+                self.inner.last_epoch = self.last_epoch
             under = self.inner._get_closed_form_lr()
         else:
             under = list(self.base_lrs)
         self._under = list(under)
-        self._written = [u * self.factor(self.last_epoch) for u in under]
+        f = self._applied(self.last_epoch)
+        self._written = [u * f for u in under]
         return list(self._written)
 
     def state_dict(self) -> dict[str, Any]:
@@ -311,6 +346,11 @@ class CosineRestarts(ClosedFormLR):
     closed-form owner like it. The period is found with integer arithmetic, so ``step(epoch)`` is exact at any
     step (torch's floating-point logarithm can place a restart one period off for large ``epoch``).
 
+    ``step(epoch)`` takes a fractional epoch, as torch documents (``scheduler.step(epoch + i / iters)`` after each
+    of an epoch's ``iters`` batches): the position is ``epoch`` itself, ``last_epoch`` becomes ``floor(epoch)``
+    and the fraction is kept for the following ``step()`` calls (each adds 1), exactly as torch's twin keeps it in
+    ``T_cur``. No deprecation warning (torch's twin gives none for this documented use).
+
     Args:
         optimizer: the wrapped optimizer.
         T_0 (int): steps until the first restart (>= 1).
@@ -319,8 +359,8 @@ class CosineRestarts(ClosedFormLR):
         last_epoch (int): index of the last step when resuming. Default -1.
 
     Raises:
-        ValueError: ``T_0`` not a positive integer, ``T_mult`` not an integer >= 1, ``eta_min`` not a number
-            (torch's messages).
+        ValueError: ``T_0`` not a positive integer, ``T_mult`` not an integer >= 1, ``eta_min`` not a number,
+            ``step(epoch)`` with a negative ``epoch`` (torch's messages).
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, T_0: int, T_mult: int = 1, eta_min: float = 0.0,
@@ -332,11 +372,13 @@ class CosineRestarts(ClosedFormLR):
         if not isinstance(eta_min, (float, int)):
             raise ValueError(f"Expected float or int eta_min, but got {eta_min} of type {type(eta_min)}")
         self.T_0, self.T_mult, self.eta_min = T_0, T_mult, eta_min
+        self._frac = 0.0          # the fractional part of the position (step(epoch) with a fraction); not saved
         super().__init__(optimizer, last_epoch)
 
-    def position(self, t: int) -> tuple[int, int]:
-        """``(t_cur, T_i)``: steps into the current period and its length."""
-        t = max(int(t), 0)
+    def position(self, t: float) -> tuple[float, int]:
+        """``(t_cur, T_i)`` at position ``t`` (in steps, a fraction allowed): steps into the current period and
+        its length."""
+        t = max(t, 0)
         if self.T_mult == 1:
             return t % self.T_0, self.T_0
         start, period = 0, self.T_0
@@ -345,20 +387,54 @@ class CosineRestarts(ClosedFormLR):
             period *= self.T_mult
         return t - start, period
 
+    def _set_epoch(self, epoch: float) -> None:
+        whole = math.floor(epoch)
+        self.last_epoch, self._frac = whole, epoch - whole
+
+    def step(self, epoch: float | None = None) -> None:
+        """One step (``epoch=None``), or to position ``epoch`` (>= 0, a fraction allowed) as torch's twin."""
+        if epoch is None:
+            if self.last_epoch < 0:
+                self._set_epoch(0)
+            else:
+                self.last_epoch += 1
+        else:
+            if epoch < 0:
+                raise ValueError(f"Expected non-negative epoch, but got {epoch}")
+            self._set_epoch(epoch)
+        with _torch._enable_get_lr_call(self):
+            values = self.get_lr()
+        for group, lr in zip(self.optimizer.param_groups, values):
+            _torch._update_param_group_val(group, "lr", lr)
+        self._last_lr = _torch._param_groups_val_list(self.optimizer, "lr")
+
     @property
-    def T_cur(self) -> int:
-        return self.position(self.last_epoch)[0]
+    def T_cur(self) -> float:
+        return self.position(self.last_epoch + self._frac)[0]
 
     @property
     def T_i(self) -> int:
-        return self.position(self.last_epoch)[1]
+        return self.position(self.last_epoch + self._frac)[1]
 
     def state_dict(self) -> dict[str, Any]:
-        """Also ``T_cur`` / ``T_i`` (read-only here, derived from ``last_epoch``), as torch's twin saves them."""
-        return {**super().state_dict(), "T_cur": self.T_cur, "T_i": self.T_i}
+        """torch's twin's keys: ``T_cur`` / ``T_i`` are derived from the position (read-only here)."""
+        state = {**super().state_dict(), "T_cur": self.T_cur, "T_i": self.T_i}
+        state.pop("_frac", None)
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Ours or torch's twin's: the position's fraction is read back from ``T_cur``."""
         self.__dict__.update({k: v for k, v in state.items() if k not in ("T_cur", "T_i")})
+        t_cur = state.get("T_cur", 0)
+        self._frac = float(t_cur - math.floor(t_cur)) if isinstance(t_cur, (int, float)) else 0.0
+
+    def get_lr(self) -> list[float]:
+        cur, period = self.position(self.last_epoch + self._frac)
+        return [self.eta_min + (base - self.eta_min) * (1 + math.cos(math.pi * cur / period)) / 2
+                for base in self.base_lrs]
+
+    def _get_closed_form_lr(self) -> list[float]:
+        return self.get_lr()
 
     def rate(self, t, base):
         cur, period = self.position(t)

@@ -15,6 +15,11 @@ warm-up (Goyal et al. 2017, arXiv:1706.02677): ``lr_t = lr * t/T_w`` for ``t < T
 of its steps) lasts at least that many optimizer steps; a shorter cycle peaks at ``peak * warm-up / min_warmup_steps``,
 so the rate never rises faster than a ``min_warmup_steps``-step warm-up would raise it (a rate that jumps to its
 peak in a few steps sends a fresh network to chance: issue 15 item 13). 0 = off.
+
+A run too short for a schedule's options never fails (issue 15 item 13): each name falls back to a sane schedule
+for the run's length and says so in one warning -- ``multicycle`` one one-cycle over the run, ``cosine`` a warm-up
+of half the run, ``cosine_restarts`` one period over the run, ``cyclic`` one cycle over the run; ``step`` (no
+decay inside the run) and ``batch_size_increase`` (no milestone inside it) keep the constant rate / batch size.
 """
 from __future__ import annotations
 
@@ -121,12 +126,20 @@ def multicycle(optimizer: torch.optim.Optimizer, total_steps: int, steps_per_epo
 @SCHEDULES.register("cosine")
 def cosine(optimizer: torch.optim.Optimizer, total_steps: int, steps_per_epoch: int,
            warmup_epochs: float = 0.0, min_factor: float = 0.0) -> LRScheduler:
-    """Linear warm-up (1706.02677) then cosine decay to lr*min_factor (1608.03983)."""
+    """Linear warm-up (1706.02677) then cosine decay to lr*min_factor (1608.03983).
+
+    A run too short for its warm-up (``warmup_epochs`` not shorter than the run) warms up over half the run
+    instead (rounded down), with a warning saying so."""
     if warmup_epochs < 0:
         raise ValueError(f"warmup_epochs must be >= 0, got {warmup_epochs}")
+    if total_steps < 1:
+        raise ValueError(f"total_steps must be >= 1, got {total_steps}")
     warm = int(round(warmup_epochs * steps_per_epoch))
     if warm >= total_steps:
-        raise ValueError(f"warmup_epochs ({warmup_epochs}) must be shorter than training")
+        half = total_steps // 2
+        warnings.warn(f"schedule cosine: warmup_epochs {warmup_epochs} ({warm} steps) is not shorter than this "
+                      f"{total_steps}-step run; warming up over {half} steps (half the run) instead", stacklevel=2)
+        warm = half
 
     def factor(t: int) -> float:
         if t < warm:
@@ -140,10 +153,16 @@ def cosine(optimizer: torch.optim.Optimizer, total_steps: int, steps_per_epoch: 
 @SCHEDULES.register("step")
 def step(optimizer: torch.optim.Optimizer, total_steps: int, steps_per_epoch: int,
          step_epochs: int = 10, gamma: float = _default(StepLR, "gamma")) -> LRScheduler:
-    """Step decay: multiply the rate by gamma every step_epochs epochs."""
+    """Step decay: multiply the rate by gamma every step_epochs epochs.
+
+    A run too short for one decay keeps the rate constant, with a warning saying so."""
     if step_epochs < 1:
         raise ValueError(f"step_epochs must be >= 1, got {step_epochs}")
-    return StepLR(optimizer, step_size=step_epochs * steps_per_epoch, gamma=gamma)
+    size = step_epochs * steps_per_epoch
+    if size >= total_steps:
+        warnings.warn(f"schedule step: step_epochs {step_epochs} ({size} steps) is not shorter than this "
+                      f"{total_steps}-step run; the rate never decays (a constant rate)", stacklevel=2)
+    return StepLR(optimizer, step_size=size, gamma=gamma)
 
 
 @SCHEDULES.register("exponential")
@@ -159,8 +178,18 @@ def exponential(optimizer: torch.optim.Optimizer, total_steps: int, steps_per_ep
 def cosine_restarts(optimizer: torch.optim.Optimizer, total_steps: int, steps_per_epoch: int,
                     first_epochs: float = 2.0, mult: int = _default(CosineRestarts, "T_mult"),
                     min_factor: float = 0.0) -> LRScheduler:
-    """SGDR: cosine annealing with warm restarts, periods first_epochs * mult^i (1608.03983)."""
+    """SGDR: cosine annealing with warm restarts, periods first_epochs * mult^i (1608.03983).
+
+    A run shorter than the first period (which would end mid-way down it) gets one cosine period over the whole
+    run, with a warning saying so."""
+    if not first_epochs > 0:
+        raise ValueError(f"first_epochs must be > 0, got {first_epochs}")
     t0 = max(1, int(round(first_epochs * steps_per_epoch)))
+    if t0 > total_steps >= 1:
+        warnings.warn(f"schedule cosine_restarts: first_epochs {first_epochs} ({t0} steps) is longer than this "
+                      f"{total_steps}-step run; using one cosine period over the {total_steps} steps instead",
+                      stacklevel=2)
+        t0 = total_steps
     return CosineRestarts(optimizer, t0, mult, eta_min=min_factor * optimizer.param_groups[0]["lr"])
 
 
@@ -174,9 +203,16 @@ def cyclic(optimizer: torch.optim.Optimizer, total_steps: int, steps_per_epoch: 
     or exp_range (1506.01186)."""
     if mode not in ("triangular", "triangular2", "exp_range"):
         raise ValueError(f"mode must be triangular, triangular2 or exp_range, got {mode!r}")
+    if not half_cycle_epochs > 0:
+        raise ValueError(f"half_cycle_epochs must be > 0, got {half_cycle_epochs}")
+    half = max(1, int(round(half_cycle_epochs * steps_per_epoch)))
+    if 2 * half > total_steps >= 2:
+        warnings.warn(f"schedule cyclic: half_cycle_epochs {half_cycle_epochs} ({half} steps) leaves no whole cycle "
+                      f"in this {total_steps}-step run; using half-cycles of {total_steps // 2} steps (one cycle "
+                      f"over the run) instead", stacklevel=2)
+        half = total_steps // 2
     hi = [g["lr"] for g in optimizer.param_groups]
-    return Cyclic(optimizer, [h * min_factor for h in hi], hi,
-                  max(1, int(round(half_cycle_epochs * steps_per_epoch))), mode=mode, gamma=gamma,
+    return Cyclic(optimizer, [h * min_factor for h in hi], hi, half, mode=mode, gamma=gamma,
                   cycle_momentum=cycle_momentum and _has_momentum(optimizer), base_momentum=base_momentum,
                   max_momentum=max_momentum)
 
@@ -185,7 +221,13 @@ def cyclic(optimizer: torch.optim.Optimizer, total_steps: int, steps_per_epoch: 
 def batch_size_increase(optimizer: torch.optim.Optimizer, total_steps: int, steps_per_epoch: int,
                         batch_size: int = 128, milestones: list[int] = (5, 10), factor: int = 2,
                         max_batch_size: int = 0) -> LRScheduler:
-    """Keep the rate, multiply the batch size by factor at each milestone epoch instead (1711.00489)."""
+    """Keep the rate, multiply the batch size by factor at each milestone epoch instead (1711.00489).
+
+    A run that ends before the first milestone keeps its batch size, with a warning saying so."""
+    epochs = total_steps / max(1, steps_per_epoch)
+    if milestones and min(milestones) >= epochs:
+        warnings.warn(f"schedule batch_size_increase: milestones {list(milestones)} all fall at or after the end of "
+                      f"this {epochs:g}-epoch run; the batch size never grows", stacklevel=2)
     return BatchSizeLR(optimizer, BatchSizeSchedule(batch_size, list(milestones), factor, max_batch_size or None))
 
 

@@ -215,7 +215,8 @@ def checkpoint_sequential(functions: nn.Sequential | Sequence[nn.Module], segmen
     PyTorch variant and has the properties of the non-reentrant one that matter to a caller: parameters get
     gradients even when ``input`` does not require one, ``torch.autograd.grad(outputs, inputs)`` works (no
     ``.backward()`` needed), and the recomputation sees the state the forward saw (module docstring). Like the
-    reentrant variant, it does not support double backward through the recomputed segments.
+    reentrant variant, it gives no double backward through the recomputed segments (the gradient has no graph:
+    differentiating it again raises PyTorch's "does not require grad" ``RuntimeError``).
 
     ``preserve_rng_state``: ``True`` (default) replays the RNG states, as PyTorch does; ``False`` is accepted
     and allows skipping that: the recomputation replays them anyway (with the buffers and flags, in one

@@ -37,7 +37,7 @@ def cases():
         t = torch.randn(n, k)
         out += [
             (f"cross_entropy {n}x{k}", CrossEntropy(), lambda z, y=y: F.cross_entropy(z, y), z, y),
-            (f"cross_entropy smooth+weights {n}x{k}", CrossEntropy(0.1, w),
+            (f"cross_entropy smooth+weights {n}x{k}", CrossEntropy(label_smoothing=0.1, class_weights=w),
              lambda z, y=y, w=w: F.cross_entropy(z, y, weight=w, label_smoothing=0.1), z, y),
             (f"kl_divergence {n}x{k}", KLDivergence(),
              lambda z, q=q: F.kl_div(torch.log_softmax(z, 1), q, reduction="batchmean"), z, q),

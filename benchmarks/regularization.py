@@ -6,7 +6,7 @@ plain layer each one wraps (or the native PyTorch layer computing the same thing
 | Dropout(0.5), element / channel | nn.Dropout(0.5) / nn.Dropout2d(0.5) (native, same computation) |
 | DropConnectLinear(p=0.5) | nn.Linear (the layer it wraps) |
 | DropConnectConv2d(p=0.5) | nn.Conv2d |
-| StochasticDepth(branch, 0.8), row / batch | the branch alone (conv-BN-ReLU-conv) |
+| add_stochastic_depth(branch, 0.8), row / batch | the branch alone (conv-BN-ReLU-conv) |
 | ShakeShake(branch, branch') | branch(x) + branch'(x) |
 | ShakeDrop(branch, 0.5) | the branch alone |
 | GaussianNoise(0.1) | nn.Dropout(0.1) (a native elementwise regularizer of the same cost class) |
@@ -25,11 +25,13 @@ from _timing import machine, quiet_environment, table, time_interleaved, write_j
 
 quiet_environment()
 
+import copy  # noqa: E402
+
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from traintricks.nn import (DropConnectConv2d, DropConnectLinear, Dropout, GaussianNoise, NoisyHardTanh,  # noqa: E402
-                            ShakeDrop, ShakeShake, StochasticDepth)
+                            ShakeDrop, ShakeShake, add_stochastic_depth)
 
 
 def branch(c: int = 64) -> nn.Module:
@@ -63,8 +65,8 @@ def cases():
         ("dropout (channel)", Dropout(0.5, mode="channel"), nn.Dropout2d(0.5), act),
         ("dropconnect linear", dcl, lin, lin_in),
         ("dropconnect conv2d", dcc, conv, feat),
-        ("stochastic depth (row)", StochasticDepth(b1, 0.8), b1, feat),
-        ("stochastic depth (batch)", StochasticDepth(b1, 0.8, mode="batch"), b1, feat),
+        ("stochastic depth (row)", add_stochastic_depth(copy.deepcopy(b1), 0.8), b1, feat),
+        ("stochastic depth (batch)", add_stochastic_depth(copy.deepcopy(b1), 0.8, mode="batch"), b1, feat),
         ("shake-shake", ShakeShake(b1, b2), Sum(b1, b2), feat),
         ("shakedrop", ShakeDrop(b1, 0.5), b1, feat),
         ("gaussian noise", GaussianNoise(0.1), nn.Dropout(0.1), act),

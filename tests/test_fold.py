@@ -275,7 +275,9 @@ def test_shared_layers_unknown_norms_and_training_norms_are_left_and_reported():
     _same(folded.eval(), seq, torch.randn(2, 2, 4, 4, dtype=torch.float64))
 
 
-def test_untraceable_model_folds_inside_and_notes_it():
+def test_untraceable_model_folds_inside_only_when_example_inputs_show_the_uses():
+    # (moved with issue 15's folding fix: without a trace, the uses of body.0/body.1 are unknown, so they are
+    # folded only when a run on example_inputs shows that they are used only through their Sequential)
     class Untraceable(nn.Module):
         def __init__(self):
             super().__init__()
@@ -288,10 +290,14 @@ def test_untraceable_model_folds_inside_and_notes_it():
             return self.body(x)
     torch.manual_seed(0)
     model = _trained(Untraceable(), 2, 6, 6)
-    folded, report = fold_batchnorm(model, return_report=True)
+    x = torch.randn(3, 2, 6, 6, dtype=torch.float64)
+    with pytest.warns(UserWarning, match="folded nothing"):
+        folded, report = fold_batchnorm(model, return_report=True)
+    assert report.folded == [] and "cannot be traced" in dict(report.not_folded)["body.1"]
+    assert any("could not trace" in n and "example_inputs" in n for n in report.notes)
+    folded, report = fold_batchnorm(model, return_report=True, example_inputs=x.abs())
     assert type(folded) is Untraceable and report.folded == [("body.0", "body.1")]
     assert any("could not trace" in n for n in report.notes) and report.not_folded[0][0] == "bn"
-    x = torch.randn(3, 2, 6, 6, dtype=torch.float64)
     _same(folded, model, x.abs())
     _same(folded, model, -x.abs())
 
@@ -314,3 +320,81 @@ def test_linear_folded_without_example_inputs_refuses_a_3d_input_instead_of_a_wr
     with pytest.warns(UserWarning, match="folded nothing"):
         checked = fold_batchnorm(model, example_inputs=x3)
     torch.testing.assert_close(checked(x3), model(x3), atol=1e-10, rtol=0)
+
+
+def test_regression_issue15_fold_sequential_pair_used_elsewhere_by_the_parent():
+    """Remaining fault 5: a Sequential (conv, bn) was folded in place although the parent also calls the conv
+    (folded 1, max error 0.975). Nothing may fold where the model would change; the result equals the model."""
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Sequential(nn.Conv2d(3, 3, 1), nn.BatchNorm2d(3))
+
+        def forward(self, x):
+            return self.body(x) + self.body[0](x)
+
+    class ReadsNorm(nn.Module):                       # the norm's statistics read directly
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Sequential(nn.Conv2d(3, 3, 1), nn.BatchNorm2d(3))
+
+        def forward(self, x):
+            return self.body(x) * self.body[1].running_var.view(1, -1, 1, 1)
+
+    class UsesNormAlone(nn.Module):                   # the norm called on another input, in a child's graph
+        def __init__(self):
+            super().__init__()
+            self.block = nn.Sequential(nn.Conv2d(3, 3, 1), nn.BatchNorm2d(3))
+
+        def forward(self, x):
+            return self.block(x) + self.block[1](x)
+
+    for cls in (M, ReadsNorm, UsesNormAlone):
+        torch.manual_seed(0)
+        model = _trained(cls(), 3, 4, 4)
+        model.eval()
+        x = torch.randn(5, 3, 4, 4, dtype=torch.float64)
+        with pytest.warns(UserWarning, match="folded nothing"):
+            folded, report = fold_batchnorm(model, return_report=True)
+        assert folded.folded_batchnorms == 0 and report.not_folded[0][0].endswith(".1"), (cls, report)
+        torch.testing.assert_close(folded(x), model(x), rtol=0, atol=1e-6)
+        with pytest.warns(UserWarning, match="folded nothing"):          # the same with a checking run
+            checked = fold_batchnorm(model, example_inputs=x)
+        torch.testing.assert_close(checked(x), model(x), rtol=0, atol=1e-6)
+
+
+def test_untraceable_parent_that_calls_a_member_directly_folds_nothing_even_with_example_inputs():
+    class Direct(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Sequential(nn.Conv2d(2, 2, 1), nn.BatchNorm2d(2))
+            self.other = nn.Sequential(nn.Conv2d(2, 2, 1), nn.BatchNorm2d(2))
+
+        def forward(self, x):
+            if x.sum() > 0:                            # data-dependent: untraceable
+                return self.body(x) + self.body[0](x) + self.other(x)
+            return self.body(x) + self.other(x)
+    torch.manual_seed(0)
+    model = _trained(Direct(), 2, 3, 3).eval()
+    x = torch.randn(4, 2, 3, 3, dtype=torch.float64).abs()
+    folded, report = fold_batchnorm(model, return_report=True, example_inputs=x)
+    assert report.folded == [("other.0", "other.1")]
+    assert "not (only) as a member of a Sequential" in dict(report.not_folded)["body.1"]
+    _same(folded, model, x)
+
+
+def test_stochastic_depth_branch_folds_in_place_and_keeps_its_scaling():
+    from traintricks.nn import StochasticDepthBranch, add_stochastic_depth
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.branch = add_stochastic_depth(nn.Sequential(nn.Conv2d(2, 2, 3, padding=1), nn.BatchNorm2d(2)), 0.7)
+
+        def forward(self, x):
+            return x + self.branch(x)
+    torch.manual_seed(0)
+    model = _trained(Block(), 2, 4, 4).eval()
+    folded = fold_batchnorm(model)
+    assert folded.folded_batchnorms == 1 and isinstance(folded.branch, StochasticDepthBranch)
+    _same(folded, model, torch.randn(3, 2, 4, 4, dtype=torch.float64))

@@ -24,7 +24,7 @@ Y = torch.tensor([0, 4, 2, 2, 1, 3, 0])
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 def test_cross_entropy_equals_pytorch(ls, weighted, reduction):
     w = torch.tensor([1.0, 2.0, 0.5, 3.0, 1.5]) if weighted else None
-    ours = CrossEntropy(ls, w.tolist() if weighted else None, reduction=reduction)(Z, Y)
+    ours = CrossEntropy(label_smoothing=ls, class_weights=w.tolist() if weighted else None, reduction=reduction)(Z, Y)
     ref = F.cross_entropy(Z, Y, weight=w, label_smoothing=ls, reduction=reduction)
     torch.testing.assert_close(ours, ref)
 
@@ -45,7 +45,7 @@ def test_label_smoothing_is_kl_to_the_smoothed_distribution():
     q = (1 - eps) * F.one_hot(Y, k).float() + eps / k
     entropy = -(q * q.log()).sum(1).mean()
     # CE to smoothed targets = KL(q || p) + H(q); for one-hot targets KL = CE exactly
-    torch.testing.assert_close(CrossEntropy(eps)(Z, Y), KLDivergence(eps)(Z, Y) + entropy)
+    torch.testing.assert_close(CrossEntropy(label_smoothing=eps)(Z, Y), KLDivergence(eps)(Z, Y) + entropy)
     torch.testing.assert_close(KLDivergence()(Z, Y), CrossEntropy()(Z, Y))
     torch.testing.assert_close(KLDivergence(eps)(Z, Y), F.kl_div(torch.log_softmax(Z, 1), q, reduction="batchmean"))
 
@@ -127,12 +127,12 @@ def test_cross_entropy_layouts_and_integer_target_dtypes_as_pytorch(shape, tdtyp
         y_ign.view(-1)[0] = 2
     w = torch.tensor([1.0, 2.0, 0.5, 3.0], dtype=torch.float64)
     for ls, weight, reduction, ign in itertools.product((0.0, 0.2), (None, w), ("mean", "sum", "none"), (-100, 2)):
-        ours = CrossEntropy(ls, weight, ignore_index=ign, reduction=reduction)(z, y_ign.to(tdtype))
+        ours = CrossEntropy(weight, ignore_index=ign, reduction=reduction, label_smoothing=ls)(z, y_ign.to(tdtype))
         ref = F.cross_entropy(z, y_ign, weight=weight, label_smoothing=ls, reduction=reduction, ignore_index=ign)
         assert ours.dtype == torch.float64 and ours.shape == ref.shape
         torch.testing.assert_close(ours, ref)
     q = torch.softmax(torch.randn(shape, dtype=torch.float64), dim=1 if len(shape) > 1 else 0)
-    torch.testing.assert_close(CrossEntropy(0.1)(z, q), F.cross_entropy(z, q, label_smoothing=0.1))
+    torch.testing.assert_close(CrossEntropy(label_smoothing=0.1)(z, q), F.cross_entropy(z, q, label_smoothing=0.1))
 
 
 def _loss_cases(dtype):
@@ -140,7 +140,7 @@ def _loss_cases(dtype):
     z, t = torch.randn(7, 5, dtype=dtype), torch.randn(7, 5, dtype=dtype)
     x = torch.randn(7, 6, dtype=dtype)
     return [
-        ("cross_entropy", CrossEntropy(0.1, [1.0, 2, 1, 1, 1]), (z, Y)),
+        ("cross_entropy", CrossEntropy(label_smoothing=0.1, class_weights=[1.0, 2, 1, 1, 1]), (z, Y)),
         ("kl", KLDivergence(0.1), (z, Y)), ("kl_soft", KLDivergence(), (z, torch.softmax(t, 1))),
         ("confidence", ConfidencePenalty(0.2, 0.1), (z, Y)),
         ("sinkhorn", SinkhornLoss(num_classes=5, iters=5), (z, Y)),
@@ -479,3 +479,46 @@ def test_large_margin_softmax_under_bf16_autocast():
         loss = loss_fn(x, y)
     assert torch.isfinite(loss)
     torch.testing.assert_close(loss.float(), loss_fn(x, y), rtol=0.05, atol=0.05)
+
+
+def test_regression_issue15_cross_entropy_takes_cross_entropy_loss_arguments_in_torchs_order():
+    """Remaining fault 4: CrossEntropy(torch.tensor([1., 2., 3., 4., 5.])) raised 'Boolean value of Tensor ...
+    ambiguous' (the first positional was label_smoothing). It is nn.CrossEntropyLoss's constructor now."""
+    import inspect
+    ours = list(inspect.signature(CrossEntropy).parameters.values())
+    theirs = list(inspect.signature(nn.CrossEntropyLoss).parameters.values())
+    assert [(p.name, p.default) for p in ours[:len(theirs)]] == [(p.name, p.default) for p in theirs]
+    assert all(p.kind is p.KEYWORD_ONLY for p in ours[len(theirs):])
+    torch.manual_seed(0)
+    z = torch.randn(16, 5, dtype=torch.float64, requires_grad=True)
+    y = torch.randint(0, 5, (16,))
+    y[0] = 3
+    w = torch.tensor([1., 2., 3., 4., 5.], dtype=torch.float64)
+    for args in [(w,), (w, None, 3), (w, None, -100, None, "sum"), (w, None, 3, None, "none", 0.2), (None, None, 3),
+                 (w, None, -100, None, "mean", 0.1)]:
+        mine, ref_mod = CrossEntropy(*args), nn.CrossEntropyLoss(*args)
+        assert isinstance(mine, nn.CrossEntropyLoss) and list(mine.state_dict()) == list(ref_mod.state_dict())
+        out, ref = mine(z, y), ref_mod(z, y)
+        torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
+        g = torch.ones_like(ref)
+        torch.testing.assert_close(torch.autograd.grad(out, z, g)[0], torch.autograd.grad(ref, z, g)[0])
+    with pytest.warns(UserWarning):                                      # the legacy flags, mapped as torch does
+        legacy, ref_legacy = CrossEntropy(None, False), nn.CrossEntropyLoss(None, False)
+    assert legacy.reduction == ref_legacy.reduction == "sum"
+    with pytest.raises(TypeError, match="label_smoothing=0.1"):
+        CrossEntropy(0.1)
+    with pytest.raises(TypeError, match="class_weights="):
+        CrossEntropy([1.0, 2.0])
+    torch.testing.assert_close(CrossEntropy(label_smoothing=0.1, class_weights=w)(z, y),
+                               F.cross_entropy(z, y, weight=w, label_smoothing=0.1))
+
+
+@pytest.mark.parametrize("ours,theirs", [(L1Loss, nn.L1Loss), (L2Loss, nn.MSELoss), (HuberLoss, nn.HuberLoss),
+                                         (BCEWithLogitsLoss, nn.BCEWithLogitsLoss),
+                                         (CrossEntropy, nn.CrossEntropyLoss)])
+def test_regression_issue15_losses_named_like_torchs_take_its_positional_arguments(ours, theirs):
+    import inspect
+    o = [p for p in inspect.signature(ours).parameters.values() if p.kind is not p.KEYWORD_ONLY]
+    t = list(inspect.signature(theirs).parameters.values())
+    assert [(p.name, p.default) for p in o] == [(p.name, p.default) for p in t]
+    assert issubclass(ours, theirs)

@@ -429,3 +429,51 @@ def test_reversible_inverse_without_states_changes_no_state():
     torch.testing.assert_close(b.inverse(y, states), x, rtol=1e-10, atol=1e-10)
     b.inverse(y)                                                       # current state: not exact, but no side effect
     assert all(torch.equal(a, t) for a, t in zip(after, b.buffers()))
+
+
+@pytest.mark.parametrize("kw", [dict(use_reentrant=False), dict(use_reentrant=True), dict(use_reentrant=None),
+                                dict(use_reentrant=False, preserve_rng_state=True),
+                                dict(use_reentrant=False, preserve_rng_state=False)])
+def test_regression_issue15_checkpoint_sequential_takes_torchs_use_reentrant(kw):
+    """Remaining fault 6: checkpoint_sequential(..., use_reentrant=False) raised TypeError. PyTorch's keywords are
+    accepted; every value gives the plain (and PyTorch's) gradients, masks and running statistics."""
+    import torch.utils.checkpoint as tuc
+    x = torch.randn(12, 16, dtype=torch.float64)
+    plain = _chain()
+    ours, theirs = copy.deepcopy(plain), copy.deepcopy(plain)
+    ref = _grads_and_stats(plain, lambda m, x: m(x), x)
+    got = _grads_and_stats(ours, lambda m, x: checkpoint_sequential(m, 3, x, **kw), x)
+    torch_kw = dict(kw, use_reentrant=kw["use_reentrant"] if kw["use_reentrant"] is not None else False)
+    if torch_kw.get("preserve_rng_state") is False:
+        torch_kw.pop("preserve_rng_state")              # torch's masks then differ from the forward's: not comparable
+    tor = _grads_and_stats(theirs, lambda m, x: tuc.checkpoint_sequential(m, 3, x, **torch_kw), x)
+    for i, (a, b, c) in enumerate(zip(got, ref, tor)):
+        for u, v, w in zip(a if isinstance(a, list) else [a], b if isinstance(b, list) else [b],
+                           c if isinstance(c, list) else [c]):
+            torch.testing.assert_close(u, v, rtol=1e-10, atol=1e-12)
+            if i < 3:          # buffers: torch's recomputation updates the running statistics a second time
+                torch.testing.assert_close(u, w, rtol=1e-10, atol=1e-12)
+
+
+def test_checkpoint_sequential_parameter_gradients_without_input_grad_and_with_autograd_grad():
+    # what use_reentrant=False promises in PyTorch: parameters get gradients when the input needs none, and
+    # torch.autograd.grad works
+    model = _chain(4, 8, dropout=False)
+    x = torch.randn(6, 8, dtype=torch.float64)
+    params = list(model.parameters())
+    ck = copy.deepcopy(model)
+    ref = torch.autograd.grad(model(x).sum(), params)
+    got = torch.autograd.grad(checkpoint_sequential(ck, 2, x, use_reentrant=False).sum(), list(ck.parameters()))
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_checkpoint_sequential_refuses_unknown_keywords_and_non_bool_flags():
+    model = _chain(2, 4, dropout=False)
+    x = torch.randn(3, 4, dtype=torch.float64)
+    with pytest.raises(ValueError, match="Unexpected keyword arguments: context_fn"):
+        checkpoint_sequential(model, 2, x, use_reentrant=False, context_fn=None)
+    with pytest.raises(TypeError, match="use_reentrant"):
+        checkpoint_sequential(model, 2, x, use_reentrant="no")
+    with pytest.raises(TypeError, match="preserve_rng_state"):
+        checkpoint_sequential(model, 2, x, preserve_rng_state=None)

@@ -4,9 +4,10 @@
 ``dropout1d``-style (3-D), ``dropout2d`` and ``dropout3d`` (``sample_inputs_dropout``: shapes, p in {0, 0.5, 1},
 training on/off), run through ``nn.Dropout``/``Dropout1d/2d/3d`` and our ``Dropout`` (``mode="channel"`` for the
 1d/2d/3d ones). Eval mode: identity; p = 0 and p = 1 in training: identity and zeros, gradients too; other p in
-training: the same mask as PyTorch's under the same seed on the CPU. Plus seeded statistical tests of the mask
-rate and the scale. Unbatched inputs of Dropout1d/2d/3d (channels first, no batch) are skipped: our channel mode
-needs (N, C, ...).
+training: the same mask as PyTorch's under the same seed on the CPU -- for both implementations (the default,
+PyTorch's kernels, and ``impl="reference"``, the formula). The 1d/2d/3d samples run through our ``Dropout1d/2d/3d``
+(unbatched inputs included) and, where batched, also through ``Dropout(mode="channel")``. Plus seeded statistical
+tests of the mask rate and the scale.
 """
 from __future__ import annotations
 
@@ -17,13 +18,13 @@ import torch
 from torch import nn
 from torch.testing._internal.common_methods_invocations import sample_inputs_dropout
 
-from traintricks.nn import Dropout
+from traintricks.nn import Dropout, Dropout1d, Dropout2d, Dropout3d
 
-KINDS = {  # torch module, our mode, input ranks PyTorch treats as batched for it, op_db's valid ranks
-    "Dropout": (nn.Dropout, "element", None, None),
-    "Dropout1d": (nn.Dropout1d, "channel", (3,), (2, 3)),
-    "Dropout2d": (nn.Dropout2d, "channel", (4,), (3, 4)),
-    "Dropout3d": (nn.Dropout3d, "channel", (5,), (4, 5)),
+KINDS = {  # torch module, our twin, input ranks Dropout(mode="channel") also takes (batched), op_db's valid ranks
+    "Dropout": (nn.Dropout, Dropout, None, None),
+    "Dropout1d": (nn.Dropout1d, Dropout1d, (3,), (2, 3)),
+    "Dropout2d": (nn.Dropout2d, Dropout2d, (4,), (3, 4)),
+    "Dropout3d": (nn.Dropout3d, Dropout3d, (5,), (4, 5)),
 }
 
 
@@ -39,28 +40,33 @@ CASES = [pytest.param(kind, i, id=f"{kind}-{tuple(s.input.shape)}-p{s.kwargs.get
          for kind in KINDS for i, s in enumerate(_samples(kind))]
 
 
+@pytest.mark.parametrize("impl", ["fast", "reference"])
 @pytest.mark.parametrize("kind,index", CASES)
-def test_dropout_samples_as_torch(kind, index):
+def test_dropout_samples_as_torch(kind, index, impl):
     s = _samples(kind)[index]
-    torch_cls, mode, batched, _ = KINDS[kind]
+    torch_cls, ours_cls, batched, _ = KINDS[kind]
     x = s.input
     p, training = s.kwargs.get("p", 0.5), s.kwargs.get("training", True)
-    if batched is not None and x.ndim not in batched:
-        pytest.skip(f"unbatched {kind} input {tuple(x.shape)}: our channel mode needs (N, C, ...)")
-    ref_mod, ours_mod = torch_cls(p).train(training), Dropout(p, mode=mode).train(training)
-    xr, xo = x.detach().clone().requires_grad_(), x.detach().clone().requires_grad_()
-    torch.manual_seed(7)
-    ref = ref_mod(xr)
-    torch.manual_seed(7)
-    out = ours_mod(xo)
-    assert out.dtype == ref.dtype and out.shape == ref.shape
-    if not training or p == 0.0:
-        assert torch.equal(out, x)
-    if training and p == 1.0:
-        assert torch.equal(out, torch.zeros_like(x))
-    torch.testing.assert_close(out, ref, rtol=0, atol=0)                # the same mask under the same seed
-    g = torch.randn_like(ref)
-    torch.testing.assert_close(torch.autograd.grad(out, xo, g)[0], torch.autograd.grad(ref, xr, g)[0], rtol=0, atol=0)
+    ours_mods = [ours_cls(p, impl=impl)]
+    if batched is not None and x.ndim in batched:
+        ours_mods.append(Dropout(p, mode="channel", impl=impl))
+    for ours_mod in ours_mods:
+        assert isinstance(ours_mod, torch_cls if type(ours_mod) is ours_cls else nn.Dropout)    # torch's class
+        ref_mod, ours_mod = torch_cls(p).train(training), ours_mod.train(training)
+        xr, xo = x.detach().clone().requires_grad_(), x.detach().clone().requires_grad_()
+        torch.manual_seed(7)
+        ref = ref_mod(xr)
+        torch.manual_seed(7)
+        out = ours_mod(xo)
+        assert out.dtype == ref.dtype and out.shape == ref.shape
+        if not training or p == 0.0:
+            assert torch.equal(out, x)
+        if training and p == 1.0:
+            assert torch.equal(out, torch.zeros_like(x))
+        torch.testing.assert_close(out, ref, rtol=0, atol=0)                # the same mask under the same seed
+        g = torch.randn_like(ref)
+        torch.testing.assert_close(torch.autograd.grad(out, xo, g)[0], torch.autograd.grad(ref, xr, g)[0],
+                                   rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("p", [0.1, 0.5, 0.9])

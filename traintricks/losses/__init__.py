@@ -42,7 +42,8 @@ PENALTIES = Registry("penalty", section="error calculation", plural="penalties")
 def cross_entropy_loss(label_smoothing: float = 0.0, class_weights: list[float] | str | None = None,
                        ignore_index: int = -100, class_counts: Sequence[int] | None = None) -> nn.Module:
     """Softmax cross-entropy; label smoothing = KL to (1-eps)*onehot + eps/K (1906.02629); class weights or "balanced"."""
-    return CrossEntropy(label_smoothing, class_weights, class_counts, ignore_index)
+    return CrossEntropy(ignore_index=ignore_index, label_smoothing=label_smoothing, class_weights=class_weights,
+                        class_counts=class_counts)
 
 
 @LOSSES.register("kl_divergence")

@@ -129,66 +129,75 @@ def cross_entropy(logits: torch.Tensor, target: torch.Tensor, label_smoothing: f
                            label_smoothing=label_smoothing)
 
 
-class CrossEntropy(nn.Module):
-    """Softmax cross-entropy with hard or soft targets, label smoothing and class weights: the computation of
-    :class:`torch.nn.CrossEntropyLoss` (it calls ``F.cross_entropy``), with the notes' options.
+class CrossEntropy(nn.CrossEntropyLoss):
+    """Softmax cross-entropy: :class:`torch.nn.CrossEntropyLoss` (a subclass with its arguments, in its order, with
+    their meaning and defaults: ``(weight=None, size_average=None, ignore_index=-100, reduce=None, reduction="mean",
+    label_smoothing=0.0)``; it calls ``F.cross_entropy``), plus the notes' options, keyword-only.
 
     Args:
-        label_smoothing: ``eps`` in ``[0, 1]``; the target becomes ``(1 - eps) * onehot + eps / K``.
-        class_weights: ``K`` non-negative weights (a list or a tensor, whose dtype is kept), or ``"balanced"``
-            (then pass ``class_counts``, the training labels' per-class counts; the recipe does).
-        class_counts: per-class counts for ``"balanced"``: ``w_c = N / (K * n_c)``.
+        weight: a tensor of ``K`` class weights, used as given (the ``weight`` buffer, as PyTorch's), or None.
+        size_average, reduce: PyTorch's deprecated reduction flags (mapped to ``reduction`` as PyTorch does).
         ignore_index: hard targets with this value are skipped (and leave the weighted mean's denominator).
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
-        weight: PyTorch's name (keyword-only): a tensor of ``K`` class weights, used as given (no checks, as
-            ``CrossEntropyLoss(weight=...)``); give either this or ``class_weights``.
-        validate: also check label ranges and finite logits in every call (one host synchronization; off by
-            default: out-of-range labels then raise PyTorch's ``IndexError``/device assert).
+        label_smoothing: ``eps`` in ``[0, 1]``; the target becomes ``(1 - eps) * onehot + eps / K``.
+        class_weights: (keyword-only) ``K`` non-negative weights as a list or a tensor (whose dtype is kept), or
+            ``"balanced"`` (then pass ``class_counts``, the training labels' per-class counts; the recipe does):
+            checked, then stored as ``weight``; give either this or ``weight``.
+        class_counts: (keyword-only) per-class counts for ``"balanced"``: ``w_c = N / (K * n_c)`` (ignored
+            otherwise: the recipe supplies them to every loss).
+        validate: (keyword-only) also check label ranges and finite logits in every call (one host
+            synchronization; off by default: out-of-range labels then raise PyTorch's ``IndexError``/device assert).
 
     Shapes: logits (N, C), (N, C, d1, ...) or (C,); targets class indices (N,), (N, d1, ...) or () of any integer
     dtype, or probabilities of the logits' shape. The result has the logits' dtype ((N, d1, ...) for
-    ``reduction="none"``). Bad shapes, target dtypes or a wrong number of class weights raise PyTorch's errors
-    (``F.cross_entropy`` checks them); bad options raise ``ValueError`` at construction (PyTorch: at the call)."""
+    ``reduction="none"``); class weights are cast to the logits' dtype and device. Bad shapes, target dtypes or a
+    wrong number of class weights raise PyTorch's errors (``F.cross_entropy`` checks them); a bad
+    ``label_smoothing``/``reduction`` raises ``ValueError`` at construction (PyTorch: at the call), a
+    non-tensor ``weight`` ``TypeError`` naming the keyword-only option meant."""
 
-    def __init__(self, label_smoothing: float = 0.0, class_weights: Sequence[float] | torch.Tensor | str | None = None,
-                 class_counts: Sequence[int] | None = None, ignore_index: int = -100, reduction: str = "mean", *,
-                 weight: torch.Tensor | None = None, validate: bool = False) -> None:
-        super().__init__()
-        if not 0.0 <= label_smoothing <= 1.0:
+    def __init__(self, weight: torch.Tensor | None = None, size_average=None, ignore_index: int = -100, reduce=None,
+                 reduction: str = "mean", label_smoothing: float = 0.0, *,
+                 class_weights: Sequence[float] | torch.Tensor | str | None = None,
+                 class_counts: Sequence[int] | None = None, validate: bool = False) -> None:
+        if weight is not None and not isinstance(weight, torch.Tensor):
+            hint = ("label_smoothing=" if isinstance(weight, (int, float)) and not isinstance(weight, bool)
+                    else "class_weights=")
+            raise TypeError(f"CrossEntropy(weight, size_average, ignore_index, reduce, reduction, label_smoothing) "
+                            f"takes nn.CrossEntropyLoss's arguments: weight must be a tensor or None, got "
+                            f"{weight!r}; give {hint}{weight!r} by name")
+        if not isinstance(label_smoothing, (int, float)) or not 0.0 <= label_smoothing <= 1.0:
             raise ValueError(f"label_smoothing must be between 0.0 and 1.0, got {label_smoothing}")
-        self.label_smoothing, self.ignore_index = float(label_smoothing), ignore_index
-        self.reduction = check_reduction("CrossEntropy", reduction)
-        self.validate = bool(validate)
-        if weight is not None:
-            if class_weights is not None:
+        if class_weights is not None:
+            if weight is not None:
                 raise ValueError("CrossEntropy: give class_weights or weight (PyTorch's name), not both")
-            w = torch.as_tensor(weight)
-            if w.ndim != 1 or not w.is_floating_point():
-                raise ValueError(f"CrossEntropy: weight must be a 1-D floating-point tensor, got {tuple(w.shape)} "
-                                 f"{w.dtype}")
-        elif isinstance(class_weights, str) and class_weights == "balanced":
-            if class_counts is None:
-                raise ValueError("class_weights='balanced' needs class_counts (the training labels' counts)")
-            w = balanced_weights(class_counts)
-        elif isinstance(class_weights, str):
-            raise ValueError(f"class_weights must be a list of numbers or 'balanced', got {class_weights!r}")
-        elif class_weights is not None:
-            w = torch.as_tensor(class_weights)
-            w = w if w.is_floating_point() else w.to(torch.get_default_dtype())
-            if w.ndim != 1 or (w < 0).any():
-                raise ValueError(f"class_weights must be a list of non-negative numbers, got {class_weights}")
-        else:
-            w = None
-        self.register_buffer("weight", w)
+            if isinstance(class_weights, str) and class_weights == "balanced":
+                if class_counts is None:
+                    raise ValueError("class_weights='balanced' needs class_counts (the training labels' counts)")
+                weight = balanced_weights(class_counts)
+            elif isinstance(class_weights, str):
+                raise ValueError(f"class_weights must be a list of numbers or 'balanced', got {class_weights!r}")
+            else:
+                w = torch.as_tensor(class_weights)
+                w = w if w.is_floating_point() else w.to(torch.get_default_dtype())
+                if w.ndim != 1 or (w < 0).any():
+                    raise ValueError(f"class_weights must be a list of non-negative numbers, got {class_weights}")
+                weight = w
+        super().__init__(weight, size_average, ignore_index, reduce, reduction, float(label_smoothing))
+        check_reduction("CrossEntropy", self.reduction)
+        self.validate = bool(validate)
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         # shapes, dtypes and the number of class weights are checked by F.cross_entropy itself, with PyTorch's
         # errors (ValueError for a batch-size mismatch, RuntimeError for the rest)
-        return cross_entropy(logits, target, self.label_smoothing, self.weight, self.ignore_index, self.reduction,
+        return cross_entropy(input, target, self.label_smoothing, self.weight, self.ignore_index, self.reduction,
                              check=False, validate=self.validate)
 
     def extra_repr(self) -> str:
-        return f"label_smoothing={self.label_smoothing}, weighted={self.weight is not None}, reduction={self.reduction}"
+        parts = [f"label_smoothing={self.label_smoothing}"] if self.label_smoothing else []
+        parts += ["weighted=True"] if self.weight is not None else []
+        parts += [f"reduction={self.reduction}"] if self.reduction != "mean" else []
+        parts += [f"ignore_index={self.ignore_index}"] if self.ignore_index != -100 else []
+        return ", ".join(parts)
 
 
 def _class_dim(logits: torch.Tensor) -> int:

@@ -204,12 +204,37 @@ def _as_list(modules) -> list[nn.Module]:
     return mods
 
 
-def checkpoint_sequential(modules: nn.Sequential | Sequence[nn.Module], segments: int, x: torch.Tensor) -> torch.Tensor:
-    """Run ``modules`` on ``x`` in ``segments`` equal recomputed segments (like PyTorch's function of the same
-    name, the last segment runs normally: its activations are needed first in backward anyway)."""
-    mods = _as_list(modules)
+def checkpoint_sequential(functions: nn.Sequential | Sequence[nn.Module], segments: int, input: torch.Tensor,
+                          use_reentrant: bool | None = None, **kwargs) -> torch.Tensor:
+    """Run ``functions`` on ``input`` in ``segments`` equal recomputed segments: PyTorch's function of the same
+    name and arguments ``(functions, segments, input, use_reentrant=None, preserve_rng_state=True)`` (the last
+    segment runs normally: its activations are needed first in backward anyway).
+
+    ``use_reentrant``: accepted as PyTorch accepts it (``True``, ``False`` or ``None``, without PyTorch's warning
+    for ``None``); every value runs the one recomputation of this module, which gives the gradients of either
+    PyTorch variant and has the properties of the non-reentrant one that matter to a caller: parameters get
+    gradients even when ``input`` does not require one, ``torch.autograd.grad(outputs, inputs)`` works (no
+    ``.backward()`` needed), and the recomputation sees the state the forward saw (module docstring). Like the
+    reentrant variant, it gives no double backward through the recomputed segments (the gradient has no graph:
+    differentiating it again raises PyTorch's "does not require grad" ``RuntimeError``).
+
+    ``preserve_rng_state``: ``True`` (default) replays the RNG states, as PyTorch does; ``False`` is accepted
+    and allows skipping that: the recomputation replays them anyway (with the buffers and flags, in one
+    :class:`ForwardState`), so random layers see the forward's masks either way.
+
+    Raises ``ValueError`` for ``segments`` outside ``[1, len(functions)]`` or an unknown keyword (PyTorch's
+    message), ``TypeError`` for a non-bool ``use_reentrant`` or ``preserve_rng_state``."""
+    preserve = kwargs.pop("preserve_rng_state", True)
+    if kwargs:
+        raise ValueError("Unexpected keyword arguments: " + ",".join(arg for arg in kwargs))
+    if use_reentrant is not None and not isinstance(use_reentrant, bool):
+        raise TypeError(f"checkpoint_sequential: use_reentrant must be True, False or None, got {use_reentrant!r}")
+    if not isinstance(preserve, bool):
+        raise TypeError(f"checkpoint_sequential: preserve_rng_state must be True or False, got {preserve!r}")
+    mods = _as_list(functions)
     if not 1 <= segments <= len(mods):
         raise ValueError(f"segments must be in [1, {len(mods)}], got {segments}")
+    x = input
     for s, e, rc in uniform_segments(len(mods), segments):
         seg = nn.Sequential(*mods[s:e])
         x = recompute(seg, x) if rc else seg(x)

@@ -7,7 +7,7 @@ with a layer from :mod:`traintricks.nn` (forward pass: generalization):
 |---|---|
 | ``dropout`` | dropout (``p``, ``mode``) on the features entering the classifier head |
 | ``dropconnect`` | the classifier head becomes a :class:`~traintricks.nn.DropConnectLinear` (``p``) |
-| ``stochastic_depth`` | every residual branch wrapped in :class:`~traintricks.nn.StochasticDepth`, survival falling linearly to ``survival`` |
+| ``stochastic_depth`` | every residual branch given the paper's stochastic depth (:func:`~traintricks.nn.add_stochastic_depth`, in place: the same parameter names), survival falling linearly to ``survival`` |
 | ``shake_shake`` | every residual branch paired with a fresh copy under :class:`~traintricks.nn.ShakeShake` |
 | ``shakedrop`` | every residual branch wrapped in :class:`~traintricks.nn.ShakeDrop`, ``p_l`` falling linearly to ``survival`` |
 | ``gaussian_noise`` | :class:`~traintricks.nn.GaussianNoise` (``std``) on the input or after every activation |
@@ -22,7 +22,7 @@ import copy
 
 from torch import nn
 
-from ..nn import (DropConnectLinear, Dropout, GaussianNoise, ShakeDrop, ShakeShake, StochasticDepth,
+from ..nn import (DropConnectLinear, Dropout, GaussianNoise, ShakeDrop, ShakeShake, add_stochastic_depth,
                   linear_survival)
 from ..nn.dropout import check_probability
 from ..registry import Registry
@@ -75,7 +75,7 @@ def stochastic_depth(model: nn.Module, survival: float = 0.8, mode: str = "row")
     """Stochastic depth: residual branches dropped per sample, survival falling linearly to `survival` (1603.09382)."""
     blocks = _blocks(model, "stochastic_depth")
     for block, p in zip(blocks, linear_survival(len(blocks), survival)):
-        block.branch = StochasticDepth(block.branch, p, mode)
+        add_stochastic_depth(block.branch, p, mode)
     return model
 
 

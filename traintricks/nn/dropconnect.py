@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .dropout import check_probability
+from .dropout import _traced, check_probability
 
 
 def _masked(weight: torch.Tensor, p: float) -> torch.Tensor:
@@ -40,9 +40,12 @@ class DropConnectLinear(nn.Linear):
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
         self.p = check_probability("DropConnectLinear", p)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        node = _traced(self, input)              # torch.fx: one node, so a traced model follows train()/eval()
+        if node is not None:
+            return node
         w = _masked(self.weight, self.p) if self.training and self.p > 0 else self.weight
-        return F.linear(x, w, self.bias)
+        return F.linear(input, w, self.bias)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", p={self.p}"
@@ -58,16 +61,24 @@ class DropConnectLinear(nn.Linear):
 
 class DropConnectConv2d(nn.Conv2d):
     """:class:`torch.nn.Conv2d` whose kernel weights are dropped with probability ``p`` (keyword-only, in ``[0, 1)``)
-    in training (one mask per batch). Conv2d's arguments (``device``/``dtype`` included), parameters, keys and
-    ``reset_parameters``."""
+    in training (one mask per batch). Conv2d's arguments ``(in_channels, out_channels, kernel_size, stride=1,
+    padding=0, dilation=1, groups=1, bias=True, padding_mode="zeros", device=None, dtype=None)``, parameters, keys
+    and ``reset_parameters``; inputs (N, C, H, W) or (C, H, W) as Conv2d. One ``call_module`` node under
+    ``torch.fx``."""
 
-    def __init__(self, *args, p: float = 0.5, **kw) -> None:
-        super().__init__(*args, **kw)
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
+                 groups: int = 1, bias: bool = True, padding_mode: str = "zeros", device=None, dtype=None, *,
+                 p: float = 0.5) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
+                         padding_mode, device, dtype)
         self.p = check_probability("DropConnectConv2d", p)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        node = _traced(self, input)
+        if node is not None:
+            return node
         w = _masked(self.weight, self.p) if self.training and self.p > 0 else self.weight
-        return self._conv_forward(x, w, self.bias)
+        return self._conv_forward(input, w, self.bias)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", p={self.p}"

@@ -175,14 +175,137 @@ class _Tracer(fx.Tracer):
         return _is_norm(m) or isinstance(m, _FOLDABLE) or super().is_leaf_module(m, qualname)
 
 
+def _get_path(root: nn.Module, target: str):
+    obj = root
+    for part in target.split("."):
+        obj = getattr(obj, part, None)
+    return obj
+
+
+def _path_in(mods: dict[str, nn.Module], sub: nn.Module) -> str:
+    return next((n for n, m in mods.items() if m is sub), type(sub).__name__)
+
+
+def _runs_as_sequential(m: nn.Module) -> bool:
+    """``m``'s forward is ``nn.Sequential``'s (a branch with stochastic depth counts: its base class decides)."""
+    from .stochastic_depth import StochasticDepthBranch
+    cls = type(m)._sd_base if isinstance(m, StochasticDepthBranch) else type(m)
+    return cls.forward is nn.Sequential.forward
+
+
+class _Uses:
+    """Where the whole model uses each conv/linear layer and norm: ``root`` traced with ``torch.fx`` (and, in it,
+    every leaf module that has submodules, traced as its own root), so that a pair is folded -- in a Sequential in
+    place, or in a submodule's graph -- only when *every* call of the layer feeds the norm alone and every call of
+    the norm reads the layer's output, and neither's parameters or buffers are read directly. What lies under a
+    forward that cannot be traced is known only from a run on ``example_inputs`` (calls and parameter reads seen);
+    without them nothing there is folded (the reason is reported)."""
+
+    def __init__(self, root: nn.Module, outside: dict[int, str] | None = None) -> None:
+        self.outside = outside                          # from a run on example inputs, when given
+        self.calls: dict[int, int] = {}                 # id(module) -> calls seen
+        self.bad: dict[int, str] = {}                   # id(module) -> why it cannot fold (used elsewhere)
+        self.feeds: dict[int, set[int]] = {}            # id(layer) -> ids of the norms its calls feed
+        self.fed: dict[int, set[int]] = {}              # id(norm) -> ids of the layers its calls read
+        self.notes: list[str] = []
+        self._seen: set[int] = set()
+        self._analyse(root, "")
+
+    def _analyse(self, m: nn.Module, path: str) -> None:
+        if id(m) in self._seen:
+            return
+        self._seen.add(id(m))
+        from ..memory.checkpoint import ForwardState
+        state = ForwardState(m)                              # tracing runs the forward: undo its side effects
+        try:
+            graph = _Tracer().trace(m)
+        except Exception as e:                               # noqa: BLE001 -- any failure: unknown uses
+            state.rollback()
+            what = path or type(m).__name__
+            why = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            if self.outside is not None:                     # the run on example_inputs saw every use
+                for sub in m.modules():
+                    if sub is not m and id(sub) in self.outside:
+                        self.bad.setdefault(id(sub), self.outside[id(sub)])
+                self.notes.append(f"could not trace {what} with torch.fx ({why}); the uses of the layers and norms "
+                                  f"under it were checked by running example_inputs")
+                return
+            reason = (f"the forward of {what} cannot be traced with torch.fx ({why}), so it is not known whether it "
+                      f"uses this layer or norm elsewhere")
+            for sub in m.modules():
+                if sub is not m:
+                    self.bad.setdefault(id(sub), reason)
+            self.notes.append(f"could not trace {what} with torch.fx ({why}); pairs under it were not folded (pass "
+                              f"example_inputs= to check their uses by running the model)")
+            return
+        state.rollback()
+        mods = dict(m.named_modules(remove_duplicate=False))
+        prefix = path + "." if path else ""
+        storages = {t.untyped_storage().data_ptr(): sub for sub in mods.values()
+                    if isinstance(sub, _FOLDABLE) or _is_norm(sub)
+                    for t in list(sub._parameters.values()) + list(sub._buffers.values())
+                    if t is not None and t.untyped_storage().data_ptr()}
+        for node in graph.nodes:
+            if node.op == "get_attr":
+                # a parameter or buffer read directly, or a tensor computed from one at trace time (a constant
+                # sharing its storage, e.g. ``bn.running_var.view(...)``)
+                owner = node.target.rsplit(".", 1)[0] if "." in node.target else ""
+                sub = mods.get(owner)
+                if sub is None or sub is m:
+                    t = _get_path(m, node.target)
+                    sub = storages.get(t.untyped_storage().data_ptr()) if isinstance(t, torch.Tensor) else None
+                if sub is not None and sub is not m:
+                    self.bad[id(sub)] = (f"the forward of {path or type(m).__name__} reads the parameters or buffers "
+                                         f"of {prefix}{_path_in(mods, sub)} directly: folding would change what it "
+                                         f"reads")
+                continue
+            if node.op != "call_module":
+                continue
+            sub = mods[node.target]
+            self.calls[id(sub)] = self.calls.get(id(sub), 0) + 1
+            if isinstance(sub, _FOLDABLE):
+                users = list(node.users)
+                if len(users) == 1 and users[0].op == "call_module" and _is_norm(mods[users[0].target]) \
+                        and users[0].args[:1] == (node,) and len(users[0].args) == 1 and not users[0].kwargs:
+                    self.feeds.setdefault(id(sub), set()).add(id(mods[users[0].target]))
+                else:
+                    who = ", ".join(str(u.target if u.op == "call_module" else u.name) for u in users) or "nothing"
+                    self.bad.setdefault(id(sub), f"{prefix}{node.target} is also called where its output goes to "
+                                                 f"{who}: folding would change what they see")
+            elif _is_norm(sub):
+                src = node.args[0] if node.args else None
+                if isinstance(src, fx.Node) and src.op == "call_module" and isinstance(mods[src.target], _FOLDABLE) \
+                        and len(node.args) == 1 and not node.kwargs:
+                    self.fed.setdefault(id(sub), set()).add(id(mods[src.target]))
+                else:
+                    what = getattr(src, "target", src)
+                    self.bad.setdefault(id(sub), f"{prefix}{node.target} is also called on the output of "
+                                                 f"{getattr(what, '__name__', what)}, not of its layer")
+            elif any(True for _ in sub.children()):
+                self._analyse(sub, prefix + node.target)     # a leaf with submodules (ours, torch's): inside it
+
+    def problem(self, layer: nn.Module, bn: nn.Module, paths: dict[int, str]) -> str | None:
+        """Why the model's other uses of ``layer``/``bn`` forbid folding them together, or ``None``."""
+        for m in (layer, bn):
+            if id(m) in self.bad:
+                return self.bad[id(m)]
+        feeds, fed = self.feeds.get(id(layer), set()), self.fed.get(id(bn), set())
+        if feeds - {id(bn)} or fed - {id(layer)}:
+            return (f"{paths.get(id(layer))} or {paths.get(id(bn))} is also called with another partner "
+                    f"(a shared layer or norm)")
+        return None
+
+
 class _Folder:
-    def __init__(self, root: nn.Module, out_ndim: dict[int, int] | None) -> None:
+    def __init__(self, root: nn.Module, out_ndim: dict[int, int] | None, outside: dict[int, str] | None) -> None:
         self.paths = {id(m): name for name, m in root.named_modules()}
         self.norms = [m for m in root.modules() if _is_norm(m)]
         self.out_ndim = out_ndim                       # id(layer) -> ndim of its output on example inputs
         self.folded: dict[int, str] = {}               # id(norm) -> layer path
         self.reasons: dict[int, str] = {}              # id(norm) -> why not (last attempt)
         self.notes: list[str] = []
+        self.uses = _Uses(root, outside)
+        self.notes += self.uses.notes
 
     # ------------------------------------------------------------------ one pair
     def problem(self, layer: nn.Module, bn: nn.Module) -> str | None:
@@ -194,6 +317,9 @@ class _Folder:
             return f"{type(layer).__name__} has its own forward (not a plain Conv/Linear)"
         if bn.training:
             return "it is in training mode (normalizes with batch statistics)"
+        elsewhere = self.uses.problem(layer, bn, self.paths)
+        if elsewhere is not None:
+            return elsewhere
         for m in (layer, bn):
             if m._forward_hooks or m._forward_pre_hooks or getattr(m, "parametrizations", None) is not None:
                 return f"{self.paths.get(id(m), type(m).__name__)} has forward hooks or parametrizations"
@@ -235,7 +361,7 @@ class _Folder:
                 new = self.module(child)
                 if new is not child:
                     m._modules[name] = new
-        if type(m).forward is nn.Sequential.forward:
+        if _runs_as_sequential(m):
             self.sequential(m)
             return m
         if not m._modules or _is_norm(m) or not any(_is_norm(c) and id(c) not in self.folded for c in m.modules()):
@@ -340,7 +466,7 @@ def _edge(seq: nn.Module, name: str, last: bool) -> tuple[nn.Module, nn.Module, 
     """The module applied first (``last=False``) or last in ``seq[name]``, through plain nested Sequentials,
     with its parent and name there."""
     parent, module = seq, seq._modules[name]
-    while type(module).forward is nn.Sequential.forward and len(module) > 0:
+    while _runs_as_sequential(module) and len(module) > 0:
         name = list(module._modules)[-1 if last else 0]
         parent, module = module, module._modules[name]
     return module, parent, name
@@ -354,22 +480,61 @@ def _set(root: nn.Module, target: str, value: nn.Module) -> None:
     setattr(owner, name, value)
 
 
-def _output_ndims(model: nn.Module, example_inputs) -> dict[int, int]:
-    """ndim of each conv/linear layer's output when ``model`` runs on ``example_inputs`` (no_grad)."""
+def _run_uses(model: nn.Module, example_inputs) -> tuple[dict[int, int], dict[int, str]]:
+    """Run ``model`` on ``example_inputs`` (no_grad, every state change rolled back) and return the ndim of each
+    conv/linear layer's output, and for each layer or norm used other than as a member of a Sequential, why: called
+    by a module that is not a Sequential holding it, or its parameters/buffers passed to a function outside its own
+    forward (seen by a ``TorchFunctionMode``)."""
+    from torch.overrides import TorchFunctionMode
+    from torch.utils._pytree import tree_leaves
     from ..memory.checkpoint import ForwardState
-    state = ForwardState(model, [t for t in (example_inputs if isinstance(example_inputs, (tuple, list))
-                                             else (example_inputs,)) if isinstance(t, torch.Tensor)])
-    seen: dict[int, int] = {}
-    hooks = [m.register_forward_hook(lambda mod, i, o: seen.__setitem__(id(mod), o.ndim))
-             for m in model.modules() if isinstance(m, _FOLDABLE)]
+    inputs = example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+    state = ForwardState(model, [t for t in inputs if isinstance(t, torch.Tensor)])
+    paths = {id(m): n for n, m in model.named_modules()}
+    watched = [m for m in model.modules() if isinstance(m, _FOLDABLE) or _is_norm(m)]
+    owner = {id(t): m for m in watched for t in list(m._parameters.values()) + list(m._buffers.values())
+             if t is not None}
+    holders: dict[int, set[int]] = {}
+    for m in model.modules():
+        if _runs_as_sequential(m):
+            for c in m.children():
+                holders.setdefault(id(c), set()).add(id(m))
+    ndims: dict[int, int] = {}
+    outside: dict[int, str] = {}
+    stack: list[nn.Module] = []
+
+    def pre(mod, args):
+        if (isinstance(mod, _FOLDABLE) or _is_norm(mod)) and \
+                (not stack or id(stack[-1]) not in holders.get(id(mod), ())):
+            caller = paths.get(id(stack[-1]), "?") if stack else "the caller"
+            outside.setdefault(id(mod), f"{paths.get(id(mod))} is called by {caller or type(model).__name__}, not "
+                                        f"(only) as a member of a Sequential: folding could change what it sees")
+        stack.append(mod)
+
+    def post(mod, args, out):
+        stack.pop()
+        if isinstance(mod, _FOLDABLE) and isinstance(out, torch.Tensor):
+            ndims[id(mod)] = out.ndim
+
+    class _Reads(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            for t in tree_leaves((args, kwargs)):
+                m = owner.get(id(t)) if isinstance(t, torch.Tensor) else None
+                if m is not None and (not stack or stack[-1] is not m):
+                    outside.setdefault(id(m), f"the parameters or buffers of {paths.get(id(m))} are read outside "
+                                              f"its forward: folding would change what is read")
+            return func(*args, **kwargs)
+
+    hooks = [h for m in model.modules() for h in (m.register_forward_pre_hook(pre), m.register_forward_hook(post))]
     try:
-        with torch.no_grad():
-            model(*example_inputs) if isinstance(example_inputs, (tuple, list)) else model(example_inputs)
+        with torch.no_grad(), _Reads():
+            model(*inputs)
     finally:
         for h in hooks:
             h.remove()
         state.rollback()                                     # the check run changes no state of the copy
-    return seen
+    return ndims, outside
 
 
 def fold_batchnorm(model: nn.Module, *, return_report: bool = False, example_inputs=None):
@@ -401,8 +566,8 @@ def fold_batchnorm(model: nn.Module, *, return_report: bool = False, example_inp
         raise ValueError("fold_batchnorm: the model is in training mode, where batch norm normalizes with batch "
                          "statistics and cannot be folded; call model.eval() first")
     folded_model = copy.deepcopy(model)
-    out_ndim = _output_ndims(folded_model, example_inputs) if example_inputs is not None else None
-    folder = _Folder(folded_model, out_ndim)
+    out_ndim, outside = _run_uses(folded_model, example_inputs) if example_inputs is not None else (None, None)
+    folder = _Folder(folded_model, out_ndim, outside)
     folded_model = folder.module(folded_model)
     report = folder.report()
     if not report.folded:

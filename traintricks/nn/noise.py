@@ -22,6 +22,8 @@ import math
 import torch
 from torch import nn
 
+from .dropout import _traced
+
 
 class GaussianNoise(nn.Module):
     """Add ``N(0, std^2)`` noise in training; identity at inference."""
@@ -33,6 +35,9 @@ class GaussianNoise(nn.Module):
         self.std = float(std)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        node = _traced(self, x)                  # torch.fx: one node, so a traced model follows train()/eval()
+        if node is not None:
+            return node
         if not self.training or self.std == 0.0:
             return x
         return x + torch.randn_like(x) * self.std
@@ -54,6 +59,9 @@ class NoisyHardTanh(nn.Module):
         self.alpha, self.c, self.p = float(alpha), float(c), float(p)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        node = _traced(self, x)
+        if node is not None:
+            return node
         h = x.clamp(-1.0, 1.0)
         delta = h - x
         sigma = self.c * (torch.sigmoid(self.p * delta) - 0.5).square()

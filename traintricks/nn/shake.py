@@ -24,6 +24,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .dropout import _traced
+
 
 def _reset_branches(*branches: nn.Module) -> None:
     for branch in branches:
@@ -76,6 +78,9 @@ class ShakeShake(nn.Module):
         self.branch1, self.branch2 = branches
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        node = _traced(self, x)                  # torch.fx: one node, so a traced model follows train()/eval()
+        if node is not None:
+            return node
         a, b = self.branch1(x), self.branch2(x)
         if not self.training:
             return 0.5 * (a + b)
@@ -100,6 +105,9 @@ class ShakeDrop(nn.Module):
         self.alpha_range, self.beta_range = tuple(alpha_range), tuple(beta_range)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        node = _traced(self, x)
+        if node is not None:
+            return node
         f = self.branch(x)
         if not self.training:
             return f * (self.p + (1 - self.p) * 0.5 * (self.alpha_range[0] + self.alpha_range[1]))

@@ -345,3 +345,36 @@ def test_lab_lists_the_claims_and_runs_them_writing_verdicts_and_plots(tmp_path,
     assert ck[1]["saved_mb"] < ck[0]["saved_mb"]                    # recomputed segments save activations
     assert main(["lab", "bogus"]) == 2
     assert "unknown claim" in capsys.readouterr().err
+
+
+def test_recompute_bn_skips_norms_without_running_statistics_as_update_bn():
+    # InstanceNorm2d (no running statistics by default) and a BN with track_running_stats=False beside a plain BN:
+    # update_bn handles them; recompute_bn must too, and give update_bn's statistics for the plain BN
+    import copy
+    from torch import nn
+    from traintricks.evaluation import ModelEMA
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.InstanceNorm2d(4), nn.BatchNorm2d(4, track_running_stats=False),
+                          nn.BatchNorm2d(4))
+    batches = [torch.randn(8, 3, 6, 6) for _ in range(3)]
+    ema = ModelEMA(model, decay=0.9)
+    assert ema.recompute_bn(batches) == 3
+    ref = copy.deepcopy(model)
+    torch.optim.swa_utils.update_bn(batches, ref)
+    torch.testing.assert_close(ema.module[3].running_mean, ref[3].running_mean)
+    torch.testing.assert_close(ema.module[3].running_var, ref[3].running_var)
+
+
+@pytest.mark.parametrize("monitor, mode", [("val_loss", "min"), ("val_accuracy", "max"), ("val_micro_f1", "max"),
+                                           ("val_r2", "max"), ("val_rmse", "min"), ("val_auc", "max"),
+                                           ("train_loss", "min"), ("val_exact_match", "max")])
+def test_early_stopping_mode_follows_the_metric_name(monitor, mode):
+    from traintricks.evaluation import EarlyStopping
+    assert EarlyStopping(monitor=monitor).mode == mode
+
+
+def test_early_stopping_asks_for_mode_when_the_name_does_not_say():
+    from traintricks.evaluation import EarlyStopping
+    with pytest.raises(ValueError, match="mode="):
+        EarlyStopping(monitor="val_score")
+    assert EarlyStopping(monitor="val_score", mode="max").mode == "max"

@@ -44,6 +44,21 @@ EARLY_STOPPING = Registry("early-stopping criterion", section="evaluation",
                           plural="early-stopping criteria")
 
 
+_HIGHER_IS_BETTER = ("acc", "f1", "r2", "precision", "recall", "auc", "exact_match", "iou", "dice", "map")
+_LOWER_IS_BETTER = ("loss", "error", "rmse", "mae", "mse", "perplexity", "ece")
+
+
+def monitor_mode(monitor: str) -> str:
+    """``"max"`` or ``"min"`` for a metric named ``monitor`` (e.g. ``val_accuracy``, ``val_micro_f1``, ``val_r2``:
+    max; ``val_loss``, ``val_rmse``: min). Raises ``ValueError`` for a name that says neither."""
+    name = monitor.lower()
+    if any(k in name for k in _LOWER_IS_BETTER):
+        return "min"
+    if any(k in name for k in _HIGHER_IS_BETTER):
+        return "max"
+    raise ValueError(f"cannot tell whether {monitor!r} is better higher or lower: pass mode='max' or mode='min'")
+
+
 class EarlyStopping:
     """Patience-based early stopping on a monitored metric.
 
@@ -51,7 +66,9 @@ class EarlyStopping:
         patience: epochs without improvement before stopping (>= 1).
         min_delta: smallest change counted as an improvement (>= 0).
         monitor: metric name from the epoch record, e.g. ``"val_loss"`` or ``"val_accuracy"``.
-        mode: ``"min"`` or ``"max"``; by default ``"max"`` for names containing "acc", else ``"min"``.
+        mode: ``"min"`` or ``"max"``; by default from the metric's name (:func:`monitor_mode`: ``"max"`` for
+            accuracy, F1, R^2, precision, recall, AUC, exact match; ``"min"`` for losses and errors); another
+            name raises ``ValueError`` asking for ``mode``.
         restore_best: put back the best epoch's weights when training ends: the trainer does it, or, in a plain
             loop, ``update(..., model)`` does when it returns True (and :meth:`restore` at any time).
     """
@@ -62,7 +79,7 @@ class EarlyStopping:
             raise ValueError(f"patience must be >= 1, got {patience}")
         if min_delta < 0:
             raise ValueError(f"min_delta must be >= 0, got {min_delta}")
-        mode = mode or ("max" if "acc" in monitor else "min")
+        mode = mode or monitor_mode(monitor)
         if mode not in ("min", "max"):
             raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
         self.patience, self.min_delta, self.monitor, self.mode = patience, min_delta, monitor, mode

@@ -102,7 +102,8 @@ class ModelEMA:
             max_batches: at most this many batches (default ``bn_batches``; ``update_bn`` uses all of them).
 
         Returns the number of batches used (0, and nothing changed, for a model without batch norm)."""
-        bns = [m for m in self.module.modules() if _is_bn(m)]
+        # norms with running statistics (InstanceNorm's default and track_running_stats=False have none)
+        bns = [m for m in self.module.modules() if _is_bn(m) and getattr(m, "running_mean", None) is not None]
         if not bns:
             return 0
         saved = [(m, _rate(m)) for m in bns]

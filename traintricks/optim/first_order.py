@@ -22,8 +22,14 @@ State is per parameter and created lazily the first time a parameter has a gradi
 construction, as torch): step counts, momentum buffers and bias corrections of a parameter do not depend on
 whether other parameters had gradients before. ``maximize`` (ascend), tensor ``lr`` (1-element, read once
 per step) and a ``step`` stored as a number by older ``state_dict``s are handled as torch does.
-``capturable=True`` is accepted; like torch it raises at ``step`` for CPU parameters, and on GPUs it is not
-implemented (see ``docs/compatibility.md``).
+``capturable=True``: like torch it raises at ``step`` for CPU parameters; on accelerators the step counters
+live on the device and the bias corrections are computed there (no host read). ``step`` counters follow
+torch's device rule for the path taken (:meth:`Optimizer._step_home`).
+
+Under ``torch.compile(opt.step)`` the default path is traced as multi-tensor operations with step counts,
+bias corrections and tensor hyper-parameters kept as tensors (no host read, no per-step constant in the
+graph), ``foreach=False`` as per-tensor operations; ``fused=True`` runs eagerly (as torch's fused step).
+The five classes with a torch twin are subclasses of it (``isinstance`` checks hold).
 
 Notation: ``g`` gradient (negated under ``maximize``), ``lr`` learning rate, ``wd`` weight decay, ``t`` the
 parameter's step count from 1.
@@ -362,7 +368,8 @@ class Optimizer(torch.optim.Optimizer):
             raise ValueError("Tensor lr must be 1-element")
         _nonneg("learning rate", lr)
         _nonneg("weight_decay value", defaults.get("weight_decay", 0.0))
-        super().__init__(params, defaults)
+        # torch.optim.Optimizer's, not the torch twin's (a base class of ours, see _TorchTwin)
+        torch.optim.Optimizer.__init__(self, params, defaults)
         if defaults.get("fused"):
             if defaults.get("differentiable"):
                 raise RuntimeError("`fused` does not support `differentiable`")
@@ -370,7 +377,7 @@ class Optimizer(torch.optim.Optimizer):
                 raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
 
     def __setstate__(self, state: dict) -> None:
-        super().__setstate__(state)
+        torch.optim.Optimizer.__setstate__(self, state)        # our defaults below, not the twin's
         for group in self.param_groups:
             for key, value in self.defaults.items():
                 if key != "lr":
@@ -486,7 +493,11 @@ def _pick(xs, idx):
 
 
 class _TorchTwin(Optimizer):
-    """``step`` of the optimizers with a torch twin: each group's parameters with gradients -> ``_update``."""
+    """``step`` of the optimizers with a torch twin: each group's parameters with gradients -> ``_update``.
+
+    Each twin also subclasses its ``torch.optim`` namesake (``isinstance(SGD(...), torch.optim.SGD)``, as
+    users' code and tools check), after this class in the method order: our ``__init__``, ``step``,
+    ``__setstate__`` and ``state_dict`` handling are used; torch's ``__init__`` and ``_init_group`` are not run."""
 
     def step(self, closure=None):
         """One update of every parameter with a gradient; ``closure`` (optional) re-evaluates and returns the loss.
@@ -530,7 +541,7 @@ class _TorchTwin(Optimizer):
         return (ops.neg(grads), True) if group["maximize"] else (grads, False)
 
 
-class SGD(_TorchTwin):
+class SGD(_TorchTwin, torch.optim.SGD):
     """SGD with momentum and Nesterov momentum (see the module docstring); arguments as ``torch.optim.SGD``.
 
     Args: ``lr`` (float or 1-element tensor, >= 0), ``momentum`` (>= 0), ``dampening``, ``weight_decay``
@@ -599,7 +610,7 @@ class SGD(_TorchTwin):
         ops.add_(params, grads, alpha=-lr)
 
 
-class Adagrad(_TorchTwin):
+class Adagrad(_TorchTwin, torch.optim.Adagrad):
     """Adagrad (Duchi et al. 2011); see the module docstring. Arguments as ``torch.optim.Adagrad``; state
     (``step``, ``sum``) is created for every parameter at construction, as torch does."""
 
@@ -654,7 +665,7 @@ class Adagrad(_TorchTwin):
         ops.addcdiv_(params, grads, std, [-_lr_over(lr_t, 1 + (t - 1) * decay) for t in _step_values(steps)])
 
 
-class RMSprop(_TorchTwin):
+class RMSprop(_TorchTwin, torch.optim.RMSprop):
     """RMSprop (Hinton, lecture 6e), optionally centred and with momentum; see the module docstring.
     Arguments as ``torch.optim.RMSprop`` (which has no ``fused``): by default the plain form (no momentum,
     not centred, ``alpha < 1``) of CPU parameters runs as one fused Adam kernel pass, see ``_update``; every
@@ -735,7 +746,7 @@ class RMSprop(_TorchTwin):
             ops.addcdiv_(params, grads, denom, value=-lr)
 
 
-class Adam(_TorchTwin):
+class Adam(_TorchTwin, torch.optim.Adam):
     """Adam (1412.6980) with L2 weight decay; ``decoupled_weight_decay=True`` is AdamW (1711.05101).
     Arguments, checks and state (``step``, ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq``) as ``torch.optim.Adam``;
     ``betas`` may be floats or 1-element tensors (read once per step)."""
@@ -798,7 +809,7 @@ class Adam(_TorchTwin):
         ops.addcdiv_(params, m, denom, [-_lr_over(lr_t, 1 - b1 ** ti) for ti in t])
 
 
-class AdamW(Adam):
+class AdamW(Adam, torch.optim.AdamW):
     """Adam with decoupled weight decay (1711.05101): ``theta <- theta (1 - lr wd)``, then the Adam step.
     Arguments as ``torch.optim.AdamW`` (``weight_decay`` default 1e-2)."""
 

@@ -15,7 +15,8 @@ In both, the ratio is 1 when either norm is 0, and tensors with at most one dime
 normalization scales and shifts) are by default excluded from the adaptation and from weight decay
 (``exclude_1d=True``): the papers adapt per *layer weight*, and decaying BN parameters only fights the
 normalization. All norms of a group come from one ``torch._foreach_norm`` call and the ratios stay tensors
-(no host synchronization); under ``torch.compile`` the step counts and bias corrections stay tensors too. State is per parameter (LAMB's bias corrections use each tensor's own step count);
+(no host synchronization); under ``torch.compile`` the step counts and bias corrections stay tensors too.
+State is per parameter (LAMB's bias corrections use each tensor's own step count);
 ``maximize=True`` (keyword-only) ascends. Compared with ``pytorch_optimizer``'s LARS / Lamb in
 ``tests/compat/test_optimizers.py`` (where their rules differ from the papers: ``docs/compatibility.md``).
 """

@@ -979,3 +979,302 @@ def test_hypergradient_rate_is_not_overwritten_by_a_schedule():
     trainer = build_trainer(load_config(overrides=base + ["schedule.name=constant"]), progress=False)
     trainer.fit()
     assert trainer.optimizer.param_groups[0]["lr"] != 0.2          # learned, and kept
+
+
+# ======================================================================= issue 15 (second round): optimizer faults
+# found by the outside testers: torch.compile of the step, RMSprop's alpha >= 1, step counters' devices,
+# clip_grad_*_'s arguments, isinstance of torch's classes.
+import torch._dynamo  # noqa: E402
+from torch._dynamo.testing import CompileCounterWithBackend  # noqa: E402
+
+COMPILED = {   # name: (ours, torch's twin or None (compared with our own eager step), kwargs, big)
+    "SGD": (SGD, torch.optim.SGD, dict(lr=0.1), False),
+    "SGD-momentum": (SGD, torch.optim.SGD, dict(lr=0.1, momentum=0.9, weight_decay=0.01), True),  # fused by default
+    "SGD-nesterov": (SGD, torch.optim.SGD, dict(lr=0.1, momentum=0.9, nesterov=True), False),
+    "Adagrad": (Adagrad, torch.optim.Adagrad, dict(lr=0.1, lr_decay=0.01), False),
+    "RMSprop": (RMSprop, torch.optim.RMSprop, dict(lr=0.01), False),
+    "RMSprop-centered": (RMSprop, torch.optim.RMSprop, dict(lr=0.01, centered=True), False),
+    "RMSprop-momentum": (RMSprop, torch.optim.RMSprop, dict(lr=0.01, momentum=0.9), False),
+    "Adam": (Adam, torch.optim.Adam, dict(lr=0.01), False),
+    "AdamW": (AdamW, torch.optim.AdamW, dict(lr=0.01), False),
+    "Adam-amsgrad": (Adam, torch.optim.Adam, dict(lr=0.01, amsgrad=True, weight_decay=0.01), False),
+    "LARS": (LARS, None, dict(lr=0.1), False),
+    "LAMB": (LAMB, None, dict(lr=0.01), False),
+}
+COMPILE_PATHS = {"default": {}, "foreach": {"foreach": True}, "per-tensor": {"foreach": False}}
+
+
+def _compiled_cases():
+    for name, (ours, ref, _, _) in COMPILED.items():
+        for path in COMPILE_PATHS:
+            if ref is None and path != "default":
+                continue                                   # LARS / LAMB: one (multi-tensor) path
+            # the repro's optimizers and one per-tensor case through inductor (C++ codegen: seconds each)
+            backend = "inductor" if (name, path) in (("AdamW", "default"), ("Adam", "per-tensor")) else "aot_eager"
+            yield pytest.param(name, path, backend, id=f"{name}-{path}-{backend}")
+
+
+def _compile_run(make, compiled, big, backend="aot_eager", steps=6):
+    """``steps`` steps of ``make(params)`` on a weight and a bias (256 x 256 when ``big``: SGD's default path is
+    then fused), ``torch.compile(opt.step)`` if ``compiled``; returns the parameters, the optimizer and the
+    number of frames compiled after the second step (state exists from then on: nothing may recompile)."""
+    g = torch.Generator().manual_seed(0)
+    n = 256 if big else 8
+    params = [torch.nn.Parameter(torch.randn(n, n, generator=g)), torch.nn.Parameter(torch.randn(n, generator=g))]
+    grads = [[torch.randn(p.shape, generator=g) for p in params] for _ in range(steps)]
+    opt = make(params)
+    counter = CompileCounterWithBackend(backend)
+    step = torch.compile(opt.step, backend=counter) if compiled else opt.step
+    frames_after_2 = None
+    for i, gs in enumerate(grads):
+        for p, gr in zip(params, gs):
+            p.grad = gr.clone()
+        step()
+        if i == 1:
+            frames_after_2 = counter.frame_count
+    return [p.detach() for p in params], opt, (counter.frame_count - frames_after_2 if compiled else 0)
+
+
+@pytest.mark.parametrize("name, path, backend", list(_compiled_cases()))
+def test_issue15_compiled_step_equals_torch_eager(name, path, backend):
+    """Testers' fault 1: ``torch.compile(opt.step)`` raised (fused kernels without fake kernels) or, with
+    foreach=False, gave wrong weights from step 3 on (a host read of the step count broke the graph and the
+    number was baked into the next one). 6 compiled steps equal torch.optim's eager ones (our own eager step
+    for LARS / LAMB) to float32 tolerance (the compiled bias corrections are float32 tensors, as torch's own
+    compiled step), and nothing is recompiled after step 2 (no per-step constant in a graph)."""
+    ours, ref, kw, big = COMPILED[name]
+    extra = COMPILE_PATHS[path]
+    torch._dynamo.reset()
+    try:
+        got, opt, recompiled = _compile_run(lambda p: ours(p, **kw, **extra), True, big, backend)
+        want, ref_opt, _ = _compile_run(lambda p: (ref or ours)(p, **kw, **extra), False, big)
+    finally:
+        torch._dynamo.reset()
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=2e-5, atol=2e-6)
+    assert recompiled == 0
+    for p in got:       # the state continues: step counts are tensors (kept on the CPU, torch's rule here)
+        st = opt.state[p]
+        if "step" in st:
+            assert torch.is_tensor(st["step"]) and st["step"].item() == 6 and st["step"].device.type == "cpu"
+
+
+@pytest.mark.parametrize("make, ref", [
+    (lambda p: Adam(p, lr=torch.tensor(0.01)), lambda p: torch.optim.Adam(p, lr=torch.tensor(0.01))),
+    (lambda p: SGD(p, lr=torch.tensor(0.1), momentum=0.9), lambda p: torch.optim.SGD(p, lr=torch.tensor(0.1), momentum=0.9)),
+    (lambda p: Adam(p, lr=0.01, fused=True), lambda p: torch.optim.Adam(p, lr=0.01)),
+    (lambda p: SGD(p, lr=0.1, momentum=0.9, fused=True), lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9)),
+    (lambda p: SGDHD(p, lr=0.1, hypergrad_lr=0.01), None),
+    (lambda p: AdamHD(p, lr=0.01, hypergrad_lr=1e-4), None),
+], ids=["Adam-tensor-lr", "SGD-tensor-lr", "Adam-fused", "SGD-fused", "SGDHD", "AdamHD"])
+def test_issue15_compiled_step_tensor_lr_fused_and_hypergradient(make, ref):
+    """The rest of the kind: a tensor lr is not read on the host while compiling (torch's recipe for schedules
+    without recompiles); ``fused=True`` and the hypergradient optimizers (whose rate is a Python number learned
+    from a host read each step) run their step eagerly under torch.compile, as torch's fused step does: the
+    same numbers as eager."""
+    torch._dynamo.reset()
+    try:
+        got, _, _ = _compile_run(make, True, False)
+        want, _, _ = _compile_run(ref or make, False, False)
+    finally:
+        torch._dynamo.reset()
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=2e-5, atol=2e-6)
+
+
+@pytest.mark.parametrize("name", ["Adam", "Adagrad", "SGD-momentum", "RMSprop", "LAMB"])
+def test_issue15_compiled_default_step_reads_nothing_on_the_host(name):
+    """The default path under torch._dynamo.explain: one graph, no graph break (no ``float(step)``/``.item()``)."""
+    ours, _, kw, _ = COMPILED[name]
+    params = [torch.nn.Parameter(torch.randn(4, 3)), torch.nn.Parameter(torch.randn(3))]
+    opt = ours(params, **kw)
+    for _ in range(2):                       # the second call sees existing state
+        for p in params:
+            p.grad = torch.randn_like(p)
+        torch._dynamo.reset()
+        ex = torch._dynamo.explain(opt.step)()
+        assert ex.graph_break_count == 0 and ex.graph_count == 1, [str(r.reason)[:200] for r in ex.break_reasons]
+        opt.step()
+    torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("path", ["default", "foreach", "per-tensor"])
+@pytest.mark.parametrize("alpha", [0.0, 0.5, 1.0, 1.2])
+def test_issue15_rmsprop_takes_any_nonnegative_alpha_like_torch(alpha, path):
+    """Testers' fault 2: ``RMSprop([p], alpha=1.0).step()`` raised ZeroDivisionError and alpha=1.2 a TypeError
+    (complex bias correction) on the default path, which ran the fused-Adam form outside its domain
+    (0 <= alpha < 1). Torch accepts any alpha >= 0 (alpha > 1 makes square_avg negative: NaN, as torch)."""
+    g = torch.Generator().manual_seed(0)
+    grads = [torch.randn(3, 4, generator=g, dtype=torch.float64) for _ in range(4)]
+    w0 = torch.randn(3, 4, generator=g, dtype=torch.float64)
+    out = []
+    for cls, extra in ((RMSprop, {"default": {}, "foreach": {"foreach": True}, "per-tensor": {"foreach": False}}[path]),
+                       (torch.optim.RMSprop, {"foreach": False})):
+        w = torch.nn.Parameter(w0.clone())
+        opt = cls([w], lr=0.01, alpha=alpha, **extra)
+        for gr in grads:
+            w.grad = gr.clone()
+            opt.step()
+        out.append((w.detach(), opt.state[w]["square_avg"]))
+    torch.testing.assert_close(out[0][0], out[1][0], rtol=1e-12, atol=1e-14, equal_nan=True)
+    torch.testing.assert_close(out[0][1], out[1][1], rtol=1e-12, atol=1e-14, equal_nan=True)
+    if alpha < 1:
+        assert torch.isfinite(out[0][0]).all()
+
+
+def _pretend_device_has_kernels(monkeypatch, device_type="meta"):
+    """Pretend ATen has fused kernels (and capturable support) for ``device_type``: the step-counter rule can
+    then be checked on the meta device, without an accelerator."""
+    import traintricks.optim.first_order as fo
+    fused, capt = fo._get_fused_kernels_supported_devices, fo._get_capturable_supported_devices
+    monkeypatch.setattr(fo, "_get_fused_kernels_supported_devices", lambda: fused() + [device_type])
+    monkeypatch.setattr(fo, "_get_capturable_supported_devices", lambda *a: capt(*a) + [device_type])
+
+
+@pytest.mark.parametrize("cls, kwargs, home", [
+    (Adam, {}, "param/float32"),                       # our default path: the fused kernel reads it on the device
+    (AdamW, {}, "param/float32"),
+    (Adagrad, {}, "param/float32"),
+    (Adam, {"fused": True}, "param/float32"),          # torch: fused -> the parameter's device, float32
+    (Adam, {"capturable": True}, "param/default"),     # torch: capturable -> the parameter's device
+    (RMSprop, {"capturable": True}, "param/default"),
+    (Adam, {"foreach": True}, "cpu"),                  # torch: otherwise the CPU (read by the host for free)
+    (Adam, {"foreach": False}, "cpu"),
+    (Adam, {"fused": False}, "cpu"),
+    (Adam, {"differentiable": True}, "cpu"),
+    (Adagrad, {"foreach": True}, "cpu"),
+    (RMSprop, {}, "cpu"),                              # its fused-Adam form is used for CPU parameters only
+    (LAMB, {}, "cpu"),
+])
+def test_issue15_step_counters_live_where_the_path_reads_them(monkeypatch, cls, kwargs, home):
+    """Testers' fault 3 (GPU; checked here with the meta device standing for an accelerator): the default path
+    created ``step`` on the CPU and handed it to ATen's fused kernels, which read it on the parameter's device.
+    Torch's rule for the path taken: on the parameter's device (float32 if fused) for fused kernels and
+    capturable, else on the CPU. Created there, and moved there by ``load_state_dict`` (also from a torch
+    state_dict whose counters are CPU tensors or numbers)."""
+    _pretend_device_has_kernels(monkeypatch)
+    p = torch.nn.Parameter(torch.empty(3, 2, device="meta"))
+    opt = cls([p], **kwargs)
+    device, dtype = opt._step_home(opt.param_groups[0], p)
+    want_dev = "cpu" if home == "cpu" else "meta"
+    want_dtype = torch.float32 if home.endswith("float32") else torch.get_default_dtype()
+    assert (device.type, dtype) == (want_dev, want_dtype)
+    opt._steps([p], opt.param_groups[0]) if cls is not Adagrad else None     # lazily created state
+    assert opt.state[p]["step"].device.type == want_dev and opt.state[p]["step"].dtype == want_dtype
+    for saved in (torch.tensor(5.0), 5):            # a torch-written CPU counter, an older traintricks number
+        sd = opt.state_dict()
+        sd["state"] = {0: {**{k: v for k, v in sd["state"][0].items()}, "step": saved}}
+        opt.load_state_dict(sd)
+        st = opt.state[p]["step"]
+        assert st.device.type == want_dev and st.dtype == (want_dtype if want_dev == "meta" else st.dtype)
+        assert want_dev == "meta" or float(st) == 5.0                  # (a meta tensor has no value to read)
+
+
+def test_issue15_step_counters_on_the_cpu_match_torchs_exactly():
+    """On the CPU every path keeps torch's counters: CPU tensors of torch's dtype (fused: float32)."""
+    for cls, tcls in ((Adam, torch.optim.Adam), (Adagrad, torch.optim.Adagrad), (RMSprop, torch.optim.RMSprop)):
+        for kw in ({}, {"foreach": True}, {"foreach": False}) + (({"fused": True},) if cls is not RMSprop else ()):
+            steps = []
+            for c in (cls, tcls):
+                p = torch.nn.Parameter(torch.randn(3))
+                p.grad = torch.randn(3)
+                o = c([p], **kw)
+                o.step()
+                steps.append(o.state[p]["step"])
+            assert (steps[0].device, steps[0].dtype, float(steps[0])) == (steps[1].device, steps[1].dtype, 1.0), (cls, kw)
+
+
+def _grad_pairs(norm_type_seed=0, scale=3.0):
+    g = torch.Generator().manual_seed(norm_type_seed)
+    ours = [torch.nn.Parameter(torch.randn(5, 3, generator=g, dtype=torch.float64)),
+            torch.nn.Parameter(torch.randn(4, generator=g, dtype=torch.float64)),
+            torch.nn.Parameter(torch.randn(2, generator=g))]                     # a float32 one: its own group
+    for p in ours:
+        p.grad = torch.randn(p.shape, generator=g, dtype=p.dtype) * scale
+    theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    for p, q in zip(ours, theirs):
+        q.grad = p.grad.clone()
+    return ours, theirs
+
+
+@pytest.mark.parametrize("foreach", [None, True, False])
+@pytest.mark.parametrize("norm_type", [1.0, 2.0, float("inf"), "inf", 0.5])
+@pytest.mark.parametrize("max_norm", [0.0, 1.0, 1e6])
+def test_issue15_clip_by_global_norm_takes_clip_grad_norms_arguments(max_norm, norm_type, foreach):
+    """Testers' fault 4: ``ClipByGlobalNorm(max_norm, norm_type, error_if_nonfinite, foreach)`` as
+    ``clip_grad_norm_``: p-norms and inf, max_norm = 0 zeroes the gradients, the same returned total norm."""
+    ours, theirs = _grad_pairs()
+    total = ClipByGlobalNorm(max_norm, norm_type, False, foreach)(ours)
+    ref = torch.nn.utils.clip_grad_norm_(theirs, max_norm, norm_type, False, foreach)
+    torch.testing.assert_close(total, ref, rtol=0, atol=0)
+    for p, q in zip(ours, theirs):
+        torch.testing.assert_close(p.grad, q.grad, rtol=0, atol=0)
+    if max_norm == 0:
+        assert all(torch.count_nonzero(p.grad) == 0 for p in ours)
+
+
+def test_issue15_clip_by_global_norm_nonfinite_error_is_torchs():
+    ours, theirs = _grad_pairs()
+    ours[0].grad[0, 0] = theirs[0].grad[0, 0] = float("inf")
+    with pytest.raises(RuntimeError) as want:
+        torch.nn.utils.clip_grad_norm_(theirs, 1.0, error_if_nonfinite=True)
+    with pytest.raises(RuntimeError) as got:
+        ClipByGlobalNorm(1.0, error_if_nonfinite=True)(ours)
+    assert str(got.value) == str(want.value)
+    # without the check: scaled by the non-finite coefficient, as torch
+    ours, theirs = _grad_pairs()
+    ours[1].grad[0] = theirs[1].grad[0] = float("nan")
+    torch.testing.assert_close(ClipByGlobalNorm(1.0)(ours), torch.nn.utils.clip_grad_norm_(theirs, 1.0), equal_nan=True)
+    for p, q in zip(ours, theirs):
+        torch.testing.assert_close(p.grad, q.grad, equal_nan=True)
+    for bad in (dict(max_norm=-1.0), dict(max_norm=1.0, norm_type=0.0)):
+        with pytest.raises(ValueError, match="max_norm|norm_type"):
+            ClipByGlobalNorm(**bad)
+    assert list(inspect.signature(ClipByGlobalNorm).parameters)[:4] == \
+        list(inspect.signature(torch.nn.utils.clip_grad_norm_).parameters)[1:]
+
+
+@pytest.mark.parametrize("foreach", [None, True, False])
+@pytest.mark.parametrize("clip", [0.0, 0.5, 2.0])
+def test_issue15_clip_by_value_takes_clip_grad_values_arguments(clip, foreach):
+    ours, theirs = _grad_pairs()
+    assert ClipByValue(clip, foreach)(ours) is None
+    torch.nn.utils.clip_grad_value_(theirs, clip, foreach)
+    for p, q in zip(ours, theirs):
+        torch.testing.assert_close(p.grad, q.grad, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="clip_value"):
+        ClipByValue(-1.0)
+    assert list(inspect.signature(ClipByValue).parameters) == \
+        list(inspect.signature(torch.nn.utils.clip_grad_value_).parameters)[1:]
+
+
+def test_issue15_clip_norm_config_factory_takes_norm_type():
+    t = TRANSFORMS.get("clip_norm")(max_norm=0.5, norm_type="inf")
+    assert isinstance(t, ClipByGlobalNorm) and t.max_norm == 0.5 and t.norm_type == float("inf")
+    assert TRANSFORMS.get("clip_norm")().norm_type == 2.0 and TRANSFORMS.get("clip_value")(0.3).clip_value == 0.3
+
+
+@pytest.mark.parametrize("name", ["SGD", "Adagrad", "RMSprop", "Adam", "AdamW"])
+def test_issue15_twins_are_instances_of_torchs_classes_and_still_work_with_its_tools(name):
+    """Optional item 5: ``isinstance(traintricks.optim.Adam(...), torch.optim.Adam)`` (users' code checks it).
+    With the subclassing, torch's LR schedulers and GradScaler drive ours as torch's: the same trajectory."""
+    ours_cls, ref_cls = getattr(__import__("traintricks.optim", fromlist=[name]), name), getattr(torch.optim, name)
+    runs = []
+    for cls in (ours_cls, ref_cls):
+        torch.manual_seed(0)
+        m = torch.nn.Linear(4, 3)
+        opt = cls(m.parameters(), lr=0.05)
+        assert isinstance(opt, ref_cls) and isinstance(opt, torch.optim.Optimizer)
+        sched = torch.optim.lr_scheduler.StepLR(opt, 2, 0.5)
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 4)
+        x = torch.randn(8, 4, generator=torch.Generator().manual_seed(1))
+        for _ in range(5):
+            opt.zero_grad()
+            scaler.scale(m(x).pow(2).mean()).backward()
+            scaler.step(opt)
+            scaler.update()
+            sched.step()
+        runs.append([p.detach().clone() for p in m.parameters()] + [torch.tensor(opt.param_groups[0]["lr"])])
+    for a, b in zip(*runs):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    assert ours_cls.__init__ is not ref_cls.__init__ and "_update" in dir(ours_cls)

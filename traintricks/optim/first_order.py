@@ -22,8 +22,14 @@ State is per parameter and created lazily the first time a parameter has a gradi
 construction, as torch): step counts, momentum buffers and bias corrections of a parameter do not depend on
 whether other parameters had gradients before. ``maximize`` (ascend), tensor ``lr`` (1-element, read once
 per step) and a ``step`` stored as a number by older ``state_dict``s are handled as torch does.
-``capturable=True`` is accepted; like torch it raises at ``step`` for CPU parameters, and on GPUs it is not
-implemented (see ``docs/compatibility.md``).
+``capturable=True``: like torch it raises at ``step`` for CPU parameters; on accelerators the step counters
+live on the device and the bias corrections are computed there (no host read). ``step`` counters follow
+torch's device rule for the path taken (:meth:`Optimizer._step_home`).
+
+Under ``torch.compile(opt.step)`` the default path is traced as multi-tensor operations with step counts,
+bias corrections and tensor hyper-parameters kept as tensors (no host read, no per-step constant in the
+graph), ``foreach=False`` as per-tensor operations; ``fused=True`` runs eagerly (as torch's fused step).
+The five classes with a torch twin are subclasses of it (``isinstance`` checks hold).
 
 Notation: ``g`` gradient (negated under ``maximize``), ``lr`` learning rate, ``wd`` weight decay, ``t`` the
 parameter's step count from 1.
@@ -103,14 +109,52 @@ def _check_torch_betas(betas, foreach, capturable) -> tuple:
     return tuple(b.squeeze() if isinstance(b, Tensor) and b.dim() else b for b in betas)
 
 
-def _num(x) -> float:
-    """A hyper-parameter as a Python number (a 1-element tensor ``lr`` or beta is read once per step)."""
-    return float(x) if isinstance(x, Tensor) else x
+def _compiling() -> bool:
+    """True while ``torch.compile`` (dynamo) traces the step: no host reads of tensors then (a ``float(t)``
+    breaks the graph and the number it yields is baked into the next one)."""
+    return torch.compiler.is_compiling()
 
 
-def _lr_over(lr, d: float) -> float:
-    """``lr / d`` as torch computes it: in the tensor's dtype when ``lr`` is a tensor (float32 rounding)."""
-    return float(lr / d) if isinstance(lr, Tensor) else lr / d
+def _num(x):
+    """A hyper-parameter as a Python number (a 1-element CPU tensor ``lr`` or beta is read once per step); while
+    compiling, and for a tensor on an accelerator (a read would synchronize), a tensor stays a 0-d tensor
+    (the ops below and ATen's fused kernels take tensor scalars)."""
+    if isinstance(x, Tensor):
+        return x.reshape(()) if _compiling() or not x.is_cpu else float(x)
+    return x
+
+
+def _lr_over(lr, d):
+    """``lr / d`` as torch computes it: in the tensor's dtype when ``lr`` is a tensor (float32 rounding); a
+    0-d tensor when ``d`` is one (a step count kept on the device or traced) or while compiling."""
+    if isinstance(lr, Tensor):
+        lr = lr.reshape(())
+        if lr.is_cpu and not isinstance(d, Tensor) and not _compiling():
+            return float(lr / d)
+    return lr / d
+
+
+def _step_values(steps: list[Tensor]) -> list:
+    """Each parameter's step count ``t`` for bias corrections and decays: Python numbers when the counters are
+    host (CPU) tensors and no graph is being traced (reading a CPU scalar costs nothing and keeps the
+    coefficients in double precision, as torch's eager paths); otherwise the 0-d tensors themselves, so that
+    nothing is read on the host: under ``torch.compile`` (as torch's ``_get_value``) and for counters on an
+    accelerator (fused / capturable). ``1 - b ** t`` etc. then are tensors, and the ops take them."""
+    if _compiling() or any(not s.is_cpu for s in steps):
+        return list(steps)
+    return [float(s) for s in steps]
+
+
+def _is_t(x) -> bool:
+    return isinstance(x, Tensor) or (isinstance(x, (list, tuple)) and any(isinstance(v, Tensor) for v in x))
+
+
+@torch.compiler.disable
+def _eagerly(fn, *args):
+    """Run ``fn(*args)`` outside a ``torch.compile`` graph (a graph break). ATen's fused optimizer kernels have
+    no fake (meta) implementation, so dynamo cannot trace them; torch.optim's ``fused=True`` step falls back
+    to eager under ``torch.compile`` the same way."""
+    return fn(*args)
 
 
 def adam_moments_(m: list[Tensor], v: list[Tensor], grads: list[Tensor], b1: float, b2: float, ops=None) -> None:
@@ -147,17 +191,24 @@ def _at(v, i):
 
 class _ForeachOps:
     """The multi-tensor path: one ``torch._foreach_*`` call per operation. ``tmp_*`` ops act on temporaries
-    (in place here; out of place on the per-tensor path, where autograd may need their inputs)."""
+    (in place here; out of place on the per-tensor path, where autograd may need their inputs). Scalars
+    (``alpha``, ``value``, ``s``) may be 0-d tensors, or lists of them (step-dependent coefficients without a
+    host read): those are applied by a multiplication, as torch's capturable / compiled paths do."""
 
     neg, sqrt, clone = torch._foreach_neg, torch._foreach_sqrt, lambda xs: [x.clone() for x in xs]
 
     @staticmethod
     def add(xs, ys, alpha=1.0):
+        if _is_t(alpha):
+            return torch._foreach_add(xs, torch._foreach_mul(ys, alpha))
         return torch._foreach_add(xs, ys, alpha=alpha)
 
     @staticmethod
     def add_(xs, ys, alpha=1.0):
-        torch._foreach_add_(xs, ys, alpha=alpha)
+        if _is_t(alpha):
+            torch._foreach_add_(xs, torch._foreach_mul(ys, alpha))
+        else:
+            torch._foreach_add_(xs, ys, alpha=alpha)
         return xs
 
     @staticmethod
@@ -166,19 +217,29 @@ class _ForeachOps:
 
     @staticmethod
     def lerp_(xs, ys, w):
-        torch._foreach_lerp_(xs, ys, w)
+        if _is_t(w):                                   # x + w (y - x)
+            torch._foreach_add_(xs, torch._foreach_mul(torch._foreach_sub(ys, xs), w))
+        else:
+            torch._foreach_lerp_(xs, ys, w)
 
     @staticmethod
     def addcmul_(xs, a, b, value=1.0):
-        torch._foreach_addcmul_(xs, a, b, value=value)
+        if _is_t(value):
+            torch._foreach_addcmul_(xs, torch._foreach_mul(a, value), b)
+        else:
+            torch._foreach_addcmul_(xs, a, b, value=value)
 
     @staticmethod
     def addcmul(xs, a, b, value=1.0):
+        if _is_t(value):
+            return torch._foreach_addcmul(xs, torch._foreach_mul(a, value), b)
         return torch._foreach_addcmul(xs, a, b, value=value)
 
     @staticmethod
     def addcdiv_(xs, a, b, value=1.0):
-        if isinstance(value, list):
+        if _is_t(value):
+            torch._foreach_addcdiv_(xs, torch._foreach_mul(a, value), b)
+        elif isinstance(value, list):
             torch._foreach_addcdiv_(xs, a, b, value)
         else:
             torch._foreach_addcdiv_(xs, a, b, value=value)
@@ -204,7 +265,8 @@ class _ForeachOps:
 
 
 class _PerTensorOps:
-    """The per-tensor path (``foreach=False``; ``differentiable=True`` runs it under autograd)."""
+    """The per-tensor path (``foreach=False``; ``differentiable=True`` runs it under autograd). Tensor scalars
+    as in :class:`_ForeachOps`."""
 
     @staticmethod
     def neg(xs):
@@ -220,12 +282,17 @@ class _PerTensorOps:
 
     @staticmethod
     def add(xs, ys, alpha=1.0):
+        if isinstance(alpha, Tensor):
+            return [x + y * alpha for x, y in zip(xs, ys)]
         return [x.add(y, alpha=alpha) for x, y in zip(xs, ys)]
 
     @staticmethod
     def add_(xs, ys, alpha=1.0):
         for x, y in zip(xs, ys):
-            x.add_(y, alpha=alpha)
+            if isinstance(alpha, Tensor):
+                x.add_(y * alpha)
+            else:
+                x.add_(y, alpha=alpha)
         return xs
 
     @staticmethod
@@ -241,18 +308,27 @@ class _PerTensorOps:
     @staticmethod
     def addcmul_(xs, a, b, value=1.0):
         for x, u, v in zip(xs, a, b):
-            x.addcmul_(u, v, value=value)
+            if isinstance(value, Tensor):
+                x.addcmul_(u * value, v)
+            else:
+                x.addcmul_(u, v, value=value)
 
     @staticmethod
     def addcmul(xs, a, b, value=1.0):
+        if isinstance(value, Tensor):
+            return [x.addcmul(u * value, v) for x, u, v in zip(xs, a, b)]
         return [x.addcmul(u, v, value=value) for x, u, v in zip(xs, a, b)]
 
     @staticmethod
     def addcdiv_(xs, a, b, value=1.0):
         for i, (x, u, v) in enumerate(zip(xs, a, b)):
+            s = _at(value, i)
+            if isinstance(s, Tensor):
+                x.addcdiv_(u * s, v)
+                continue
             # under autograd the numerator (state, e.g. Adam's m) is saved for backward: a copy, as torch
             # does, so the next step's in-place update of the state does not invalidate it
-            x.addcdiv_(u.clone() if u.requires_grad else u, v, value=_at(value, i))
+            x.addcdiv_(u.clone() if u.requires_grad else u, v, value=s)
 
     @staticmethod
     def maximum_(xs, ys):
@@ -283,6 +359,8 @@ class Optimizer(torch.optim.Optimizer):
 
     #: ATen's fused kernel for this update, if any (``fused=None`` uses it by default)
     has_fused = False
+    #: device types on which the default path uses it (None: every device ATen has the kernel for)
+    fused_devices: tuple[str, ...] | None = None
 
     def __init__(self, params: Iterable, defaults: dict[str, Any]) -> None:
         lr = defaults.get("lr", 0.0)
@@ -290,7 +368,8 @@ class Optimizer(torch.optim.Optimizer):
             raise ValueError("Tensor lr must be 1-element")
         _nonneg("learning rate", lr)
         _nonneg("weight_decay value", defaults.get("weight_decay", 0.0))
-        super().__init__(params, defaults)
+        # torch.optim.Optimizer's, not the torch twin's (a base class of ours, see _TorchTwin)
+        torch.optim.Optimizer.__init__(self, params, defaults)
         if defaults.get("fused"):
             if defaults.get("differentiable"):
                 raise RuntimeError("`fused` does not support `differentiable`")
@@ -298,7 +377,7 @@ class Optimizer(torch.optim.Optimizer):
                 raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
 
     def __setstate__(self, state: dict) -> None:
-        super().__setstate__(state)
+        torch.optim.Optimizer.__setstate__(self, state)        # our defaults below, not the twin's
         for group in self.param_groups:
             for key, value in self.defaults.items():
                 if key != "lr":
@@ -306,8 +385,35 @@ class Optimizer(torch.optim.Optimizer):
             self._fix_group(group)
             for p in group["params"]:
                 st = self.state.get(p)
-                if st and "step" in st and not torch.is_tensor(st["step"]):
-                    st["step"] = torch.tensor(float(st["step"]), dtype=_get_scalar_dtype(group.get("fused")))
+                if not st or "step" not in st:
+                    continue
+                device, dtype = self._step_home(group, p)
+                if not torch.is_tensor(st["step"]):            # older state_dicts: a number
+                    st["step"] = torch.tensor(float(st["step"]), dtype=dtype, device=device)
+                elif device.type != "cpu" and (st["step"].device != device or st["step"].dtype != dtype):
+                    # torch moves it for fused / capturable groups (float32 on the parameter's device); ours
+                    # also for the default path's kernels on an accelerator (they read it there)
+                    st["step"] = st["step"].to(device=device, dtype=dtype)
+
+    def _step_home(self, group: dict, p: Tensor) -> tuple[torch.device, torch.dtype]:
+        """Device and dtype of parameter ``p``'s ``step`` counter: torch's rule (note "special device hosting
+        for step" in ``torch/optim/adam.py``) for the path the update takes. With ``fused=True`` or
+        ``capturable=True`` on the parameter's device (float32 when fused): the kernels and CUDA graphs read
+        it there. On our default path (``fused=None``) the same when ATen's fused kernel takes the parameter
+        on an accelerator (torch's default there is the multi-tensor path, with the counter on the CPU; our
+        kernels need it on the device). Otherwise on the CPU in the default scalar dtype, where the host reads
+        it for free. On the CPU the kernels take a CPU counter: nothing moves."""
+        fused = bool(group.get("fused"))
+        if group.get("capturable") or fused:
+            return p.device, _get_scalar_dtype(fused)
+        if p.device.type != "cpu" and self._kernel_takes(group, p):
+            return p.device, torch.float32
+        return torch.device("cpu"), _get_scalar_dtype()
+
+    def _kernel_takes(self, group: dict, p: Tensor) -> bool:
+        """Whether the default path may give ``p`` to ATen's fused kernel (its layout is checked per step)."""
+        return (self.has_fused and self._path(group) == "auto" and torch.is_floating_point(p)
+                and p.device.type in (self.fused_devices or _get_fused_kernels_supported_devices()))
 
     def _fix_group(self, group: dict) -> None:
         """Group keys an optimizer pins after loading (AdamW: ``decoupled_weight_decay``)."""
@@ -323,12 +429,10 @@ class Optimizer(torch.optim.Optimizer):
                 raise RuntimeError(f"{type(self).__name__} does not support complex parameters")
             params.append(p)
             grads.append(p.grad)
-        if group.get("capturable") and params:
+        if group.get("capturable") and params and not _compiling():    # compiling: the compiler checks (as torch)
             ok = _get_capturable_supported_devices()
             if any(p.device.type not in ok for p in params):
                 raise AssertionError(f"If capturable=True, params and state_steps must be on supported devices: {ok}.")
-            raise NotImplementedError(f"{type(self).__name__}(capturable=True) is not implemented in traintricks; "
-                                      f"use torch.optim.{type(self).__name__} for CUDA graph capture")
         return params, grads
 
     def _state_list(self, params: list[Tensor], key: str, init=None) -> list[Tensor]:
@@ -340,10 +444,13 @@ class Optimizer(torch.optim.Optimizer):
             out.append(st[key])
         return out
 
-    def _steps(self, params: list[Tensor], fused: bool = False) -> list[Tensor]:
-        """Per-parameter step counters (0-d float tensors, as torch.optim keeps them), incremented."""
-        dtype = _get_scalar_dtype(fused)
-        steps = self._state_list(params, "step", lambda p: torch.zeros((), dtype=dtype))
+    def _steps(self, params: list[Tensor], group: dict) -> list[Tensor]:
+        """Per-parameter step counters (0-d float tensors where :meth:`_step_home` puts them, as torch.optim
+        keeps them), incremented."""
+        def new(p):
+            device, dtype = self._step_home(group, p)
+            return torch.zeros((), dtype=dtype, device=device)
+        steps = self._state_list(params, "step", new)
         torch._foreach_add_(steps, 1.0)
         return steps
 
@@ -359,12 +466,13 @@ class Optimizer(torch.optim.Optimizer):
         # the kernels would compute it in double
         return "foreach" if isinstance(group.get("lr"), Tensor) else "auto"
 
-    @staticmethod
-    def _fused_split(params: list[Tensor], per_param: list[list[Tensor]], forced: bool):
+    def _fused_split(self, params: list[Tensor], per_param: list[list[Tensor]], forced: bool):
         """Indices of the parameters the fused kernel may take, bucketed by (device, dtype), and the rest.
         ``per_param[i]``: every tensor the kernel would touch for parameter ``i``. ``forced`` (``fused=True``)
         raises torch's error for non-floating or unsupported-device parameters."""
         devices = _get_fused_kernels_supported_devices()
+        if not forced and self.fused_devices is not None:
+            devices = [d for d in devices if d in self.fused_devices]
         buckets: dict[tuple, list[int]] = {}
         rest = []
         for i, p in enumerate(params):
@@ -385,24 +493,41 @@ def _pick(xs, idx):
 
 
 class _TorchTwin(Optimizer):
-    """``step`` of the optimizers with a torch twin: each group's parameters with gradients -> ``_update``."""
+    """``step`` of the optimizers with a torch twin: each group's parameters with gradients -> ``_update``.
+
+    Each twin also subclasses its ``torch.optim`` namesake (``isinstance(SGD(...), torch.optim.SGD)``, as
+    users' code and tools check), after this class in the method order: our ``__init__``, ``step``,
+    ``__setstate__`` and ``state_dict`` handling are used; torch's ``__init__`` and ``_init_group`` are not run."""
 
     def step(self, closure=None):
-        """One update of every parameter with a gradient; ``closure`` (optional) re-evaluates and returns the loss."""
+        """One update of every parameter with a gradient; ``closure`` (optional) re-evaluates and returns the loss.
+
+        Under ``torch.compile`` the default path is traced as multi-tensor operations (no fused kernel, no host
+        read: step counts and bias corrections stay tensors), ``foreach=False`` as per-tensor operations; a
+        ``fused=True`` group runs eagerly (a graph break), as torch.optim's fused step does."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if _compiling() and any(g.get("fused") for g in self.param_groups):
+            _eagerly(self._update_groups)
+        else:
+            self._update_groups()
+        return loss
+
+    def _update_groups(self) -> None:
         with torch.set_grad_enabled(bool(self.defaults.get("differentiable", False))):
             for group in self.param_groups:
                 params, grads = self._group_tensors(group)
                 if params:
                     self._update(group, params, grads)
-        return loss
 
     def _ops_and_rest(self, group, params, grads, per_param, run_fused):
-        """Run ``run_fused(indices)`` on each fused bucket; return the ops and the tensors left for them."""
+        """Run ``run_fused(indices)`` on each fused bucket; return the ops and the tensors left for them.
+        While compiling the default path is the multi-tensor one (the kernels cannot be traced)."""
         path = self._path(group)
+        if path == "auto" and _compiling():
+            path = "foreach"
         if path in ("fused", "auto"):
             buckets, rest = self._fused_split(params, per_param, path == "fused")
             for idx in buckets:
@@ -416,7 +541,7 @@ class _TorchTwin(Optimizer):
         return (ops.neg(grads), True) if group["maximize"] else (grads, False)
 
 
-class SGD(_TorchTwin):
+class SGD(_TorchTwin, torch.optim.SGD):
     """SGD with momentum and Nesterov momentum (see the module docstring); arguments as ``torch.optim.SGD``.
 
     Args: ``lr`` (float or 1-element tensor, >= 0), ``momentum`` (>= 0), ``dampening``, ``weight_decay``
@@ -458,7 +583,7 @@ class SGD(_TorchTwin):
                     for i in sub:
                         bufs[i] = self.state[params[i]]["momentum_buffer"] = torch.empty_like(grads[i])
                 torch._fused_sgd_(_pick(params, sub), _pick(grads, sub), _pick(bufs, sub) if mu else [],
-                                  weight_decay=wd, momentum=mu, lr=lr, dampening=damp, nesterov=group["nesterov"],
+                                  weight_decay=float(wd), momentum=mu, lr=lr, dampening=damp, nesterov=group["nesterov"],
                                   maximize=group["maximize"], is_first_step=first)
 
         per_param = [[p, g] + ([b] if b is not None else []) for p, g, b in zip(params, grads, bufs)]
@@ -485,7 +610,7 @@ class SGD(_TorchTwin):
         ops.add_(params, grads, alpha=-lr)
 
 
-class Adagrad(_TorchTwin):
+class Adagrad(_TorchTwin, torch.optim.Adagrad):
     """Adagrad (Duchi et al. 2011); see the module docstring. Arguments as ``torch.optim.Adagrad``; state
     (``step``, ``sum``) is created for every parameter at construction, as torch does."""
 
@@ -511,8 +636,8 @@ class Adagrad(_TorchTwin):
         for p in params:
             st = self.state[p]
             if "step" not in st:
-                st["step"] = torch.zeros((), dtype=_get_scalar_dtype(group["fused"]),
-                                         device=p.device if group["fused"] else None)
+                device, dtype = self._step_home(group, p)
+                st["step"] = torch.zeros((), dtype=dtype, device=device)
             if "sum" not in st:
                 st["sum"] = torch.full_like(p, group["initial_accumulator_value"], memory_format=torch.preserve_format)
 
@@ -537,15 +662,17 @@ class Adagrad(_TorchTwin):
             grads = ops.add_(grads, params, alpha=wd) if own else ops.add(grads, params, alpha=wd)
         ops.addcmul_(sums, grads, grads, value=1.0)
         std = ops.tmp_add(ops.sqrt(sums), eps)
-        ops.addcdiv_(params, grads, std, [-_lr_over(lr_t, 1 + (float(s) - 1) * decay) for s in steps])
+        ops.addcdiv_(params, grads, std, [-_lr_over(lr_t, 1 + (t - 1) * decay) for t in _step_values(steps)])
 
 
-class RMSprop(_TorchTwin):
+class RMSprop(_TorchTwin, torch.optim.RMSprop):
     """RMSprop (Hinton, lecture 6e), optionally centred and with momentum; see the module docstring.
     Arguments as ``torch.optim.RMSprop`` (which has no ``fused``): by default the plain form (no momentum,
-    not centred) runs as one fused Adam kernel pass, see ``_update``."""
+    not centred, ``alpha < 1``) of CPU parameters runs as one fused Adam kernel pass, see ``_update``; every
+    other case on the multi-tensor path (any ``alpha >= 0``, as torch)."""
 
     has_fused = True
+    fused_devices = ("cpu",)        # the Adam-kernel trick reads step counts on the host: CPU counters only
 
     def __init__(self, params: Iterable, lr: float | Tensor = 1e-2, alpha: float = 0.99, eps: float = 1e-8,
                  weight_decay: float = 0, momentum: float = 0, centered: bool = False, capturable: bool = False,
@@ -563,15 +690,17 @@ class RMSprop(_TorchTwin):
 
     def _path(self, group: dict) -> str:
         path = super()._path(group)
-        return "foreach" if path == "auto" and (group["momentum"] or group["centered"]) else path
+        # the fused-Adam form needs 0 <= alpha < 1 (its bias correction 1 - alpha^t is then in (0, 1])
+        plain = not (group["momentum"] or group["centered"]) and group["alpha"] < 1
+        return "foreach" if path == "auto" and not plain else path
 
     def _update(self, group, params, grads) -> None:
-        steps = self._steps(params)
+        steps = self._steps(params, group)
         a, eps, lr, wd, mu = group["alpha"], group["eps"], _num(group["lr"]), group["weight_decay"], group["momentum"]
         sq = self._state_list(params, "square_avg")
-        scratch = self.__dict__.setdefault("_scratch", {})
 
         def fused(idx):
+            scratch = self.__dict__.setdefault("_scratch", {})
             # Plain RMSprop is Adam with beta1 = 0 and beta2 = alpha once Adam's bias correction is undone:
             # sqrt(v / c) + eps = (sqrt(v) + eps sqrt(c)) / sqrt(c), c = 1 - alpha^t, so Adam with lr / sqrt(c)
             # and eps / sqrt(c) takes exactly the step lr g / (sqrt(v) + eps): one fused pass instead of five.
@@ -617,7 +746,7 @@ class RMSprop(_TorchTwin):
             ops.addcdiv_(params, grads, denom, value=-lr)
 
 
-class Adam(_TorchTwin):
+class Adam(_TorchTwin, torch.optim.Adam):
     """Adam (1412.6980) with L2 weight decay; ``decoupled_weight_decay=True`` is AdamW (1711.05101).
     Arguments, checks and state (``step``, ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq``) as ``torch.optim.Adam``;
     ``betas`` may be floats or 1-element tensors (read once per step)."""
@@ -651,7 +780,7 @@ class Adam(_TorchTwin):
         lr = _num(lr_t)
         m, v = self._state_list(params, "exp_avg"), self._state_list(params, "exp_avg_sq")
         vmax = self._state_list(params, "max_exp_avg_sq") if ams else []
-        steps = self._steps(params, fused=bool(group["fused"]))
+        steps = self._steps(params, group)
         decoupled = group["decoupled_weight_decay"]
 
         def fused(idx):
@@ -668,19 +797,19 @@ class Adam(_TorchTwin):
         vmax = _pick(vmax, rest) if ams else []
         grads, own = self._signed(ops, grads, group)
         if wd and decoupled:
-            ops.mul_(params, float(1 - lr_t * wd))          # in lr's dtype when it is a tensor, as torch
+            ops.mul_(params, _num(1 - lr_t * wd))           # in lr's dtype when it is a tensor, as torch
         elif wd:
             grads = ops.add_(grads, params, alpha=wd) if own else ops.add(grads, params, alpha=wd)
         adam_moments_(m, v, grads, b1, b2, ops)
         if ams:
             ops.maximum_(vmax, v)
-        t = [float(s) for s in steps]
+        t = _step_values(steps)                             # numbers, or tensors (compiling, device counters)
         denom = ops.tmp_div(ops.sqrt(vmax if ams else v), [(1 - b2 ** ti) ** 0.5 for ti in t])
         denom = ops.tmp_add(denom, eps)
         ops.addcdiv_(params, m, denom, [-_lr_over(lr_t, 1 - b1 ** ti) for ti in t])
 
 
-class AdamW(Adam):
+class AdamW(Adam, torch.optim.AdamW):
     """Adam with decoupled weight decay (1711.05101): ``theta <- theta (1 - lr wd)``, then the Adam step.
     Arguments as ``torch.optim.AdamW`` (``weight_decay`` default 1e-2)."""
 

@@ -21,10 +21,20 @@ from typing import Iterable
 
 import torch
 
-from .first_order import Optimizer, _check_range, _num, adam_moments_, check_betas
+from .first_order import Optimizer, _check_range, _compiling, _eagerly, _num, adam_moments_, check_betas
 
 
 class _HD(Optimizer):
+    def step(self, closure=None):
+        """One step (see the module docstring); ``closure`` (optional) re-evaluates and returns the loss.
+
+        Under ``torch.compile`` the step runs eagerly (a graph break): the shared rate is a Python number
+        updated from a host read of ``g . u`` each step; traced, it would be a constant that changes every
+        step (a recompilation per step)."""
+        if _compiling():
+            return _eagerly(self._step, closure)
+        return self._step(closure)
+
     def _all(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         params, grads = [], []
         for group in self.param_groups:
@@ -66,7 +76,7 @@ class SGDHD(_HD):
         super().__init__(params, dict(lr=lr, hypergrad_lr=hypergrad_lr, weight_decay=weight_decay, maximize=maximize))
 
     @torch.no_grad()
-    def step(self, closure=None):
+    def _step(self, closure=None):
         loss = torch.enable_grad()(closure)() if closure is not None else None
         params, grads = self._all()
         if not params:
@@ -92,7 +102,7 @@ class AdamHD(_HD):
                                       weight_decay=weight_decay, maximize=maximize))
 
     @torch.no_grad()
-    def step(self, closure=None):
+    def _step(self, closure=None):
         loss = torch.enable_grad()(closure)() if closure is not None else None
         params, grads = self._all()
         if not params:
@@ -102,7 +112,7 @@ class AdamHD(_HD):
             grads = torch._foreach_add(grads, params, alpha=wd)
         lr = self._hyper_step(params, grads, "prev_dir")
         m, v = self._state_list(params, "exp_avg"), self._state_list(params, "exp_avg_sq")
-        t = [float(s) for s in self._steps(params)]          # each parameter's own step count
+        t = [float(s) for s in self._steps(params, self.param_groups[0])]    # each parameter's own step count
         adam_moments_(m, v, grads, b1, b2)
         denom = torch._foreach_sqrt(v)
         torch._foreach_div_(denom, [(1 - b2 ** ti) ** 0.5 for ti in t])

@@ -15,7 +15,8 @@ In both, the ratio is 1 when either norm is 0, and tensors with at most one dime
 normalization scales and shifts) are by default excluded from the adaptation and from weight decay
 (``exclude_1d=True``): the papers adapt per *layer weight*, and decaying BN parameters only fights the
 normalization. All norms of a group come from one ``torch._foreach_norm`` call and the ratios stay tensors
-(no host synchronization). State is per parameter (LAMB's bias corrections use each tensor's own step count);
+(no host synchronization); under ``torch.compile`` the step counts and bias corrections stay tensors too.
+State is per parameter (LAMB's bias corrections use each tensor's own step count);
 ``maximize=True`` (keyword-only) ascends. Compared with ``pytorch_optimizer``'s LARS / Lamb in
 ``tests/compat/test_optimizers.py`` (where their rules differ from the papers: ``docs/compatibility.md``).
 """
@@ -25,7 +26,7 @@ from typing import Iterable
 
 import torch
 
-from .first_order import Optimizer, _check_range, _num, adam_moments_, check_betas
+from .first_order import _FOREACH, Optimizer, _check_range, _num, _step_values, adam_moments_, check_betas
 
 
 def _trust(num: torch.Tensor, den: torch.Tensor, scale: float = 1.0) -> list[torch.Tensor]:
@@ -71,10 +72,10 @@ class LARS(Optimizer):
             if mu:
                 bufs = self._state_list(params, "momentum_buffer")
                 torch._foreach_mul_(bufs, mu)
-                torch._foreach_add_(bufs, d, alpha=lr)
+                _FOREACH.add_(bufs, d, alpha=lr)
                 torch._foreach_sub_(params, bufs)
             else:
-                torch._foreach_add_(params, d, alpha=-lr)
+                _FOREACH.add_(params, d, alpha=-lr)
         return loss
 
 
@@ -100,7 +101,8 @@ class LAMB(Optimizer):
                 grads = torch._foreach_neg(grads)
             (b1, b2), eps, wd, lr = group["betas"], group["eps"], group["weight_decay"], _num(group["lr"])
             m, v = self._state_list(params, "exp_avg"), self._state_list(params, "exp_avg_sq")
-            t = [float(s) for s in self._steps(params)]          # each parameter's own step count
+            t = _step_values(self._steps(params, group))      # each parameter's own step count (numbers, or
+            # 0-d tensors under torch.compile: no host read)
             adam_moments_(m, v, grads, b1, b2)
             # r = m_hat / (sqrt(v_hat) + eps) = k * m / (sqrt(v) + eps * sqrt(c2)), k = sqrt(c2) / c1, plus wd * w:
             # four passes (sqrt, add, the decay term, addcdiv) instead of six
@@ -109,7 +111,7 @@ class LAMB(Optimizer):
             torch._foreach_add_(denom, [eps * c for c in c2])
             adapt = [p.ndim > 1 or not group["exclude_1d"] for p in params]
             r = [p * wd if (wd and a) else torch.zeros_like(p) for p, a in zip(params, adapt)]
-            torch._foreach_addcdiv_(r, m, denom, [b / a for a, b in zip(c1, c2)])
+            _FOREACH.addcdiv_(r, m, denom, [b / a for a, b in zip(c1, c2)])
             ap = [p for p, a in zip(params, adapt) if a]
             ar = [x for x, a in zip(r, adapt) if a]
             if ap:
@@ -117,5 +119,5 @@ class LAMB(Optimizer):
                 if group["clamp"] is not None:
                     wn = wn.clamp(0.0, group["clamp"])
                 torch._foreach_mul_(ar, _trust(wn, rn))
-            torch._foreach_add_(params, r, alpha=-lr)
+            _FOREACH.add_(params, r, alpha=-lr)
         return loss

@@ -76,13 +76,33 @@ def test_alpha_momentum_mapping_and_validation():
     assert BatchNorm2d(3, alpha=0.99).momentum == pytest.approx(0.01)
     assert BatchNorm2d(3, momentum=0.2).momentum == 0.2 and BatchNorm2d(3).momentum == 0.1   # torch's default
     assert BatchNorm2d(3, momentum=0.2, alpha=0.8).momentum == pytest.approx(0.2)
-    assert not hasattr(BatchNorm2d(3), "alpha")          # alpha is a constructor alternative, not an attribute
+    assert BatchNorm2d(3).alpha == 0.9 and BatchNorm2d(3, momentum=None).alpha is None   # 1 - momentum
     with pytest.raises(ValueError, match="disagree"):
         BatchNorm2d(3, alpha=0.9, momentum=0.5)
     with pytest.raises(ValueError, match="alpha"):
         BatchNorm2d(3, alpha=1.0)
     with pytest.raises(ValueError, match="impl"):
         BatchNorm2d(3, impl="cuda")
+
+
+def test_alpha_gives_the_decimal_momentum_and_reads_back_issue15_K():
+    """Issue 15 (testers, K): BatchNorm2d(4, alpha=0.9).momentum was 0.09999999999999998 (1 - 0.9 in binary).
+    Right value: exactly 0.1 (torch's default, so equal to nn.BatchNorm2d(4).momentum), and alpha reads back."""
+    import traintricks.memory as memory
+    import traintricks.nn as tnn
+    for cls in (BatchNorm2d, tnn.BatchRenorm2d, tnn.BatchNormAct2d, memory.InPlaceABN):
+        bn = cls(4, alpha=0.9)
+        assert bn.momentum == 0.1 == nn.BatchNorm2d(4).momentum
+        assert bn.alpha == 0.9
+        for a in (0.99, 0.7, 0.999, 0.0):
+            bn.alpha = a
+            assert bn.alpha == a and bn.momentum == float(f"{1 - a:.15g}")
+        assert cls(4, alpha=0.99).momentum == 0.01
+    torch.manual_seed(0)
+    ours, theirs = BatchNorm2d(4, alpha=0.9).double(), nn.BatchNorm2d(4).double()
+    x = torch.randn(6, 4, 3, 3, dtype=torch.float64)
+    ours(x), theirs(x)
+    assert torch.equal(ours.running_mean, theirs.running_mean) and torch.equal(ours.running_var, theirs.running_var)
 
 
 def test_fast_path_equals_reference_in_float64():

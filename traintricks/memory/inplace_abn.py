@@ -32,9 +32,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch.autograd.function import once_differentiable
 
-from ..nn.batchnorm import _BatchNorm, _fx_leaf
+from ..nn.batchnorm import _BatchNorm, _fx_leaf, refuse_double_backward
 
 
 class InPlaceABNFunction(torch.autograd.Function):
@@ -53,7 +52,7 @@ class InPlaceABNFunction(torch.autograd.Function):
         return z, mu, var
 
     @staticmethod
-    @once_differentiable
+    @refuse_double_backward("InPlaceABNFunction (in-place activated batch norm)")
     def backward(ctx, dz, _dmu, _dvar):
         z, gamma, beta, invstd = ctx.saved_tensors
         s = ctx.slope

@@ -34,9 +34,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch.autograd.function import once_differentiable
 
-from .batchnorm import _BatchNorm, _axes, _shape
+from .batchnorm import _BatchNorm, _axes, _shape, compute_dtype, out_dtype, refuse_double_backward
 
 
 class BatchRenormFunction(torch.autograd.Function):
@@ -62,7 +61,7 @@ class BatchRenormFunction(torch.autograd.Function):
         return y, mu, var
 
     @staticmethod
-    @once_differentiable
+    @refuse_double_backward("BatchRenormFunction (batch renormalization)")
     def backward(ctx, dy, _dmu, _dvar):
         xhat, gamma, invstd, r, d = ctx.saved_tensors
         axes, shape = _axes(dy), _shape(dy)
@@ -112,7 +111,7 @@ class FastBatchRenormFunction(torch.autograd.Function):
         return y, mu, var
 
     @staticmethod
-    @once_differentiable
+    @refuse_double_backward("FastBatchRenormFunction (batch renormalization)")
     def backward(ctx, dy, _dmu, _dvar):
         x, w, mu, invstd, r, d = ctx.saved_tensors
         need_affine = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
@@ -180,8 +179,15 @@ class _BatchRenorm(_BatchNorm):
             return self._normalize(x, bn_training)      # inference, or exactly batch norm
         rmax, dmax = self.limits_tensor()
         w, b = self._affine(x)
-        fn = FastBatchRenormFunction if self.impl == "fast" else BatchRenormFunction
-        y, mu, var = fn.apply(x, w, b, self.running_mean, self.running_var, rmax, dmax, self.eps)
+        if self.impl == "fast":
+            y, mu, var = FastBatchRenormFunction.apply(x, w, b, self.running_mean, self.running_var, rmax, dmax,
+                                                       self.eps)
+        else:   # tensor ops in float32 (or float64), returned in the dtype batch norm returns (bf16 for bf16)
+            out = out_dtype(x, lambda e: F.batch_norm(e, None, None, None, None, True, 0.0, 1.0))
+            cd = compute_dtype(x, w)
+            y, mu, var = BatchRenormFunction.apply(x.to(cd), w.to(cd), b.to(cd), self.running_mean.to(cd),
+                                                   self.running_var.to(cd), rmax, dmax, self.eps)
+            y = y.to(out)
         m = x.numel() // x.shape[1]
         self._track(mu, var * (m / (m - 1)))
         return y

@@ -24,9 +24,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch.autograd.function import once_differentiable
 
-from .batchnorm import _BatchNorm, _fx_leaf
+from .batchnorm import _BatchNorm, _fx_leaf, refuse_double_backward
 
 FUSED_ACTIVATIONS = ("relu", "leaky_relu", "gelu")
 
@@ -57,7 +56,7 @@ class BatchNormActFunction(torch.autograd.Function):
         return y, mu, var
 
     @staticmethod
-    @once_differentiable
+    @refuse_double_backward("BatchNormActFunction (batch norm + activation)")
     def backward(ctx, dy, _dmu, _dvar):
         x, gamma, beta, mu, invstd = ctx.saved_tensors[:5]
         if ctx.kind == "relu":

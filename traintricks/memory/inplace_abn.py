@@ -26,7 +26,9 @@ dtype``, keyword-only ``bias``, ``alpha``, ``check_finite``) plus keyword-only `
 > 0) and ``eps_gamma``. The layers derive from ``torch.nn.modules.batchnorm._NormBase`` but not ``_BatchNorm``, so
 ``SyncBatchNorm.convert_sync_batchnorm`` does not replace them with a batch norm without the activation; they
 cannot be synchronized (:func:`traintricks.parallel.sync_batchnorm_` refuses them). Double backward is refused
-(PyTorch's ``once_differentiable`` error): the backward inverts the output instead of differentiating a graph.
+(``RuntimeError`` "... cannot be differentiated twice ..." when the gradient is differentiated,
+:func:`~traintricks.nn.batchnorm.refuse_double_backward`): the backward inverts the output instead of
+differentiating a graph.
 """
 from __future__ import annotations
 

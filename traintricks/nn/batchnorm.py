@@ -22,13 +22,18 @@ Inference is a fixed affine map: ``dL/dx = dL/dy * gamma / sqrt(var + eps)``.
 The layers are drop-in replacements for ``torch.nn.BatchNorm1d/2d/3d``: the same constructor
 ``(num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True, device=None, dtype=None, *,
 bias=True)``, the same parameters, buffers and ``state_dict`` keys, inputs, outputs, errors, and subclasses of
-``torch.nn.modules.batchnorm._BatchNorm`` (so ``SyncBatchNorm.convert_sync_batchnorm``, ``swa_utils.update_bn``,
-``torch.fx`` and ``torch.ao.quantization.fuse_modules`` treat them as PyTorch's). Keyword-only additions:
+``torch.nn.BatchNorm1d/2d/3d`` (so ``isinstance(m, nn.BatchNorm2d)``, ``SyncBatchNorm.convert_sync_batchnorm``,
+``swa_utils.update_bn``, ``torch.fx`` and ``torch.ao.quantization.fuse_modules`` treat them as PyTorch's; our
+``forward`` and input check come first in the method order). Empty batches are counted in ``num_batches_tracked``
+and leave the running estimates unchanged, as PyTorch's kernel does. Keyword-only additions:
 
-* ``alpha`` -- the notes' running-average rate, ``momentum = 1 - alpha``;
+* ``alpha`` -- the notes' running-average rate, ``momentum = 1 - alpha`` rounded to 15 significant digits
+  (``alpha=0.9`` gives ``momentum == 0.1`` exactly); the ``alpha`` property reads and sets it;
 * ``impl`` -- ``"fast"`` (default): PyTorch's batch-norm kernels (``F.batch_norm``), bit-for-bit PyTorch's
   result; ``"reference"``: :class:`BatchNormFunction`, the equations above written out in tensor ops (readable,
-  the ground truth the tests check the kernels against, gradcheck and gradgradcheck in float64);
+  the ground truth the tests check the kernels against, gradcheck and gradgradcheck in float64), computed in
+  float32 for bf16/fp16 inputs and returned in the dtype ``F.batch_norm`` returns (the input's; under autocast
+  whatever autocast makes of it);
 * ``check_finite`` -- raise :class:`~traintricks.errors.NonFiniteInputError` on NaN/Inf inputs. Off by default:
   the check reads a value on the host (a device synchronization and a ``torch.compile`` graph break), so the
   forward pass is synchronization-free unless asked.
@@ -202,7 +207,7 @@ class _BatchNorm(nn.modules.batchnorm._NormBase):
     ``momentum=None``, without a host synchronization), the keyword-only ``alpha``, ``impl`` and
     ``check_finite``, and synchronized statistics (:func:`traintricks.parallel.sync_batchnorm_`).
 
-    Plain batch norm also derives from ``torch.nn.modules.batchnorm._BatchNorm``; the variants (batch renorm,
+    Plain batch norm also derives from ``torch.nn.BatchNorm1d/2d/3d``; the variants (batch renorm,
     norm + activation, in-place ABN) derive from ``_NormBase`` only, so PyTorch's tools that would replace or
     re-run them as a plain batch norm (``SyncBatchNorm.convert_sync_batchnorm``) leave them alone."""
 

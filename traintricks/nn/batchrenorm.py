@@ -21,8 +21,9 @@ they grow linearly to their final values over ``r_ramp_steps`` and ``d_ramp_step
 Backward: ``r`` and ``d`` are constants, so it is batch norm's backward with ``gamma * r`` in place of
 ``gamma`` (see :mod:`traintricks.nn.batchnorm`), and ``dL/dgamma = r * sum(dL/dy * xhat) + d * sum(dL/dy)``,
 ``dL/dbeta = sum(dL/dy)``. Double backward (``create_graph=True``) is refused (``r`` and ``d`` are
-stop-gradients, which a second derivative through this backward would not see): the second backward raises
-PyTorch's ``once_differentiable`` error.
+stop-gradients, which a second derivative through this backward would not see): with ``create_graph=True`` the
+gradients require grad and differentiating them raises ``RuntimeError`` ("... cannot be differentiated twice ...",
+:func:`~traintricks.nn.batchnorm.refuse_double_backward`), even for ``grad(y.sum(), x, create_graph=True)``.
 
 Constructor: batch norm's (``num_features, eps, momentum, affine, track_running_stats, device, dtype``, keyword-only
 ``bias``, ``alpha``, ``impl``, ``check_finite``) plus keyword-only ``rmax``, ``dmax``, ``warmup_steps``,

@@ -27,7 +27,13 @@ Two implementations, chosen with the keyword-only ``impl=``:
   one kernel, about 2x faster than PyTorch's batch-norm-over-a-reshaped-batch route).
 * ``"reference"``: :class:`GroupNormFunction`, the equations above in tensor ops with the hand-derived
   backward (gradchecked in float64). Its backward recomputes ``xhat`` from the saved input with
-  differentiable ops, so double backward (``create_graph=True``, gradgradcheck) is right too.
+  differentiable ops, so double backward (``create_graph=True``, gradgradcheck) is right too. It computes in
+  float32 for bf16/fp16 inputs and returns the dtype PyTorch's functional op returns (the input's; under
+  autocast whatever autocast makes of it).
+
+Under ``torch.fx`` symbolic tracing every layer is one ``call_module`` node, as PyTorch's own norm layers are
+(so ``gm.eval()`` switches an instance norm with running statistics to them); only a layer traced as the root
+records its functional op, in the mode it is traced in.
 
 No layer synchronizes with the host in ``forward``: shape checks are static, and the finiteness check
 (``bool(isfinite(y).all())``, a device-to-host copy) runs only with the keyword-only ``check_finite=True``,

@@ -53,16 +53,17 @@ def refuse_double_backward(what: str):
     """Decorator for the ``backward`` of a custom ``autograd.Function`` whose backward is not differentiable
     (it uses values saved without a graph, or treats some of them as constants): with ``create_graph=True``
     the gradients it returns require grad whenever an input of the forward did, and differentiating them
-    raises ``RuntimeError("<what> cannot be differentiated twice ... trying to differentiate twice ...")``.
+    raises ``RuntimeError("<what> cannot be differentiated twice: ...")``.
 
     ``torch.autograd.function.once_differentiable`` decides by whether the *incoming gradients* require grad:
     for ``torch.autograd.grad(layer(x).sum(), x, create_graph=True)`` they do not (the gradient of a sum is a
     constant), so it returns a gradient that silently does not require grad, and a gradient penalty built on
     it contributes nothing. Here the decision is ``ctx.needs_input_grad`` (the true gradient depends on the
     forward's inputs), so such a penalty raises when it is differentiated."""
-    msg = (f"{what} cannot be differentiated twice (its backward is not differentiable): trying to "
-           "differentiate twice a function that was marked with @once_differentiable. Use a layer whose "
-           "backward is differentiable for second derivatives (e.g. impl='reference' batch norm).").encode()
+    msg = (f"{what} cannot be differentiated twice: its backward is not differentiable (as a function marked "
+           "@once_differentiable), and a gradient taken with create_graph=True through it was differentiated "
+           "again. For second derivatives (gradient penalties) use a layer whose backward is differentiable, "
+           "e.g. BatchNorm*d (either impl) followed by the activation.").encode()
 
     def decorate(fn):
         @functools.wraps(fn)

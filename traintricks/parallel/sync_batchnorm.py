@@ -14,7 +14,7 @@ process with the whole batch (tested). Enabled for our ``BatchNorm1d/2d/3d`` and
 synchronized and are refused. PyTorch's ``torch.nn.SyncBatchNorm.convert_sync_batchnorm`` also works on our plain
 batch norms (they are ``torch.nn.modules.batchnorm._BatchNorm``s) and replaces them by PyTorch's layer. Double
 backward through :class:`SyncBatchNormFunction` is refused (``refuse_double_backward``: the gradient of a
-gradient raises "... differentiate twice ...").
+gradient raises "... cannot be differentiated twice ...").
 """
 from __future__ import annotations
 

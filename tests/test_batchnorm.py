@@ -76,13 +76,33 @@ def test_alpha_momentum_mapping_and_validation():
     assert BatchNorm2d(3, alpha=0.99).momentum == pytest.approx(0.01)
     assert BatchNorm2d(3, momentum=0.2).momentum == 0.2 and BatchNorm2d(3).momentum == 0.1   # torch's default
     assert BatchNorm2d(3, momentum=0.2, alpha=0.8).momentum == pytest.approx(0.2)
-    assert not hasattr(BatchNorm2d(3), "alpha")          # alpha is a constructor alternative, not an attribute
+    assert BatchNorm2d(3).alpha == 0.9 and BatchNorm2d(3, momentum=None).alpha is None   # 1 - momentum
     with pytest.raises(ValueError, match="disagree"):
         BatchNorm2d(3, alpha=0.9, momentum=0.5)
     with pytest.raises(ValueError, match="alpha"):
         BatchNorm2d(3, alpha=1.0)
     with pytest.raises(ValueError, match="impl"):
         BatchNorm2d(3, impl="cuda")
+
+
+def test_alpha_gives_the_decimal_momentum_and_reads_back_issue15_K():
+    """Issue 15 (testers, K): BatchNorm2d(4, alpha=0.9).momentum was 0.09999999999999998 (1 - 0.9 in binary).
+    Right value: exactly 0.1 (torch's default, so equal to nn.BatchNorm2d(4).momentum), and alpha reads back."""
+    import traintricks.memory as memory
+    import traintricks.nn as tnn
+    for cls in (BatchNorm2d, tnn.BatchRenorm2d, tnn.BatchNormAct2d, memory.InPlaceABN):
+        bn = cls(4, alpha=0.9)
+        assert bn.momentum == 0.1 == nn.BatchNorm2d(4).momentum
+        assert bn.alpha == 0.9
+        for a in (0.99, 0.7, 0.999, 0.0):
+            bn.alpha = a
+            assert bn.alpha == a and bn.momentum == float(f"{1 - a:.15g}")
+        assert cls(4, alpha=0.99).momentum == 0.01
+    torch.manual_seed(0)
+    ours, theirs = BatchNorm2d(4, alpha=0.9).double(), nn.BatchNorm2d(4).double()
+    x = torch.randn(6, 4, 3, 3, dtype=torch.float64)
+    ours(x), theirs(x)
+    assert torch.equal(ours.running_mean, theirs.running_mean) and torch.equal(ours.running_var, theirs.running_var)
 
 
 def test_fast_path_equals_reference_in_float64():
@@ -390,7 +410,7 @@ def test_custom_backwards_refuse_double_backward_clearly():
              lambda: InPlaceABN(3).double()(x)]
     for call in calls:
         (gx,) = torch.autograd.grad(call().square().sum(), x, create_graph=True)
-        with pytest.raises(RuntimeError, match="differentiate twice"):
+        with pytest.raises(RuntimeError, match="cannot be differentiated twice"):
             gx.sum().backward()
 
 
@@ -447,3 +467,231 @@ def test_cumulative_warmup_has_no_graph_breaks_and_models_by_name_use_it():
     torch._dynamo.reset()
     explain = torch._dynamo.explain(bn)(torch.randn(4, 4, 3, 3))
     assert explain.graph_break_count == 0
+
+
+# -- issue 15, faults found by the testers (A, B, I, J, L for the batch-norm family) ----------------------------
+from traintricks.nn import BatchNormAct1d, BatchRenorm1d, BatchRenorm3d  # noqa: E402
+
+EMPTY_CASES = {   # layers whose running estimates must move as torch's BatchNorm1d(momentum=...) around an empty batch
+    "bn_none": (lambda: BatchNorm1d(3, momentum=None), None),
+    "bn_none_reference": (lambda: BatchNorm1d(3, momentum=None, impl="reference"), None),
+    "bn_0.1": (lambda: BatchNorm1d(3), 0.1),
+    "bn_0.1_reference": (lambda: BatchNorm1d(3, impl="reference"), 0.1),
+    # cumulative_warmup: rate max(0.1, 1/t) -- the first 10 batches are torch's cumulative average
+    "bn_cumulative_warmup": (lambda: BatchNorm1d(3, cumulative_warmup=True), None),
+    "bn_cumulative_warmup_reference": (lambda: BatchNorm1d(3, cumulative_warmup=True, impl="reference"), None),
+    "inplace_abn_none": (lambda: InPlaceABN1d(3, momentum=None), None),
+    "inplace_abn_cumulative_warmup": (lambda: InPlaceABN1d(3, cumulative_warmup=True), None),
+    "bn_relu_none": (lambda: BatchNormAct1d(3, momentum=None), None),
+    "bn_gelu_none": (lambda: BatchNormAct1d(3, momentum=None, activation="gelu"), None),
+    "renorm_none": (lambda: BatchRenorm1d(3, momentum=None), None),
+    "renorm_none_reference": (lambda: BatchRenorm1d(3, momentum=None, impl="reference"), None),
+}
+
+
+@pytest.mark.parametrize("case", list(EMPTY_CASES))
+def test_empty_batch_leaves_running_estimates_as_torch_issue15_A(case):
+    """Issue 15 (testers, A): momentum=None batch norm on an empty batch halved the running statistics
+    (the cumulative average moved 1/2 of the way towards zeros). Right value: torch leaves them unchanged and
+    counts the batch (num_batches_tracked 2), so the next batch gets rate 1/3."""
+    make, momentum = EMPTY_CASES[case]
+    torch.manual_seed(0)
+    ours, theirs = make().double(), nn.BatchNorm1d(3, momentum=momentum).double()
+    for x in (torch.randn(4, 3, dtype=torch.float64) * 2 + 1, torch.empty(0, 3, dtype=torch.float64),
+              torch.randn(5, 3, dtype=torch.float64) - 1, torch.empty(0, 3, 4, dtype=torch.float64)):
+        assert ours(x).shape == theirs(x).shape == x.shape
+        torch.testing.assert_close(ours.running_mean, theirs.running_mean, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(ours.running_var, theirs.running_var, rtol=1e-12, atol=1e-12)
+        assert int(ours.num_batches_tracked) == int(theirs.num_batches_tracked)
+    assert int(theirs.num_batches_tracked) == 4
+
+
+def _clipped_renorm(impl):
+    """Batch renorm with r and d clipped at their limits (running estimates far from the batch's): constants,
+    so the stop-gradient backward is the true derivative and gradcheck applies."""
+    m = BatchRenorm1d(2, warmup_steps=0, r_ramp_steps=0, d_ramp_steps=0, rmax=1.5, dmax=0.5, impl=impl)
+    m.running_mean.fill_(50.0), m.running_var.fill_(1e4)
+    return m
+
+
+DOUBLE_BACKWARD = {   # the custom backwards that cannot be differentiated again (training mode)
+    "bn_gelu": lambda: BatchNormAct1d(2, activation="gelu"),
+    "renorm_fast": lambda: _clipped_renorm("fast"),
+    "renorm_reference": lambda: _clipped_renorm("reference"),
+    "inplace_abn": lambda: InPlaceABN1d(2),
+}
+
+
+@pytest.mark.parametrize("name", list(DOUBLE_BACKWARD))
+def test_double_backward_raises_instead_of_silently_vanishing_issue15_B(name):
+    """Issue 15 (testers, B): grad(bn(x).sum(), x, create_graph=True) returned a gradient with
+    requires_grad=False (torch's BN + GELU: True), so a gradient penalty silently contributed nothing
+    (once_differentiable decides by the incoming gradient, a constant for a sum). Right value: the gradient
+    requires grad, and differentiating it raises; single backward unchanged (gradcheck, float64)."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 2, dtype=torch.float64, requires_grad=True)
+    twin = nn.Sequential(nn.BatchNorm1d(2), nn.GELU()).double()       # torch: the gradient is differentiable
+    (gt,) = torch.autograd.grad(twin(x).sum(), x, create_graph=True)
+    assert gt.requires_grad
+    bn = DOUBLE_BACKWARD[name]().double()
+    for wrt in ([x], [bn.weight], [x, bn.weight]):
+        grads = torch.autograd.grad(bn(x).sum(), wrt, create_graph=True)
+        assert all(g.requires_grad for g in grads)
+        with pytest.raises(RuntimeError, match="cannot be differentiated twice"):
+            sum(g.square().sum() for g in grads).backward()
+    # no create_graph: plain backward, and the gradients do not require grad
+    (g,) = torch.autograd.grad(bn(x).sum(), x)
+    assert not g.requires_grad
+    # single backward is right
+    assert torch.autograd.gradcheck(lambda a: DOUBLE_BACKWARD[name]().double()(a), (x,))
+
+
+def test_refuse_double_backward_decorator_and_the_sync_path_uses_it():
+    """The guard itself: the gradient is right, requires grad, and raises naming the function when
+    differentiated again. The synchronized batch norm's backward (traintricks.parallel) uses it too."""
+    from traintricks.nn.batchnorm import refuse_double_backward
+
+    class Square(torch.autograd.Function):     # the guard on a trivially non-differentiable backward
+        @staticmethod
+        def forward(ctx, a):
+            ctx.save_for_backward(a)
+            return a * a
+
+        @staticmethod
+        @refuse_double_backward("Square")
+        def backward(ctx, g):
+            (a,) = ctx.saved_tensors
+            return 2 * a * g
+
+    a = torch.tensor([1.0, 2.0], dtype=torch.float64, requires_grad=True)
+    (g,) = torch.autograd.grad(Square.apply(a).sum(), a, create_graph=True)
+    torch.testing.assert_close(g, 2 * a.detach())
+    assert g.requires_grad
+    with pytest.raises(RuntimeError, match="Square cannot be differentiated twice"):
+        g.sum().backward()
+    import inspect
+
+    from traintricks.parallel import sync_batchnorm
+    assert "refuse_double_backward" in inspect.getsource(sync_batchnorm.SyncBatchNormFunction)
+
+
+BF16_FAMILY = {   # our layer, torch's twin (the dtype and values to match)
+    "bn1d": (lambda i: BatchNorm1d(4, impl=i), lambda: nn.BatchNorm1d(4), (6, 4, 3)),
+    "bn2d": (lambda i: BatchNorm2d(4, impl=i), lambda: nn.BatchNorm2d(4), (6, 4, 3, 3)),
+    "bn3d": (lambda i: BatchNorm3d(4, impl=i), lambda: nn.BatchNorm3d(4), (3, 4, 2, 3, 2)),
+    "bn_cumulative": (lambda i: BatchNorm2d(4, momentum=None, impl=i), lambda: nn.BatchNorm2d(4, momentum=None),
+                      (6, 4, 3, 3)),
+    "bn_not_affine": (lambda i: BatchNorm2d(4, affine=False, impl=i), lambda: nn.BatchNorm2d(4, affine=False),
+                      (6, 4, 3, 3)),
+    "bn_relu": (lambda i: BatchNormAct2d(4, impl=i), lambda: nn.Sequential(nn.BatchNorm2d(4), nn.ReLU()),
+                (6, 4, 3, 3)),
+    "bn_gelu": (lambda i: BatchNormAct2d(4, activation="gelu", impl=i),
+                lambda: nn.Sequential(nn.BatchNorm2d(4), nn.GELU()), (6, 4, 3, 3)),
+    "renorm_warmup": (lambda i: BatchRenorm2d(4, impl=i), lambda: nn.BatchNorm2d(4), (6, 4, 3, 3)),
+}
+
+
+@pytest.mark.parametrize("autocast", [False, True], ids=["plain", "autocast"])
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("impl", ["fast", "reference"])
+@pytest.mark.parametrize("name", list(BF16_FAMILY))
+def test_bf16_input_with_float32_parameters_gives_torchs_dtype_issue15_I(name, impl, train, autocast):
+    """Issue 15 (testers, I): impl="reference" returned float32 where torch returns bf16 (bf16 input, float32
+    parameters, with or without autocast). Right value: torch's twin's output dtype, values within bf16
+    rounding, the input gradient in the input's dtype."""
+    make, twin_make, shape = BF16_FAMILY[name]
+    torch.manual_seed(0)
+    ours, twin = make(impl).train(train), twin_make().train(train)
+    x = (torch.randn(shape) * 2 + 1).bfloat16()
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        ya, yb = ours(xa), twin(xb)
+    assert ya.dtype == yb.dtype == torch.bfloat16
+    torch.testing.assert_close(ya.float(), yb.float(), rtol=0.02, atol=0.05)
+    ya.float().square().sum().backward()
+    assert xa.grad.dtype == torch.bfloat16
+    if train and hasattr(twin, "running_mean"):
+        torch.testing.assert_close(ours.running_mean, twin.running_mean, rtol=0.01, atol=0.01)
+        assert ours.running_mean.dtype == torch.float32
+
+
+def test_isinstance_of_torchs_batchnorm_classes_issue15_J():
+    """Issue 15 (testers, J): isinstance(BatchNorm2d(4), nn.BatchNorm2d) was False, so the common init
+    `if isinstance(m, nn.BatchNorm2d)` skipped ours. Right value: True, as for torch's own layer; the variants
+    stay outside plain batch norm (convert_sync_batchnorm would drop their extra behaviour)."""
+    import traintricks.memory as memory
+    import traintricks.nn as tnn
+    for d, (ours, theirs) in enumerate([(BatchNorm1d, nn.BatchNorm1d), (BatchNorm2d, nn.BatchNorm2d),
+                                        (BatchNorm3d, nn.BatchNorm3d)], 1):
+        m = ours(4)
+        assert isinstance(m, theirs) and isinstance(m, nn.modules.batchnorm._BatchNorm)
+        assert [c for c in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d) if isinstance(m, c)] == [theirs]
+        # our methods come first: our input check (and message) and forward, torch's class after our base
+        mro = type(m).__mro__
+        assert mro.index(tnn.batchnorm._BatchNorm) < mro.index(theirs) < mro.index(nn.modules.batchnorm._BatchNorm)
+        assert type(m)._check_input_dim is tnn.batchnorm._BatchNorm._check_input_dim
+        assert type(m).forward is tnn.batchnorm._BatchNorm.forward
+        with pytest.raises(ValueError, match=rf"BatchNorm{d}d\(4\): expected"):
+            m(torch.randn(2, 4, *([2] * (d + 2))))
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), BatchNorm2d(4), nn.ReLU())
+    for m in model.modules():                         # the usual init pattern now reaches our layer
+        if isinstance(m, nn.BatchNorm2d):
+            nn.init.constant_(m.weight, 0.5)
+            nn.init.constant_(m.bias, 0.25)
+    assert torch.equal(model[1].weight, torch.full((4,), 0.5)) and torch.equal(model[1].bias, torch.full((4,), 0.25))
+    for variant in (tnn.BatchRenorm2d(4), tnn.BatchNormAct2d(4), memory.InPlaceABN(4), tnn.BatchRenorm1d(4),
+                    tnn.BatchNormAct1d(4), memory.InPlaceABN1d(4), BatchRenorm3d(4), tnn.BatchNormAct3d(4)):
+        assert isinstance(variant, nn.modules.batchnorm._NormBase)
+        assert not isinstance(variant, (nn.modules.batchnorm._BatchNorm, nn.BatchNorm1d, nn.BatchNorm2d,
+                                        nn.BatchNorm3d))
+    conv = nn.SyncBatchNorm.convert_sync_batchnorm(nn.Sequential(BatchNorm2d(4), tnn.BatchRenorm2d(4)))
+    assert type(conv[0]) is nn.SyncBatchNorm and type(conv[1]) is tnn.BatchRenorm2d
+
+
+def test_fx_optimization_fuse_leaves_ours_unfused_and_correct():
+    """torch.fx.experimental.optimization.fuse matches exact types (type(m) is nn.BatchNorm2d) in a pattern
+    list local to the function, so it leaves our layer in place (documented; fold_batchnorm folds it). The
+    result is still right."""
+    from torch.fx.experimental.optimization import fuse
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), BatchNorm2d(4)).eval()
+    model[1].running_mean.normal_(), model[1].running_var.uniform_(0.5, 2)
+    fused = fuse(model)
+    assert any(type(m) is BatchNorm2d for m in fused.modules())
+    x = torch.randn(2, 3, 6, 6)
+    torch.testing.assert_close(fused(x), model(x))
+    folded = fold_batchnorm(copy.deepcopy(model))
+    assert not any(isinstance(m, nn.modules.batchnorm._NormBase) for m in folded.modules())
+    torch.testing.assert_close(folded(x), model(x))
+
+
+FX_FAMILY = {
+    "bn1d": lambda: BatchNorm1d(3), "bn1d_reference": lambda: BatchNorm1d(3, impl="reference"),
+    "bn2d": lambda: BatchNorm2d(3), "bn3d": lambda: BatchNorm3d(3),
+    "bn_cumulative": lambda: BatchNorm2d(3, momentum=None),
+    "renorm": lambda: BatchRenorm2d(3, warmup_steps=1, r_ramp_steps=2, d_ramp_steps=2),
+    "renorm_reference": lambda: BatchRenorm2d(3, warmup_steps=0, impl="reference"),
+    "bn_relu": lambda: BatchNormAct2d(3), "bn_gelu": lambda: BatchNormAct2d(3, activation="gelu"),
+    "inplace_abn": lambda: InPlaceABN(3), "inplace_abn1d": lambda: InPlaceABN1d(3),
+}
+
+
+@pytest.mark.parametrize("name", list(FX_FAMILY))
+def test_fx_trace_keeps_train_eval_switchable_issue15_L(name):
+    """Issue 15 (testers, L): a norm whose forward depends on self.training must be one call_module leaf, so
+    gm.eval() switches it. Right value: gm(x) == layer.eval()(x) after tracing in training (and train too)."""
+    torch.manual_seed(0)
+    layer = FX_FAMILY[name]()
+    shape = (6, 3) if "1d" in name else (6, 3, 4, 4) if "3d" not in name else (4, 3, 2, 3, 2)
+    for _ in range(3):                                  # running estimates away from their initial values
+        layer(torch.randn(shape) * 2 + 1)
+    twin = copy.deepcopy(layer)
+    gm = torch.fx.symbolic_trace(nn.Sequential(layer))
+    assert [n.op for n in gm.graph.nodes] == ["placeholder", "call_module", "output"]
+    x = torch.randn(shape) * 2 + 1
+    torch.testing.assert_close(gm(x), twin(x))          # training: batch statistics, estimates move alike
+    torch.testing.assert_close(layer.running_mean, twin.running_mean)
+    gm.eval()
+    torch.testing.assert_close(gm(x), twin.eval()(x))
+    gm.train()
+    torch.testing.assert_close(gm(x), twin.train()(x))

@@ -346,3 +346,75 @@ def test_no_graph_breaks_export_fx_meta_and_vmap_train_and_eval(impl, case):
         if not (train and getattr(m, "track_running_stats", False)):   # PyTorch refuses in-place stats too
             v = torch.func.vmap(make(impl).train(train))(x.unsqueeze(0).expand(2, *x.shape))
             torch.testing.assert_close(v[1], make(impl).train(train)(x))
+
+
+# -- issue 15, faults found by the testers (I, L for group / layer / instance norm) ------------------------------
+import copy  # noqa: E402
+
+GN_FAMILY = {   # our layer for an impl, torch's twin, an input shape
+    "GroupNorm": (lambda i: GroupNorm(2, 4, impl=i), lambda: nn.GroupNorm(2, 4), (4, 4, 3, 3)),
+    "GroupLayerNorm": (lambda i: GroupLayerNorm(4, impl=i), lambda: nn.GroupNorm(1, 4), (4, 4, 5)),
+    "LayerNorm": (lambda i: LayerNorm(3, impl=i), lambda: nn.LayerNorm(3), (4, 5, 3)),
+    "LayerNorm2": (lambda i: LayerNorm([3, 3], impl=i), lambda: nn.LayerNorm([3, 3]), (4, 4, 3, 3)),
+    "InstanceNorm1d": (lambda i: InstanceNorm1d(4, affine=True, impl=i), lambda: nn.InstanceNorm1d(4, affine=True),
+                       (4, 4, 5)),
+    "InstanceNorm2d": (lambda i: InstanceNorm2d(4, impl=i), lambda: nn.InstanceNorm2d(4), (4, 4, 3, 3)),
+    "InstanceNorm2d_tracking": (lambda i: InstanceNorm2d(4, affine=True, track_running_stats=True, impl=i),
+                                lambda: nn.InstanceNorm2d(4, affine=True, track_running_stats=True), (4, 4, 3, 3)),
+    "InstanceNorm3d_tracking": (lambda i: InstanceNorm3d(4, track_running_stats=True, impl=i),
+                                lambda: nn.InstanceNorm3d(4, track_running_stats=True), (2, 4, 2, 3, 2)),
+}
+
+
+@pytest.mark.parametrize("autocast", [False, True], ids=["plain", "autocast"])
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("name", list(GN_FAMILY))
+def test_bf16_input_with_float32_parameters_gives_torchs_dtype_issue15_I(name, impl, train, autocast):
+    """Issue 15 (testers, I): GroupNorm(2, 4, impl='reference')(bf16 input) returned float32; torch returns
+    bf16 (BN, GN, LN, IN alike, with or without autocast). Right value: torch's twin's dtype, values within
+    bf16 rounding, the input gradient in the input's dtype, running estimates in float32 as torch's."""
+    make, twin_make, shape = GN_FAMILY[name]
+    torch.manual_seed(0)
+    ours, twin = make(impl).train(train), twin_make().train(train)
+    with torch.no_grad():
+        for p in ours.parameters():
+            p.uniform_(0.5, 1.5)
+    twin.load_state_dict(ours.state_dict())
+    x = (torch.randn(shape) * 2 + 1).bfloat16()
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        ya, yb = ours(xa), twin(xb)
+    assert ya.dtype == yb.dtype == torch.bfloat16
+    torch.testing.assert_close(ya.float(), yb.float(), rtol=0.02, atol=0.05)
+    ya.float().square().sum().backward(), yb.float().square().sum().backward()
+    assert xa.grad.dtype == xb.grad.dtype == torch.bfloat16
+    for k, v in twin.state_dict().items():
+        assert ours.state_dict()[k].dtype == v.dtype
+        torch.testing.assert_close(ours.state_dict()[k].float(), v.float(), rtol=0.02, atol=0.02)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("name", list(GN_FAMILY))
+def test_fx_trace_is_one_leaf_and_train_eval_switchable_issue15_L(name, impl):
+    """Issue 15 (testers, L): InstanceNorm2d(track_running_stats=True) was traced into F.instance_norm with
+    train/eval fixed at trace time, so gm.eval() still used batch statistics. Right value: one call_module
+    node per layer (as torch's own norm layers), gm.eval()(x) == layer.eval()(x)."""
+    make, _, shape = GN_FAMILY[name]
+    torch.manual_seed(0)
+    layer = make(impl)
+    for _ in range(3):
+        layer(torch.randn(shape) * 2 + 1)
+    twin = copy.deepcopy(layer)
+    gm = torch.fx.symbolic_trace(nn.Sequential(layer))
+    assert [n.op for n in gm.graph.nodes] == ["placeholder", "call_module", "output"]
+    x = torch.randn(shape) * 2 + 1
+    torch.testing.assert_close(gm(x), twin(x))
+    gm.eval()
+    torch.testing.assert_close(gm(x), twin.eval()(x))
+    if getattr(layer, "track_running_stats", False):       # the eval output really uses the running estimates
+        assert not torch.allclose(gm(x), copy.deepcopy(twin).train()(x))
+    gm.train()
+    torch.testing.assert_close(gm(x), twin.train()(x))
+    for k, v in twin.state_dict().items():
+        torch.testing.assert_close(layer.state_dict()[k], v)

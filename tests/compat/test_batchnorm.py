@@ -66,6 +66,7 @@ def test_module_db_sample(mi, sample, training, impl):
     ctor = sample.constructor_input
     theirs = mi.module_cls(*ctor.args, **ctor.kwargs).to(DTYPE)
     ours = OURS[mi.module_cls](*ctor.args, **ctor.kwargs, impl=impl).to(DTYPE)
+    assert isinstance(ours, mi.module_cls)          # issue 15 (testers, J): `isinstance(m, nn.BatchNorm2d)` sees ours
     assert list(ours.state_dict()) == list(theirs.state_dict())
     assert [n for n, _ in ours.named_parameters()] == [n for n, _ in theirs.named_parameters()]
     _randomize(theirs, 0)
@@ -90,6 +91,13 @@ def test_module_db_sample(mi, sample, training, impl):
                     torch.testing.assert_close(a, b)
         for (name, bt), (name_o, bo) in zip(theirs.named_buffers(), ours.named_buffers()):
             assert name == name_o
+            torch.testing.assert_close(bo, bt, equal_nan=True)
+    # an empty batch of the same shape: counted, estimates unchanged (issue 15, testers, A), as torch
+    x = sample.forward_input.args[0] if sample.forward_input.args else None
+    if isinstance(x, torch.Tensor) and x.ndim >= 2 and x.shape[0] > 0:
+        empty = x.detach()[:0]
+        assert ours(empty).shape == theirs(empty).shape
+        for (_, bt), (_, bo) in zip(theirs.named_buffers(), ours.named_buffers()):
             torch.testing.assert_close(bo, bt, equal_nan=True)
     # state_dict both ways
     back = mi.module_cls(*ctor.args, **ctor.kwargs).to(DTYPE)

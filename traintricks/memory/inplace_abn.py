@@ -26,15 +26,16 @@ dtype``, keyword-only ``bias``, ``alpha``, ``check_finite``) plus keyword-only `
 > 0) and ``eps_gamma``. The layers derive from ``torch.nn.modules.batchnorm._NormBase`` but not ``_BatchNorm``, so
 ``SyncBatchNorm.convert_sync_batchnorm`` does not replace them with a batch norm without the activation; they
 cannot be synchronized (:func:`traintricks.parallel.sync_batchnorm_` refuses them). Double backward is refused
-(PyTorch's ``once_differentiable`` error): the backward inverts the output instead of differentiating a graph.
+(``RuntimeError`` "... cannot be differentiated twice ..." when the gradient is differentiated,
+:func:`~traintricks.nn.batchnorm.refuse_double_backward`): the backward inverts the output instead of
+differentiating a graph.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch.autograd.function import once_differentiable
 
-from ..nn.batchnorm import _BatchNorm, _fx_leaf
+from ..nn.batchnorm import _BatchNorm, _fx_leaf, refuse_double_backward
 
 
 class InPlaceABNFunction(torch.autograd.Function):
@@ -53,7 +54,7 @@ class InPlaceABNFunction(torch.autograd.Function):
         return z, mu, var
 
     @staticmethod
-    @once_differentiable
+    @refuse_double_backward("InPlaceABNFunction (in-place activated batch norm)")
     def backward(ctx, dz, _dmu, _dvar):
         z, gamma, beta, invstd = ctx.saved_tensors
         s = ctx.slope

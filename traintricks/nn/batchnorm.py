@@ -22,24 +22,73 @@ Inference is a fixed affine map: ``dL/dx = dL/dy * gamma / sqrt(var + eps)``.
 The layers are drop-in replacements for ``torch.nn.BatchNorm1d/2d/3d``: the same constructor
 ``(num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True, device=None, dtype=None, *,
 bias=True)``, the same parameters, buffers and ``state_dict`` keys, inputs, outputs, errors, and subclasses of
-``torch.nn.modules.batchnorm._BatchNorm`` (so ``SyncBatchNorm.convert_sync_batchnorm``, ``swa_utils.update_bn``,
-``torch.fx`` and ``torch.ao.quantization.fuse_modules`` treat them as PyTorch's). Keyword-only additions:
+``torch.nn.BatchNorm1d/2d/3d`` (so ``isinstance(m, nn.BatchNorm2d)``, ``SyncBatchNorm.convert_sync_batchnorm``,
+``swa_utils.update_bn``, ``torch.fx`` and ``torch.ao.quantization.fuse_modules`` treat them as PyTorch's; our
+``forward`` and input check come first in the method order). Empty batches are counted in ``num_batches_tracked``
+and leave the running estimates unchanged, as PyTorch's kernel does. Keyword-only additions:
 
-* ``alpha`` -- the notes' running-average rate, ``momentum = 1 - alpha``;
+* ``alpha`` -- the notes' running-average rate, ``momentum = 1 - alpha`` rounded to 15 significant digits
+  (``alpha=0.9`` gives ``momentum == 0.1`` exactly); the ``alpha`` property reads and sets it;
 * ``impl`` -- ``"fast"`` (default): PyTorch's batch-norm kernels (``F.batch_norm``), bit-for-bit PyTorch's
   result; ``"reference"``: :class:`BatchNormFunction`, the equations above written out in tensor ops (readable,
-  the ground truth the tests check the kernels against, gradcheck and gradgradcheck in float64);
+  the ground truth the tests check the kernels against, gradcheck and gradgradcheck in float64), computed in
+  float32 for bf16/fp16 inputs and returned in the dtype ``F.batch_norm`` returns (the input's; under autocast
+  whatever autocast makes of it);
 * ``check_finite`` -- raise :class:`~traintricks.errors.NonFiniteInputError` on NaN/Inf inputs. Off by default:
   the check reads a value on the host (a device synchronization and a ``torch.compile`` graph break), so the
   forward pass is synchronization-free unless asked.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..errors import NonFiniteInputError
+
+
+def refuse_double_backward(what: str):
+    """Decorator for the ``backward`` of a custom ``autograd.Function`` whose backward is not differentiable
+    (it uses values saved without a graph, or treats some of them as constants): with ``create_graph=True``
+    the gradients it returns require grad whenever an input of the forward did, and differentiating them
+    raises ``RuntimeError("<what> cannot be differentiated twice: ...")``.
+
+    ``torch.autograd.function.once_differentiable`` decides by whether the *incoming gradients* require grad:
+    for ``torch.autograd.grad(layer(x).sum(), x, create_graph=True)`` they do not (the gradient of a sum is a
+    constant), so it returns a gradient that silently does not require grad, and a gradient penalty built on
+    it contributes nothing. Here the decision is ``ctx.needs_input_grad`` (the true gradient depends on the
+    forward's inputs), so such a penalty raises when it is differentiated."""
+    msg = (f"{what} cannot be differentiated twice: its backward is not differentiable (as a function marked "
+           "@once_differentiable), and a gradient taken with create_graph=True through it was differentiated "
+           "again. For second derivatives (gradient penalties) use a layer whose backward is differentiable, "
+           "e.g. BatchNorm*d (either impl) followed by the activation.").encode()
+
+    def decorate(fn):
+        @functools.wraps(fn)
+        def wrapper(ctx, *args):
+            with torch.no_grad():
+                outputs = fn(ctx, *args)
+            if not torch.is_grad_enabled():
+                return outputs
+            if not (any(ctx.needs_input_grad)
+                    or any(isinstance(a, torch.Tensor) and a.requires_grad for a in args)):
+                return outputs
+            outs = outputs if isinstance(outputs, tuple) else (outputs,)
+
+            def fake(v):
+                if isinstance(v, torch.Tensor):
+                    v = v.detach()
+                    v.requires_grad = True
+                return v
+            err = torch._C._functions.DelayedError(msg, len(outs))
+            res = err(*[fake(v) for v in outs])
+            if not isinstance(res, tuple):
+                res = (res,)
+            return res if isinstance(outputs, tuple) else res[0]
+        return wrapper
+    return decorate
 
 
 def _axes(x: torch.Tensor) -> list[int]:
@@ -91,6 +140,27 @@ class BatchNormFunction(torch.autograd.Function):
         return dx, dgamma, dbeta, None
 
 
+def compute_dtype(x: torch.Tensor, *params: torch.Tensor | None) -> torch.dtype:
+    """The dtype the reference implementations compute in: ``x``'s promoted with the parameters', at least
+    float32 (bf16/fp16 inputs are normalized in float32, as PyTorch's kernels accumulate)."""
+    dt = x.dtype
+    for p in params:
+        if p is not None and p.is_floating_point():
+            dt = torch.promote_types(dt, p.dtype)
+    return torch.float32 if dt in (torch.float16, torch.bfloat16) else dt
+
+
+def out_dtype(x: torch.Tensor, probe) -> torch.dtype:
+    """The dtype PyTorch's own functional op returns for ``x`` here: ``x.dtype`` (also for bf16/fp16 inputs with
+    float32 parameters), except where autocast changes it (e.g. CUDA autocast runs ``layer_norm`` and
+    ``group_norm`` in float32). Under autocast ``probe`` -- the op, given an empty tensor of ``x``'s dtype and
+    device -- tells (a shape-only call: no data, no host synchronization)."""
+    kind = x.device.type
+    if not (torch.amp.is_autocast_available(kind) and torch.is_autocast_enabled(kind)):
+        return x.dtype
+    return probe(torch.empty((0, 1, 2), dtype=x.dtype, device=x.device)).dtype
+
+
 def check_impl(impl: str) -> str:
     if impl not in ("fast", "reference"):
         raise ValueError(f"impl must be 'fast' or 'reference', got {impl!r}")
@@ -107,7 +177,14 @@ def resolve_momentum(name: str, momentum: float | None, alpha: float | None) -> 
         raise ValueError(f"{name}: alpha must be in [0, 1), got {alpha}")
     if momentum is not None and momentum != 0.1 and abs(alpha - (1 - momentum)) > 1e-12:
         raise ValueError(f"{name}: alpha={alpha} and momentum={momentum} disagree (momentum = 1 - alpha)")
-    return 1.0 - alpha
+    return complement(alpha)
+
+
+def complement(rate: float) -> float:
+    """``1 - rate`` rounded to 15 significant digits, so the decimal a user wrote reads back exactly:
+    ``1 - 0.9`` is 0.09999999999999998 in binary floating point, ``complement(0.9)`` is 0.1 (and
+    ``complement(complement(0.9))`` is 0.9). The rounding moves the value by less than 1e-15 relative."""
+    return float(f"{1.0 - float(rate):.15g}")
 
 
 class ChannelMismatchError(ValueError, RuntimeError):
@@ -131,7 +208,7 @@ class _BatchNorm(nn.modules.batchnorm._NormBase):
     ``momentum=None``, without a host synchronization), the keyword-only ``alpha``, ``impl`` and
     ``check_finite``, and synchronized statistics (:func:`traintricks.parallel.sync_batchnorm_`).
 
-    Plain batch norm also derives from ``torch.nn.modules.batchnorm._BatchNorm``; the variants (batch renorm,
+    Plain batch norm also derives from ``torch.nn.BatchNorm1d/2d/3d``; the variants (batch renorm,
     norm + activation, in-place ABN) derive from ``_NormBase`` only, so PyTorch's tools that would replace or
     re-run them as a plain batch norm (``SyncBatchNorm.convert_sync_batchnorm``) leave them alone."""
 
@@ -153,6 +230,16 @@ class _BatchNorm(nn.modules.batchnorm._NormBase):
         self.check_finite = bool(check_finite)
         self.cumulative_warmup = bool(cumulative_warmup)
         self.sync = False
+
+    @property
+    def alpha(self) -> float | None:
+        """The notes' running-average rate, ``1 - momentum`` (``None`` for the cumulative average,
+        ``momentum=None``); setting it sets ``momentum`` (``alpha=0.9`` gives ``momentum == 0.1`` exactly)."""
+        return None if self.momentum is None else complement(self.momentum)
+
+    @alpha.setter
+    def alpha(self, value: float | None) -> None:
+        self.momentum = None if value is None else resolve_momentum(type(self).__name__, None, value)
 
     # -- checks -----------------------------------------------------------------------------------------------
     def _label(self) -> str:
@@ -235,16 +322,19 @@ class _BatchNorm(nn.modules.batchnorm._NormBase):
             if distributed_world() > 1:
                 return self._sync_normalize(x)
         if self.impl == "reference" and x.numel() > 0:
+            # torch's dtype rules: computed in float32 (or float64) and returned in the dtype F.batch_norm gives
+            out = out_dtype(x, lambda e: F.batch_norm(e, None, None, None, None, True, 0.0, 1.0))
+            w, b = self._affine(x)
+            cd = compute_dtype(x, w)
+            xc, w, b = x.to(cd), w.to(cd), b.to(cd)
             if bn_training:
-                w, b = self._affine(x)
-                y, mu, var = BatchNormFunction.apply(x, w, b, self.eps)
+                y, mu, var = BatchNormFunction.apply(xc, w, b, self.eps)
                 m = x.numel() // x.shape[1]
                 self._track(mu, var * (m / (m - 1)))
-                return y
+                return y.to(out)
             shape = _shape(x)
-            w, b = self._affine(x)
-            scale = w * (self.running_var + self.eps).rsqrt()
-            return x * scale.view(shape) + (b - self.running_mean * scale).view(shape)
+            scale = w * (self.running_var.to(cd) + self.eps).rsqrt()
+            return (xc * scale.view(shape) + (b - self.running_mean.to(cd) * scale).view(shape)).to(out)
         # PyTorch's own computation (torch.nn.modules.batchnorm._BatchNorm.forward), with the cumulative average
         # as tensor ops instead of its host read of num_batches_tracked
         rm = self.running_mean if not self.training or self.track_running_stats else None
@@ -252,7 +342,9 @@ class _BatchNorm(nn.modules.batchnorm._NormBase):
         factor = 0.0 if self.momentum is None else self.momentum
         if self._tracking():
             factor = self._step_factor()
-            if isinstance(factor, torch.Tensor) and rm is None:
+            if isinstance(factor, torch.Tensor) and (rm is None or x.numel() == 0):
+                # an empty batch has no statistics: torch counts it but leaves the estimates (its kernel skips
+                # the update), whatever the rate
                 factor = 0.0
             if isinstance(factor, torch.Tensor):       # cumulative: exact batch statistics, then the average
                 mean_b, var_b = torch.zeros_like(rm), torch.ones_like(rv)
@@ -288,7 +380,7 @@ class _PlainBatchNorm(_BatchNorm, nn.modules.batchnorm._BatchNorm):
     Our methods come first in the method order (``forward``, ``_check_input_dim``, ``extra_repr``)."""
 
 
-class BatchNorm1d(_PlainBatchNorm):
+class BatchNorm1d(_PlainBatchNorm, nn.BatchNorm1d):
     """Batch norm over (N, C) or (N, C, L) inputs, as ``torch.nn.BatchNorm1d``; see the module docstring.
 
     Args: ``num_features`` C; ``eps`` added to the variance (> 0 in training); ``momentum`` the running-estimate
@@ -303,14 +395,14 @@ class BatchNorm1d(_PlainBatchNorm):
     _dims = (2, 3)
 
 
-class BatchNorm2d(_PlainBatchNorm):
+class BatchNorm2d(_PlainBatchNorm, nn.BatchNorm2d):
     """Batch norm over (N, C, H, W) inputs, as ``torch.nn.BatchNorm2d``; arguments and errors as
     :class:`BatchNorm1d`."""
 
     _dims = (4,)
 
 
-class BatchNorm3d(_PlainBatchNorm):
+class BatchNorm3d(_PlainBatchNorm, nn.BatchNorm3d):
     """Batch norm over (N, C, D, H, W) inputs, as ``torch.nn.BatchNorm3d``; arguments and errors as
     :class:`BatchNorm1d`."""
 

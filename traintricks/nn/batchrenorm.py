@@ -21,8 +21,9 @@ they grow linearly to their final values over ``r_ramp_steps`` and ``d_ramp_step
 Backward: ``r`` and ``d`` are constants, so it is batch norm's backward with ``gamma * r`` in place of
 ``gamma`` (see :mod:`traintricks.nn.batchnorm`), and ``dL/dgamma = r * sum(dL/dy * xhat) + d * sum(dL/dy)``,
 ``dL/dbeta = sum(dL/dy)``. Double backward (``create_graph=True``) is refused (``r`` and ``d`` are
-stop-gradients, which a second derivative through this backward would not see): the second backward raises
-PyTorch's ``once_differentiable`` error.
+stop-gradients, which a second derivative through this backward would not see): with ``create_graph=True`` the
+gradients require grad and differentiating them raises ``RuntimeError`` ("... cannot be differentiated twice ...",
+:func:`~traintricks.nn.batchnorm.refuse_double_backward`), even for ``grad(y.sum(), x, create_graph=True)``.
 
 Constructor: batch norm's (``num_features, eps, momentum, affine, track_running_stats, device, dtype``, keyword-only
 ``bias``, ``alpha``, ``impl``, ``check_finite``) plus keyword-only ``rmax``, ``dmax``, ``warmup_steps``,
@@ -34,9 +35,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch.autograd.function import once_differentiable
 
-from .batchnorm import _BatchNorm, _axes, _shape
+from .batchnorm import _BatchNorm, _axes, _shape, compute_dtype, out_dtype, refuse_double_backward
 
 
 class BatchRenormFunction(torch.autograd.Function):
@@ -62,7 +62,7 @@ class BatchRenormFunction(torch.autograd.Function):
         return y, mu, var
 
     @staticmethod
-    @once_differentiable
+    @refuse_double_backward("BatchRenormFunction (batch renormalization)")
     def backward(ctx, dy, _dmu, _dvar):
         xhat, gamma, invstd, r, d = ctx.saved_tensors
         axes, shape = _axes(dy), _shape(dy)
@@ -112,7 +112,7 @@ class FastBatchRenormFunction(torch.autograd.Function):
         return y, mu, var
 
     @staticmethod
-    @once_differentiable
+    @refuse_double_backward("FastBatchRenormFunction (batch renormalization)")
     def backward(ctx, dy, _dmu, _dvar):
         x, w, mu, invstd, r, d = ctx.saved_tensors
         need_affine = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
@@ -180,8 +180,15 @@ class _BatchRenorm(_BatchNorm):
             return self._normalize(x, bn_training)      # inference, or exactly batch norm
         rmax, dmax = self.limits_tensor()
         w, b = self._affine(x)
-        fn = FastBatchRenormFunction if self.impl == "fast" else BatchRenormFunction
-        y, mu, var = fn.apply(x, w, b, self.running_mean, self.running_var, rmax, dmax, self.eps)
+        if self.impl == "fast":
+            y, mu, var = FastBatchRenormFunction.apply(x, w, b, self.running_mean, self.running_var, rmax, dmax,
+                                                       self.eps)
+        else:   # tensor ops in float32 (or float64), returned in the dtype batch norm returns (bf16 for bf16)
+            out = out_dtype(x, lambda e: F.batch_norm(e, None, None, None, None, True, 0.0, 1.0))
+            cd = compute_dtype(x, w)
+            y, mu, var = BatchRenormFunction.apply(x.to(cd), w.to(cd), b.to(cd), self.running_mean.to(cd),
+                                                   self.running_var.to(cd), rmax, dmax, self.eps)
+            y = y.to(out)
         m = x.numel() // x.shape[1]
         self._track(mu, var * (m / (m - 1)))
         return y

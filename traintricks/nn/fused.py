@@ -18,15 +18,16 @@ constructor, parameters, buffers, ``state_dict`` keys and errors; ``fold_batchno
 with the activation for testing. They derive from ``torch.nn.modules.batchnorm._NormBase`` but not from
 ``_BatchNorm``, so ``SyncBatchNorm.convert_sync_batchnorm`` does not replace them with a batch norm that drops the
 activation (use :func:`traintricks.parallel.sync_batchnorm_`, which synchronizes them). The GELU path's custom
-backward refuses double backward (PyTorch's ``once_differentiable`` error); the ReLU family's is PyTorch's own.
+backward refuses double backward (``RuntimeError`` "... cannot be differentiated twice ..." when a gradient taken
+with ``create_graph=True`` is differentiated, :func:`~traintricks.nn.batchnorm.refuse_double_backward`); the ReLU
+family's is PyTorch's own (differentiable twice).
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch.autograd.function import once_differentiable
 
-from .batchnorm import _BatchNorm, _fx_leaf
+from .batchnorm import _BatchNorm, _fx_leaf, refuse_double_backward
 
 FUSED_ACTIVATIONS = ("relu", "leaky_relu", "gelu")
 
@@ -57,7 +58,7 @@ class BatchNormActFunction(torch.autograd.Function):
         return y, mu, var
 
     @staticmethod
-    @once_differentiable
+    @refuse_double_backward("BatchNormActFunction (batch norm + activation)")
     def backward(ctx, dy, _dmu, _dvar):
         x, gamma, beta, mu, invstd = ctx.saved_tensors[:5]
         if ctx.kind == "relu":

@@ -27,7 +27,13 @@ Two implementations, chosen with the keyword-only ``impl=``:
   one kernel, about 2x faster than PyTorch's batch-norm-over-a-reshaped-batch route).
 * ``"reference"``: :class:`GroupNormFunction`, the equations above in tensor ops with the hand-derived
   backward (gradchecked in float64). Its backward recomputes ``xhat`` from the saved input with
-  differentiable ops, so double backward (``create_graph=True``, gradgradcheck) is right too.
+  differentiable ops, so double backward (``create_graph=True``, gradgradcheck) is right too. It computes in
+  float32 for bf16/fp16 inputs and returns the dtype PyTorch's functional op returns (the input's; under
+  autocast whatever autocast makes of it).
+
+Under ``torch.fx`` symbolic tracing every layer is one ``call_module`` node, as PyTorch's own norm layers are
+(so ``gm.eval()`` switches an instance norm with running statistics to them); only a layer traced as the root
+records its functional op, in the mode it is traced in.
 
 No layer synchronizes with the host in ``forward``: shape checks are static, and the finiteness check
 (``bool(isfinite(y).all())``, a device-to-host copy) runs only with the keyword-only ``check_finite=True``,
@@ -43,7 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import NonFiniteInputError
-from .batchnorm import check_impl
+from .batchnorm import _fx_leaf, check_impl, compute_dtype, out_dtype
 
 
 def _normalize(x: torch.Tensor, groups: int, eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -116,6 +122,10 @@ class GroupNormFunction(torch.autograd.Function):
         return dx, dgamma, dbeta, None, None
 
 
+def _cast(p: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    return None if p is None else p.to(dtype)
+
+
 def _check_eps(name: str, eps: float) -> None:
     if eps < 0:
         raise ValueError(f"{name}: eps must be >= 0 (it is added to the variance), got {eps}")
@@ -164,11 +174,19 @@ class GroupNorm(_FiniteCheck, nn.GroupNorm):
         self.check_finite = check_finite
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        if self.impl == "fast" or isinstance(input, torch.fx.Proxy):    # torch.fx records the functional op
+        if isinstance(input, torch.fx.Proxy):
+            node = _fx_leaf(self, input)       # one call_module node, as torch's GroupNorm
+            if node is not None:
+                return node
+        if self.impl == "fast" or isinstance(input, torch.fx.Proxy):    # traced root: the functional op
             y = F.group_norm(input, self.num_groups, self.weight, self.bias, self.eps)
         else:
             self._check_reference_input(input)
-            y = GroupNormFunction.apply(input, self.weight, self.bias, self.num_groups, self.eps)[0]
+            # computed in float32 (or float64), returned in the dtype F.group_norm returns (bf16 for bf16)
+            out = out_dtype(input, lambda e: F.group_norm(e, 1))
+            cd = compute_dtype(input, self.weight, self.bias)
+            y = GroupNormFunction.apply(input.to(cd), _cast(self.weight, cd), _cast(self.bias, cd),
+                                        self.num_groups, self.eps)[0].to(out)
         return self._finite(input, y)
 
     def _check_reference_input(self, x: torch.Tensor) -> None:
@@ -229,7 +247,11 @@ class LayerNorm(_FiniteCheck, nn.LayerNorm):
         self.check_finite = check_finite
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        if self.impl == "fast" or isinstance(input, torch.fx.Proxy):    # torch.fx records the functional op
+        if isinstance(input, torch.fx.Proxy):
+            node = _fx_leaf(self, input)       # one call_module node, as torch's LayerNorm
+            if node is not None:
+                return node
+        if self.impl == "fast" or isinstance(input, torch.fx.Proxy):    # traced root: the functional op
             y = F.layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps)
             return self._finite(input, y)
         k = len(self.normalized_shape)
@@ -240,12 +262,15 @@ class LayerNorm(_FiniteCheck, nn.LayerNorm):
                                f"{list(input.shape)}")
         m = math.prod(self.normalized_shape)
         rows = input.numel() // m if m else math.prod(input.shape[:input.ndim - k])
-        y = GroupNormFunction.apply(input.reshape(rows, 1, m), None, None, 1, self.eps)[0].reshape(input.shape)
+        out = out_dtype(input, lambda e: F.layer_norm(e, (e.shape[-1],)))
+        cd = compute_dtype(input, self.weight, self.bias)
+        y = GroupNormFunction.apply(input.to(cd).reshape(rows, 1, m), None, None, 1, self.eps)[0]
+        y = y.reshape(input.shape)
         if self.weight is not None:
-            y = y * self.weight
+            y = y * self.weight.to(cd)
         if self.bias is not None:
-            y = y + self.bias
-        return self._finite(input, y)
+            y = y + self.bias.to(cd)
+        return self._finite(input, y.to(out))
 
     def extra_repr(self) -> str:
         return super().extra_repr() + _impl_repr(self)
@@ -267,8 +292,11 @@ class _InstanceNormMixin(_FiniteCheck):
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if isinstance(input, torch.fx.Proxy):
-            # symbolic tracing (torch.fx) cannot run the rank checks on a Proxy: record the functional op
-            # PyTorch's forward ends in, for a batched input
+            node = _fx_leaf(self, input)       # one call_module node (train/eval switchable), as torch's
+            if node is not None:
+                return node
+            # the traced root: symbolic tracing cannot run the rank checks on a Proxy, so record the
+            # functional op PyTorch's forward ends in, for a batched input, in the mode it is traced in
             return F.instance_norm(input, self.running_mean, self.running_var, self.weight, self.bias,
                                    self.training or not self.track_running_stats,
                                    self.momentum if self.momentum is not None else 0.0, self.eps)
@@ -284,11 +312,17 @@ class _InstanceNormMixin(_FiniteCheck):
         return self._finite(input, super()._apply_instance_norm(input))
 
     def _reference(self, x: torch.Tensor) -> torch.Tensor:
+        # computed in float32 (or float64), returned in the dtype F.instance_norm returns (bf16 for bf16)
+        out = out_dtype(x, lambda e: F.instance_norm(e))
+        cd = compute_dtype(x, self.weight, self.bias)
+        return self._reference_in(x.to(cd), _cast(self.weight, cd), _cast(self.bias, cd)).to(out)
+
+    def _reference_in(self, x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None) -> torch.Tensor:
         n, c = x.shape[0], x.shape[1]
         cshape = [1, c] + [1] * (x.ndim - 2)
         if self.training or not self.track_running_stats:     # statistics of each (sample, channel)
             _verify_spatial_size(x)
-            y = GroupNormFunction.apply(x, self.weight, self.bias, c, self.eps)[0]
+            y = GroupNormFunction.apply(x, weight, bias, c, self.eps)[0]
             if self.training and self.track_running_stats:   # (an empty batch gives NaN, as in PyTorch)
                 # as PyTorch: the running estimates move towards the batch mean of the per-instance
                 # statistics (variance unbiased over the positions); momentum=None leaves them as they are
@@ -301,12 +335,12 @@ class _InstanceNormMixin(_FiniteCheck):
                     self.running_mean.lerp_(mu.squeeze(2).mean(dim=0).to(self.running_mean.dtype), momentum)
                     self.running_var.lerp_(var.mean(dim=0).to(self.running_var.dtype), momentum)
             return y
-        scale = (self.running_var + self.eps).rsqrt()           # inference with the running estimates
-        if self.weight is not None:
-            scale = scale * self.weight
-        shift = -self.running_mean * scale
-        if self.bias is not None:
-            shift = shift + self.bias
+        scale = (self.running_var.to(x.dtype) + self.eps).rsqrt()    # inference with the running estimates
+        if weight is not None:
+            scale = scale * weight
+        shift = -self.running_mean.to(x.dtype) * scale
+        if bias is not None:
+            shift = shift + bias
         return x * scale.view(cshape) + shift.view(cshape)
 
     def extra_repr(self) -> str:

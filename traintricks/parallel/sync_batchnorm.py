@@ -13,14 +13,16 @@ process with the whole batch (tested). Enabled for our ``BatchNorm1d/2d/3d`` and
 :func:`sync_batchnorm_` or the config key ``parallel.sync_batchnorm``; batch renorm and in-place ABN cannot be
 synchronized and are refused. PyTorch's ``torch.nn.SyncBatchNorm.convert_sync_batchnorm`` also works on our plain
 batch norms (they are ``torch.nn.modules.batchnorm._BatchNorm``s) and replaces them by PyTorch's layer. Double
-backward through :class:`SyncBatchNormFunction` is refused (PyTorch's ``once_differentiable`` error).
+backward through :class:`SyncBatchNormFunction` is refused (``refuse_double_backward``: the gradient of a
+gradient raises "... cannot be differentiated twice ...").
 """
 from __future__ import annotations
 
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.autograd.function import once_differentiable
+
+from ..nn.batchnorm import refuse_double_backward
 
 
 def distributed_world() -> int:
@@ -62,7 +64,7 @@ class SyncBatchNormFunction(torch.autograd.Function):
         return y.to(x.dtype), mu, var, m
 
     @staticmethod
-    @once_differentiable
+    @refuse_double_backward("SyncBatchNormFunction (synchronized batch norm)")
     def backward(ctx, dy, _dmu, _dvar, _dm):
         xhat, gamma, invstd, m = ctx.saved_tensors
         axes, shape = _axes(dy), _shape(dy)

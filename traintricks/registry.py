@@ -120,10 +120,10 @@ class Registry:
 
     >>> R = Registry("optimizer", section="weight update")
     >>> @R.register("plain")
-    ... def plain(params, lr: float = 0.1):
+    ... def plain(params, lr: float, momentum: float = 0.0):
     ...     "Plain SGD."
-    >>> R.names(), R.summary("plain"), R.defaults("plain")
-    (['plain'], 'Plain SGD.', {'lr': 0.1})
+    >>> R.names(), R.summary("plain"), R.defaults("plain")       # params, lr: supplied by the builder
+    (['plain'], 'Plain SGD.', {'momentum': 0.0})
     >>> class Clip:
     ...     "Clip every gradient element."
     ...     def __init__(self, clip: float = 1.0, foreach: bool | None = None) -> None: ...

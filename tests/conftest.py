@@ -19,7 +19,7 @@ if PRECISION not in ("fp32", "bf16"):
 # A config small enough for a test: digits, a tiny CNN, PRECISION, a couple of epochs.
 TINY = [
     "data.name=digits", "epochs=2", "batch_size=64", "lr=0.1", f"precision={PRECISION}", "channels_last=false",
-    "model.widths=[8, 16]", "model.blocks=[1, 1]", "eval.tta_flip=false", "data.augment=[]",
+    "model.widths=[8, 16]", "model.blocks=[1, 1]", "callbacks=[]", "data.augment=[]",
     "schedule.name=onecycle", "data.val_size=0.1",
 ]
 

@@ -28,6 +28,8 @@ def test_unknown_keys_are_named(override, key):
     ("epochs=2.5", "epochs"), ("epochs=true", "epochs"), ("lr=fast", "lr"), ("batch_size=\"64\"", "batch_size"),
     ("model.widths=8", "model.widths"), ("model.widths=[8, 1.5]", "model.widths[1]"),
     ("channels_last=1", "channels_last"), ("data.augment=[3]", "data.augment[0]"),
+    ("test_every_epoch=1", "test_every_epoch"), ('callbacks=[{name = "ema", decay = "x"}]', "callbacks[0].decay"),
+    ("callbacks=\"tta_flip\"", "callbacks"),
 ])
 def test_wrong_types_are_named(override, key):
     with pytest.raises(ConfigError) as e:
@@ -39,7 +41,8 @@ def test_wrong_types_are_named(override, key):
     ("epochs=0", "epochs"), ("lr=-0.1", "lr"), ("batch_size=0", "batch_size"), ("precision=fp8", "precision"),
     ("data.limit=-5", "data.limit"), ("data.name=imagenet", "data.name"), ("model.name=vgg", "model.name"),
     ("optim.name=adagradd", "optim.name"), ("data.augment=[\"rotate\"]", "data.augment[0]"),
-    ("device=tpu", "device"),
+    ("device=tpu", "device"), ('callbacks=[{name = "bogus"}]', "callbacks[0].name"),
+    ("callbacks=[\"bogus\"]", "callbacks[0]"),
 ])
 def test_impossible_values_are_named(override, key):
     with pytest.raises(ConfigError) as e:

@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from .config import ConfigError, component_options, load_config, to_toml, with_factory_defaults
+from .config import ConfigError, load_config, to_toml, with_factory_defaults
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -68,7 +68,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
     for reg in all_registries():
         print(f"{reg.plural} ({reg.section}):")
         for name in reg.names():
-            opts = ", ".join(component_options(reg, name))
+            opts = ", ".join(f"{k}={list(v) if isinstance(v, tuple) else v!r}" for k, v in reg.defaults(name).items())
             print(f"  {name:16s} {reg.summary(name)}")
             if opts and args.verbose:
                 print(f"  {'':16s} options: {opts}")

@@ -1,23 +1,32 @@
 """Run configuration: TOML files, ``--set key=value`` overrides, validation that names the key.
 
-A config is a nested dict. Top-level keys (``epochs``, ``lr``, ...) and the ``data``/``eval``
-tables have fixed schemas. The *component* tables ``model``, ``optim``, ``schedule``, ``loss``
-and ``early_stopping`` hold a ``name`` chosen from a registry plus that component's options,
-which are checked against the registered factory's signature and type annotations, so a new
-technique's options become valid config keys by registering it.
+A config is a nested dict. Top-level keys (``epochs``, ``lr``, ...) and the ``data``/``parallel`` tables have
+fixed schemas. Everything else is derived from the registries (:mod:`traintricks.registry`): the *component*
+tables ``model``, ``optim``, ``schedule``, ``loss``, ``early_stopping`` and ``curriculum`` hold a ``name`` chosen
+from a registry plus that component's options, and the lists ``data.augment``, ``model.regularization``,
+``loss.penalties``, ``grad_transforms`` and ``callbacks`` hold names (``"tta_flip"``) or tables with a name and
+options (``{name = "ema", decay = 0.999}``). Options are checked against the registered entry's options and type
+annotations, so a new technique's options become valid config keys by registering it.
+
+``parallel`` stays a table: it chooses how the run is launched (one process / DDP, Hogwild workers, a parameter
+server), not something that happens inside the training loop. The old ``[eval]`` and ``[ema]`` tables still load:
+they are translated to ``callbacks`` entries and ``test_every_epoch`` with a :class:`ConfigDeprecationWarning`
+naming the replacement (:data:`RENAMED`), or fail naming the key and its replacement.
 
 Layers merge in order: defaults, the config file, then each ``--set``. When a layer changes a
 component's ``name``, the options written by lower layers for the old component are dropped
-(options belong to the component they were written for).
+(options belong to the component they were written for). Lists are replaced, not merged.
 """
 from __future__ import annotations
 
 import collections.abc
 import copy
 import inspect
+import sys
 import tomllib
 import types
 import typing
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -30,6 +39,13 @@ class ConfigError(ValueError):
     def __init__(self, key: str, message: str) -> None:
         self.key = key
         super().__init__(f"config key '{key}': {message}")
+
+
+class ConfigDeprecationWarning(DeprecationWarning):
+    """A config key that still works but has a replacement (the message names it). Shown by default."""
+
+
+warnings.filterwarnings("default", category=ConfigDeprecationWarning)
 
 
 # The default recipe: trains a small CNN on Fashion-MNIST to about 93% test accuracy in under five
@@ -62,13 +78,17 @@ DEFAULTS: dict[str, Any] = {
     "loss": {"name": "cross_entropy", "label_smoothing": 0.1},
     "early_stopping": {"name": "none"},
     "curriculum": {"name": "none"},
-    "eval": {"tta_flip": True, "test_every_epoch": True},
+    # techniques in the training loop, by name from traintricks.training.callbacks.CALLBACKS (in this order, after
+    # the engine's own); the default recipe tests with flip TTA once the flips start (data.augment_from_epoch)
+    "callbacks": ["tta_flip"],
+    "test_every_epoch": True,
     "grad_transforms": [],
     "accumulate_steps": 1,
     "checkpoint_every_steps": 0,
     "checkpoint_every_seconds": 0.0,
+    # how the run is launched (a run mode, not a callback): one process or DDP under torchrun, Hogwild workers,
+    # or a parameter server with asynchronous workers
     "parallel": {"mode": "sync", "workers": 2, "sync_batchnorm": False, "dc_lambda": 0.0},
-    "ema": {"decay": 0.0, "warmup": True, "bn": "recompute", "bn_batches": 20},
     "bag_of_tricks": False,
 }
 
@@ -104,8 +124,8 @@ _FIXED: dict[str, tuple[Any, Callable[[Any], str | None] | None]] = {
     "data.augment": (list, None),
     "data.augment_from_epoch": (int, _nonneg),
     "grad_transforms": (list, None),
-    "eval.tta_flip": (bool, None),
-    "eval.test_every_epoch": (bool, None),
+    "callbacks": (list, None),
+    "test_every_epoch": (bool, None),
     "parallel.mode": (str, _choice("sync", "hogwild", "async")),
     "parallel.dc_lambda": (float, _nonneg),
     "accumulate_steps": (int, _pos),
@@ -113,12 +133,10 @@ _FIXED: dict[str, tuple[Any, Callable[[Any], str | None] | None]] = {
     "checkpoint_every_seconds": (float, _nonneg),
     "parallel.workers": (int, _pos),
     "parallel.sync_batchnorm": (bool, None),
-    "ema.decay": (float, lambda v: None if 0 <= v < 1 else "must be in [0, 1) (0 = off)"),
-    "ema.warmup": (bool, None),
-    "ema.bn": (str, _choice("recompute", "ema", "copy")),
-    "ema.bn_batches": (int, _pos),
     "bag_of_tricks": (bool, None),
 }
+
+
 def _components() -> dict[str, tuple[Registry, dict[str, tuple[Any, Any]]]]:
     """Component tables: their registry, and keys handled by the builder rather than the factory."""
     from .data import CURRICULA
@@ -137,8 +155,15 @@ def _components() -> dict[str, tuple[Registry, dict[str, tuple[Any, Any]]]]:
     }
 
 
-# factory parameters filled by the builder, never by the config
-_SUPPLIED = {"in_shape", "num_classes", "class_counts", "model", "params", "lr", "optimizer", "total_steps", "steps_per_epoch"}
+def _lists() -> dict[str, Registry]:
+    """Lists of techniques by name (``"flip"`` or ``{name = "crop", padding = 4}``) and their registries."""
+    from .data import AUGMENTATIONS
+    from .losses import PENALTIES
+    from .models import REGULARIZERS
+    from .optim import TRANSFORMS
+    from .training.callbacks import CALLBACKS
+    return {"data.augment": AUGMENTATIONS, "model.regularization": REGULARIZERS, "loss.penalties": PENALTIES,
+            "grad_transforms": TRANSFORMS, "callbacks": CALLBACKS}
 
 
 def default_config() -> dict[str, Any]:
@@ -184,10 +209,8 @@ def check_type(key: str, value: Any, annotation: Any) -> Any:
 
 
 def component_options(registry: Registry, name: str) -> dict[str, Any]:
-    """Config-settable options of a registered factory: name -> annotation."""
-    fn = registry.get(name)
-    hints = typing.get_type_hints(fn)
-    return {k: hints.get(k, inspect.Parameter.empty) for k in registry.options(name) if k not in _SUPPLIED}
+    """Config-settable options of a registered technique: name -> annotation (from its registry entry)."""
+    return registry.entry(name).annotations()
 
 
 def _check_component(section: str, spec: Any, registry: Registry, extra: dict) -> None:
@@ -221,15 +244,16 @@ def _check_component(section: str, spec: Any, registry: Registry, extra: dict) -
 
 def validate(cfg: dict[str, Any]) -> dict[str, Any]:
     """Check every key, type and simple range; raise :class:`ConfigError` naming the first bad key."""
-    from .data import AUGMENTATIONS, DATASETS, as_spec
+    from .data import DATASETS
 
+    _translate_old_tables(cfg)
     components = _components()
     for key, value in cfg.items():
         if isinstance(value, dict) and key not in components and not any(f.startswith(key + ".") for f in _FIXED):
             raise ConfigError(key, "unknown table")
         if not isinstance(value, dict) and key not in _FIXED:
             raise ConfigError(key, f"unknown key (known: {', '.join(sorted(k for k in _FIXED if '.' not in k))})")
-    for table in ("data", "eval", "parallel", "ema"):
+    for table in ("data", "parallel"):
         if not isinstance(cfg.get(table), dict):
             raise ConfigError(table, "expected a table")
         for k in cfg[table]:
@@ -247,16 +271,11 @@ def validate(cfg: dict[str, Any]) -> dict[str, Any]:
             raise ConfigError(key, f"{msg}, got {holder[leaf]!r}")
     if cfg["data"]["name"] not in DATASETS:
         raise ConfigError("data.name", f"unknown dataset {cfg['data']['name']!r}; choose one of: {', '.join(DATASETS.names())}")
-    _check_spec_list("data.augment", cfg["data"]["augment"], AUGMENTATIONS)
     for section, (registry, extra) in components.items():
         if section not in cfg:
             raise ConfigError(section, "missing table")
         _check_component(section, cfg[section], registry, extra)
-    from .losses import PENALTIES
-    from .models import REGULARIZERS
-    from .optim import TRANSFORMS
-    for key, registry in (("model.regularization", REGULARIZERS), ("loss.penalties", PENALTIES),
-                          ("grad_transforms", TRANSFORMS)):
+    for key, registry in _lists().items():
         sect, _, leaf = key.partition(".")
         _check_spec_list(key, cfg[sect].get(leaf, []) if leaf else cfg[sect], registry)
     return cfg
@@ -273,7 +292,8 @@ def _check_spec_list(key: str, items: list, registry: Registry) -> None:
             raise ConfigError(k, f"expected a{'n' if registry.kind[0] in 'aeiou' else ''} {registry.kind} name or a "
                                  f"table with a 'name', got {item!r}")
         if spec["name"] not in registry:
-            raise ConfigError(k, f"unknown {registry.kind} {spec['name']!r}; choose one of: {', '.join(registry.names())}")
+            raise ConfigError(f"{k}.name" if isinstance(item, dict) else k,
+                              f"unknown {registry.kind} {spec['name']!r}; choose one of: {', '.join(registry.names())}")
         _check_component(k, spec, registry, {})
 
 
@@ -378,12 +398,110 @@ def with_factory_defaults(cfg: dict[str, Any]) -> dict[str, Any]:
     out = copy.deepcopy(cfg)
     for section, (registry, _) in _components().items():
         spec = out.get(section)
-        if not isinstance(spec, dict) or spec.get("name") in (None, "none"):
-            continue
-        for key, param in registry.options(spec["name"]).items():
-            if key in _SUPPLIED or key in spec or param.default is None:
-                continue
-            value = list(param.default) if isinstance(param.default, tuple) else param.default
-            if isinstance(value, (bool, int, float, str, list)):
-                spec[key] = value
+        if isinstance(spec, dict) and spec.get("name") not in (None, "none"):
+            _complete(spec, registry)
+    for key in ("grad_transforms", "callbacks"):
+        items = out.get(key)
+        if isinstance(items, list):
+            reg = _lists()[key]
+            for i, item in enumerate(items):
+                spec = {"name": item} if isinstance(item, str) else item
+                if isinstance(spec, dict) and spec.get("name") in reg:
+                    _complete(spec, reg)
+                    items[i] = spec if len(spec) > 1 else spec["name"]
     return out
+
+
+def _complete(spec: dict[str, Any], registry: Registry) -> None:
+    """Add to ``spec`` the registered defaults of the options it does not set (those with a TOML value)."""
+    for key, value in registry.defaults(spec["name"]).items():
+        value = list(value) if isinstance(value, tuple) else value
+        if key not in spec and value is not None and isinstance(value, (bool, int, float, str, list)):
+            spec[key] = value
+
+
+# ------------------------------------------------------------------------------ the old tables ([eval], [ema])
+#: old key -> its replacement (the deprecation warnings and errors name it)
+RENAMED = {
+    "eval.tta_flip": 'callbacks = ["tta_flip"] (leave "tta_flip" out to turn flip TTA off)',
+    "eval.test_every_epoch": "test_every_epoch (a top-level key)",
+    "ema": 'callbacks = [{name = "ema", decay = 0.999, warmup = true, bn = "recompute", bn_batches = 20}] '
+           "(leave the entry out to turn the EMA off)",
+}
+
+
+def _deprecated(key: str) -> None:
+    replacement = RENAMED[key if key in RENAMED else key.partition(".")[0]]
+    level, frame = 2, sys._getframe(1)
+    while frame is not None and frame.f_code.co_filename == __file__:    # point at the caller of load_config
+        level, frame = level + 1, frame.f_back
+    warnings.warn(f"config key '{key}' is deprecated; use {replacement}", ConfigDeprecationWarning, stacklevel=level)
+
+
+def _callback_name(item: Any) -> Any:
+    return item if isinstance(item, str) else item.get("name") if isinstance(item, dict) else None
+
+
+def _has_callback(cfg: dict[str, Any], name: str) -> bool:
+    items = cfg.get("callbacks")
+    return isinstance(items, list) and any(_callback_name(it) == name for it in items)
+
+
+def _set_callback(cfg: dict[str, Any], name: str, on: bool, options: dict[str, Any] | None = None) -> None:
+    """Turn the ``callbacks`` entry ``name`` on (adding ``options`` to it) or off (removing it)."""
+    items = cfg.get("callbacks")
+    if not isinstance(items, list):
+        return                          # reported by validate as a wrong type
+    at = [i for i, it in enumerate(items) if _callback_name(it) == name]
+    if not on:
+        cfg["callbacks"] = [it for i, it in enumerate(items) if i not in at]
+        return
+    if not at:
+        items.append({"name": name, **options} if options else name)
+    elif options:
+        i = at[0]
+        items[i] = {**({"name": items[i]} if isinstance(items[i], str) else items[i]), **options}
+
+
+def _translate_old_tables(cfg: dict[str, Any]) -> None:
+    """Translate an old ``[eval]`` / ``[ema]`` table into ``callbacks`` entries and ``test_every_epoch``, with a
+    :class:`ConfigDeprecationWarning` per key naming its replacement. A key of those tables that has no
+    translation (unknown, or a value of the wrong type) raises :class:`ConfigError` naming it and the
+    replacement."""
+    ev = cfg.pop("eval", None)
+    if ev is not None:
+        if not isinstance(ev, dict):
+            raise ConfigError("eval", f"the [eval] table is replaced by {RENAMED['eval.tta_flip']} and "
+                                      f"{RENAMED['eval.test_every_epoch']}; got {ev!r}")
+        for k, v in ev.items():
+            key = f"eval.{k}"
+            if key not in RENAMED:
+                raise ConfigError(key, f"unknown key of the old [eval] table (replaced by {RENAMED['eval.tta_flip']}"
+                                       f" and {RENAMED['eval.test_every_epoch']})")
+            v = check_type(key, v, bool)
+            _deprecated(key)
+            if k == "tta_flip":
+                _set_callback(cfg, "tta_flip", v)
+            else:
+                cfg["test_every_epoch"] = v
+    ema = cfg.pop("ema", None)
+    if ema is not None:
+        if not isinstance(ema, dict):
+            raise ConfigError("ema", f"the [ema] table is replaced by {RENAMED['ema']}; got {ema!r}")
+        from .training.callbacks import CALLBACKS
+        known = component_options(CALLBACKS, "ema")
+        for k, v in ema.items():
+            if k not in known:
+                raise ConfigError(f"ema.{k}", f"unknown key of the old [ema] table (options: {', '.join(known)}); "
+                                              f"it is replaced by {RENAMED['ema']}")
+            ema[k] = check_type(f"ema.{k}", v, known[k])
+        if "decay" in ema and not 0 <= ema["decay"] < 1:
+            raise ConfigError("ema.decay", f"must be in [0, 1) (0 = off), got {ema['decay']!r}; "
+                                           f"it is replaced by {RENAMED['ema']}")
+        if ema:
+            _deprecated("ema")
+        if ema.get("decay") == 0:
+            _set_callback(cfg, "ema", False)
+        elif "decay" in ema or _has_callback(cfg, "ema"):
+            _set_callback(cfg, "ema", True, ema)
+        # else: only other ema.* keys, no decay: the EMA stays off, as with the old table's decay = 0

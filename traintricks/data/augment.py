@@ -267,43 +267,15 @@ def as_spec(item: str | dict) -> dict:
     return {"name": item} if isinstance(item, str) else dict(item)
 
 
-@AUGMENTATIONS.register("crop")
-def crop(padding: int = 2) -> RandomCrop:
-    """Random crop after zero padding (random translation by up to `padding` pixels)."""
-    return RandomCrop(padding)
-
-
-@AUGMENTATIONS.register("flip")
-def flip(p: float = 0.5) -> RandomFlip:
-    """Random horizontal flip with probability p."""
-    return RandomFlip(p)
-
-
-@AUGMENTATIONS.register("translate")
-def translate(max_shift: int = 2) -> RandomTranslate:
-    """Random shift by up to max_shift pixels per axis, zero fill."""
-    return RandomTranslate(max_shift)
-
-
-@AUGMENTATIONS.register("cutout")
-def cutout(size: int = 8, p: float = 1.0) -> Cutout:
-    """Cutout: zero a size x size square at a random centre (1708.04552)."""
-    return Cutout(size, p)
-
-
-@AUGMENTATIONS.register("random_erasing")
-def random_erasing(p: float = 0.5, scale: list[float] = (0.02, 0.33), ratio: list[float] = (0.3, 3.3)) -> RandomErasing:
-    """Random erasing: fill a random rectangle with noise, with probability p (1708.04896)."""
-    return RandomErasing(p, tuple(scale), tuple(ratio))
-
-
-@AUGMENTATIONS.register("mixup")
-def mixup(num_classes: int, alpha: float = 0.2) -> Mixup:
-    """Mixup: convex combinations of image pairs and of their one-hot targets, lam ~ Beta(alpha, alpha) (1710.09412)."""
-    return Mixup(num_classes, alpha)
-
-
-@AUGMENTATIONS.register("cutmix")
-def cutmix(num_classes: int, alpha: float = 1.0) -> CutMix:
-    """CutMix: paste a box from a paired image, targets mixed by the pasted area (1905.04899)."""
-    return CutMix(num_classes, alpha)
+# name, class and a one-line summary; the options and their defaults are the class's
+AUGMENTATIONS.register("crop", RandomCrop,
+                       summary="Random crop after zero padding (random translation by up to `padding` pixels).")
+AUGMENTATIONS.register("flip", RandomFlip, summary="Random horizontal flip with probability p.")
+AUGMENTATIONS.register("translate", RandomTranslate, summary="Random shift by up to max_shift pixels per axis, zero fill.")
+AUGMENTATIONS.register("cutout", Cutout, summary="Cutout: zero a size x size square at a random centre (1708.04552).")
+AUGMENTATIONS.register("random_erasing", RandomErasing, options=("p", "scale", "ratio"),
+                       summary="Random erasing: fill a random rectangle with noise, with probability p (1708.04896).")
+AUGMENTATIONS.register("mixup", Mixup, summary="Mixup: convex combinations of image pairs and of their one-hot "
+                                               "targets, lam ~ Beta(alpha, alpha) (1710.09412).")
+AUGMENTATIONS.register("cutmix", CutMix, summary="CutMix: paste a box from a paired image, targets mixed by the "
+                                                 "pasted area (1905.04899).")

@@ -66,21 +66,15 @@ class Pacing:
         return f"Pacing({self.kind!r}, start={self.start}, full_at={self.full_at}, {src})"
 
 
-def _factory(kind: str, doc: str) -> Callable:
-    def make(start: float = 0.2, full_at: float = 0.5, steps: int = 4, scores: str = "",
-             reference: str = "") -> Pacing:
-        return Pacing(kind, start, full_at, steps, scores, reference)
-    make.__doc__ = doc
-    make.__name__ = kind
-    return make
-
-
-CURRICULA.register("linear")(_factory("linear", "Curriculum, linear pacing: g(t) = g0 + (1 - g0) t / T (Bengio 2009)."))
-CURRICULA.register("root")(_factory("root", "Curriculum, square-root competence g(t) = sqrt(g0^2 + (1 - g0^2) t / T) "
-                                            "(Platanios 2019, 1903.09848)."))
-CURRICULA.register("exponential")(_factory("exponential", "Curriculum, exponential pacing g(t) = g0 (1/g0)^(t/T) "
-                                                          "(Hacohen & Weinshall 2019, 1904.03626)."))
-CURRICULA.register("step")(_factory("step", "Curriculum, baby steps: K equal increments of the data by t = T."))
+# one class, four pacing functions: each name binds Pacing's ``kind``; the options are Pacing's, with its defaults
+CURRICULA.register("linear", Pacing, defaults={"kind": "linear"},
+                   summary="Curriculum, linear pacing: g(t) = g0 + (1 - g0) t / T (Bengio 2009).")
+CURRICULA.register("root", Pacing, defaults={"kind": "root"}, summary="Curriculum, square-root competence "
+                   "g(t) = sqrt(g0^2 + (1 - g0^2) t / T) (Platanios 2019, 1903.09848).")
+CURRICULA.register("exponential", Pacing, defaults={"kind": "exponential"}, summary="Curriculum, exponential pacing "
+                   "g(t) = g0 (1/g0)^(t/T) (Hacohen & Weinshall 2019, 1904.03626).")
+CURRICULA.register("step", Pacing, defaults={"kind": "step"},
+                   summary="Curriculum, baby steps: K equal increments of the data by t = T.")
 
 
 class CurriculumLoader(TensorLoader):

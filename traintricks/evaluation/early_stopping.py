@@ -265,29 +265,14 @@ class UpStrips(PrecheltCriterion):
                 f"restore_best={self.restore_best})")
 
 
-@EARLY_STOPPING.register("patience")
-def patience(patience: int = 5, min_delta: float = 0.0, monitor: str = "val_loss",
-             restore_best: bool = True) -> EarlyStopping:
-    """Stop after `patience` epochs without a min_delta improvement of the monitored metric; restore the best weights."""
-    return EarlyStopping(patience=patience, min_delta=min_delta, monitor=monitor, restore_best=restore_best)
-
-
-@EARLY_STOPPING.register("gl")
-def gl(alpha: float = 5.0, monitor: str = "val_loss", restore_best: bool = True) -> GeneralizationLoss:
-    """Prechelt's GL_alpha: stop once the validation error is alpha% above its minimum so far."""
-    return GeneralizationLoss(alpha=alpha, monitor=monitor, restore_best=restore_best)
-
-
-@EARLY_STOPPING.register("pq")
-def pq(alpha: float = 0.5, strip: int = 5, monitor: str = "val_loss", restore_best: bool = True) -> ProgressQuotient:
-    """Prechelt's PQ_alpha: stop when generalization loss / training progress over a strip exceeds alpha."""
-    return ProgressQuotient(alpha=alpha, strip=strip, monitor=monitor, restore_best=restore_best)
-
-
-@EARLY_STOPPING.register("up")
-def up(s: int = 3, strip: int = 5, monitor: str = "val_loss", restore_best: bool = True) -> UpStrips:
-    """Prechelt's UP_s: stop when the validation error rose in s successive strips of `strip` epochs."""
-    return UpStrips(s=s, strip=strip, monitor=monitor, restore_best=restore_best)
+EARLY_STOPPING.register("patience", EarlyStopping, summary="Stop after `patience` epochs without a min_delta "
+                        "improvement of the monitored metric; restore the best weights.")
+EARLY_STOPPING.register("gl", GeneralizationLoss,
+                        summary="Prechelt's GL_alpha: stop once the validation error is alpha% above its minimum so far.")
+EARLY_STOPPING.register("pq", ProgressQuotient, summary="Prechelt's PQ_alpha: stop when generalization loss / "
+                                                        "training progress over a strip exceeds alpha.")
+EARLY_STOPPING.register("up", UpStrips, summary="Prechelt's UP_s: stop when the validation error rose in s successive "
+                                                "strips of `strip` epochs.")
 
 
 class EarlyStoppingCallback(Callback):

@@ -62,8 +62,8 @@ class Lab:
         """Train in this process; returns (trainer, summary), summary None when the run diverged."""
         from ..config import load_config
         from ..training import NonFiniteLossError, build_trainer
-        cfg = load_config(overrides=[f"data.name={self.dataset}", "eval.tta_flip=false", "data.augment=[]",
-                                     f"seed={self.seed}", "eval.test_every_epoch=false", "schedule.name=onecycle",
+        cfg = load_config(overrides=[f"data.name={self.dataset}", "callbacks=[]", "data.augment=[]",
+                                     f"seed={self.seed}", "test_every_epoch=false", "schedule.name=onecycle",
                                      *LAB_MODEL, *overrides])
         trainer = build_trainer(cfg, data=self.data(limit, val_size), progress=False)
         try:
@@ -292,7 +292,7 @@ def early_stopping(lab: Lab) -> dict[str, Any]:
     trainer, s = lab.train(["loss.label_smoothing=0.0", "optim.weight_decay=0.0", "lr=0.05", "schedule.name=constant",
                             "batch_size=64", f"epochs={epochs}", "model.widths=[16, 32, 64]",
                             "early_stopping.name=patience", f"early_stopping.patience={epochs}",
-                            "eval.test_every_epoch=true", "data.val_size=500" if not lab.quick else "data.val_size=0.1"],
+                            "test_every_epoch=true", "data.val_size=500" if not lab.quick else "data.val_size=0.1"],
                            lab.n(1500, 0), val_size=500 if not lab.quick else 0.1)
     h = trainer.history
     best = min(range(len(h)), key=lambda i: h[i]["val_loss"])
@@ -334,7 +334,7 @@ def early_stopping(lab: Lab) -> dict[str, Any]:
 
 def onecycle(lab: Lab) -> dict[str, Any]:
     epochs = lab.n(3, 1)
-    base = ["batch_size=128", f"epochs={epochs}", "model.widths=[16, 32, 64]", "eval.test_every_epoch=true"]
+    base = ["batch_size=128", f"epochs={epochs}", "model.widths=[16, 32, 64]", "test_every_epoch=true"]
     runs = {}
     for lr in (0.02, 0.1):
         runs[f"constant {lr:g}"] = lab.train(base + ["schedule.name=constant", f"lr={lr}"], lab.n(10000, 0))[0]

@@ -38,48 +38,22 @@ LOSSES = Registry("loss", section="error calculation", plural="losses")
 PENALTIES = Registry("penalty", section="error calculation", plural="penalties")
 
 
-@LOSSES.register("cross_entropy")
-def cross_entropy_loss(label_smoothing: float = 0.0, class_weights: list[float] | str | None = None,
-                       ignore_index: int = -100, class_counts: Sequence[int] | None = None) -> nn.Module:
-    """Softmax cross-entropy; label smoothing = KL to (1-eps)*onehot + eps/K (1906.02629); class weights or "balanced"."""
-    return CrossEntropy(ignore_index=ignore_index, label_smoothing=label_smoothing, class_weights=class_weights,
-                        class_counts=class_counts)
-
-
-@LOSSES.register("kl_divergence")
-def kl_divergence(label_smoothing: float = 0.0) -> nn.Module:
-    """KL(q || softmax(z)) to soft, one-hot or smoothed targets q."""
-    return KLDivergence(label_smoothing)
-
-
-@LOSSES.register("confidence_penalty")
-def confidence_penalty(beta: float = 0.1, label_smoothing: float = 0.0) -> nn.Module:
-    """Cross-entropy minus beta times the output entropy: penalizes over-confident outputs (1701.06548)."""
-    return ConfidencePenalty(beta, label_smoothing)
-
-
-@LOSSES.register("sinkhorn")
-def sinkhorn(num_classes: int, cost: list[list[float]] | None = None, eps: float = 0.05, iters: int = 50) -> nn.Module:
-    """Entropic optimal-transport (Wasserstein) loss with a class ground metric, log-domain Sinkhorn (1506.05439)."""
-    return SinkhornLoss(cost, num_classes, eps, iters)
-
-
-@LOSSES.register("l1")
-def l1(reduction: str = "mean") -> nn.Module:
-    """Mean absolute error to the (one-hot) target."""
-    return L1Loss(reduction=reduction)
-
-
-@LOSSES.register("l2")
-def l2(reduction: str = "mean") -> nn.Module:
-    """Mean squared error to the (one-hot) target."""
-    return L2Loss(reduction=reduction)
-
-
-@LOSSES.register("huber")
-def huber(delta: float = 1.0) -> nn.Module:
-    """Huber loss: quadratic below delta, linear above (robust)."""
-    return HuberLoss(delta=delta)
+# name, class, summary and the options a config may set (their defaults: the class's; class_counts is supplied)
+LOSSES.register("cross_entropy", CrossEntropy, options=("label_smoothing", "class_weights", "ignore_index"),
+                summary='Softmax cross-entropy; label smoothing = KL to (1-eps)*onehot + eps/K (1906.02629); class '
+                        'weights or "balanced".')
+LOSSES.register("kl_divergence", KLDivergence, options=("label_smoothing",),
+                summary="KL(q || softmax(z)) to soft, one-hot or smoothed targets q.")
+LOSSES.register("confidence_penalty", ConfidencePenalty, options=("beta", "label_smoothing"), summary="Cross-entropy "
+                "minus beta times the output entropy: penalizes over-confident outputs (1701.06548).")
+# iters: 50 Sinkhorn iterations in a training loss (the class's 100 is for an accurate distance)
+LOSSES.register("sinkhorn", SinkhornLoss, options=("cost", "eps", "iters"), defaults={"iters": 50},
+                summary="Entropic optimal-transport (Wasserstein) loss with a class ground metric, log-domain "
+                        "Sinkhorn (1506.05439).")
+LOSSES.register("l1", L1Loss, options=("reduction",), summary="Mean absolute error to the (one-hot) target.")
+LOSSES.register("l2", L2Loss, options=("reduction",), summary="Mean squared error to the (one-hot) target.")
+LOSSES.register("huber", HuberLoss, options=("delta",),
+                summary="Huber loss: quadratic below delta, linear above (robust).")
 
 
 @LOSSES.register("bce_with_logits")
@@ -91,10 +65,8 @@ def bce_with_logits(pos_weight: list[float] | None = None, weight: list[float] |
     return BCEWithLogitsLoss(weight=as_t(weight), reduction=reduction, pos_weight=as_t(pos_weight))
 
 
-@LOSSES.register("large_margin")
-def large_margin(model: nn.Module, m: int = 2, lam: float = 0.0) -> nn.Module:
-    """Large-margin softmax (L-Softmax): target logit ||W|| ||x|| psi(theta) with margin m on the model's head (1612.02295)."""
-    return LargeMarginLoss(model, m, lam)
+LOSSES.register("large_margin", LargeMarginLoss, summary="Large-margin softmax (L-Softmax): target logit ||W|| ||x|| "
+                "psi(theta) with margin m on the model's head (1612.02295).")
 
 
 @LOSSES.register("distillation")
@@ -126,10 +98,8 @@ def l2_penalty(model: nn.Module, coef: float = 5e-4, include_norm_and_bias: bool
     return WeightPenalty(model, l2=coef, include_norm_and_bias=include_norm_and_bias)
 
 
-@PENALTIES.register("spectral_norm")
-def spectral_norm(model: nn.Module, lam: float = 0.01, iters: int = 1) -> nn.Module:
-    """lam/2 * sum of squared largest singular values of the weights, power iteration (1705.10941)."""
-    return SpectralNormPenalty(model, lam, iters)
+PENALTIES.register("spectral_norm", SpectralNormPenalty, options=("lam", "iters"), summary="lam/2 * sum of squared "
+                   "largest singular values of the weights, power iteration (1705.10941).")
 
 
 __all__ = ["LOSSES", "PENALTIES", "AuxiliaryHeads", "BCEWithLogitsLoss", "ConfidencePenalty", "CrossEntropy", "Distillation",

@@ -13,28 +13,13 @@ def make_activation(name: str) -> nn.Module:
     return ACTIVATIONS.get(name)()
 
 
-@ACTIVATIONS.register("relu")
-def relu() -> nn.Module:
-    """ReLU, max(0, x)."""
-    return nn.ReLU(inplace=True)
-
-
-@ACTIVATIONS.register("leaky_relu")
-def leaky_relu(negative_slope: float = 0.01) -> nn.Module:
-    """Leaky ReLU, max(0, x) + slope * min(0, x)."""
-    return nn.LeakyReLU(negative_slope, inplace=True)
-
-
-@ACTIVATIONS.register("gelu")
-def gelu() -> nn.Module:
-    """GELU, x * Phi(x) (Hendrycks & Gimpel 2016, 1606.08415)."""
-    return nn.GELU()
-
-
-@ACTIVATIONS.register("silu")
-def silu() -> nn.Module:
-    """SiLU / swish, x * sigmoid(x) (1710.05941)."""
-    return nn.SiLU(inplace=True)
+# torch's modules, bound in place (the models apply each activation to a fresh conv/norm output)
+ACTIVATIONS.register("relu", nn.ReLU, defaults={"inplace": True}, options=(), summary="ReLU, max(0, x).")
+ACTIVATIONS.register("leaky_relu", nn.LeakyReLU, defaults={"inplace": True}, options=("negative_slope",),
+                     summary="Leaky ReLU, max(0, x) + slope * min(0, x).")
+ACTIVATIONS.register("gelu", nn.GELU, options=(), summary="GELU, x * Phi(x) (Hendrycks & Gimpel 2016, 1606.08415).")
+ACTIVATIONS.register("silu", nn.SiLU, defaults={"inplace": True}, options=(),
+                     summary="SiLU / swish, x * sigmoid(x) (1710.05941).")
 
 
 @ACTIVATIONS.register("noisy_hardtanh")

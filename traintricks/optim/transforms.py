@@ -243,19 +243,9 @@ def clip_value(clip: float = 1.0) -> GradientTransform:
     return ClipByValue(clip)
 
 
-@TRANSFORMS.register("clip_norm")
-def clip_norm(max_norm: float = 1.0, norm_type: float = 2.0) -> GradientTransform:
-    """Rescale all gradients together so their global norm_type-norm is at most max_norm (1211.5063)."""
-    return ClipByGlobalNorm(max_norm, norm_type)
-
-
-@TRANSFORMS.register("adaptive_clip")
-def adaptive_clip(clip: float = 0.01, eps: float = 1e-3) -> GradientTransform:
-    """Unit-wise adaptive gradient clipping relative to the weight norm (2102.06171)."""
-    return AdaptiveClip(clip, eps)
-
-
-@TRANSFORMS.register("gradient_noise")
-def gradient_noise(eta: float = 0.01, gamma: float = 0.55, seed: int = 0) -> GradientTransform:
-    """Annealed Gaussian gradient noise, sigma_t^2 = eta/(1+t)^gamma (1511.06807)."""
-    return GradientNoise(eta, gamma, seed)
+TRANSFORMS.register("clip_norm", ClipByGlobalNorm, options=("max_norm", "norm_type"), summary="Rescale all "
+                    "gradients together so their global norm_type-norm is at most max_norm (1211.5063).")
+TRANSFORMS.register("adaptive_clip", AdaptiveClip,
+                    summary="Unit-wise adaptive gradient clipping relative to the weight norm (2102.06171).")
+TRANSFORMS.register("gradient_noise", GradientNoise,
+                    summary="Annealed Gaussian gradient noise, sigma_t^2 = eta/(1+t)^gamma (1511.06807).")

@@ -16,7 +16,8 @@
 The weight EMA (:class:`~traintricks.evaluation.ema.EMACallback`), early stopping
 (:class:`~traintricks.evaluation.early_stopping.EarlyStoppingCallback`) and the batch-size schedule
 (:class:`~traintricks.optim.lr_schedules.BatchSizeSchedule`) live beside their techniques. :data:`CALLBACKS`
-registers those a config can name in its ``callbacks = [...]`` list.
+registers those a config can name in its ``callbacks = [...]`` list (``"tta_flip"``, ``{name = "ema", decay =
+0.999}``, ``"grad_norm_quantiles"``), each bound once with its summary and its class's defaults.
 """
 from __future__ import annotations
 
@@ -31,9 +32,21 @@ import torch
 from tqdm import tqdm
 
 from ..callback import Callback
+from ..evaluation.ema import EMACallback, ModelEMA
 from ..registry import Registry
 
 CALLBACKS = Registry("callback", section="training")
+
+
+def _ema_callback(cls: type, model, **options) -> EMACallback:
+    """The ``ema`` entry's builder: the :class:`ModelEMA` of the run's model, in the loop as an EMACallback."""
+    return EMACallback(cls(model, **options))
+
+
+# options and defaults: ModelEMA's (decay 0.999, warm-up, BN statistics recomputed over 20 batches)
+CALLBACKS.register("ema", ModelEMA, build=_ema_callback,
+                   summary="Exponential moving average of the weights, evaluated and saved instead of the live "
+                           "weights; BN statistics recomputed, averaged or copied (Polyak 1992; 1803.05407).")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -225,6 +238,9 @@ class NonFiniteGuard(Callback):
 
 
 # ------------------------------------------------------------------------------------------------ evaluation
+# from_epoch: the recipe passes data.augment_from_epoch (the model is tested on mirrors once it trains on flips)
+@CALLBACKS.register("tta_flip", supplied=("from_epoch",),
+                    summary="Flip test-time augmentation: evaluate the mean of the logits of the image and its mirror.")
 class FlipTTA(Callback):
     """Test-time augmentation: the evaluated prediction is the mean of the logits of the image and of its
     horizontal mirror (4-D inputs only), once ``from_epoch`` epochs are done (a model that has never seen mirror
@@ -347,7 +363,8 @@ class EpochEndFunction(Callback):
 
 
 # -------------------------------------------------------------------------- the example of a new technique
-@CALLBACKS.register("grad_norm_quantiles")
+@CALLBACKS.register("grad_norm_quantiles", summary="Quantiles of the per-step gradient norm in each epoch's record "
+                                                    "(grad_norm_p50, ...), for choosing a clipping threshold.")
 class GradNormQuantiles(Callback):
     """Quantiles of the per-step global gradient norm over each epoch, in the record as ``grad_norm_p50``,
     ``grad_norm_p90``, ``grad_norm_p99``...: the distribution to choose a clipping threshold from (run without

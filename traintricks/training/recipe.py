@@ -19,7 +19,7 @@ import torch
 from ..config import ConfigError, load_config, to_toml
 from ..data import AUGMENTATIONS, CURRICULA, Compose, CurriculumLoader, DataSplits, TensorLoader, as_spec, load_data
 from ..data.curriculum import load_scores, reference_scores
-from ..evaluation import EARLY_STOPPING, ModelEMA
+from ..evaluation import EARLY_STOPPING
 from ..evaluation.tasks import loss_for_task, resolve_task
 from ..losses import LOSSES, PENALTIES, AuxiliaryHeads, WithPenalties
 from ..models import MODELS, REGULARIZERS, zero_init_residual
@@ -27,7 +27,7 @@ from ..optim import OPTIMIZERS, SCHEDULES, TRANSFORMS, BatchSizeLR, param_groups
 from ..parallel.ddp import dist_info, gather_object, setup_distributed
 from . import checkpoint as ckpt
 from .report import plot_curves, write_report
-from .callbacks import NonFiniteLossError
+from .callbacks import CALLBACKS, FlipTTA, NonFiniteLossError
 from .trainer import Trainer, optimizer_steps
 
 EVAL_BATCH = 1000
@@ -75,6 +75,21 @@ def _supplied(factory: Callable, values: dict[str, Any]) -> dict[str, Any]:
     """The builder-supplied arguments (model, shapes, class counts) that ``factory`` asks for."""
     params = inspect.signature(factory).parameters
     return {k: v for k, v in values.items() if k in params}
+
+
+def build_callbacks(specs: list, supplied: dict[str, Any]) -> list:
+    """The config's ``callbacks`` list, each entry built from :data:`~traintricks.training.callbacks.CALLBACKS`
+    with its options; ``supplied`` holds what the builder passes to the entries that ask for it (``model``; the
+    flip TTA's ``from_epoch`` = ``data.augment_from_epoch``). Errors name ``callbacks[i].<option>``."""
+    out = []
+    for i, item in enumerate(specs):
+        spec = as_spec(item)
+        try:
+            factory = CALLBACKS.get(spec["name"])
+        except KeyError as e:
+            raise ConfigError(f"callbacks[{i}].name", str(e).strip("'\"")) from None
+        out.append(_build(f"callbacks[{i}]", spec, factory, **_supplied(factory, supplied), **_options(spec)))
+    return out
 
 
 def build_loss(cfg: dict[str, Any], model: torch.nn.Module, data: DataSplits) -> torch.nn.Module:
@@ -227,9 +242,10 @@ def build_trainer(cfg: dict[str, Any], data: DataSplits | None = None, out_dir: 
     if d["augment"] and d["augment_from_epoch"] >= cfg["epochs"]:
         warnings.warn(f"data.augment is never applied: data.augment_from_epoch ({d['augment_from_epoch']}) >= "
                       f"epochs ({cfg['epochs']}); set data.augment_from_epoch lower", stacklevel=2)
-    if cfg["eval"]["tta_flip"] and not any(as_spec(a)["name"] == "flip" for a in d["augment"]):
-        warnings.warn("eval.tta_flip is on but data.augment has no 'flip': the model is tested on mirror images "
-                      "it never trained on", stacklevel=2)
+    techniques = build_callbacks(cfg["callbacks"], {"model": model, "from_epoch": d["augment_from_epoch"]})
+    if any(isinstance(c, FlipTTA) for c in techniques) and not any(as_spec(a)["name"] == "flip" for a in d["augment"]):
+        warnings.warn("callbacks: 'tta_flip' is on but data.augment has no 'flip': the model is tested on mirror "
+                      "images it never trained on", stacklevel=2)
     es = cfg["early_stopping"]
     early = None if es["name"] == "none" else _build("early_stopping", es, EARLY_STOPPING.get(es["name"]), **_options(es))
     if early is not None and val is None and early.monitor.startswith("val"):
@@ -238,16 +254,14 @@ def build_trainer(cfg: dict[str, Any], data: DataSplits | None = None, out_dir: 
     for i, item in enumerate(cfg.get("grad_transforms", [])):
         t = as_spec(item)
         transforms.append(_build(f"grad_transforms[{i}]", t, TRANSFORMS.get(t["name"]), **_options(t)))
-    e = cfg["ema"]
-    ema = ModelEMA(model, e["decay"], e["warmup"], e["bn"], e["bn_batches"]) if e["decay"] > 0 else None
     extra = [scheduler.batch_schedule] if isinstance(scheduler, BatchSizeLR) else []   # sets the loader's batch
     return Trainer(model, optimizer, loss_fn, train, val, test, scheduler=scheduler, scheduler_interval=interval,
                    scheduler_monitor=monitor, epochs=cfg["epochs"],
-                   grad_transforms=transforms, accumulate_steps=acc, drop_tail=loader_args["drop_last"], ema=ema,
+                   grad_transforms=transforms, accumulate_steps=acc, drop_tail=loader_args["drop_last"],
                    early_stopping=early, out_dir=out_dir, device=cfg["device"], precision=cfg["precision"],
-                   channels_last=cfg["channels_last"], compile=cfg["compile"], tta_flip=cfg["eval"]["tta_flip"],
-                   tta_from_epoch=d["augment_from_epoch"], test_every_epoch=cfg["eval"]["test_every_epoch"],
-                   callbacks=[*extra, *callbacks], progress=progress, task=task,
+                   channels_last=cfg["channels_last"], compile=cfg["compile"],
+                   test_every_epoch=cfg["test_every_epoch"],
+                   callbacks=[*techniques, *extra, *callbacks], progress=progress, task=task,
                    checkpoint_every_steps=cfg.get("checkpoint_every_steps", 0),
                    checkpoint_every_seconds=cfg.get("checkpoint_every_seconds", 0.0))
 

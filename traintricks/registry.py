@@ -2,8 +2,9 @@
 
 A registry maps a name (``"sgd"``, ``"batchnorm"``, ``"onecycle"``) to a factory. Each
 category module owns its registry (``traintricks.optim.OPTIMIZERS`` and so on);
-:func:`all_registries` gathers them for ``traintricks list``. A new technique is one
-factory plus one ``@REGISTRY.register("name")`` line.
+:func:`traintricks.catalog.all_registries` gathers them for ``traintricks list``. A new technique is one
+factory plus one ``@REGISTRY.register("name")`` line. This module imports nothing of traintricks (it is the bottom
+layer: every technique package imports it).
 """
 from __future__ import annotations
 
@@ -72,15 +73,3 @@ class Registry:
             and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
         }
 
-
-def all_registries() -> list[Registry]:
-    """Every registry, in the order of the notes: forward pass, backward pass, weight update, evaluation."""
-    from .data import AUGMENTATIONS, CURRICULA, DATASETS
-    from .losses import LOSSES, PENALTIES
-    from .models import MODELS, REGULARIZERS
-    from .nn import ACTIVATIONS, NORMS
-    from .optim import OPTIMIZERS, SCHEDULES, TRANSFORMS
-    from .evaluation import EARLY_STOPPING, TASKS
-
-    return [NORMS, ACTIVATIONS, REGULARIZERS, AUGMENTATIONS, LOSSES, PENALTIES, OPTIMIZERS, SCHEDULES, TRANSFORMS,
-            EARLY_STOPPING, TASKS, CURRICULA, MODELS, DATASETS]

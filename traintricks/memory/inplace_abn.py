@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from ..nn.batchnorm import _BatchNorm, _fx_leaf
+from ..nn.batchnorm import BatchNormBase as _BatchNorm, fx_leaf as _fx_leaf
 
 
 class InPlaceABNFunction(torch.autograd.Function):

@@ -19,10 +19,9 @@ By name: :data:`OPTIMIZERS` factories take ``(param_groups, lr, **options)``; :d
 from .first_order import SGD, Adagrad, Adam, AdamW, RMSprop
 from .hypergradient import AdamHD, SGDHD
 from .large_batch import LAMB, LARS
-from .lr_schedules import (BatchSizeLR, BatchSizeSchedule, ClosedFormLR, ConstantLR, CosineRestarts, Cyclic,
-                           ExponentialLR, MultiCycle, OneCycle, StepLR, Warmup, scale_lr, sets_rate_each_step)
+from .lr_schedules import (SCHEDULES, BatchSizeLR, BatchSizeSchedule, ClosedFormLR, ConstantLR, CosineRestarts,
+                           Cyclic, ExponentialLR, MultiCycle, OneCycle, StepLR, Warmup, scale_lr, sets_rate_each_step)
 from .optimizers import OPTIMIZERS, param_groups
-from .schedules import SCHEDULES
 from .second_order import Newton, SaddleFreeNewton
 from .transforms import TRANSFORMS, AdaptiveClip, Chain, ClipByGlobalNorm, ClipByValue, GradientNoise
 

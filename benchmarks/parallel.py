@@ -116,9 +116,9 @@ def steps_to_target(cfg: dict, target: float, max_epochs: int, max_steps: int | 
         trainer.train_loader.set_epoch(epoch)
         for x, y in trainer.train_loader:
             model.train()
-            x, y = trainer._to_device(x, y)
+            x, y = trainer.to_device(x, y)
             opt.zero_grad(set_to_none=True)
-            with trainer._autocast():
+            with trainer.autocast():
                 loss = loss_fn(model(x), y)
             if not torch.isfinite(loss):
                 return None, time.perf_counter() - t0

@@ -57,7 +57,7 @@ def test_probs(trainer, data) -> torch.Tensor:
         x = data.test_x[i:i + 1000]
         if trainer.memory_format is not None:
             x = x.contiguous(memory_format=trainer.memory_format)
-        with trainer._autocast():
+        with trainer.autocast():
             out.append(torch.softmax(model(x).float(), dim=1))
     return torch.cat(out)
 

@@ -8,7 +8,7 @@ import pytest
 
 from tests.conftest import PRECISION, TINY
 from traintricks.cli import main
-from traintricks.registry import all_registries
+from traintricks.catalog import all_registries
 from traintricks.training import checkpoint as ckpt
 
 

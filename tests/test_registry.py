@@ -10,7 +10,8 @@ import torch
 from traintricks.cli import main
 from traintricks.config import (DEFAULTS, ConfigDeprecationWarning, ConfigError, component_options, load_config,
                                 to_toml, with_factory_defaults)
-from traintricks.registry import Entry, Registry, all_registries
+from traintricks.catalog import all_registries
+from traintricks.registry import Entry, Registry
 from traintricks.training import CALLBACKS, build_trainer
 from traintricks.training.callbacks import FlipTTA, GradNormQuantiles
 

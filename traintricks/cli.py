@@ -63,7 +63,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from .registry import all_registries
+    from .catalog import all_registries
 
     for reg in all_registries():
         print(f"{reg.plural} ({reg.section}):")
@@ -99,7 +99,7 @@ def _cmd_lr_find(args: argparse.Namespace) -> int:
         return 2
 
     def forward(x):
-        with trainer._autocast():
+        with trainer.autocast():
             return trainer.forward(x)
 
     result = lr_find(trainer.model, _Cycle(trainer), trainer.loss_fn, trainer.optimizer, args.start, args.end,
@@ -180,7 +180,7 @@ class _Cycle:
 
     def __iter__(self):
         for x, y in self.trainer.train_loader:
-            yield self.trainer._to_device(x, y)
+            yield self.trainer.to_device(x, y)
 
 
 def build_parser() -> argparse.ArgumentParser:

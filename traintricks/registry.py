@@ -7,10 +7,12 @@ expose only some of the target's keyword arguments as options (``options=``). A 
 registry may do the building work around the target (range checks, merging parameter groups); a factory that does
 real work (a model, a schedule turning epochs into steps) is registered as a function, with its own defaults.
 
-Each category module owns its registry (``traintricks.optim.OPTIMIZERS`` and so on); :func:`all_registries`
-gathers them for ``traintricks list``, and :mod:`traintricks.config` derives the config schema from them (an
+Each category module owns its registry (``traintricks.optim.OPTIMIZERS`` and so on);
+:func:`traintricks.catalog.all_registries` gathers them for ``traintricks list``, and :mod:`traintricks.config` derives the config schema from them (an
 entry's options, their defaults and their annotations). A new technique is one class or function plus one
 ``REGISTRY.register("name", ...)``.
+
+This module imports nothing of traintricks (it is the bottom layer: every technique package imports it).
 """
 from __future__ import annotations
 
@@ -216,16 +218,3 @@ class Registry:
         """Option -> default of ``name``: what a run takes when the config does not set the option."""
         return self.entry(name).option_defaults()
 
-
-def all_registries() -> list[Registry]:
-    """Every registry, in the order of the notes: forward pass, backward pass, weight update, evaluation."""
-    from .data import AUGMENTATIONS, CURRICULA, DATASETS
-    from .losses import LOSSES, PENALTIES
-    from .models import MODELS, REGULARIZERS
-    from .nn import ACTIVATIONS, NORMS
-    from .optim import OPTIMIZERS, SCHEDULES, TRANSFORMS
-    from .evaluation import EARLY_STOPPING, TASKS
-    from .training.callbacks import CALLBACKS
-
-    return [NORMS, ACTIVATIONS, REGULARIZERS, AUGMENTATIONS, LOSSES, PENALTIES, OPTIMIZERS, SCHEDULES, TRANSFORMS,
-            EARLY_STOPPING, TASKS, CALLBACKS, CURRICULA, MODELS, DATASETS]

@@ -87,13 +87,11 @@ def _mean_std(xs: list[float]) -> tuple[float, float]:
 def _check_variant(cfg: dict[str, Any], shapes: dict[str, tuple]) -> None:
     """Build the variant's model on its dataset's input shape (loaded once per data config): model options that
     the config schema cannot check (a norm's name, widths...) fail now, naming the key."""
-    from ..data import load_data
-    from ..training.recipe import _build, build_model
+    from ..training.recipe import build_data, build_model
     d = cfg["data"]
     key = json.dumps(d, sort_keys=True) + str(cfg["seed"])
     if key not in shapes:
-        data = _build("data", d, load_data, d["name"], root=d["root"], limit=d["limit"], val_size=d["val_size"],
-                      seed=cfg["seed"])
+        data = build_data(cfg)
         shapes[key] = (data.input_shape, data.num_classes)
     import warnings
     with warnings.catch_warnings():

@@ -64,7 +64,7 @@ def confusion_matrix(trainer, loader, num_classes: int) -> torch.Tensor:
     model.eval()
     c = torch.zeros(num_classes, num_classes, dtype=torch.long)
     for x, y in loader:
-        x, y = trainer._to_device(x, y)
+        x, y = trainer.to_device(x, y)
         idx = y.cpu() * num_classes + trainer.eval_logits(x).argmax(1).cpu()
         c += torch.bincount(idx, minlength=num_classes * num_classes).view(num_classes, num_classes)
     return c

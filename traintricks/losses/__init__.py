@@ -18,7 +18,7 @@ Every loss is a ``torch.nn.Module`` called as ``loss(logits, target)`` with clas
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 from torch import nn
 
@@ -26,7 +26,7 @@ from ..registry import Registry
 from .auxiliary import AuxiliaryHeads
 from .classification import (ConfidencePenalty, CrossEntropy, KLDivergence, NonFiniteInputError, balanced_weights,
                              cross_entropy, soft_targets)
-from .distillation import Distillation, distillation_loss, load_teacher
+from .distillation import Distillation, distillation_loss
 from .hierarchical import HierarchicalLoss
 from .multilabel import BCEWithLogitsLoss
 from .margin import LargeMarginLoss, LargeMarginSoftmax, large_margin_logits
@@ -70,12 +70,15 @@ LOSSES.register("large_margin", LargeMarginLoss, summary="Large-margin softmax (
 
 
 @LOSSES.register("distillation")
-def distillation(model: nn.Module, in_shape: Sequence[int], num_classes: int, teacher: str = "",
+def distillation(model: nn.Module, load_model: Callable[[str], nn.Module], teacher: str = "",
                  temperature: float = 4.0, alpha: float = 0.9) -> nn.Module:
-    """Knowledge distillation from a finished run's model (teacher = its directory): alpha*T^2*KL + (1-alpha)*CE (1503.02531)."""
+    """Knowledge distillation from a finished run's model (teacher = its directory): alpha*T^2*KL + (1-alpha)*CE (1503.02531).
+
+    ``load_model(run_dir) -> nn.Module`` is supplied by the builder (the recipe loads a run's model; this package
+    knows no runs), raising ``ValueError`` naming ``teacher`` for a directory that holds none."""
     if not teacher:
         raise ValueError("teacher: give the directory of a finished traintricks run (loss.teacher = \"runs/...\")")
-    return Distillation(temperature, alpha, load_teacher(teacher, in_shape, num_classes), model)
+    return Distillation(temperature, alpha, load_model(teacher), model)
 
 
 @LOSSES.register("hierarchical")
@@ -105,5 +108,5 @@ PENALTIES.register("spectral_norm", SpectralNormPenalty, options=("lam", "iters"
 __all__ = ["LOSSES", "PENALTIES", "AuxiliaryHeads", "BCEWithLogitsLoss", "ConfidencePenalty", "CrossEntropy", "Distillation",
            "HierarchicalLoss", "HuberLoss", "KLDivergence", "L1Loss", "L2Loss", "LargeMarginLoss",
            "LargeMarginSoftmax", "NonFiniteInputError", "SinkhornLoss", "SpectralNormPenalty", "WeightPenalty", "WithPenalties",
-           "balanced_weights", "cross_entropy", "distillation_loss", "large_margin_logits", "load_teacher",
+           "balanced_weights", "cross_entropy", "distillation_loss", "large_margin_logits",
            "sinkhorn_plan", "soft_targets"]

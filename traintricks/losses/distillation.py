@@ -8,8 +8,6 @@ The ``T^2`` keeps the soft term's gradient magnitude independent of ``T`` (its g
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from torch import nn
 
@@ -69,12 +67,3 @@ class Distillation(nn.Module):
                 teacher_logits = self.teacher(self._inputs[0])
         return distillation_loss(logits, teacher_logits, target, self.temperature, self.alpha, self.reduction)
 
-
-def load_teacher(run_dir: str | Path, in_shape, num_classes: int) -> nn.Module:
-    """The trained model of a traintricks run directory (its ``config.toml`` and ``model.safetensors``)."""
-    from ..training.checkpoint import CheckpointError
-    from ..training.recipe import load_run_model
-    try:
-        return load_run_model(run_dir, in_shape, num_classes)[0]
-    except CheckpointError as e:
-        raise ValueError(f"teacher: {e}") from None

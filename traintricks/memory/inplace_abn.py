@@ -35,7 +35,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..nn.batchnorm import _BatchNorm, _fx_leaf, refuse_double_backward
+from ..nn.batchnorm import BatchNormBase as _BatchNorm, fx_leaf as _fx_leaf, refuse_double_backward
 
 
 class InPlaceABNFunction(torch.autograd.Function):

@@ -10,8 +10,8 @@ output, recomputes ``F`` and ``G`` there with gradients on, and back-propagates.
 backward no longer grows with depth (only the last output is kept), for about one extra forward pass.
 
 The reconstruction and the recomputation are re-runs of ``F`` and ``G``: as in
-:mod:`traintricks.memory.checkpoint`, each runs in the state its forward saw (a
-:class:`~traintricks.memory.checkpoint.ForwardState` captured before ``F`` and one before ``G``: buffers
+:mod:`traintricks.memory.recomputation`, each runs in the state its forward saw (a
+:class:`~traintricks.memory.recomputation.ForwardState` captured before ``F`` and one before ``G``: buffers
 such as running statistics and renorm's step, ``training`` flags, RNG states), on copies of the buffers, so
 the inverse is exact for stateful layers (renorm reads its running statistics in training), random layers
 replay their masks, and the live statistics are updated once, by the forward. Because a block's input is
@@ -25,7 +25,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .checkpoint import ForwardState, autocast_state
+from .recomputation import ForwardState, autocast_state
 
 
 class ReversibleBlock(nn.Module):

@@ -12,6 +12,7 @@ from .groupnorm import (GroupLayerNorm, GroupNorm, GroupNormFunction, InstanceNo
 from .noise import GaussianNoise, NoisyHardTanh
 from .normalization import NORMS, fuses_norm_activation, make_norm
 from .shake import ShakeDrop, ShakeDropFunction, ShakeShake, ShakeShakeFunction
+from .sync_batchnorm import SyncBatchNormFunction, sync_batchnorm_
 from .stochastic_depth import (StochasticDepth, StochasticDepthBranch, add_stochastic_depth, linear_survival,
                                remove_stochastic_depth, stochastic_depth)
 
@@ -23,4 +24,4 @@ __all__ = ["ACTIVATIONS", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "BatchNor
            "make_norm", "Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "DropoutFunction", "dropout", "DropConnectLinear", "DropConnectConv2d",
            "StochasticDepth", "StochasticDepthBranch", "add_stochastic_depth", "remove_stochastic_depth",
            "linear_survival", "stochastic_depth", "ShakeShake", "ShakeShakeFunction", "ShakeDrop", "ShakeDropFunction",
-           "GaussianNoise", "NoisyHardTanh"]
+           "GaussianNoise", "NoisyHardTanh", "SyncBatchNormFunction", "sync_batchnorm_"]

@@ -318,7 +318,7 @@ class _BatchNorm(nn.modules.batchnorm._NormBase):
     def _normalize(self, x: torch.Tensor, bn_training: bool) -> torch.Tensor:
         """Batch norm of ``x`` (checked), updating the running estimates in training."""
         if bn_training and getattr(self, "sync", False):
-            from ..parallel.sync_batchnorm import distributed_world
+            from .sync_batchnorm import distributed_world
             if distributed_world() > 1:
                 return self._sync_normalize(x)
         if self.impl == "reference" and x.numel() > 0:
@@ -356,7 +356,7 @@ class _BatchNorm(nn.modules.batchnorm._NormBase):
         return F.batch_norm(x, rm, rv, self.weight, self.bias, bn_training, factor, self.eps)
 
     def _sync_normalize(self, x: torch.Tensor) -> torch.Tensor:
-        from ..parallel.sync_batchnorm import SyncBatchNormFunction
+        from .sync_batchnorm import SyncBatchNormFunction
         w, b = self._affine(x)
         y, mu, var, m = SyncBatchNormFunction.apply(x, w, b, self.eps)
         self._track(mu, var * (m / (m - 1)))
@@ -450,3 +450,8 @@ def _as_torch_fuser(fn):
 
 
 _register_fusers()
+
+# The public names of what other packages build on: the base of every traintricks batch norm (In-Place ABN in
+# traintricks.memory derives from it) and the torch.fx leaf recording that every such layer uses.
+BatchNormBase = _BatchNorm
+fx_leaf = _fx_leaf

@@ -215,7 +215,7 @@ class _Uses:
         if id(m) in self._seen:
             return
         self._seen.add(id(m))
-        from ..memory.checkpoint import ForwardState
+        from ..memory.recomputation import ForwardState
         state = ForwardState(m)                              # tracing runs the forward: undo its side effects
         try:
             graph = _Tracer().trace(m)
@@ -385,7 +385,7 @@ class _Folder:
 
     def graph(self, m: nn.Module) -> nn.Module:
         path = self.paths.get(id(m), "")
-        from ..memory.checkpoint import ForwardState
+        from ..memory.recomputation import ForwardState
         state = ForwardState(m)                              # tracing runs the forward: undo its side effects
         try:
             graph = _Tracer().trace(m)
@@ -487,7 +487,7 @@ def _run_uses(model: nn.Module, example_inputs) -> tuple[dict[int, int], dict[in
     forward (seen by a ``TorchFunctionMode``)."""
     from torch.overrides import TorchFunctionMode
     from torch.utils._pytree import tree_leaves
-    from ..memory.checkpoint import ForwardState
+    from ..memory.recomputation import ForwardState
     inputs = example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
     state = ForwardState(model, [t for t in inputs if isinstance(t, torch.Tensor)])
     paths = {id(m): n for n, m in model.named_modules()}

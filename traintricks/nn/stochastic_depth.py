@@ -173,7 +173,7 @@ class StochasticDepthBranch(nn.Module):
                 return out
             known = self._sd_out.get(key)
             if known is None:                            # dropped before any kept call: learn the shape, undo
-                from ..memory.checkpoint import ForwardState
+                from ..memory.recomputation import ForwardState
                 state = ForwardState(self, [x])
                 try:
                     with torch.no_grad():

@@ -6,7 +6,7 @@
 | ``large_batch.py`` | :class:`LARS`, :class:`LAMB` |
 | ``hypergradient.py`` | :class:`SGDHD`, :class:`AdamHD` |
 | ``second_order.py`` | :class:`Newton`, :class:`SaddleFreeNewton` (Hessian-vector products) |
-| ``lr_schedules.py`` | :class:`StepLR`, :class:`ExponentialLR`, :class:`ConstantLR`, :class:`Warmup` (chainable); :class:`CosineRestarts`, :class:`Cyclic`, :class:`OneCycle`, :class:`MultiCycle` (closed-form owners); :class:`BatchSizeSchedule`, :func:`scale_lr` |
+| ``schedules.py`` | :class:`StepLR`, :class:`ExponentialLR`, :class:`ConstantLR`, :class:`Warmup` (chainable); :class:`CosineRestarts`, :class:`Cyclic`, :class:`OneCycle`, :class:`MultiCycle` (closed-form owners); :class:`BatchSizeSchedule`, :func:`scale_lr`; the config names (:data:`SCHEDULES`) |
 | ``transforms.py`` | :class:`ClipByValue`, :class:`ClipByGlobalNorm`, :class:`AdaptiveClip`, :class:`GradientNoise`, :class:`Chain` |
 | ``lr_find.py`` | :func:`lr_find`, the learning-rate range test |
 
@@ -19,10 +19,9 @@ By name: :data:`OPTIMIZERS` factories take ``(param_groups, lr, **options)``; :d
 from .first_order import SGD, Adagrad, Adam, AdamW, RMSprop
 from .hypergradient import AdamHD, SGDHD
 from .large_batch import LAMB, LARS
-from .lr_schedules import (BatchSizeLR, BatchSizeSchedule, ClosedFormLR, ConstantLR, CosineRestarts, Cyclic,
-                           ExponentialLR, MultiCycle, OneCycle, StepLR, Warmup, scale_lr, sets_rate_each_step)
+from .schedules import (SCHEDULES, BatchSizeLR, BatchSizeSchedule, ClosedFormLR, ConstantLR, CosineRestarts,
+                           Cyclic, ExponentialLR, MultiCycle, OneCycle, StepLR, Warmup, scale_lr, sets_rate_each_step)
 from .optimizers import OPTIMIZERS, param_groups
-from .schedules import SCHEDULES
 from .second_order import Newton, SaddleFreeNewton
 from .transforms import TRANSFORMS, AdaptiveClip, Chain, ClipByGlobalNorm, ClipByValue, GradientNoise
 

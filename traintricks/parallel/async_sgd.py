@@ -105,19 +105,19 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank: int, world: int, port: int, cfg: dict[str, Any], fail_after: int | None, start: int = 0) -> None:
+def _worker(rank: int, world: int, port: int, build: Callable[..., Any], fail_after: int | None,
+            start: int = 0) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     code = 0
     try:
         rpc.init_rpc(f"worker{rank}", rank=rank, world_size=world)
-        from ..training.recipe import build_trainer
-        trainer = build_trainer(cfg, progress=False, shard=(rank - 1, world - 1), evaluate=False)
+        trainer = build(shard=(rank - 1, world - 1))
         model, loss_fn = trainer.model, trainer.loss_fn
         params = [p for p in model.parameters() if p.requires_grad]
         steps = 0
         per_epoch = len(trainer.train_loader)
-        for epoch in range(start // per_epoch, cfg["epochs"]):
+        for epoch in range(start // per_epoch, trainer.epochs):
             trainer.train_loader.set_epoch(epoch)
             for b, (x, y) in enumerate(trainer.train_loader):
                 if epoch * per_epoch + b < start:        # a resumed run: these were pushed before the restart
@@ -131,8 +131,8 @@ def _worker(rank: int, world: int, port: int, cfg: dict[str, Any], fail_after: i
                 model.train()
                 for p in params:
                     p.grad = None
-                x, y = trainer._to_device(x, y)
-                with trainer._autocast():
+                x, y = trainer.to_device(x, y)
+                with trainer.autocast():
                     loss = loss_fn(model(x), y)
                 loss.backward()
                 rpc.rpc_sync("server", _push, args=(rank, version, [p.grad.detach().clone() for p in params],
@@ -149,13 +149,17 @@ def _worker(rank: int, world: int, port: int, cfg: dict[str, Any], fail_after: i
     os._exit(code)
 
 
-def run_async(cfg: dict[str, Any], model: torch.nn.Module, optimizer: torch.optim.Optimizer, workers: int,
+def run_async(build: Callable[..., Any], model: torch.nn.Module, optimizer: torch.optim.Optimizer, workers: int,
               dc_lambda: float = 0.0, timeout: float | None = None,
               fail: dict[int, int] | None = None, scheduler: Any = None, updates_per_epoch: int = 0,
               on_epoch: Callable[[ParameterServer], None] | None = None,
               state: dict[str, Any] | None = None) -> dict[str, Any]:
     """Serve ``model`` to ``workers`` asynchronous worker processes until they finish; returns the staleness
-    record and the workers' exit codes. ``scheduler`` is stepped once per ``workers`` updates; ``on_epoch``
+    record and the workers' exit codes. ``build(shard=(rank, workers))`` makes a worker's
+    :class:`~traintricks.training.Trainer` on its share of every batch (its model, loss, loader, ``epochs``,
+    ``to_device`` and ``autocast`` are used); it is pickled to the spawned workers, so a module-level function or a
+    ``functools.partial`` of one (the recipe passes ``partial(build_trainer, cfg, progress=False,
+    evaluate=False)``: this package never imports the recipe). ``scheduler`` is stepped once per ``workers`` updates; ``on_epoch``
     (e.g. a checkpoint) runs each ``updates_per_epoch`` updates; ``state`` (a saved
     :meth:`ParameterServer.state_dict`) continues an interrupted run, each worker from its own step.
     ``fail={rank: steps}`` makes that worker crash after that many steps (to test the fault handling)."""
@@ -169,7 +173,7 @@ def run_async(cfg: dict[str, Any], model: torch.nn.Module, optimizer: torch.opti
     if state is not None:
         _SERVER.load_state_dict(state)
     ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_worker, args=(r, world, port, cfg, (fail or {}).get(r), _SERVER.progress.get(r, 0)))
+    procs = [ctx.Process(target=_worker, args=(r, world, port, build, (fail or {}).get(r), _SERVER.progress.get(r, 0)))
              for r in range(1, world)]
     for p in procs:
         p.start()

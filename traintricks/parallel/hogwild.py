@@ -11,7 +11,7 @@ evaluates; a worker that dies is reported and the others finish the run. A Hogwi
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.multiprocessing as mp
@@ -19,12 +19,11 @@ import torch.multiprocessing as mp
 from .workers import join_workers
 
 
-def _worker(rank: int, workers: int, cfg: dict[str, Any], model: torch.nn.Module, threads: int) -> None:
+def _worker(rank: int, workers: int, build: Callable[..., Any], model: torch.nn.Module, threads: int) -> None:
     torch.set_num_threads(threads)
-    from ..training.recipe import build_trainer
     code = 0
     try:
-        trainer = build_trainer(cfg, progress=False, model=model, shard=(rank, workers), evaluate=False)
+        trainer = build(model=model, shard=(rank, workers))
         trainer.fit()
     except BaseException:                       # noqa: BLE001 - reported through the exit code
         import traceback
@@ -33,15 +32,21 @@ def _worker(rank: int, workers: int, cfg: dict[str, Any], model: torch.nn.Module
     os._exit(code)
 
 
-def run_hogwild(cfg: dict[str, Any], model: torch.nn.Module, workers: int, timeout: float | None = None) -> list[int]:
-    """Train ``model`` (moved to shared memory) with ``workers`` Hogwild processes per ``cfg``; returns their
-    exit codes (a failed worker is warned about, not fatal)."""
+def run_hogwild(build: Callable[..., Any], model: torch.nn.Module, workers: int,
+                timeout: float | None = None) -> list[int]:
+    """Train ``model`` (moved to shared memory) with ``workers`` Hogwild processes; returns their exit codes (a
+    failed worker is warned about, not fatal).
+
+    ``build(model=model, shard=(rank, workers))`` makes each worker's trainer (anything with ``fit()``) on that
+    share of every batch; it is pickled to the spawned workers, so a module-level function or a
+    ``functools.partial`` of one (the recipe passes ``partial(build_trainer, cfg, progress=False,
+    evaluate=False)``: this package never imports the recipe)."""
     if workers < 1:
         raise ValueError(f"parallel.workers must be >= 1, got {workers}")
     model.share_memory()
     threads = max(1, torch.get_num_threads() // workers)
     ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_worker, args=(r, workers, cfg, model, threads)) for r in range(workers)]
+    procs = [ctx.Process(target=_worker, args=(r, workers, build, model, threads)) for r in range(workers)]
     for p in procs:
         p.start()
     return join_workers(procs, timeout, "Hogwild worker")

@@ -15,7 +15,7 @@
 
 The weight EMA (:class:`~traintricks.evaluation.ema.EMACallback`), early stopping
 (:class:`~traintricks.evaluation.early_stopping.EarlyStoppingCallback`) and the batch-size schedule
-(:class:`~traintricks.optim.lr_schedules.BatchSizeSchedule`) live beside their techniques. :data:`CALLBACKS`
+(:class:`~traintricks.optim.schedules.BatchSizeSchedule`) live beside their techniques. :data:`CALLBACKS`
 registers those a config can name in its ``callbacks = [...]`` list (``"tta_flip"``, ``{name = "ema", decay =
 0.999}``, ``"grad_norm_quantiles"``), each bound once with its summary and its class's defaults.
 """
@@ -62,11 +62,11 @@ def default_interval(scheduler: Any) -> str:
 
     - ``ReduceLROnPlateau``: ``"epoch"`` (it is stepped with the monitored metric after evaluation);
     - torch's ``OneCycleLR`` and ``CyclicLR`` (documented as stepped after every batch) and traintricks'
-      closed-form schedules (:class:`~traintricks.optim.lr_schedules.ClosedFormLR`: lengths in steps): ``"step"``;
+      closed-form schedules (:class:`~traintricks.optim.schedules.ClosedFormLR`: lengths in steps): ``"step"``;
     - any other scheduler (``StepLR``, ``MultiStepLR``, ``ExponentialLR``, ``CosineAnnealingLR``, ``LambdaLR``,
       ...): ``"epoch"``, torch's convention for them, with a warning (when the trainer is built) naming the argument.
     The recipe always passes the interval (its schedules are built in optimizer steps)."""
-    from ..optim.lr_schedules import ClosedFormLR
+    from ..optim.schedules import ClosedFormLR
     if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
         return "epoch"
     if isinstance(scheduler, _PER_STEP_TORCH + (ClosedFormLR,)):

@@ -7,6 +7,7 @@ This is what ``traintricks train`` runs. :func:`build_trainer` turns a validated
 """
 from __future__ import annotations
 
+import functools
 import inspect
 import random
 import time
@@ -97,7 +98,8 @@ def build_loss(cfg: dict[str, Any], model: torch.nn.Module, data: DataSplits) ->
     spec = cfg["loss"]
     supplied = {"model": model, "in_shape": tuple(data.input_shape), "num_classes": data.num_classes,
                 "class_counts": torch.bincount(data.train_y, minlength=data.num_classes).tolist()
-                if getattr(data, "task", "classification") == "classification" else None}
+                if getattr(data, "task", "classification") == "classification" else None,
+                "load_model": lambda run_dir: load_teacher(run_dir, data.input_shape, data.num_classes)}
     factory = LOSSES.get(spec["name"])
     loss = _build("loss", spec, factory, **_supplied(factory, supplied), **_options(spec, drop=["penalties"]))
     penalties = []
@@ -110,6 +112,14 @@ def build_loss(cfg: dict[str, Any], model: torch.nn.Module, data: DataSplits) ->
     if getattr(model, "aux_heads", None):
         loss = AuxiliaryHeads(loss, model, model.aux_weight)
     return loss
+
+
+def build_data(cfg: dict[str, Any]) -> DataSplits:
+    """The config's dataset (``data.name``, ``data.root``, ``data.limit``, ``data.val_size``, split by ``seed``);
+    a bad value raises :class:`~traintricks.config.ConfigError` naming its ``data.*`` key."""
+    d = cfg["data"]
+    return _build("data", d, load_data, d["name"], root=d["root"], limit=d["limit"], val_size=d["val_size"],
+                  seed=cfg["seed"])
 
 
 def build_model(cfg: dict[str, Any], in_shape: Sequence[int], num_classes: int) -> torch.nn.Module:
@@ -151,6 +161,15 @@ def load_run_model(run_dir: str | Path, in_shape: Sequence[int] | None = None,
     return model.eval(), cfg
 
 
+def load_teacher(run_dir: str | Path, in_shape: Sequence[int], num_classes: int) -> torch.nn.Module:
+    """The trained model of a finished run, as a distillation teacher (the ``load_model`` the recipe supplies to
+    the ``distillation`` loss). Raises ``ValueError`` naming ``teacher`` where ``run_dir`` holds no finished run."""
+    try:
+        return load_run_model(run_dir, in_shape, num_classes)[0]
+    except ckpt.CheckpointError as e:
+        raise ValueError(f"teacher: {e}") from None
+
+
 def build_curriculum(cfg: dict[str, Any], data: DataSplits, batch_size: int, loader_args: dict) -> CurriculumLoader:
     """The config's ``curriculum``: difficulty scores (a file, or a reference run's per-example loss), the
     easy-to-hard order, and a :class:`CurriculumLoader` with the pacing function."""
@@ -182,8 +201,7 @@ def build_trainer(cfg: dict[str, Any], data: DataSplits | None = None, out_dir: 
     random.seed(cfg["seed"])
     d = cfg["data"]
     if data is None:
-        data = _build("data", d, load_data, d["name"], root=d["root"], limit=d["limit"],
-                      val_size=d["val_size"], seed=cfg["seed"])
+        data = build_data(cfg)
     task = resolve_task(cfg.get("task", "auto"), data)
     try:        # the default recipe's cross-entropy becomes the task's own loss; another unfit loss is refused
         cfg = {**cfg, "loss": loss_for_task(task, cfg["loss"])}
@@ -192,7 +210,7 @@ def build_trainer(cfg: dict[str, Any], data: DataSplits | None = None, out_dir: 
     if model is None:
         model = build_model(cfg, data.input_shape, data.num_classes)
     if cfg["parallel"]["sync_batchnorm"]:
-        from ..parallel.sync_batchnorm import sync_batchnorm_
+        from ..nn.sync_batchnorm import sync_batchnorm_
         sync_batchnorm_(model)
 
     bs = cfg["batch_size"]
@@ -367,6 +385,8 @@ def _run_hogwild(cfg: dict[str, Any], out: Path, resume: bool) -> dict[str, Any]
     # divided by K (the linear scaling rule run backwards; Goyal et al. 2017), so an epoch moves them as far.
     cfg = {**cfg, "lr": cfg["lr"] / workers}
     trainer = build_trainer(cfg, out_dir=out, progress=False)
+    # how each worker builds its own trainer (the parallel package never imports this recipe)
+    worker_trainer = functools.partial(build_trainer, cfg, progress=False, evaluate=False)
     extra: dict[str, Any] = {}
     if mode == "async":
         if cfg["batch_size"] % workers:
@@ -390,7 +410,7 @@ def _run_hogwild(cfg: dict[str, Any], out: Path, resume: bool) -> dict[str, Any]
         # TRAINTRICKS_ASYNC_FAIL="rank:steps[,rank:steps]" crashes those workers after that many steps (tests)
         fail = os.environ.get("TRAINTRICKS_ASYNC_FAIL")
         fail_map = {int(a): int(b) for a, b in (kv.split(":") for kv in fail.split(","))} if fail else None
-        res = run_async(cfg, trainer.model, trainer.optimizer, workers, cfg["parallel"]["dc_lambda"],
+        res = run_async(worker_trainer, trainer.model, trainer.optimizer, workers, cfg["parallel"]["dc_lambda"],
                         fail=fail_map, scheduler=trainer.scheduler, updates_per_epoch=upe, on_epoch=on_epoch,
                         state=state)
         codes = res["exit_codes"]
@@ -400,7 +420,7 @@ def _run_hogwild(cfg: dict[str, Any], out: Path, resume: bool) -> dict[str, Any]
                  "resumed": resume}
     else:
         t0 = time.perf_counter()
-        codes = run_hogwild(cfg, trainer.model, workers)
+        codes = run_hogwild(worker_trainer, trainer.model, workers)
     trainer.train_seconds = trainer.wall_seconds = time.perf_counter() - t0
     trainer.epoch = cfg["epochs"]
     summary = trainer.finish()

@@ -407,12 +407,17 @@ class Trainer:
             self._replace_callback(FlipTTA, FlipTTA() if on else None)
 
     # ------------------------------------------------------------------ primitives
-    def _autocast(self):
+    def autocast(self):
+        """The context the loop runs forward passes and losses in: ``torch.autocast`` to bfloat16 when
+        ``precision == "bf16"``, else a no-op context. For code that runs the model the way the trainer does
+        (the LR range test, evaluation reports, asynchronous workers)."""
         if self.precision == "bf16":
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return nullcontext()
 
-    def _to_device(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def to_device(self, x: Any, y: Any) -> tuple[Any, Any]:
+        """``(inputs, targets)`` moved to the trainer's device (tensors, and tensors inside tuples, lists and
+        dicts), 4-d inputs in the trainer's ``memory_format`` (channels-last when asked), as the loop does."""
         x, y = _to(x, self.device), _to(y, self.device)
         if self.memory_format is not None and isinstance(x, torch.Tensor) and x.ndim == 4:
             x = x.contiguous(memory_format=self.memory_format)
@@ -420,7 +425,7 @@ class Trainer:
 
     def _prepare(self, batch: Any) -> tuple[Any, Any, dict[str, Any]]:
         x, y, extras = self.batch_fn(batch)
-        x, y = self._to_device(x, y)
+        x, y = self.to_device(x, y)
         return x, y, _to(extras, self.device)
 
     def inputs(self, loader: Iterable) -> Iterator[Any]:
@@ -526,11 +531,11 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         on_device = []
         for (x, y, extras), n in zip(parts, sizes):
-            x, y = self._to_device(x, y)
+            x, y = self.to_device(x, y)
             extras = _to(extras, self.device)
             self.batch = (x, y, extras)
             failure = None
-            with self._autocast():
+            with self.autocast():
                 try:
                     self.outputs = self.forward(x)
                     self.loss = self.compute_loss(self.outputs, y, extras)
@@ -555,7 +560,7 @@ class Trainer:
             def closure(batches=on_device, total=total):
                 out = None
                 for x, y, extras, n in batches:
-                    with self._autocast():
+                    with self.autocast():
                         part = self.compute_loss(self.forward(x), y, extras)
                     part = part if n == total else part * (n / total)
                     out = part if out is None else out + part
@@ -578,7 +583,7 @@ class Trainer:
         return self._eval_outputs(x)[0]
 
     def _eval_outputs(self, x: Any) -> tuple[torch.Tensor, Any]:
-        with self._autocast():
+        with self.autocast():
             outputs = self.eval_forward(x)
             pred = self.output_fn(outputs).float()
             for cb in self._by_event["on_eval_outputs"]:
@@ -601,7 +606,7 @@ class Trainer:
             x, y, extras = self._prepare(batch)
             try:
                 pred, outputs = self._eval_outputs(x)
-                with self._autocast():
+                with self.autocast():
                     loss = self.loss_fn(outputs, y, **extras) if self.loss_inputs == "all" else self.loss_fn(pred, y)
             except NonFiniteInputError:
                 loss_sum = float("nan")

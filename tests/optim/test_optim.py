@@ -534,7 +534,7 @@ def test_multicycle_is_consecutive_one_cycles_with_their_own_peaks():
         return lrs, ms
     multi, mom = run(SCHEDULES.get("multicycle"), 80, cycle_epochs=[3, 5], peaks=[1.0, 0.5])
     # each cycle is a one-cycle of its own length (the last one like onecycle's +1 step), scaled by its peak
-    from traintricks.optim.lr_schedules import OneCycle
+    from traintricks.optim.schedules import OneCycle
     def cycle(n, peak):
         p = torch.nn.Parameter(torch.zeros(1))
         opt = torch.optim.SGD([p], lr=0.4 * peak, momentum=0.9)

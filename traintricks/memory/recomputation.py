@@ -1,5 +1,7 @@
 """Gradient checkpointing: keep some activations, recompute the rest in the backward pass.
 
+(Named for what it does, recomputation; the checkpoint *files* of a run are :mod:`traintricks.training.checkpoint`.)
+
 A chain ``y = f_n(... f_1(x))`` normally saves, for backward, what every ``f_i`` needs (``a_i`` bytes). A
 *checkpointed segment* ``f_j+1 .. f_k`` runs its forward without saving anything but its input; in backward
 it is run again with gradients on (the recomputation), and only then are its ``a_i`` held, one segment at a

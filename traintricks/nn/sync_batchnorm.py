@@ -15,6 +15,9 @@ synchronized and are refused. PyTorch's ``torch.nn.SyncBatchNorm.convert_sync_ba
 batch norms (they are ``torch.nn.modules.batchnorm._BatchNorm``s) and replaces them by PyTorch's layer. Double
 backward through :class:`SyncBatchNormFunction` is refused (``refuse_double_backward``: the gradient of a
 gradient raises "... cannot be differentiated twice ...").
+
+It lives in :mod:`traintricks.nn` beside the layers that call it (as ``torch.nn.SyncBatchNorm`` does);
+:mod:`traintricks.parallel` re-exports :func:`sync_batchnorm_` and :class:`SyncBatchNormFunction`.
 """
 from __future__ import annotations
 
@@ -79,14 +82,19 @@ class SyncBatchNormFunction(torch.autograd.Function):
         return dx.to(ctx.in_dtype), dgamma, dbeta, None
 
 
+def _is_ours(mod: nn.Module) -> bool:
+    """Whether ``mod`` is a traintricks batch norm: each declares ``_supports_sync`` on its class (the base of
+    :mod:`.batchnorm`, which imports this module: this one cannot import it back)."""
+    return isinstance(getattr(type(mod), "_supports_sync", None), bool)
+
+
 def sync_batchnorm_(model: nn.Module) -> int:
     """Switch every traintricks batch norm in ``model`` to synchronized statistics; returns how many.
 
     Raises ``ValueError`` naming the layers that cannot be synchronized (batch renorm, in-place ABN) before
     changing any, rather than leaving them silently unsynchronized. PyTorch's own batch norms are left to
     ``torch.nn.SyncBatchNorm.convert_sync_batchnorm``."""
-    from ..nn.batchnorm import _BatchNorm
-    ours = [(name, mod) for name, mod in model.named_modules() if isinstance(mod, _BatchNorm)]
+    ours = [(name, mod) for name, mod in model.named_modules() if _is_ours(mod)]
     refused = [f"{name or '<root>'} ({type(mod).__name__})" for name, mod in ours
                if not mod._supports_sync]
     if refused:

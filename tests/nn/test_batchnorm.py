@@ -571,7 +571,7 @@ def test_refuse_double_backward_decorator_and_the_sync_path_uses_it():
         g.sum().backward()
     import inspect
 
-    from traintricks.parallel import sync_batchnorm
+    from traintricks.nn import sync_batchnorm
     assert "refuse_double_backward" in inspect.getsource(sync_batchnorm.SyncBatchNormFunction)
 
 

@@ -41,7 +41,7 @@ def train(label: str, prefix: list[str], args: list[str], env: dict, out: Path) 
 
 def throughput(args) -> None:
     base = ["--config", str(ROOT / "configs" / "fast.toml"), "--set", f"epochs={args.epochs}",
-            "--set", "eval.test_every_epoch=false"] + [a for kv in args.set for a in ("--set", kv)]
+            "--set", "test_every_epoch=false"] + [a for kv in args.set for a in ("--set", kv)]
     torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
     runs = [("1 process, 2 threads", [], [], {"OMP_WAIT_POLICY": "PASSIVE"}),
             ("2 DDP processes x 1 thread", [torchrun, "--nproc_per_node=2", "--master_port=29541", "--no-python"], [],
@@ -75,7 +75,7 @@ def async_vs_sync(args) -> None:
     single-threaded workers, DC-ASGD off and on."""
     epochs = args.async_epochs
     base = ["--config", str(ROOT / "configs" / "fast.toml"), "--set", f"epochs={epochs}",
-            "--set", "eval.test_every_epoch=false"] + [a for kv in ASYNC_DATA + args.set for a in ("--set", kv)]
+            "--set", "test_every_epoch=false"] + [a for kv in ASYNC_DATA + args.set for a in ("--set", kv)]
     runs = [("sync, 1 process", 0, 0.0)]
     for k in (2, 4):
         for lam in (0.0, args.dc_lambda):
@@ -143,7 +143,7 @@ def batch_scaling(args) -> None:
             lr = args.base_lr * (b / 256) ** 0.5 * f       # square-root scaling around the base rate at batch 256
             cfg = load_config(ROOT / "configs" / "fast.toml", overrides=[
                 f"batch_size={b}", f"lr={lr}", "schedule.name=constant", "data.limit=12000", "data.val_size=2000",
-                "eval.tta_flip=false", *args.set])
+                "callbacks=[]", *args.set])
             steps, secs = steps_to_target(cfg, args.target, args.max_epochs, best["steps"] if best else None)
             print(f"batch {b:5d} lr {lr:7.4f}: " + (f"{steps} steps ({secs:.1f} s)" if steps else
                                                    "not reached (or not sooner)"), flush=True)

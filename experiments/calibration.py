@@ -79,9 +79,9 @@ def main() -> None:
         runs = results["regimes"].setdefault(regime, {"train_images": n_train, "epochs": epochs, "runs": {}})["runs"]
         for ax, (name, opts) in zip(row, VARIANTS.items()):
             cfg = load_config(overrides=opts + extra + ["schedule.name=onecycle", "data.augment_from_epoch=0",
-                                                        "eval.tta_flip=false", "data.val_size=0", f"epochs={epochs}",
+                                                        "callbacks=[]", "data.val_size=0", f"epochs={epochs}",
                                                         f"seed={args.seed}", "batch_size=256", "lr=0.2",
-                                                        "eval.test_every_epoch=false", "model.pool_before_norm=false"])
+                                                        "test_every_epoch=false", "model.pool_before_norm=false"])
             trainer = build_trainer(cfg, data=data, progress=False)
             trainer.fit()
             probs = test_probs(trainer, data)

@@ -34,7 +34,7 @@ from traintricks.training.trainer import NonFiniteLossError  # noqa: E402
 
 COMMON = ["schedule.name=onecycle", "data.augment_from_epoch=0", "model.name=cnn", "model.widths=[16, 32, 64]", "model.blocks=[1, 1, 1]", "data.augment=[]",
           "model.pool_before_norm=false",
-          "data.val_size=0", "eval.tta_flip=false", "precision=fp32",
+          "data.val_size=0", "callbacks=[]", "precision=fp32",
           "optim.name=sgd", "optim.momentum=0.9", "optim.nesterov=true", "optim.weight_decay=0.0005"]
 
 

@@ -32,7 +32,7 @@ from traintricks.training import build_trainer  # noqa: E402
 
 BASE = ["schedule.name=onecycle", "data.augment_from_epoch=0", "model.name=preact_resnet", "model.bottleneck=false",
         "model.widths=[16, 32, 64]", "model.blocks=[1, 1, 1]",
-        "model.stem_width=16", "data.augment=[]", "data.val_size=0", "eval.tta_flip=false", "batch_size=128",
+        "model.stem_width=16", "data.augment=[]", "data.val_size=0", "callbacks=[]", "batch_size=128",
         "lr=0.2", "optim.weight_decay=0.0"]
 VARIANTS = {
     "none": [],

@@ -33,7 +33,7 @@ from traintricks.data import load_data  # noqa: E402
 from traintricks.training import build_trainer  # noqa: E402
 from traintricks.training.trainer import NonFiniteLossError  # noqa: E402
 
-BASE = ["data.val_size=0", "eval.tta_flip=false", "data.augment=[]", "batch_size=256", "precision=fp32",
+BASE = ["data.val_size=0", "callbacks=[]", "data.augment=[]", "batch_size=256", "precision=fp32",
         "model.pool_before_norm=false"]
 
 

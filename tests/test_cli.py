@@ -127,7 +127,7 @@ def test_report_renders_a_finished_run(tmp_path, capsys):
     out = tmp_path / "run"
     # flip augmentation and flip TTA from epoch 1 on (as the default recipe does from its second cycle): the
     # recomputed accuracy must use the TTA the run's last evaluation used
-    sets = ["data.name=digits", "epochs=2", "model.widths=[8, 16]", "model.blocks=[1, 1]", "eval.tta_flip=true",
+    sets = ["data.name=digits", "epochs=2", "model.widths=[8, 16]", "model.blocks=[1, 1]", 'callbacks=["tta_flip"]',
             'data.augment=["flip"]', "data.augment_from_epoch=1", "precision=fp32", "batch_size=64", "lr=0.1",
             "schedule.min_warmup_steps=0"]      # the cycles' own peaks, uncapped on this short run (issue 15 item 13)
     assert main(["train", "--out", str(out), "--no-progress"] + [a for kv in sets for a in ("--set", kv)]) == 0
@@ -202,7 +202,7 @@ def test_regression_and_multilabel_runs_train_and_report_their_task_metrics(tmp_
     from tests.conftest import PRECISION
     out = tmp_path / "run"
     model = ["--set", "model.name=mlp"] if dataset == "diabetes" else []
-    r = cli("train", "--set", f"data.name={dataset}", *model, "--set", "data.augment=[]", "--set", "eval.tta_flip=false",
+    r = cli("train", "--set", f"data.name={dataset}", *model, "--set", "data.augment=[]", "--set", "callbacks=[]",
             "--set", "epochs=2", "--set", f"precision={PRECISION}", "--out", str(out), "--no-progress")
     assert r.returncode == 0, r.stderr
     printed = json.loads(r.stdout.strip().splitlines()[-1])

@@ -126,7 +126,7 @@ def test_loader_with_mixup_yields_soft_targets_and_training_accepts_them():
     from traintricks.training import build_trainer
     cfg = load_config(overrides=["data.name=digits", "epochs=3", 'data.augment=[{name = "cutout", size = 3}, "mixup"]',
                                  "model.widths=[8, 16]", "model.blocks=[1, 1]", "batch_size=64", "lr=0.1",
-                                 "eval.tta_flip=false", f"precision={PRECISION}", "data.augment_from_epoch=0"])
+                                 "callbacks=[]", f"precision={PRECISION}", "data.augment_from_epoch=0"])
     trainer = build_trainer(cfg, progress=False)
     xb, yb = next(iter(trainer.train_loader))
     assert yb.shape == (64, 10) and yb.dtype == torch.float32

@@ -237,7 +237,7 @@ def _fake_run(tmp_path, task, dataset, metrics_of_epoch):
     run = tmp_path / f"run-{task}"
     run.mkdir()
     cfg = load_config(None, [f"data.name={dataset}", f"task={task}", "model.name=mlp", "model.hidden=[16]",
-                             "data.augment=[]", "eval.tta_flip=false", "epochs=3", "batch_size=64",
+                             "data.augment=[]", "callbacks=[]", "epochs=3", "batch_size=64",
                              f"loss.name={default_loss(task)}", "data.val_size=0.1", "precision=fp32"])
     (run / "config.toml").write_text(to_toml(cfg))
     d = load_data(dataset, val_size=0.1)

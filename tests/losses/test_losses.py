@@ -402,7 +402,7 @@ def test_auxiliary_heads_add_weighted_losses_in_training_only():
 
 def _train(overrides, epochs=1):
     from traintricks.training import build_trainer
-    cfg = load_config(overrides=["data.name=digits", f"epochs={epochs}", "data.augment=[]", "eval.tta_flip=false",
+    cfg = load_config(overrides=["data.name=digits", f"epochs={epochs}", "data.augment=[]", "callbacks=[]",
                                  "model.widths=[8, 16]", "model.blocks=[1, 1]", "batch_size=64", "lr=0.1",
                                  f"precision={PRECISION}"] + overrides)
     return build_trainer(cfg, progress=False).fit()
@@ -427,7 +427,7 @@ def test_every_loss_trains_by_name_from_a_config(spec):
 def test_distillation_from_a_finished_run(tmp_path):
     from traintricks.training import run
     teacher_dir = tmp_path / "teacher"
-    cfg = load_config(overrides=["data.name=digits", "epochs=2", "data.augment=[]", "eval.tta_flip=false",
+    cfg = load_config(overrides=["data.name=digits", "epochs=2", "data.augment=[]", "callbacks=[]",
                                  "model.widths=[8, 16]", "model.blocks=[1, 1]", "batch_size=64", "lr=0.1",
                                  f"precision={PRECISION}"])
     run(cfg, teacher_dir, progress=False)

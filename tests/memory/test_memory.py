@@ -210,7 +210,7 @@ def test_memory_saving_models_train_by_name(overrides):
     from tests.conftest import PRECISION
     from traintricks.config import load_config
     from traintricks.training import build_trainer
-    cfg = load_config(overrides=["data.name=digits", "epochs=2", "data.augment=[]", "eval.tta_flip=false",
+    cfg = load_config(overrides=["data.name=digits", "epochs=2", "data.augment=[]", "callbacks=[]",
                                  "batch_size=64", "lr=0.1", "schedule.name=onecycle", f"precision={PRECISION}",
                                  *overrides])
     assert build_trainer(cfg, progress=False).fit()["test_accuracy"] > 0.5

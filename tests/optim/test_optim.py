@@ -437,7 +437,7 @@ def test_chain_and_config_transforms_reach_the_trainer():
     ps = _params_with_grads()
     Chain(ClipByValue(1.0), ClipByGlobalNorm(0.5))(ps)
     assert torch.cat([p.grad.flatten() for p in ps]).norm() == pytest.approx(0.5, rel=1e-5)
-    cfg = load_config(overrides=["data.name=digits", "epochs=1", "data.augment=[]", "eval.tta_flip=false",
+    cfg = load_config(overrides=["data.name=digits", "epochs=1", "data.augment=[]", "callbacks=[]",
                                  f"precision={PRECISION}",
                                  'grad_transforms=[{name = "clip_norm", max_norm = 0.5}, "gradient_noise"]',
                                  "model.widths=[8, 16]", "model.blocks=[1, 1]", "batch_size=64"])
@@ -461,7 +461,7 @@ def test_every_optimizer_trains_from_a_config(name):
           "rmsprop": 0.002}.get(name, 0.02)
     extra = ["optim.trust_coefficient=0.02"] if name == "lars" else []
     extra += ["schedule.name=constant"] if name.endswith("_hd") else []
-    cfg = load_config(overrides=["data.name=digits", "epochs=2", "data.augment=[]", "eval.tta_flip=false",
+    cfg = load_config(overrides=["data.name=digits", "epochs=2", "data.augment=[]", "callbacks=[]",
                                  f"optim.name={name}", f"lr={lr}", "model.widths=[8, 16]", "model.blocks=[1, 1]",
                                  "batch_size=64", f"precision={PRECISION}"] + extra)
     assert build_trainer(cfg, progress=False).fit()["test_accuracy"] > 0.5
@@ -471,7 +471,7 @@ def test_newton_trains_a_small_model_from_a_config():
     from tests.conftest import PRECISION
     from traintricks.config import load_config
     from traintricks.training import build_trainer
-    cfg = load_config(overrides=["data.name=digits", "epochs=3", "data.augment=[]", "eval.tta_flip=false",
+    cfg = load_config(overrides=["data.name=digits", "epochs=3", "data.augment=[]", "callbacks=[]",
                                  "optim.name=saddle_free_newton", "lr=0.5", "optim.krylov_dim=20", "model.name=mlp",
                                  "model.hidden=[8]", "batch_size=256", "schedule.name=constant", "data.limit=600",
                                  f"precision={PRECISION}", "optim.damping=0.1"])
@@ -509,7 +509,7 @@ def test_lr_find_restores_the_model_and_suggests_a_rate_below_divergence(tmp_pat
 def test_lr_find_cli(tmp_path):
     from tests.conftest import PRECISION
     from traintricks.cli import main
-    assert main(["lr-find", "--set", "data.name=digits", "--set", "data.augment=[]", "--set", "eval.tta_flip=false",
+    assert main(["lr-find", "--set", "data.name=digits", "--set", "data.augment=[]", "--set", "callbacks=[]",
                  "--set", f"precision={PRECISION}",
                  "--set", "model.widths=[8, 16]", "--set", "model.blocks=[1, 1]", "--steps", "30",
                  "--out", str(tmp_path)]) == 0
@@ -971,7 +971,7 @@ def test_hypergradient_rate_is_not_overwritten_by_a_schedule():
     from tests.conftest import PRECISION
     from traintricks.config import ConfigError, load_config
     from traintricks.training import build_trainer
-    base = ["data.name=digits", "epochs=1", "data.augment=[]", "eval.tta_flip=false", "optim.name=sgd_hd", "lr=0.2",
+    base = ["data.name=digits", "epochs=1", "data.augment=[]", "callbacks=[]", "optim.name=sgd_hd", "lr=0.2",
             "model.widths=[8, 16]", "model.blocks=[1, 1]", "batch_size=64", f"precision={PRECISION}",
             "optim.hypergrad_lr=1e-3"]
     with pytest.raises(ConfigError, match="schedule.name"):

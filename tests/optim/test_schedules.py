@@ -195,8 +195,8 @@ def test_a_short_run_of_the_default_recipe_learns(tiny_cfg):
     from traintricks.config import DEFAULTS, load_config
     from traintricks.training import build_trainer
     cfg = load_config(None, ["data.name=digits", "epochs=6", "precision=fp32", "channels_last=false",
-                             "eval.tta_flip=false", "data.augment=[]", "data.val_size=0.1",
-                             "eval.test_every_epoch=false"])
+                             "callbacks=[]", "data.augment=[]", "data.val_size=0.1",
+                             "test_every_epoch=false"])
     assert cfg["schedule"] == DEFAULTS["schedule"] and cfg["lr"] == DEFAULTS["lr"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -10,7 +10,7 @@ from tests.conftest import PRECISION
 from traintricks.config import load_config
 from traintricks.data import TensorLoader
 
-CFG = ["data.name=digits", "epochs=2", "data.augment=[]", "eval.tta_flip=false", f"precision={PRECISION}",
+CFG = ["data.name=digits", "epochs=2", "data.augment=[]", "callbacks=[]", f"precision={PRECISION}",
        "model.name=mlp", "model.hidden=[32]", "model.norm=none", "batch_size=64", "lr=0.05",
        "schedule.name=constant", "data.val_size=0"]
 

@@ -172,7 +172,7 @@ def test_grad_transforms_run_between_backward_and_step(tiny_cfg):
 
 def test_flip_tta_without_flip_training_warns(tiny_cfg):
     with pytest.warns(UserWarning, match="tta_flip"):
-        build_trainer(tiny_cfg("eval.tta_flip=true"), progress=False)
+        build_trainer(tiny_cfg('callbacks=["tta_flip"]'), progress=False)
 
 
 def test_flip_tta_averages_the_mirror_logits(tiny_cfg):

@@ -286,6 +286,14 @@ class _InstanceNormMixin(_FiniteCheck):
     """Our implementations behind PyTorch's ``_InstanceNorm.forward`` (which checks the rank and channel
     count and unsqueezes unbatched inputs, then calls ``_apply_instance_norm`` on an (N, C, *) input)."""
 
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = False,
+                 track_running_stats: bool = False, device=None, dtype=None, *, bias: bool = True,
+                 impl: str = "fast", check_finite: bool = False) -> None:
+        """PyTorch's ``InstanceNormNd`` arguments, then our keyword-only ``impl`` and ``check_finite``."""
+        _check_eps(type(self).__name__, eps)
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype, bias=bias)
+        self._setup(impl, check_finite)
+
     def _setup(self, impl: str, check_finite: bool) -> None:
         self.impl = check_impl(impl)
         self.check_finite = check_finite
@@ -367,34 +375,13 @@ _IN_DOC = """Instance normalization (Ulyanov et al. 2016, 1607.08022) for {shape
 class InstanceNorm1d(_InstanceNormMixin, nn.InstanceNorm1d):
     __doc__ = _IN_DOC.format(shape="(N, C, L)", name="InstanceNorm1d", unbatched="(C, L)")
 
-    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = False,
-                 track_running_stats: bool = False, device=None, dtype=None, *, bias: bool = True,
-                 impl: str = "fast", check_finite: bool = False) -> None:
-        _check_eps(type(self).__name__, eps)
-        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype, bias=bias)
-        self._setup(impl, check_finite)
-
 
 class InstanceNorm2d(_InstanceNormMixin, nn.InstanceNorm2d):
     __doc__ = _IN_DOC.format(shape="(N, C, H, W)", name="InstanceNorm2d", unbatched="(C, H, W)")
 
-    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = False,
-                 track_running_stats: bool = False, device=None, dtype=None, *, bias: bool = True,
-                 impl: str = "fast", check_finite: bool = False) -> None:
-        _check_eps(type(self).__name__, eps)
-        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype, bias=bias)
-        self._setup(impl, check_finite)
-
 
 class InstanceNorm3d(_InstanceNormMixin, nn.InstanceNorm3d):
     __doc__ = _IN_DOC.format(shape="(N, C, D, H, W)", name="InstanceNorm3d", unbatched="(C, D, H, W)")
-
-    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = False,
-                 track_running_stats: bool = False, device=None, dtype=None, *, bias: bool = True,
-                 impl: str = "fast", check_finite: bool = False) -> None:
-        _check_eps(type(self).__name__, eps)
-        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype, bias=bias)
-        self._setup(impl, check_finite)
 
 
 __all__ = ["GroupNormFunction", "GroupNorm", "GroupLayerNorm", "LayerNorm", "InstanceNorm1d", "InstanceNorm2d",

@@ -350,8 +350,25 @@ def test_accumulation_with_a_closure_optimizer_makes_one_step_per_group():
     _assert_weights_close(t.model, expected, rtol=1e-9, atol=1e-9)
     assert t.history[0]["train_loss"] == pytest.approx(loss, rel=1e-6)
     assert t.history[0]["grad_norm"] == pytest.approx(sum(norms) / 3, rel=1e-5)
-    with pytest.raises(ValueError, match="grad_transforms"):
-        _trainer(_toy()[2], x, y, micro=2, k=1, opt=newton, transforms=[lambda ps: None])
+
+
+def test_grad_transforms_reach_a_closure_optimizers_gradient():
+    # Newton's direction is linear in the gradient it solves for: halving the gradient with a transform must give
+    # the weights of half the learning rate (before issue 16 the transforms were refused for closure optimizers)
+    from traintricks.optim import Newton
+    x, y, model = _toy(3)
+    x, model = x.double(), model.double()
+    half = [lambda ps: [p.grad.mul_(0.5) for p in ps]]
+    t1, _ = _trainer(model, x, y, micro=2, k=2, opt=lambda ps: Newton(ps, lr=0.5, damping=1e-2), transforms=half)
+    t1.fit()
+    x, y, model = _toy(3)
+    x, model = x.double(), model.double()
+    t2, _ = _trainer(model, x, y, micro=2, k=2, opt=lambda ps: Newton(ps, lr=0.25, damping=1e-2))
+    t2.fit()
+    for a, b in zip(t1.model.parameters(), t2.model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+    moved = sum((a - b).abs().sum() for a, b in zip(t1.model.parameters(), _toy(3)[2].double().parameters()))
+    assert moved > 0
 
 
 def test_optimizer_steps_counts_the_tail():

@@ -12,7 +12,11 @@ the number of parameters (the default cap ``krylov_dim`` covers small models) th
 absolute eigenvalues: ``theta <- theta - lr * V Q diag(1 / (|lam| + damping)) Q^T V^T g``. It rescales
 by curvature like Newton but always descends, and escapes saddles (tested on ``x^2 - y^2 + y^4 / 4``).
 
-``step(closure)`` needs a closure that returns the loss (it is differentiated twice). ``maximize=True``
+``step(closure)`` needs a closure that returns the loss (it is differentiated twice). Gradient transforms
+(clipping, noise) act on the gradient the step solves for: ``grad_transform`` (default ``None``), called as
+``grad_transform(params)`` with each parameter's ``.grad`` holding the gradient of ``f``; what it leaves in
+``.grad`` is the right-hand side ``g`` of the solve (the Hessian-vector products still come from the loss). The
+trainer sets it from its ``grad_transforms``. ``maximize=True``
 (keyword-only) steps on ``-f``. Parameters of any strides are updated in place element by element; the
 optimizers keep no per-parameter state.
 """
@@ -28,6 +32,8 @@ from .first_order import Optimizer, _check_range
 class _KrylovNewton(Optimizer):
     absolute = False
     needs_closure = True
+    #: called as ``grad_transform(params)`` on the gradients (in ``.grad``) before the solve; see the module docstring
+    grad_transform = None
 
     def __init__(self, params: Iterable, lr: float = 1.0, damping: float = 1e-3, krylov_dim: int = 200, *,
                  maximize: bool = False) -> None:
@@ -53,21 +59,29 @@ class _KrylovNewton(Optimizer):
                     continue
                 params, grads = [p for p, _ in pairs], [g for _, g in pairs]
                 flat_g = torch.cat([g.reshape(-1) for g in grads])
+                rhs = flat_g.detach()
+                if self.grad_transform is not None:                     # transforms see the gradient of f
+                    with torch.no_grad():
+                        for p, g in zip(params, grads):
+                            p.grad = -g.detach() if group["maximize"] else g.detach().clone()
+                    self.grad_transform(params)
+                    rhs = torch.cat([(-p.grad if group["maximize"] else p.grad).reshape(-1) for p in params])
 
                 def hvp(v: torch.Tensor) -> torch.Tensor:
                     hv = torch.autograd.grad(flat_g, params, v, retain_graph=True, allow_unused=True)
                     return torch.cat([(h if h is not None else torch.zeros_like(p)).reshape(-1)
                                       for h, p in zip(hv, params)]).detach()
 
-                d = self._direction(hvp, flat_g.detach(), group)
+                d = self._direction(hvp, rhs, group)
                 with torch.no_grad():
                     offset = 0
                     for p in params:
                         n = p.numel()
                         p.add_(d[offset:offset + n].view_as(p), alpha=-group["lr"])
                         offset += n
-                    for p, g in zip(params, grads):                    # p.grad: the gradient of f
-                        p.grad = -g.detach() if group["maximize"] else g.detach()
+                    if self.grad_transform is None:                    # p.grad: the gradient of f
+                        for p, g in zip(params, grads):                # (transformed, when a transform ran)
+                            p.grad = -g.detach() if group["maximize"] else g.detach()
         return loss.detach()
 
     def _direction(self, hvp, g: torch.Tensor, group: dict) -> torch.Tensor:

@@ -186,8 +186,9 @@ class GradientTransforms(Callback):
     """Apply ``transforms`` in order to the final gradients, between backward and the optimizer step. Each is
     ``t(params_with_grad)`` (in place); a ``state_dict``/``load_state_dict`` of a transform is checkpointed.
 
-    Raises ``ValueError`` at setup for an optimizer that computes its own gradients (``needs_closure``): there is
-    no moment where the gradients are final before its update."""
+    An optimizer that computes its own gradients from the loss closure (``needs_closure``: Newton, saddle-free
+    Newton) gets the transforms as its ``grad_transform`` hook, applied to the gradient it solves for inside
+    ``step``; one without that hook is refused with ``ValueError`` at setup."""
 
     name = "grad_transforms"
 
@@ -196,10 +197,19 @@ class GradientTransforms(Callback):
 
     def setup(self, trainer) -> None:
         if self.transforms and trainer.closure_path:
-            raise ValueError(f"grad_transforms cannot be applied with {type(trainer.optimizer).__name__}: it "
-                             "computes its own gradients from the loss closure inside step()")
+            if not hasattr(trainer.optimizer, "grad_transform"):
+                raise ValueError(f"grad_transforms cannot be applied with {type(trainer.optimizer).__name__}: it "
+                                 "computes its own gradients from the loss closure inside step() and has no "
+                                 "grad_transform hook")
+            trainer.optimizer.grad_transform = self._apply
+
+    def _apply(self, params) -> None:
+        for t in self.transforms:
+            t(params)
 
     def on_before_optimizer_step(self, trainer, params) -> None:
+        if trainer.closure_path:          # applied inside the optimizer's step, through its grad_transform hook
+            return
         for t in self.transforms:
             t(params)
 

@@ -209,7 +209,19 @@ def test_regression_and_multilabel_runs_train_and_report_their_task_metrics(tmp_
     summary = json.loads((out / "summary.json").read_text())
     assert metric in printed and "test_accuracy" not in printed and "test_accuracy" not in summary
     assert summary["task"] in ("regression", "multilabel") and summary[metric] == printed[metric]
+    assert 'name = "cross_entropy"' not in (out / "config.toml").read_text()   # the loss that was trained
     r = cli("report", str(out))
     assert r.returncode == 0, r.stderr
     html = (out / "report.html").read_text()
     assert metric.removeprefix("test_") in html and "confusion" not in html.lower()
+
+
+def test_a_loss_chosen_for_another_task_is_refused_naming_the_key(tmp_path):
+    r = cli("train", "--set", "data.name=diabetes", "--set", "model.name=mlp", "--set", "loss.label_smoothing=0.0",
+            "--set", "callbacks=[]", "--set", "data.augment=[]", "--out", str(tmp_path / "r"), "--no-progress")
+    assert r.returncode == 2 and "loss.name" in r.stderr and "regression" in r.stderr
+
+
+def test_a_callback_named_twice_is_a_config_error():
+    r = cli("config", "--set", 'callbacks=["ema", "ema"]')
+    assert r.returncode == 2 and "callbacks[1]" in r.stderr

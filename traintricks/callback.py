@@ -7,7 +7,7 @@ under the callback's :attr:`Callback.name`, so a resumed run continues every tec
 
 Events (``trainer`` is the running :class:`~traintricks.training.Trainer`; the step's data are its attributes:
 ``trainer.batch`` (inputs, targets, extras) of the current micro-batch, ``trainer.outputs`` (the model's raw
-outputs), ``trainer.loss`` (the micro-batch's scalar loss, a tensor), ``trainer.epoch`` (epochs completed),
+outputs), ``trainer.loss`` (the micro-batch's scalar loss, a tensor; from the optimizer step on, the last micro-batch's, detached), ``trainer.epoch`` (epochs completed),
 ``trainer.step_in_epoch`` and ``trainer.global_step`` (optimizer steps done)):
 
 =============================== ============================================================================

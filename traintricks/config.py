@@ -295,6 +295,9 @@ def _check_spec_list(key: str, items: list, registry: Registry) -> None:
             raise ConfigError(f"{k}.name" if isinstance(item, dict) else k,
                               f"unknown {registry.kind} {spec['name']!r}; choose one of: {', '.join(registry.names())}")
         _check_component(k, spec, registry, {})
+        if key == "callbacks" and spec["name"] in [as_spec(it).get("name") for it in items[:i]]:
+            raise ConfigError(k, f"a second {spec['name']!r}: each callback may appear once (its state is "
+                                 "checkpointed under its name)")
 
 
 def _merge(base: dict, layer: dict, prefix: str = "") -> None:
@@ -430,8 +433,8 @@ RENAMED = {
 }
 
 
-def _deprecated(key: str) -> None:
-    replacement = RENAMED[key if key in RENAMED else key.partition(".")[0]]
+def _deprecated(key: str, replacement: str | None = None) -> None:
+    replacement = replacement or RENAMED[key if key in RENAMED else key.partition(".")[0]]
     level, frame = 2, sys._getframe(1)
     while frame is not None and frame.f_code.co_filename == __file__:    # point at the caller of load_config
         level, frame = level + 1, frame.f_back
@@ -498,8 +501,11 @@ def _translate_old_tables(cfg: dict[str, Any]) -> None:
         if "decay" in ema and not 0 <= ema["decay"] < 1:
             raise ConfigError("ema.decay", f"must be in [0, 1) (0 = off), got {ema['decay']!r}; "
                                            f"it is replaced by {RENAMED['ema']}")
-        if ema:
-            _deprecated("ema")
+        if ema:       # the replacement with the user's own values (the class's defaults for the rest)
+            from .training.callbacks import CALLBACKS
+            opts = {**CALLBACKS.defaults("ema"), **ema}
+            entry = ", ".join(f"{k} = {_toml_value(v)}" for k, v in opts.items())
+            _deprecated("ema", f"callbacks = [{{name = \"ema\", {entry}}}] (leave the entry out to turn the EMA off)")
         if ema.get("decay") == 0:
             _set_callback(cfg, "ema", False)
         elif "decay" in ema or _has_callback(cfg, "ema"):

@@ -348,3 +348,13 @@ def test_run_end_report_md_and_curves_use_the_task_metric(tmp_path):
     md = write_report(tmp_path, summary, hist, "").read_text()
     assert "**test rmse: 0.7000**" in md and "task: regression (test mae 0.5000, r2 0.4000)" in md
     assert "| val rmse |" in md and "| 2 | 0.5000 |  | 0.5500 | 0.4500 | 0.4750 |" in md and "acc" not in md
+
+
+def test_classification_metrics_refuse_float_regression_targets():
+    from traintricks.evaluation.tasks import Classification
+    t = Classification()
+    with pytest.raises(ValueError, match="task='regression'"):
+        t.update(t.new_state(), torch.randn(8, 1), torch.randn(8))
+    st = t.new_state()
+    t.update(st, torch.randn(8, 3), torch.softmax(torch.randn(8, 3), 1))      # soft labels stay allowed
+    assert st["n"] == 8

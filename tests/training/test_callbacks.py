@@ -287,3 +287,23 @@ def test_grad_norm_quantiles_records_the_distribution_of_the_step_norms():
     assert r["grad_norm_p90"] == pytest.approx(want[1].item(), rel=1e-5)
     with pytest.raises(ValueError, match="quantiles"):
         GradNormQuantiles([1.5])
+
+
+def test_the_steps_loss_is_there_detached_at_step_end():
+    class LossLog(Callback):
+        def __init__(self):
+            self.losses = []
+
+        def on_after_forward(self, trainer):
+            self.last = float(trainer.loss.detach())
+
+        def on_step_end(self, trainer):
+            assert not trainer.loss.requires_grad
+            self.losses.append((float(trainer.loss), self.last))
+
+    x, y = _data(8)
+    m = _model()
+    log = LossLog()
+    Trainer(m, torch.optim.SGD(m.parameters(), lr=0.1), F.cross_entropy, _batches(x, y, 4), epochs=1,
+            progress=False, callbacks=[log]).fit()
+    assert len(log.losses) == 2 and all(a == b for a, b in log.losses)     # the last micro-batch's loss

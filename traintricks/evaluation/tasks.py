@@ -101,6 +101,10 @@ class Classification(Task):
         return {"n": 0, "correct": None}
 
     def update(self, state, outputs, targets):
+        if targets.is_floating_point() and targets.shape != outputs.shape:     # a shape check: no host read
+            raise ValueError(f"classification metrics need class indices or soft labels shaped like the outputs "
+                             f"{tuple(outputs.shape)}; got float targets {tuple(targets.shape)}: for a regression "
+                             f"pass task='regression' (or 'multilabel' for 0/1 label vectors)")
         c = correct_count(outputs, targets)
         state["correct"] = c if state["correct"] is None else state["correct"] + c
         state["n"] += int(targets.shape[0])
@@ -264,6 +268,11 @@ def default_loss(task: str | Task) -> str:
 
 # losses that fit each non-classification task (any loss fits classification, as today)
 _TASK_LOSSES = {"regression": ("l1", "l2", "huber"), "multilabel": ("bce_with_logits",)}
+
+
+def losses_for_task(task: str | Task) -> tuple[str, ...] | None:
+    """The loss names that fit ``task`` (``None``: any loss, classification)."""
+    return _TASK_LOSSES.get(get_task(task).name)
 
 
 def loss_for_task(task: str | Task, loss_cfg: dict[str, Any]) -> dict[str, Any]:

@@ -11,7 +11,8 @@ from ..nn import fuses_norm_activation, make_activation, make_norm
 def spatial_dims(in_shape: Sequence[int], model: str) -> int:
     """Number of spatial dimensions of an input of shape (C, ...) for a convolutional model."""
     if len(in_shape) not in (2, 3):
-        raise ValueError(f"model {model!r} needs inputs shaped (C, L) or (C, H, W), got {tuple(in_shape)}")
+        raise ValueError(f"model {model!r} needs inputs shaped (C, L) or (C, H, W), got {tuple(in_shape)}; for flat "
+                         f"feature vectors use model.name = \"mlp\"")
     return len(in_shape) - 1
 
 

@@ -662,7 +662,12 @@ def _warmup_cap(steps: int, pct_start: float, min_warmup_steps: int) -> float:
     """The peak factor of a cycle of ``steps`` steps whose warm-up must last ``min_warmup_steps``."""
     if min_warmup_steps <= 0:
         return 1.0
-    return min(1.0, pct_start * steps / min_warmup_steps)
+    cap = min(1.0, pct_start * steps / min_warmup_steps)
+    if cap < 1.0:
+        warnings.warn(f"a one-cycle of {steps} steps warms up over {pct_start * steps:.3g} steps, fewer than "
+                      f"min_warmup_steps={min_warmup_steps}: its peak is scaled by {cap:.3g} (set "
+                      f"schedule.min_warmup_steps=0 for the uncapped peak)", stacklevel=3)
+    return cap
 
 
 @SCHEDULES.register("onecycle")

@@ -17,11 +17,11 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from ..config import ConfigError, load_config, to_toml
+from ..config import DEFAULTS, ConfigError, load_config, to_toml
 from ..data import AUGMENTATIONS, CURRICULA, Compose, CurriculumLoader, DataSplits, TensorLoader, as_spec, load_data
 from ..data.curriculum import load_scores, reference_scores
 from ..evaluation import EARLY_STOPPING
-from ..evaluation.tasks import loss_for_task, resolve_task
+from ..evaluation.tasks import loss_for_task, losses_for_task, resolve_task
 from ..losses import LOSSES, PENALTIES, AuxiliaryHeads, WithPenalties
 from ..models import MODELS, REGULARIZERS, zero_init_residual
 from ..optim import OPTIMIZERS, SCHEDULES, TRANSFORMS, BatchSizeLR, param_groups, sets_rate_each_step
@@ -203,10 +203,15 @@ def build_trainer(cfg: dict[str, Any], data: DataSplits | None = None, out_dir: 
     if data is None:
         data = build_data(cfg)
     task = resolve_task(cfg.get("task", "auto"), data)
-    try:        # the default recipe's cross-entropy becomes the task's own loss; another unfit loss is refused
+    fits = losses_for_task(task)
+    if fits is not None and cfg["loss"]["name"] not in fits:
+        if cfg["loss"] != DEFAULTS["loss"]:           # a loss the user chose that does not fit: refused, named
+            raise ConfigError("loss.name", f"{cfg['loss']['name']!r} does not fit task {task!r}; choose one of: "
+                                           f"{', '.join(fits)}")
+        # the default recipe's cross-entropy, untouched, becomes the task's own loss (written so in config.toml)
         cfg = {**cfg, "loss": loss_for_task(task, cfg["loss"])}
-    except ValueError as e:
-        raise ConfigError("loss.name", str(e)) from None
+        warnings.warn(f"task {task!r}: loss {cfg['loss']['name']!r} (the default recipe's cross_entropy fits "
+                      f"classification only)", stacklevel=2)
     if model is None:
         model = build_model(cfg, data.input_shape, data.num_classes)
     if cfg["parallel"]["sync_batchnorm"]:
@@ -273,7 +278,7 @@ def build_trainer(cfg: dict[str, Any], data: DataSplits | None = None, out_dir: 
         t = as_spec(item)
         transforms.append(_build(f"grad_transforms[{i}]", t, TRANSFORMS.get(t["name"]), **_options(t)))
     extra = [scheduler.batch_schedule] if isinstance(scheduler, BatchSizeLR) else []   # sets the loader's batch
-    return Trainer(model, optimizer, loss_fn, train, val, test, scheduler=scheduler, scheduler_interval=interval,
+    trainer = Trainer(model, optimizer, loss_fn, train, val, test, scheduler=scheduler, scheduler_interval=interval,
                    scheduler_monitor=monitor, epochs=cfg["epochs"],
                    grad_transforms=transforms, accumulate_steps=acc, drop_tail=loader_args["drop_last"],
                    early_stopping=early, out_dir=out_dir, device=cfg["device"], precision=cfg["precision"],
@@ -282,6 +287,8 @@ def build_trainer(cfg: dict[str, Any], data: DataSplits | None = None, out_dir: 
                    callbacks=[*techniques, *extra, *callbacks], progress=progress, task=task,
                    checkpoint_every_steps=cfg.get("checkpoint_every_steps", 0),
                    checkpoint_every_seconds=cfg.get("checkpoint_every_seconds", 0.0))
+    trainer.config = cfg        # as built (the task's loss filled in): what run() writes to config.toml
+    return trainer
 
 
 def run(cfg: dict[str, Any] | None, out_dir: str | Path, resume: bool = False, progress: bool = True,
@@ -315,6 +322,7 @@ def run(cfg: dict[str, Any] | None, out_dir: str | Path, resume: bool = False, p
         write_config()
         return _run_hogwild(cfg, out, resume)
     trainer = build_trainer(cfg, out_dir=out, progress=progress, callbacks=callbacks)
+    cfg = trainer.config             # as built: e.g. a regression run's loss, not the default recipe's cross-entropy
     write_config()
     if resume:
         trainer.resume(out)

@@ -553,7 +553,8 @@ class Trainer:
             acc["loss_sum"] += self.loss.detach().double() * n
             acc["seen"] += n
             self.task.update(acc["task"], self.output_fn(self.outputs).detach(), y)
-        self.outputs = self.loss = None
+        self.outputs = None                       # free the activations; the loss stays, detached, for callbacks
+        self.loss = self.loss.detach() if self.loss is not None else None
         if self.closure_path:
             # second-order optimizers differentiate the loss themselves (Hessian-vector products): the closure
             # returns the group's loss, weighted as above, with its graph

@@ -277,3 +277,87 @@ def test_python_factory_trains_resumes_and_reports(factory_module, tmp_path, cap
     assert main(argv) == 0, capsys.readouterr().err
     _kill_resume_and_compare(out, capsys)
     assert main(["report", str(out)]) == 0, capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------ folder
+def _images(root, per_class=20, size=(8, 8), mode="L", classes=("dark", "light"), split="train"):
+    """``per_class`` PNGs per class written with Pillow: class i's pixels around 60 + 120 i (separable)."""
+    from PIL import Image
+    rng = np.random.default_rng(len(str(root)))
+    arrays = {}
+    for i, c in enumerate(classes):
+        d = root / split / c
+        d.mkdir(parents=True, exist_ok=True)
+        for j in range(per_class):
+            shape = (size[1], size[0]) + ((3,) if mode == "RGB" else ())
+            a = np.clip(rng.normal(60 + 120 * i, 20, size=shape), 0, 255).astype(np.uint8)
+            Image.fromarray(a, mode).save(d / f"{j:03d}.png")
+            arrays[(c, j)] = a
+    return arrays
+
+
+def test_folder_decodes_grey_images_splits_and_caches(tmp_path, monkeypatch):
+    arrays = _images(tmp_path)                                           # 40 PNGs
+    s = load_data("folder", root=str(tmp_path), val_size=0)
+    assert s.class_names == ["dark", "light"] and s.input_shape == (1, 8, 8) and len(s.test_x) == 8
+    raw = torch.stack([torch.from_numpy(arrays[(c, j)])[None] for c in ("dark", "light") for j in range(20)])
+    perm = torch.randperm(40, generator=torch.Generator().manual_seed(0))
+    tr = raw[perm[8:]].float()
+    torch.testing.assert_close(s.test_x, (raw[perm[:8]].float() - tr.mean()) / tr.std())
+    torch.testing.assert_close(s.test_y, torch.arange(40).div(20, rounding_mode="floor")[perm[:8]])
+    cache = tmp_path / ".traintricks-cache.pt"
+    assert cache.is_file() and torch.load(cache, weights_only=True)["x"].dtype == torch.uint8
+    import PIL.Image
+    opened = []
+    monkeypatch.setattr(PIL.Image, "open", lambda *a, **k: opened.append(a) or pytest.fail("decoded again"))
+    s2 = load_data("folder", root=str(tmp_path), val_size=0)             # served from the cache
+    torch.testing.assert_close(s2.test_x, s.test_x)
+    monkeypatch.undo()
+    from PIL import Image                                                # a changed file: the cache is rebuilt
+    Image.fromarray(np.full((8, 8), 255, np.uint8), "L").save(tmp_path / "train" / "dark" / "000.png")
+    s3 = load_data("folder", root=str(tmp_path), val_size=0)
+    assert not torch.equal(s3.train_x, s.train_x)
+
+
+def test_folder_rgb_test_folder_and_image_size(tmp_path):
+    _images(tmp_path, per_class=6, size=(12, 10), mode="RGB")
+    _images(tmp_path, per_class=2, size=(12, 10), mode="RGB", split="test")
+    s = load_data("folder", root=str(tmp_path), val_size=0, image_size=6)
+    assert s.input_shape == (3, 6, 6) and len(s.train_x) == 12 and len(s.test_x) == 4
+    assert s.test_y.tolist() == [0, 0, 1, 1]
+
+
+def test_folder_trains_resumes_and_reports_from_the_cli(tmp_path, capsys):
+    _images(tmp_path / "data")
+    out = tmp_path / "run"
+    argv = ["train", *sets("data.name=folder", f"data.root={tmp_path / 'data'}", "epochs=2", "batch_size=8",
+                           'data.augment=["flip"]', "data.augment_from_epoch=1"),
+            "--out", str(out), "--no-progress"]
+    assert main(argv) == 0, capsys.readouterr().err
+    _kill_resume_and_compare(out, capsys)
+    assert main(["report", str(out)]) == 0, capsys.readouterr().err
+
+
+def test_folder_bad_inputs(tmp_path):
+    with pytest.raises(DataError, match="train: missing folder"):
+        load_data("folder", root=str(tmp_path))
+    _images(tmp_path, per_class=5)
+    (tmp_path / "train" / "empty").mkdir()
+    with pytest.raises(DataError, match="empty: empty class"):
+        load_data("folder", root=str(tmp_path))
+    (tmp_path / "train" / "empty").rmdir()
+    bad = tmp_path / "train" / "light" / "bad.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    with pytest.raises(DataError, match="bad.png: unreadable or corrupt image.*data.skip_bad"):
+        load_data("folder", root=str(tmp_path))
+    with pytest.warns(UserWarning, match="skipped 1 unreadable image.*bad.png"):
+        s = load_data("folder", root=str(tmp_path), skip_bad=True, val_size=0)
+    assert len(s.train_x) + len(s.test_x) == 10                          # never a silent wrong label
+    bad.unlink()
+    from PIL import Image
+    Image.fromarray(np.zeros((9, 8), np.uint8), "L").save(tmp_path / "train" / "light" / "big.png")
+    with pytest.raises(DataError, match="mixed image sizes.*8x8.*big.png is 8x9; set data.image_size"):
+        load_data("folder", root=str(tmp_path))
+    assert load_data("folder", root=str(tmp_path), image_size=8).input_shape == (1, 8, 8)
+    with pytest.raises(ConfigError, match="data.image_size"):
+        load_config(overrides=["data.image_size=-1"])

@@ -198,7 +198,7 @@ def digits_multilabel(root: str = "") -> RawData:
 
 
 #: ``data.*`` config keys that are options of some sources (passed to the sources that take them)
-SOURCE_OPTIONS = ("target", "factory")
+SOURCE_OPTIONS = ("target", "factory", "image_size", "skip_bad")
 
 
 def load_data(name: str, root: str = "", limit: int = 0, val_size: float = 0.1, seed: int = 0,

@@ -347,3 +347,138 @@ def python_factory(root: str = "", factory: str = "") -> RawData:
                 raw.class_names = [str(i) for i in range(int(vy.max()) + 1)]
         raw.val_x, raw.val_y = vx, vy
     return raw
+
+
+# ------------------------------------------------------------------------------------------------ folder
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+CACHE_NAME = ".traintricks-cache.pt"
+
+
+def _image_files(split_dir: Path) -> tuple[list[str], list[list[Path]]]:
+    """Class names (sorted subfolder names) and each class's image files (sorted)."""
+    classes = sorted(d.name for d in split_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not classes:
+        raise DataError(f"{split_dir}: no class subfolders (the layout is {split_dir}/<class>/*.png|jpg)")
+    files = []
+    for c in classes:
+        fs = sorted(f for f in (split_dir / c).iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+        if not fs:
+            raise DataError(f"{split_dir / c}: empty class (no .png/.jpg/.jpeg files)")
+        files.append(fs)
+    return classes, files
+
+
+def _decode(path: Path, image_size: int) -> np.ndarray:
+    """One image as a uint8 (H, W) (grey) or (H, W, 3) (colour) array, resized (shorter side) and centre-cropped
+    to ``image_size`` when it is > 0."""
+    from PIL import Image
+    with Image.open(path) as im:
+        im.load()
+        grey = im.mode in ("1", "L", "LA", "I", "I;16", "F") or (
+            im.mode == "P" and all(r == g == b for r, g, b in zip(*[iter(im.getpalette() or [0, 0, 0])] * 3)))
+        im = im.convert("L" if grey else "RGB")
+        if image_size:
+            w, h = im.size
+            scale = image_size / min(w, h)
+            nw, nh = max(image_size, round(w * scale)), max(image_size, round(h * scale))
+            im = im.resize((nw, nh), Image.Resampling.BILINEAR)
+            left, top = (nw - image_size) // 2, (nh - image_size) // 2
+            im = im.crop((left, top, left + image_size, top + image_size))
+        return np.asarray(im, dtype=np.uint8).copy()
+
+
+def _decode_split(split_dir: Path, classes: list[str], files: list[list[Path]], image_size: int,
+                  skip_bad: bool, skipped: list[str]) -> tuple[list[np.ndarray], list[int], list[Path]]:
+    images, labels, paths = [], [], []
+    for label, fs in enumerate(files):
+        for f in fs:
+            try:
+                images.append(_decode(f, image_size))
+            except (OSError, ValueError, SyntaxError) as e:       # PIL.UnidentifiedImageError is an OSError
+                if not skip_bad:
+                    raise DataError(f"{f}: unreadable or corrupt image ({e}); fix or remove it, or set "
+                                    f"data.skip_bad = true to skip such files") from None
+                skipped.append(str(f))
+                continue
+            labels.append(label)
+            paths.append(f)
+    return images, labels, paths
+
+
+def _stack(images: list[np.ndarray], paths: list[Path], channels: int) -> torch.Tensor:
+    shapes = {a.shape[:2] for a in images}
+    if len(shapes) > 1:
+        first = paths[0]
+        other = next(p for a, p in zip(images, paths) if a.shape[:2] != images[0].shape[:2])
+        h0, w0 = images[0].shape[:2]
+        h1, w1 = next(a.shape[:2] for a in images if a.shape[:2] != images[0].shape[:2])
+        raise DataError(f"mixed image sizes: {first} is {w0}x{h0}, {other} is {w1}x{h1}; set data.image_size "
+                        f"to resize them all")
+    out = [a[:, :, None].repeat(channels, 2) if a.ndim == 2 else a for a in images]
+    return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).contiguous()
+
+
+@DATASETS.register("folder")
+def folder(root: str = "", image_size: int = 0, skip_bad: bool = False) -> RawData:
+    """Images in class subfolders (root/train/<class>/*.png|jpg, optional root/test/), decoded once into a uint8 cache."""
+    import hashlib
+    import warnings
+    p = _need_root("folder", root)
+    if image_size < 0:
+        raise ValueError(f"image_size: must be >= 0 (0: keep the images' own size), got {image_size}")
+    train_dir, test_dir = p / "train", p / "test"
+    if not train_dir.is_dir():
+        raise DataError(f"{train_dir}: missing folder (the layout is {p}/train/<class>/*.png|jpg, and optionally "
+                        f"{p}/test/<class>/...)")
+    classes, files = _image_files(train_dir)
+    test_files: list[list[Path]] | None = None
+    if test_dir.is_dir():
+        t_classes, t_files = _image_files(test_dir)
+        unknown = [c for c in t_classes if c not in classes]
+        if unknown:
+            raise DataError(f"{test_dir}: class folder(s) {unknown} not in {train_dir} (classes: {classes})")
+        test_files = [t_files[t_classes.index(c)] if c in t_classes else [] for c in classes]
+    every = [f for fs in files + (test_files or []) for f in fs]
+    key = hashlib.sha256(repr((image_size, skip_bad, [(str(f.relative_to(p)), f.stat().st_size,
+                                                       f.stat().st_mtime_ns) for f in every])).encode()).hexdigest()
+    cache = p / CACHE_NAME
+    if cache.is_file():
+        try:
+            c = torch.load(cache, weights_only=True)
+        except Exception:            # an unreadable or old cache is rebuilt
+            c = None
+        if isinstance(c, dict) and c.get("key") == key:
+            if c["skipped"]:
+                warnings.warn(f"data.skip_bad: skipped {len(c['skipped'])} unreadable image(s): "
+                              f"{', '.join(c['skipped'])}", stacklevel=2)
+            if c["test_x"] is None:
+                return RawData(*_fixed_test_split(c["x"], c["y"], TEST_FRACTION), class_names=c["classes"])
+            return RawData(c["x"], c["y"], c["test_x"], c["test_y"], class_names=c["classes"])
+    skipped: list[str] = []
+    imgs, labels, paths = _decode_split(train_dir, classes, files, image_size, skip_bad, skipped)
+    t_imgs, t_labels, t_paths = (_decode_split(test_dir, classes, test_files, image_size, skip_bad, skipped)
+                                 if test_files is not None else ([], [], []))
+    if not imgs:
+        raise DataError(f"{train_dir}: no readable images (skipped: {', '.join(skipped)})")
+    channels = 3 if any(a.ndim == 3 for a in imgs + t_imgs) else 1
+    x = _stack(imgs + t_imgs, paths + t_paths, channels)
+    y = torch.tensor(labels + t_labels, dtype=torch.long)
+    for i, c in enumerate(classes):
+        if not (y[:len(imgs)] == i).any():
+            raise DataError(f"{train_dir / c}: empty class (every image in it was skipped as unreadable)")
+    x, xt = x[:len(imgs)], (x[len(imgs):] if test_files is not None else None)
+    y, yt = y[:len(imgs)], (y[len(imgs):] if test_files is not None else None)
+    if skipped:
+        warnings.warn(f"data.skip_bad: skipped {len(skipped)} unreadable image(s): {', '.join(skipped)}",
+                      stacklevel=2)
+    try:
+        tmp = cache.with_name(cache.name + ".tmp")
+        torch.save({"key": key, "x": x, "y": y, "test_x": xt, "test_y": yt, "classes": classes,
+                    "skipped": skipped}, tmp)
+        tmp.replace(cache)
+    except OSError as e:             # a read-only data folder: decoded every time
+        warnings.warn(f"{cache}: cannot write the decoded-image cache ({e}); the images are decoded on every "
+                      f"load", stacklevel=2)
+    if xt is None:
+        return RawData(*_fixed_test_split(x, y, TEST_FRACTION), class_names=classes)
+    return RawData(x, y, xt, yt, class_names=classes)

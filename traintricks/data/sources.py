@@ -11,6 +11,10 @@
 - ``python``: ``data.factory = "pkg.module:fn"``; ``fn()`` returns torch ``Dataset`` s ``(train, test)`` or
   ``(train, val, test)`` whose items are ``(input, target)``. They are materialized into tensors (the sets are
   meant to fit in memory). Integer targets: classification; float targets: regression.
+- ``folder``: images in class subfolders, ``root/train/<class>/*.png|jpg|jpeg`` (optional ``root/test/<class>/``),
+  decoded with Pillow into a uint8 ``(N, C, H, W)`` cache ``root/.traintricks-cache.pt`` (rebuilt when the files'
+  paths, sizes or modification times change); grey stays 1 channel, colour is RGB; ``data.image_size`` resizes the
+  shorter side and centre-crops; ``data.skip_bad`` skips unreadable files with a warning listing them.
 
 Without a test set a fixed 20% of the examples (permutation seeded with 0, as the built-in sets) is the test
 split. Inputs are standardized by :func:`~traintricks.data.datasets.load_data` with the training portion's

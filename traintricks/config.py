@@ -67,8 +67,11 @@ DEFAULTS: dict[str, Any] = {
     # 20 epochs with crop + flip (and flip TTA) continues to ~93.3% (docs/benchmarks.md); 1/30 of the training
     # images (2,000 of Fashion-MNIST) for validation. Pooling before the norm makes the full-resolution stage's
     # norm and activation 4x cheaper (models/cnn.py).
+    # data.target: the csv source's label column (or list of regression target columns); data.factory: the python
+    # source's "pkg.module:fn"; data.image_size, data.skip_bad: the folder source's (traintricks/data/sources.py,
+    # docs/data.md)
     "data": {"name": "fashion_mnist", "root": "", "limit": 0, "val_size": 0.0333, "augment": ["crop", "flip"],
-             "augment_from_epoch": 5},
+             "augment_from_epoch": 5, "target": "", "factory": "", "image_size": 0, "skip_bad": False},
     "model": {"name": "cnn", "widths": [16, 32, 64], "blocks": [1, 2, 2], "pool_before_norm": True},
     "optim": {"name": "sgd", "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4,
               "decay_norm_and_bias": False},
@@ -123,6 +126,11 @@ _FIXED: dict[str, tuple[Any, Callable[[Any], str | None] | None]] = {
     "data.val_size": (float, _nonneg),
     "data.augment": (list, None),
     "data.augment_from_epoch": (int, _nonneg),
+    "data.target": (str | list[str], None),
+    "data.factory": (str, lambda v: None if not v or v.count(":") == 1 and all(v.split(":")) else
+                     "must look like 'pkg.module:function'"),
+    "data.image_size": (int, _nonneg),
+    "data.skip_bad": (bool, None),
     "grad_transforms": (list, None),
     "callbacks": (list, None),
     "test_every_epoch": (bool, None),

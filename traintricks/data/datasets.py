@@ -20,9 +20,11 @@ non-classification task ``class_names`` names the model's outputs (the regressio
 """
 from __future__ import annotations
 
+import inspect
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -46,6 +48,12 @@ class RawData:
     test_y: torch.Tensor
     class_names: list[str]
     task: str = "classification"
+    #: regression targets' standardization (the training split's mean and standard deviation per target), if any
+    target_mean: list[float] = field(default_factory=list)
+    target_std: list[float] = field(default_factory=list)
+    #: a validation split of the source's own (then ``load_data`` takes none from the training examples)
+    val_x: torch.Tensor | None = None
+    val_y: torch.Tensor | None = None
 
 
 @dataclass
@@ -63,6 +71,8 @@ class DataSplits:
     mean: list[float] = field(default_factory=list)
     std: list[float] = field(default_factory=list)
     task: str = "classification"
+    target_mean: list[float] = field(default_factory=list)
+    target_std: list[float] = field(default_factory=list)
 
     @property
     def num_classes(self) -> int:
@@ -187,31 +197,54 @@ def digits_multilabel(root: str = "") -> RawData:
     return RawData(*_fixed_test_split(x, y, 0.2), class_names=list(DIGIT_LABELS), task="multilabel")
 
 
-def load_data(name: str, root: str = "", limit: int = 0, val_size: float = 0.1, seed: int = 0) -> DataSplits:
+#: ``data.*`` config keys that are options of some sources (passed to the sources that take them)
+SOURCE_OPTIONS = ("target", "factory", "image_size", "skip_bad")
+
+
+def load_data(name: str, root: str = "", limit: int = 0, val_size: float = 0.1, seed: int = 0,
+              **options: Any) -> DataSplits:
     """Load dataset ``name`` and split it.
 
     ``limit`` keeps only the first N training examples (0: all). ``val_size`` takes that many
-    (if >= 1) or that fraction (if < 1) of them, chosen with ``seed``, as the validation set;
-    the test set is the dataset's own. Inputs are standardized per channel with the training
-    portion's mean and standard deviation.
+    (if >= 1) or that fraction (if < 1) of them, chosen with ``seed``, as the validation set (unless the source
+    brings its own validation split); the test set is the dataset's own. Inputs are standardized per channel with
+    the training portion's mean and standard deviation. ``options`` (``target``, ``factory``, ...) go to the
+    sources that take them; a set (non-empty) option the source does not take raises ``ValueError`` naming it.
     """
     if limit < 0:
         raise ValueError(f"limit must be >= 0, got {limit}")
-    raw = DATASETS.get(name)(root=root)
+    source = DATASETS.get(name)
+    params = inspect.signature(source).parameters
+    for k, v in options.items():
+        if k not in params and v not in ("", None, [], 0, False):
+            takes = [n for n in DATASETS.names() if k in inspect.signature(DATASETS.get(n)).parameters]
+            raise ValueError(f"{k}: dataset {name!r} takes no option {k!r} (it is one of: {', '.join(takes)})")
+    raw = source(root=root, **{k: v for k, v in options.items() if k in params})
     tx, ty = raw.train_x, raw.train_y
     if limit:
         tx, ty = tx[:limit], ty[:limit]
     n = len(tx)
-    n_val = int(val_size) if val_size >= 1 else int(round(val_size * n))
-    if val_size < 0 or n_val >= n:
-        raise ValueError(f"val_size {val_size} leaves no training examples out of {n}")
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    vi, ti = perm[:n_val].sort().values, perm[n_val:].sort().values
-    train_x = tx[ti].float()
+    if raw.val_x is not None:
+        vx, vy, train_x, train_y = raw.val_x, raw.val_y, tx.float(), ty
+    else:
+        n_val = int(val_size) if val_size >= 1 else int(round(val_size * n))
+        if val_size < 0 or n_val >= n:
+            raise ValueError(f"val_size {val_size} leaves no training examples out of {n}")
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+        vi, ti = perm[:n_val].sort().values, perm[n_val:].sort().values
+        vx, vy, train_x, train_y = tx[vi], ty[vi], tx[ti].float(), ty[ti]
     dims = [0] + list(range(2, train_x.ndim))
     mean = train_x.mean(dim=dims, keepdim=True)
     std = train_x.std(dim=dims, keepdim=True).clamp_min(1e-8)
     norm = lambda x: ((x.float() - mean) / std).contiguous()  # noqa: E731
-    return DataSplits(name=name, train_x=norm(train_x), train_y=ty[ti], val_x=norm(tx[vi]), val_y=ty[vi],
+    return DataSplits(name=name, train_x=norm(train_x), train_y=train_y, val_x=norm(vx), val_y=vy,
                       test_x=norm(raw.test_x), test_y=raw.test_y, class_names=raw.class_names,
-                      mean=mean.flatten().tolist(), std=std.flatten().tolist(), task=raw.task)
+                      mean=mean.flatten().tolist(), std=std.flatten().tolist(), task=raw.task,
+                      target_mean=list(raw.target_mean), target_std=list(raw.target_std))
+
+
+def data_from_config(cfg: dict[str, Any]) -> DataSplits:
+    """The dataset of a validated config: ``load_data`` with its ``data.*`` keys and ``seed``."""
+    d = cfg["data"]
+    return load_data(d["name"], root=d["root"], limit=d["limit"], val_size=d["val_size"], seed=cfg["seed"],
+                     **{k: d[k] for k in SOURCE_OPTIONS if k in d})

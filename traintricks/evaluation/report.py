@@ -91,7 +91,7 @@ def lr_per_step(trainer, epochs: int) -> list[float]:
 def render_run_report(run_dir: str | Path) -> Path:
     """Write ``report.html``, ``report.json`` and the PNGs of the finished run in ``run_dir``; return the HTML path."""
     from ..config import load_config
-    from ..data import load_data
+    from ..data import data_from_config
     from ..training import checkpoint as ckpt
     from ..training.recipe import build_trainer
     from ..training.report import plot_curves
@@ -101,8 +101,7 @@ def render_run_report(run_dir: str | Path) -> Path:
     if summary.get("task", "classification") != "classification":
         return _render_task_report(run_dir, summary, history)
     cfg = load_config(run_dir / "config.toml")
-    d = cfg["data"]
-    data = load_data(d["name"], root=d["root"], limit=d["limit"], val_size=d["val_size"], seed=cfg["seed"])
+    data = data_from_config(cfg)
     import warnings
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -259,15 +258,14 @@ def _render_task_report(run_dir: Path, summary: dict[str, Any], history: list[di
     import warnings
 
     from ..config import load_config
-    from ..data import load_data
+    from ..data import data_from_config
     from ..training import checkpoint as ckpt
     from ..training.recipe import build_trainer, load_run_model
     from .tasks import get_task
 
     task = get_task(summary["task"])
     cfg = load_config(run_dir / "config.toml")
-    d = cfg["data"]
-    data = load_data(d["name"], root=d["root"], limit=d["limit"], val_size=d["val_size"], seed=cfg["seed"])
+    data = data_from_config(cfg)
     model, _ = load_run_model(run_dir, data.input_shape, data.num_classes)
     out = predict(model, data.test_x)
     state = task.new_state()

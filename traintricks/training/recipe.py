@@ -18,7 +18,8 @@ from typing import Any, Callable, Sequence
 import torch
 
 from ..config import DEFAULTS, ConfigError, load_config, to_toml
-from ..data import AUGMENTATIONS, CURRICULA, Compose, CurriculumLoader, DataSplits, TensorLoader, as_spec, load_data
+from ..data import (AUGMENTATIONS, CURRICULA, Compose, CurriculumLoader, DataSplits, TensorLoader, as_spec,
+                    data_from_config)
 from ..data.curriculum import load_scores, reference_scores
 from ..evaluation import EARLY_STOPPING
 from ..evaluation.tasks import loss_for_task, losses_for_task, resolve_task
@@ -117,9 +118,7 @@ def build_loss(cfg: dict[str, Any], model: torch.nn.Module, data: DataSplits) ->
 def build_data(cfg: dict[str, Any]) -> DataSplits:
     """The config's dataset (``data.name``, ``data.root``, ``data.limit``, ``data.val_size``, split by ``seed``);
     a bad value raises :class:`~traintricks.config.ConfigError` naming its ``data.*`` key."""
-    d = cfg["data"]
-    return _build("data", d, load_data, d["name"], root=d["root"], limit=d["limit"], val_size=d["val_size"],
-                  seed=cfg["seed"])
+    return _build("data", cfg["data"], data_from_config, cfg)
 
 
 def build_model(cfg: dict[str, Any], in_shape: Sequence[int], num_classes: int) -> torch.nn.Module:
@@ -153,8 +152,7 @@ def load_run_model(run_dir: str | Path, in_shape: Sequence[int] | None = None,
             raise ckpt.CheckpointError(f"{run_dir / f} not found; give the directory of a finished traintricks run")
     cfg = load_config(run_dir / "config.toml")
     if in_shape is None or num_classes is None:
-        d = cfg["data"]
-        data = load_data(d["name"], root=d["root"], limit=d["limit"], val_size=d["val_size"], seed=cfg["seed"])
+        data = build_data(cfg)
         in_shape, num_classes = data.input_shape, data.num_classes
     model = build_model(cfg, in_shape, num_classes)
     model.load_state_dict(ckpt.load_weights(run_dir / "model.safetensors"))

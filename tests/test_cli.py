@@ -225,3 +225,18 @@ def test_a_loss_chosen_for_another_task_is_refused_naming_the_key(tmp_path):
 def test_a_callback_named_twice_is_a_config_error():
     r = cli("config", "--set", 'callbacks=["ema", "ema"]')
     assert r.returncode == 2 and "callbacks[1]" in r.stderr
+
+
+def test_config_toml_records_every_option_so_a_run_reloads_as_it_trained(tmp_path):
+    # switching model.name away and back drops the default recipe's pool_before_norm=true; the run trains with
+    # the class default (false). config.toml must say so, else reloading it (report, resume) builds another model
+    from tests.conftest import PRECISION
+    out = tmp_path / "run"
+    r = cli("train", "--set", "data.name=digits", "--set", "model.name=mlp", "--set", "model.name=cnn",
+            "--set", "model.widths=[8, 16]", "--set", "model.blocks=[1, 1]", "--set", "epochs=1",
+            "--set", "callbacks=[]", "--set", "data.augment=[]", "--set", f"precision={PRECISION}",
+            "--out", str(out), "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert "pool_before_norm = false" in (out / "config.toml").read_text()
+    r = cli("report", str(out))
+    assert r.returncode == 0, r.stderr

@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from ..config import DEFAULTS, ConfigError, load_config, to_toml
+from ..config import DEFAULTS, ConfigError, load_config, to_toml, with_factory_defaults
 from ..data import (AUGMENTATIONS, CURRICULA, Compose, CurriculumLoader, DataSplits, TensorLoader, as_spec,
                     data_from_config)
 from ..data.curriculum import load_scores, reference_scores
@@ -314,7 +314,9 @@ def run(cfg: dict[str, Any] | None, out_dir: str | Path, resume: bool = False, p
     def write_config() -> None:      # once the run is known to build: a config error leaves no directory behind
         if not resume and info.is_main:
             out.mkdir(parents=True, exist_ok=True)
-            ckpt.atomic_write_text(out / "config.toml", to_toml(cfg))
+            # every option written out (the factories' defaults too): reloading the file gives this run's config
+            # even where the default recipe sets an option the run's component left at its factory default
+            ckpt.atomic_write_text(out / "config.toml", to_toml(with_factory_defaults(cfg)))
 
     if cfg["parallel"]["mode"] in ("hogwild", "async"):
         write_config()

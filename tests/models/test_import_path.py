@@ -226,3 +226,13 @@ def test_cli_train_resume_report_and_compare_an_imported_model(zoo, monkeypatch)
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)      # resume was exact
     assert json.loads((ref / "summary.json").read_text())["test_accuracy"] == \
         json.loads((run / "summary.json").read_text())["test_accuracy"]
+
+
+def test_cli_finds_a_module_in_the_current_directory(tmp_path, monkeypatch, capsys):
+    # the `traintricks` console script, unlike `python -m`, has no current directory on sys.path: main() adds it
+    (tmp_path / "cwd_zoo_i17.py").write_text(USER_MODULE)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    monkeypatch.delitem(sys.modules, "cwd_zoo_i17", raising=False)
+    assert main(["config", "--set", "model.name=cwd_zoo_i17:tiny_resnet"]) == 0
+    assert "width = 8" in capsys.readouterr().out

@@ -235,6 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if "" not in sys.path and os.getcwd() not in sys.path:      # as under python -m: model.name = "mymodels:Net"
+        sys.path.append(os.getcwd())                           # finds mymodels.py in the current directory
     args = build_parser().parse_args(argv)
     return args.func(args)
 

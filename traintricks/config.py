@@ -234,7 +234,8 @@ def _check_component(section: str, spec: Any, registry: Registry, extra: dict) -
                               f"{section} is off (name = 'none'); set {section}.name = '{first}' first")
         return
     try:
-        opts = component_options(registry, name)
+        entry = registry.entry(name)
+        opts = entry.annotations()
     except KeyError as e:
         raise ConfigError(f"{section}.name", str(e).strip('"')) from None
     for k, v in spec.items():
@@ -245,9 +246,15 @@ def _check_component(section: str, spec: Any, registry: Registry, extra: dict) -
             spec[k] = check_type(f"{section}.{k}", v, typ)
             continue
         if k not in opts:
+            if getattr(entry, "open_keywords", False):      # an imported factory taking **kwargs: passed on
+                continue
             raise ConfigError(f"{section}.{k}", f"unknown option of {registry.kind} '{name}' "
                                                 f"(options: {', '.join(sorted(set(opts) | set(extra))) or 'none'})")
         spec[k] = check_type(f"{section}.{k}", v, opts[k])
+    for k in getattr(entry, "required", ()):               # an imported factory's parameters without a default
+        if k not in spec:
+            raise ConfigError(f"{section}.{k}", f"required by {registry.kind} '{name}' (a parameter without a "
+                                                f"default); set it, e.g. --set {section}.{k}=...")
 
 
 def validate(cfg: dict[str, Any]) -> dict[str, Any]:

@@ -3,19 +3,22 @@
 Every model takes ``(in_shape, num_classes, **options)`` where ``in_shape`` is one example's
 shape (``(C, H, W)`` images or ``(C, L)`` signals) and the options include the normalization layer
 and activation by name, so that later techniques plug in.
+
+A name with a colon is the user's own model: ``"pkg.module:factory"`` (or ``"timm:<model>"``), imported when
+looked up (:mod:`traintricks.models.imported`).
 """
 from __future__ import annotations
 
 
 
-from ..registry import Registry
+from .imported import ModelImportError, ModelRegistry, import_entry, is_import_path
 from .cnn import SmallCNN
 from .common import zero_init_residual
 from .mlp import MLP
 from .resnet import PreActBlock, PreActBottleneck, PreActResNet
 from .revnet import RevNet
 
-MODELS = Registry("model", section="models")
+MODELS = ModelRegistry("model", section="models")
 
 
 # each model class bound once with its summary; its constructor's arguments after (in_shape, num_classes) are the
@@ -31,4 +34,4 @@ MODELS.register("mlp", MLP, summary="Multi-layer perceptron: Linear-norm-act lay
 
 from .regularizers import REGULARIZERS  # noqa: E402
 
-__all__ = ["MODELS", "REGULARIZERS", "RevNet", "SmallCNN", "MLP", "PreActResNet", "PreActBlock", "PreActBottleneck", "zero_init_residual"]
+__all__ = ["MODELS", "ModelImportError", "import_entry", "is_import_path", "REGULARIZERS", "RevNet", "SmallCNN", "MLP", "PreActResNet", "PreActBlock", "PreActBottleneck", "zero_init_residual"]

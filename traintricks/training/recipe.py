@@ -122,9 +122,21 @@ def build_data(cfg: dict[str, Any]) -> DataSplits:
 
 
 def build_model(cfg: dict[str, Any], in_shape: Sequence[int], num_classes: int) -> torch.nn.Module:
+    """The config's model: a registered name or an import path (``"pkg.module:factory"``, ``"timm:<model>"``),
+    called with the table's options and, where its signature names them, ``in_shape`` and ``num_classes``; then
+    ``zero_init_residual`` and the regularizers, and a dry forward pass on zeros of ``(2, *in_shape)`` so that
+    shape problems surface now. Raises ``ConfigError`` naming ``model.name`` (an import path that does not import,
+    a factory returning something other than an ``nn.Module``, a model that cannot take the data's inputs) or
+    the option at fault."""
     spec = cfg["model"]
-    model = _build("model", spec, MODELS.get(spec["name"]), tuple(in_shape), num_classes,
-                   **_options(spec, drop=["regularization", "zero_init_residual"]))
+    try:
+        factory = MODELS.get(spec["name"])
+    except KeyError as e:         # an import path that no longer imports (a run resumed or reported elsewhere)
+        raise ConfigError("model.name", str(e)) from None
+    supplied = _supplied(factory, {"in_shape": tuple(in_shape), "num_classes": num_classes})
+    model = _build("model", spec, factory, **supplied, **_options(spec, drop=["regularization", "zero_init_residual"]))
+    if not isinstance(model, torch.nn.Module):
+        raise ConfigError("model.name", f"{spec['name']!r} returned a {type(model).__name__}, not a torch.nn.Module")
     if spec.get("zero_init_residual") and not zero_init_residual(model):
         warnings.warn(f"model.zero_init_residual: model {spec['name']!r} has no residual branches with a norm; "
                       "nothing was zeroed", stacklevel=2)
@@ -135,7 +147,7 @@ def build_model(cfg: dict[str, Any], in_shape: Sequence[int], num_classes: int) 
     try:  # a dry forward pass: shape problems surface now, naming the model, not mid-training
         with torch.no_grad():
             model(torch.zeros(2, *in_shape))
-    except RuntimeError as e:
+    except (RuntimeError, ValueError, TypeError, IndexError) as e:
         raise ConfigError("model", f"model {spec['name']!r} cannot process inputs of shape {tuple(in_shape)} "
                                    f"from data.name={cfg['data']['name']!r}: {e}") from None
     model.train()

@@ -221,7 +221,8 @@ def test_cli_train_resume_report_and_compare_an_imported_model(zoo, monkeypatch)
     assert [(v["values"], v["finished"]) for v in result["variants"]] == \
         [({"model.width": "8"}, 1), ({"model.width": "12"}, 1)], result["variants"]
     ref = Path(next(r["dir"] for r in result["runs"] if r["values"] == {"model.width": "8"}))
-    assert load_config(ref / "config.toml")["model"] == {"name": f"{MOD}:tiny_resnet", "width": 8}
+    written = load_config(ref / "config.toml")["model"]          # every option recorded (the factory's defaults too)
+    assert written["name"] == f"{MOD}:tiny_resnet" and written["width"] == 8
     wa, wb = ckpt.load_weights(ref / "model.safetensors"), ckpt.load_weights(run / "model.safetensors")
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)      # resume was exact
     assert json.loads((ref / "summary.json").read_text())["test_accuracy"] == \

@@ -132,9 +132,14 @@ def _check_eps(name: str, eps: float) -> None:
 
 
 class _FiniteCheck:
-    """The opt-in finiteness check shared by the layers (a host synchronization, so off by default)."""
+    """What the layers here share beyond PyTorch's base: the keyword-only ``impl`` and the opt-in finiteness check
+    (a host synchronization, so off by default)."""
 
     check_finite: bool = False
+
+    def _setup(self, impl: str, check_finite: bool) -> None:
+        self.impl = check_impl(impl)
+        self.check_finite = check_finite
 
     def _finite(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.check_finite and not isinstance(y, torch.fx.Proxy) and not bool(torch.isfinite(y).all()):
@@ -170,8 +175,7 @@ class GroupNorm(_FiniteCheck, nn.GroupNorm):
             raise ValueError(f"{name}: num_groups and num_channels must be >= 1, got {num_groups}, {num_channels}")
         _check_eps(name, eps)
         super().__init__(num_groups, num_channels, eps, affine, device, dtype, bias=bias)
-        self.impl = check_impl(impl)
-        self.check_finite = check_finite
+        self._setup(impl, check_finite)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if isinstance(input, torch.fx.Proxy):
@@ -243,8 +247,7 @@ class LayerNorm(_FiniteCheck, nn.LayerNorm):
                  device=None, dtype=None, *, impl: str = "fast", check_finite: bool = False) -> None:
         _check_eps(type(self).__name__, eps)
         super().__init__(normalized_shape, eps, elementwise_affine, bias, device, dtype)
-        self.impl = check_impl(impl)
-        self.check_finite = check_finite
+        self._setup(impl, check_finite)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if isinstance(input, torch.fx.Proxy):
@@ -293,10 +296,6 @@ class _InstanceNormMixin(_FiniteCheck):
         _check_eps(type(self).__name__, eps)
         super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype, bias=bias)
         self._setup(impl, check_finite)
-
-    def _setup(self, impl: str, check_finite: bool) -> None:
-        self.impl = check_impl(impl)
-        self.check_finite = check_finite
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if isinstance(input, torch.fx.Proxy):

@@ -80,6 +80,13 @@ def _check_range(name: str, value: float, low: float, high: float | None = None,
         raise ValueError(f"{name} must be {'in ' + rng if high is not None else rng}, got {value}")
 
 
+def _check_lr(lr) -> None:
+    """torch.optim's checks of a learning rate: a tensor ``lr`` has one element, and ``lr >= 0``."""
+    if isinstance(lr, Tensor) and lr.numel() != 1:
+        raise ValueError("Tensor lr must be 1-element")
+    _nonneg("learning rate", lr)
+
+
 def _nonneg(what: str, value) -> None:
     """torch.optim's check and message: ``ValueError("Invalid <what>: <value>")`` unless ``value >= 0``."""
     if not 0.0 <= value:
@@ -363,10 +370,7 @@ class Optimizer(torch.optim.Optimizer):
     fused_devices: tuple[str, ...] | None = None
 
     def __init__(self, params: Iterable, defaults: dict[str, Any]) -> None:
-        lr = defaults.get("lr", 0.0)
-        if isinstance(lr, Tensor) and lr.numel() != 1:
-            raise ValueError("Tensor lr must be 1-element")
-        _nonneg("learning rate", lr)
+        _check_lr(defaults.get("lr", 0.0))
         _nonneg("weight_decay value", defaults.get("weight_decay", 0.0))
         # torch.optim.Optimizer's, not the torch twin's (a base class of ours, see _TorchTwin)
         torch.optim.Optimizer.__init__(self, params, defaults)
@@ -619,9 +623,7 @@ class Adagrad(_TorchTwin, torch.optim.Adagrad):
     def __init__(self, params: Iterable, lr: float | Tensor = 1e-2, lr_decay: float = 0, weight_decay: float = 0,
                  initial_accumulator_value: float = 0, eps: float = 1e-10, foreach: bool | None = None, *,
                  maximize: bool = False, differentiable: bool = False, fused: bool | None = None) -> None:
-        if isinstance(lr, Tensor) and lr.numel() != 1:
-            raise ValueError("Tensor lr must be 1-element")
-        _nonneg("learning rate", lr)
+        _check_lr(lr)
         _nonneg("lr_decay value", lr_decay)
         _nonneg("weight_decay value", weight_decay)
         _nonneg("initial_accumulator_value value", initial_accumulator_value)
@@ -677,9 +679,7 @@ class RMSprop(_TorchTwin, torch.optim.RMSprop):
     def __init__(self, params: Iterable, lr: float | Tensor = 1e-2, alpha: float = 0.99, eps: float = 1e-8,
                  weight_decay: float = 0, momentum: float = 0, centered: bool = False, capturable: bool = False,
                  foreach: bool | None = None, maximize: bool = False, differentiable: bool = False) -> None:
-        if isinstance(lr, Tensor) and lr.numel() != 1:
-            raise ValueError("Tensor lr must be 1-element")
-        _nonneg("learning rate", lr)
+        _check_lr(lr)
         _nonneg("epsilon value", eps)
         _nonneg("momentum value", momentum)
         _nonneg("weight_decay value", weight_decay)
@@ -757,12 +757,9 @@ class Adam(_TorchTwin, torch.optim.Adam):
                  eps: float = 1e-8, weight_decay: float = 0, amsgrad: bool = False, *, foreach: bool | None = None,
                  maximize: bool = False, capturable: bool = False, differentiable: bool = False,
                  fused: bool | None = None, decoupled_weight_decay: bool = False) -> None:
-        if isinstance(lr, Tensor):
-            if foreach and not capturable:
-                raise ValueError("lr as a Tensor is not supported for capturable=False and foreach=True")
-            if lr.numel() != 1:
-                raise ValueError("Tensor lr must be 1-element")
-        _nonneg("learning rate", lr)
+        if isinstance(lr, Tensor) and foreach and not capturable:
+            raise ValueError("lr as a Tensor is not supported for capturable=False and foreach=True")
+        _check_lr(lr)
         _nonneg("epsilon value", eps)
         betas = tuple(betas)
         if len(betas) != 2:

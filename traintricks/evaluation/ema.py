@@ -34,15 +34,6 @@ def _is_bn(m: nn.Module) -> bool:
         hasattr(m, "running_mean") and hasattr(m, "running_var") and hasattr(m, "momentum"))
 
 
-def _rate(m: nn.Module) -> float | None:
-    return m.momentum
-
-
-def _set_rate(m: nn.Module, rate: float | None) -> None:
-    """Set a batch norm's running-average rate (PyTorch's ``momentum``; every norm here has torch's attribute)."""
-    m.momentum = rate
-
-
 class ModelEMA:
     """An exponential moving average of ``model``'s parameters, held in a copy ``self.module`` (eval only).
 
@@ -106,7 +97,7 @@ class ModelEMA:
         bns = [m for m in self.module.modules() if _is_bn(m) and getattr(m, "running_mean", None) is not None]
         if not bns:
             return 0
-        saved = [(m, _rate(m)) for m in bns]
+        saved = [(m, m.momentum) for m in bns]
         for m in bns:
             m.running_mean.zero_()
             m.running_var.fill_(1.0)
@@ -122,14 +113,14 @@ class ModelEMA:
                 if device is not None:
                     x = x.to(device)
                 for m in bns:          # rate 1/n: the n-th batch makes the estimate the mean over n batches
-                    _set_rate(m, 1.0 / (n + 1))
+                    m.momentum = 1.0 / (n + 1)
                 (forward or self.module)(x)
                 n += 1
                 if n >= limit:
                     break
         finally:
             for m, r in saved:
-                _set_rate(m, r)
+                m.momentum = r
             self.module.eval()
         return n
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch.testing._internal.common_modules import module_db
 
 from traintricks.losses import BCEWithLogitsLoss, CrossEntropy, HuberLoss, KLDivergence, L1Loss, L2Loss

@@ -1,5 +1,4 @@
 import gzip
-import os
 import struct
 from pathlib import Path
 

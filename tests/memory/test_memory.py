@@ -8,7 +8,7 @@ from torch import nn
 from traintricks.memory import (CheckpointedSequential, InPlaceABN, InPlaceABN1d, InPlaceABNFunction, ReversibleBlock,
                                 ReversibleSequence, checkpoint_sequential, measure_layers, plan_checkpoints,
                                 saved_bytes)
-from traintricks.nn import BatchNorm2d, Dropout
+from traintricks.nn import Dropout
 
 
 def _chain(n=8, width=16, dropout=True):

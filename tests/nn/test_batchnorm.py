@@ -164,7 +164,6 @@ def test_state_dict_round_trip_and_fold():
 # ---- issue 15: drop-in for torch.nn.BatchNorm*d (item 5), no host synchronization (item 6), API corners (item 12)
 
 import copy  # noqa: E402
-import warnings  # noqa: E402
 
 from traintricks.memory import InPlaceABN, InPlaceABN1d  # noqa: E402
 from traintricks.nn import (BatchNorm3d, BatchNormAct2d, BatchRenorm2d, BatchRenormFunction,  # noqa: E402
@@ -549,7 +548,7 @@ def test_double_backward_raises_instead_of_silently_vanishing_issue15_B(name):
 def test_refuse_double_backward_decorator_and_the_sync_path_uses_it():
     """The guard itself: the gradient is right, requires grad, and raises naming the function when
     differentiated again. The synchronized batch norm's backward (traintricks.parallel) uses it too."""
-    from traintricks.nn.batchnorm import refuse_double_backward
+    from traintricks.nn.double_backward import refuse_double_backward
 
     class Square(torch.autograd.Function):     # the guard on a trivially non-differentiable backward
         @staticmethod

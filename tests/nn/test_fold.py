@@ -108,7 +108,7 @@ import torch.fx  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from traintricks.memory import InPlaceABN, InPlaceABN1d  # noqa: E402
-from traintricks.nn import BatchNorm1d, BatchNorm2d, BatchNormAct1d, BatchNormAct2d, BatchRenorm2d  # noqa: E402
+from traintricks.nn import BatchNorm1d, BatchNorm2d, BatchNormAct2d, BatchRenorm2d  # noqa: E402
 
 
 def _trained(model, *shape, steps=3):

@@ -225,8 +225,8 @@ def csv_table(root: str = "", target: str | list[str] = "") -> RawData:
     if len(files) == 2 and not files[1].is_file():
         files = files[:1]
     if not target:
-        raise ValueError(f"target: data.name = 'csv' needs data.target, the label column (classification) or a "
-                        f"list of target columns (regression)")
+        raise ValueError("target: data.name = 'csv' needs data.target, the label column (classification) or a "
+                         "list of target columns (regression)")
     targets = [target] if isinstance(target, str) else list(target)
     tables = [_read_csv(f) for f in files]
     header = tables[0][0]

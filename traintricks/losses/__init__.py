@@ -18,7 +18,7 @@ Every loss is a ``torch.nn.Module`` called as ``loss(logits, target)`` with clas
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable
 
 from torch import nn
 

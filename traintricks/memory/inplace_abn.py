@@ -27,7 +27,7 @@ dtype``, keyword-only ``bias``, ``alpha``, ``check_finite``) plus keyword-only `
 ``SyncBatchNorm.convert_sync_batchnorm`` does not replace them with a batch norm without the activation; they
 cannot be synchronized (:func:`traintricks.parallel.sync_batchnorm_` refuses them). Double backward is refused
 (``RuntimeError`` "... cannot be differentiated twice ..." when the gradient is differentiated,
-:func:`~traintricks.nn.batchnorm.refuse_double_backward`): the backward inverts the output instead of
+:func:`~traintricks.nn.double_backward.refuse_double_backward`): the backward inverts the output instead of
 differentiating a graph.
 """
 from __future__ import annotations
@@ -35,7 +35,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..nn.batchnorm import BatchNormBase as _BatchNorm, fx_leaf as _fx_leaf, refuse_double_backward
+from ..nn.batchnorm import BatchNormBase as _BatchNorm, fx_leaf as _fx_leaf
+from ..nn.double_backward import refuse_double_backward
 
 
 class InPlaceABNFunction(torch.autograd.Function):

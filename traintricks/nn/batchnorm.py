@@ -46,7 +46,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import NonFiniteInputError
-from .double_backward import refuse_double_backward
 
 
 def _axes(x: torch.Tensor) -> list[int]:

@@ -23,7 +23,7 @@ Backward: ``r`` and ``d`` are constants, so it is batch norm's backward with ``g
 ``dL/dbeta = sum(dL/dy)``. Double backward (``create_graph=True``) is refused (``r`` and ``d`` are
 stop-gradients, which a second derivative through this backward would not see): with ``create_graph=True`` the
 gradients require grad and differentiating them raises ``RuntimeError`` ("... cannot be differentiated twice ...",
-:func:`~traintricks.nn.batchnorm.refuse_double_backward`), even for ``grad(y.sum(), x, create_graph=True)``.
+:func:`~traintricks.nn.double_backward.refuse_double_backward`), even for ``grad(y.sum(), x, create_graph=True)``.
 
 Constructor: batch norm's (``num_features, eps, momentum, affine, track_running_stats, device, dtype``, keyword-only
 ``bias``, ``alpha``, ``impl``, ``check_finite``) plus keyword-only ``rmax``, ``dmax``, ``warmup_steps``,
@@ -36,7 +36,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .batchnorm import _BatchNorm, _axes, _shape, compute_dtype, out_dtype, refuse_double_backward
+from .batchnorm import _BatchNorm, _axes, _shape, compute_dtype, out_dtype
+from .double_backward import refuse_double_backward
 
 
 class BatchRenormFunction(torch.autograd.Function):

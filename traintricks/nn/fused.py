@@ -19,7 +19,7 @@ with the activation for testing. They derive from ``torch.nn.modules.batchnorm._
 ``_BatchNorm``, so ``SyncBatchNorm.convert_sync_batchnorm`` does not replace them with a batch norm that drops the
 activation (use :func:`traintricks.parallel.sync_batchnorm_`, which synchronizes them). The GELU path's custom
 backward refuses double backward (``RuntimeError`` "... cannot be differentiated twice ..." when a gradient taken
-with ``create_graph=True`` is differentiated, :func:`~traintricks.nn.batchnorm.refuse_double_backward`); the ReLU
+with ``create_graph=True`` is differentiated, :func:`~traintricks.nn.double_backward.refuse_double_backward`); the ReLU
 family's is PyTorch's own (differentiable twice).
 """
 from __future__ import annotations
@@ -27,7 +27,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .batchnorm import _BatchNorm, _fx_leaf, refuse_double_backward
+from .batchnorm import _BatchNorm, _fx_leaf
+from .double_backward import refuse_double_backward
 
 FUSED_ACTIVATIONS = ("relu", "leaky_relu", "gelu")
 

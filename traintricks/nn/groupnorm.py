@@ -108,7 +108,7 @@ class GroupNormFunction(torch.autograd.Function):
     def backward(ctx, dy, _dmu, _dinvstd):
         x, gamma = ctx.saved_tensors
         groups = ctx.groups
-        n, c = x.shape[0], x.shape[1]
+        c = x.shape[1]
         cshape = [1, c] + [1] * (x.ndim - 2)
         axes = [0] + list(range(2, x.ndim))
         xh, _, invstd = _normalize(x, groups, ctx.eps)        # differentiable ops: double backward is right

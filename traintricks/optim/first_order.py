@@ -64,7 +64,6 @@ running maximum of ``v``.
 """
 from __future__ import annotations
 
-import functools
 from typing import Any, Iterable
 
 import torch

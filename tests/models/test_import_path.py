@@ -237,3 +237,20 @@ def test_cli_finds_a_module_in_the_current_directory(tmp_path, monkeypatch, caps
     monkeypatch.delitem(sys.modules, "cwd_zoo_i17", raising=False)
     assert main(["config", "--set", "model.name=cwd_zoo_i17:tiny_resnet"]) == 0
     assert "width = 8" in capsys.readouterr().out
+
+
+def test_a_model_with_the_wrong_output_width_is_refused_before_training(tmp_path, monkeypatch):
+    # a factory naming its class count otherwise than num_classes keeps its own default (10 outputs for the 3
+    # classes here): refused naming the model, not trained to a wrong target range
+    (tmp_path / "wrongwidth.py").write_text(
+        "import torch\n"
+        "def factory(in_shape=(64,), n_classes=10):\n"
+        "    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, n_classes))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from traintricks.config import ConfigError
+    from traintricks.training.recipe import build_model
+    cfg = load_config(overrides=["model.name=wrongwidth:factory"])
+    with pytest.raises(ConfigError, match="10 outputs per example.*3 classes"):
+        build_model(cfg, (64,), 3)
+    cfg = load_config(overrides=["model.name=wrongwidth:factory", "model.n_classes=3"])
+    assert build_model(cfg, (64,), 3)[-1].out_features == 3

@@ -146,10 +146,16 @@ def build_model(cfg: dict[str, Any], in_shape: Sequence[int], num_classes: int) 
     model.eval()
     try:  # a dry forward pass: shape problems surface now, naming the model, not mid-training
         with torch.no_grad():
-            model(torch.zeros(2, *in_shape))
+            out = model(torch.zeros(2, *in_shape))
     except (RuntimeError, ValueError, TypeError, IndexError) as e:
         raise ConfigError("model", f"model {spec['name']!r} cannot process inputs of shape {tuple(in_shape)} "
                                    f"from data.name={cfg['data']['name']!r}: {e}") from None
+    if isinstance(out, torch.Tensor) and out.ndim == 2 and out.shape[1] != num_classes:
+        # e.g. an imported factory whose class-count parameter has another name than num_classes: it kept its
+        # own default, and would train to a wrong target range (or fail mid-training)
+        raise ConfigError("model", f"model {spec['name']!r} gives {out.shape[1]} outputs per example, but "
+                                   f"data.name={cfg['data']['name']!r} has {num_classes} classes / targets "
+                                   f"(an imported factory gets the count as its parameter num_classes)")
     model.train()
     return model
 

@@ -25,7 +25,7 @@ LAYERS: dict[str, list[str]] = {
                "traintricks.config", "traintricks.catalog"],
     "engine": ["traintricks.training.trainer", "traintricks.training.callbacks", "traintricks.training.checkpoint"],
     "techniques": ["traintricks.nn.*", "traintricks.losses.*", "traintricks.optim.*", "traintricks.memory.*",
-                   "traintricks.data.*", "traintricks.models.*", "traintricks.parallel.*", "traintricks.evaluation",
+                   "traintricks.data.*", "traintricks.models.*", "traintricks.parallel.*", "traintricks.surgery.*", "traintricks.evaluation",
                    "traintricks.evaluation.ema", "traintricks.evaluation.early_stopping",
                    "traintricks.evaluation.metrics", "traintricks.evaluation.tasks"],
     # imported by every layer: the registry, the shared errors, the Callback base (techniques define callbacks)

@@ -1,0 +1,16 @@
+"""Surgery on any ``nn.Module``: the notes' techniques applied to a model nobody here wrote, in one call each.
+
+Every surgery changes the model **in place** (module paths and the ``state_dict`` keys of what it keeps stay as
+they were) and returns a :class:`SurgeryReport` of what it changed and what it passed over and why; one that finds
+nothing to change raises :class:`NothingToChangeError` naming what it looked for. Modules are chosen by a selector
+(:mod:`traintricks.surgery.select`): a class, a name pattern, ``"type:<Class>"``, ``"last:..."`` or a callable.
+
+The same surgeries are config keys for any model, built-in or imported: ``model.norm``, ``model.regularization``,
+``model.checkpoint``, ``model.fold_for_eval``.
+"""
+from __future__ import annotations
+
+from .report import NothingToChangeError, SurgeryReport
+from .select import Selector, describe, select
+
+__all__ = ["NothingToChangeError", "Selector", "SurgeryReport", "describe", "select"]

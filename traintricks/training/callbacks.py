@@ -7,6 +7,7 @@
 | :class:`GradientTransforms` | before the optimizer step | clipping, noise, ... (:mod:`traintricks.optim.transforms`) on the final gradients |
 | :class:`NonFiniteGuard` | after forward, after evaluation | a NaN/Inf loss (training or evaluation) ends the run with :class:`NonFiniteLossError` |
 | :class:`FlipTTA` | evaluated outputs | mean of the logits of the image and its mirror |
+| :class:`FoldForEval` | setup, before evaluation | evaluates a copy of the model with its batch norms folded into the preceding layers (``model.fold_for_eval``) |
 | :class:`ProgressBar` | steps, epoch end | a tqdm bar and one line per epoch on stderr |
 | :class:`CheckpointWriter` | step end, epoch end | atomic checkpoints per epoch and every N steps / T seconds |
 | :class:`MetricsLogger` | epoch end | ``metrics.jsonl`` |
@@ -21,6 +22,7 @@ registers those a config can name in its ``callbacks = [...]`` list (``"tta_flip
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 import sys
@@ -33,6 +35,7 @@ from tqdm import tqdm
 
 from ..callback import Callback
 from ..evaluation.ema import EMACallback, ModelEMA
+from ..nn import fold_batchnorm
 from ..registry import Registry
 
 CALLBACKS = Registry("callback", section="training")
@@ -265,6 +268,70 @@ class FlipTTA(Callback):
         if inputs.ndim == 4 and trainer.epoch >= self.from_epoch:
             return 0.5 * (outputs + trainer.output_fn(trainer.eval_forward(inputs.flip(-1))).float())
         return None
+
+
+def _weights_version(module: torch.nn.Module) -> tuple:
+    """A key that changes whenever a parameter or buffer of ``module`` is written in place (an optimizer step, a
+    ``load_state_dict``, batch-norm statistics): the tensors' version counters, read without a host sync."""
+    return tuple(t._version for t in (*module.parameters(), *module.buffers()))
+
+
+class _FoldedForward:
+    """The evaluated model's forward with its batch norms folded (:func:`~traintricks.nn.fold_batchnorm`): the
+    folded copy is rebuilt when the evaluated model (the trained one, or the weight EMA) changed since the last
+    fold, so every evaluation sees the current weights."""
+
+    def __init__(self, trainer) -> None:
+        self.trainer, self.key, self.folded = trainer, None, None
+
+    def __call__(self, x):
+        model = self.trainer.eval_model
+        key = (id(model), _weights_version(model))
+        if key != self.key:
+            was_training = model.training
+            model.eval()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")            # "folded nothing" was checked once, in setup
+                self.folded = fold_batchnorm(model)
+            model.train(was_training)
+            self.key = key
+        return self.folded(x)
+
+
+@CALLBACKS.register("fold_for_eval", summary="Evaluate with every batch norm folded into the preceding conv/linear "
+                    "layer (exact in eval mode; the trained and saved model keep their norms); the config key "
+                    "model.fold_for_eval = true adds it.")
+class FoldForEval(Callback):
+    """Batch norm folded for evaluation: the validation and test predictions (and flip TTA's) come from a copy
+    of the evaluated model in which each batch norm after a conv/linear layer is folded into it
+    (``W' = s W``, ``b' = s (b - mu) + beta``, ``s = gamma / sqrt(var + eps)``; Ioffe & Szegedy 2015,
+    1502.03167). Exact up to rounding, so the metrics equal the unfolded model's; the trained model, its
+    checkpoints and ``model.safetensors`` keep their norms. Raises ``ValueError`` in ``setup`` when the model has
+    no batch norm that can be folded (the reasons listed)."""
+
+    name = "fold_for_eval"
+
+    def setup(self, trainer) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            _, report = fold_batchnorm(copy.deepcopy(trainer.eval_model).eval(), return_report=True)
+        if not report.folded:
+            why = "; ".join(f"{n}: {r}" for n, r in report.not_folded) or "it has no batch norm"
+            raise ValueError(f"fold_for_eval: nothing to fold in {type(trainer.eval_model).__name__} ({why})")
+        self._install(trainer)
+
+    def _install(self, trainer) -> None:
+        if not isinstance(trainer.eval_forward, _FoldedForward):
+            trainer.eval_forward = _FoldedForward(trainer)
+
+    def on_fit_start(self, trainer) -> None:           # after every callback's setup (the EMA sets its own)
+        self._install(trainer)
+
+    def on_train_epoch_end(self, trainer, record) -> None:
+        self._install(trainer)
+
+    def on_fit_end(self, trainer, summary) -> None:
+        self._install(trainer)
 
 
 # ------------------------------------------------------------------------------------------------ reporting

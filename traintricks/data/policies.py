@@ -63,7 +63,6 @@ import torch.nn.functional as F
 from .augment import AUGMENTATIONS, BatchTransform
 
 _LUMA = (0.299, 0.587, 0.114)
-_SMOOTH = ((1.0, 1.0, 1.0), (1.0, 5.0, 1.0), (1.0, 1.0, 1.0))
 #: a thousandth of a pixel added to the sampling position in nearest mode: PIL takes floor(position) where
 #: grid_sample rounds half to even, and the two differ only at exact ties
 _TIE = 1e-3
@@ -170,13 +169,13 @@ def _contrast(u, v):
 
 
 def _sharpness(u, v):
-    k, c, h, w = u.shape
-    if h < 3 or w < 3:
+    if u.shape[2] < 3 or u.shape[3] < 3:
         return u
-    kernel = torch.tensor(_SMOOTH, dtype=u.dtype, device=u.device) / 13
-    smooth = F.conv2d(u.reshape(k * c, 1, h, w), kernel.view(1, 1, 3, 3)).view(k, c, h - 2, w - 2)
+    # PIL's SMOOTH kernel [[1, 1, 1], [1, 5, 1], [1, 1, 1]] / 13 = (3 x 3 box sum + 4 centre) / 13, interior only
+    rows = u[:, :, :-2] + u[:, :, 1:-1] + u[:, :, 2:]
+    box = rows[..., :-2] + rows[..., 1:-1] + rows[..., 2:]
     degenerate = u.clone()
-    degenerate[:, :, 1:-1, 1:-1] = smooth
+    degenerate[:, :, 1:-1, 1:-1] = (box + 4 * u[:, :, 1:-1, 1:-1]) / 13
     return _blend(degenerate, u, v)
 
 
@@ -231,22 +230,27 @@ def affine(u: torch.Tensor, a: torch.Tensor, t: torch.Tensor, fill: float = 0.0,
 def apply_ops(u: torch.Tensor, ops: torch.Tensor, values: torch.Tensor, names: tuple[str, ...] = OPS,
               fill: float = 0.0, interpolation: str = "nearest") -> torch.Tensor:
     """Apply operation ``names[ops[i]]`` with parameter ``values[i]`` (its own unit: pixels for translations) to
-    image ``i`` of ``u`` (N, C, H, W) float in [0, 1]: every affine operation of the batch in one resampling, each
-    other operation once on its group of images."""
+    image ``i`` of ``u`` (N, C, H, W) float in [0, 1]. The batch is sorted by operation (one gather), every affine
+    operation of the batch runs in one resampling and each other operation once on its contiguous group, and the
+    results go back to their places (one ``index_copy_``)."""
     names = tuple(names)
-    out = u.clone()
-    affine_ids = torch.tensor([i for i, n in enumerate(names) if n in AFFINE_OPS], dtype=ops.dtype,
-                              device=ops.device)
-    geo = torch.isin(ops, affine_ids)
-    if geo.any():
-        idx = geo.nonzero().squeeze(1)
-        a, t = _affine_matrices(names, ops[idx], values[idx].to(u.dtype), u.shape[2], u.shape[3])
-        out[idx] = affine(u[idx], a, t, fill, interpolation)
-    for i in torch.unique(ops[~geo]).tolist():
-        if names[i] == "identity":
-            continue
-        idx = (ops == i).nonzero().squeeze(1)
-        out[idx] = KERNELS[names[i]](u[idx], values[idx].to(u.dtype))
+    h, w = u.shape[2], u.shape[3]
+    is_affine = torch.tensor([n in AFFINE_OPS for n in names], device=ops.device)
+    key = torch.where(is_affine[ops], -1, ops)                  # all the affine operations: one group
+    order = torch.argsort(key, stable=True)
+    groups, counts = torch.unique_consecutive(key[order], return_counts=True)
+    us, vs, os = u[order], values[order].to(u.dtype), ops[order]
+    out = torch.empty_like(u)
+    start = 0
+    for k, count in zip(groups.tolist(), counts.tolist()):
+        sl = slice(start, start + count)
+        if k == -1:
+            a, t = _affine_matrices(names, os[sl], vs[sl], h, w)
+            piece = affine(us[sl], a, t, fill, interpolation)
+        else:
+            piece = KERNELS[names[k]](us[sl], vs[sl])
+        out.index_copy_(0, order[sl], piece)
+        start += count
     return out
 
 
@@ -303,7 +307,7 @@ class _PixelSpace:
         dtype = x.dtype if x.is_floating_point() and x.dtype != torch.float16 and x.dtype != torch.bfloat16 \
             else torch.float32
         if x.dtype == torch.uint8 and self.mean is None and self.pixel_range is None:
-            return x.to(dtype) / 255
+            return x.to(dtype).div_(255)
         if not (x.is_floating_point() or x.dtype == torch.uint8):
             raise ValueError(f"images must be uint8 or float, got {x.dtype}")
         a, b = self._scale(x, dtype)
@@ -311,7 +315,7 @@ class _PixelSpace:
 
     def from_unit(self, u: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         if like.dtype == torch.uint8 and self.mean is None and self.pixel_range is None:
-            return (u * 255).round().clamp(0, 255).to(torch.uint8)
+            return (u * 255).round_().clamp_(0, 255).to(torch.uint8)
         a, b = self._scale(like, u.dtype)
         x = (u - b) / a
         if like.dtype == torch.uint8:
@@ -464,7 +468,7 @@ class AutoAugment(_Policy):
         super().__init__(interpolation, fill, mean, std, pixel_range)
         self.policy = policy
         table = POLICIES[policy]
-        self._names = tuple(dict.fromkeys(op for sub in table for op, _, _ in sub))
+        self._names = tuple(dict.fromkeys(["identity"] + [op for sub in table for op, _, _ in sub]))
         self._ops = torch.tensor([[self._names.index(op) for op, _, _ in sub] for sub in table])
         self._prob = torch.tensor([[p for _, p, _ in sub] for sub in table])
         self._frac = torch.tensor([[m / 9 for _, _, m in sub] for sub in table])
@@ -472,15 +476,11 @@ class AutoAugment(_Policy):
     def augment(self, u, generator):
         n = u.shape[0]
         sub = torch.randint(0, len(self._ops), (n,), generator=generator)
+        identity = self._names.index("identity")
         for step in range(2):
             apply = torch.rand(n, generator=generator) < self._prob[sub, step]
-            ops = torch.where(apply, self._ops[sub, step], -1)
-            keep = ops >= 0
-            if keep.any():
-                idx = keep.nonzero().squeeze(1)
-                u = u.clone()
-                u[idx] = self._apply(u[idx], self._names, ops[idx], self._frac[sub[idx], step], generator,
-                                     RANGES["standard"])
+            ops = torch.where(apply, self._ops[sub, step], identity)
+            u = self._apply(u, self._names, ops, self._frac[sub, step], generator, RANGES["standard"])
         return u
 
     def __repr__(self) -> str:

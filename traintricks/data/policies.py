@@ -105,14 +105,14 @@ def _luma(u: torch.Tensor) -> torch.Tensor:
     return (u * w).sum(1, keepdim=True)
 
 
-def _levels(u: torch.Tensor) -> torch.Tensor:
-    """The 8-bit grey levels ``round(255 u)`` as int64, clipped to 0..255."""
-    return (u * 255).round().clamp(0, 255).long()
+def _levels(u: torch.Tensor, dtype: torch.dtype = torch.long) -> torch.Tensor:
+    """The 8-bit grey levels ``round(255 u)``, clipped to 0..255, as ``dtype``."""
+    return (u * 255).round_().clamp_(0, 255).to(dtype)
 
 
 def _blend(degenerate: torch.Tensor, u: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """PIL's ``Image.blend(degenerate, u, k) = d + k (u - d)``, clipped to [0, 1]; ``k`` per image."""
-    return (degenerate + k.view(-1, 1, 1, 1) * (u - degenerate)).clamp(0, 1)
+    return (u - degenerate).mul_(k.view(-1, 1, 1, 1)).add_(degenerate).clamp_(0, 1)
 
 
 def _identity(u, v):
@@ -127,31 +127,33 @@ def _autocontrast(u, v):
     lo = u.amin(dim=(2, 3), keepdim=True)
     hi = u.amax(dim=(2, 3), keepdim=True)
     flat = hi <= lo
-    return torch.where(flat, u, (u - lo) / torch.where(flat, torch.ones_like(hi), hi - lo)).clamp(0, 1)
+    scale = torch.where(flat, torch.ones_like(hi), 1 / (hi - lo).clamp_min(1e-12))
+    return (u - torch.where(flat, torch.zeros_like(lo), lo)).mul_(scale).clamp_(0, 1)
 
 
 def _equalize(u, v):
     k, c, h, w = u.shape
     q = _levels(u).view(k * c, h * w)
-    hist = torch.zeros(k * c, 256, dtype=torch.long, device=u.device).scatter_add_(1, q, torch.ones_like(q))
+    q += torch.arange(0, k * c * 256, 256, device=u.device).view(-1, 1)           # row r's levels at 256 r + level
+    hist = torch.bincount(q.view(-1), minlength=k * c * 256).view(k * c, 256)
     levels = torch.arange(256, device=u.device)
     last = torch.where(hist > 0, levels, -1).amax(1, keepdim=True)           # the highest level present
     step = (h * w - hist.gather(1, last)) // 255                              # PIL: (sum - histo[-1]) // 255
     before = hist.cumsum(1) - hist                                            # pixels below each level
     lut = ((step // 2 + before) // step.clamp_min(1)).clamp(max=255)
-    lut = torch.where(step > 0, lut, levels)                                  # one level or too few: identity
-    return (lut.gather(1, q).view(k, c, h, w).to(u.dtype) / 255)
+    lut = torch.where(step > 0, lut, levels).to(u.dtype) / 255                # one level or too few: identity
+    return lut.view(-1).take(q).view(k, c, h, w)
 
 
 def _solarize(u, v):
-    thr = (v * 256).view(-1, 1, 1, 1)                          # grey levels, 0..256
-    return torch.where(u * 255 >= thr - 1e-3, 1 - u, u)
+    thr = ((v * 256 - 1e-3) / 255).view(-1, 1, 1, 1)          # grey levels 0..256, as a fraction of 255
+    return torch.where(u >= thr, 1 - u, u)
 
 
 def _posterize(u, v):
-    bits = v.round().long().clamp(0, 8).view(-1, 1, 1, 1)
+    bits = v.round().int().clamp(0, 8).view(-1, 1, 1, 1)
     mask = 256 - (1 << (8 - bits))                             # the top `bits` bits of a byte
-    return (_levels(u) & mask).to(u.dtype) / 255
+    return _levels(u, torch.int32).bitwise_and_(mask).to(u.dtype).div_(255)
 
 
 def _brightness(u, v):
@@ -172,10 +174,10 @@ def _sharpness(u, v):
     if u.shape[2] < 3 or u.shape[3] < 3:
         return u
     # PIL's SMOOTH kernel [[1, 1, 1], [1, 5, 1], [1, 1, 1]] / 13 = (3 x 3 box sum + 4 centre) / 13, interior only
-    rows = u[:, :, :-2] + u[:, :, 1:-1] + u[:, :, 2:]
-    box = rows[..., :-2] + rows[..., 1:-1] + rows[..., 2:]
+    rows = (u[:, :, :-2] + u[:, :, 1:-1]).add_(u[:, :, 2:])
+    box = (rows[..., :-2] + rows[..., 1:-1]).add_(rows[..., 2:])
     degenerate = u.clone()
-    degenerate[:, :, 1:-1, 1:-1] = (box + 4 * u[:, :, 1:-1, 1:-1]) / 13
+    degenerate[:, :, 1:-1, 1:-1] = box.add_(u[:, :, 1:-1, 1:-1], alpha=4).div_(13)
     return _blend(degenerate, u, v)
 
 
@@ -239,7 +241,7 @@ def apply_ops(u: torch.Tensor, ops: torch.Tensor, values: torch.Tensor, names: t
     key = torch.where(is_affine[ops], -1, ops)                  # all the affine operations: one group
     order = torch.argsort(key, stable=True)
     groups, counts = torch.unique_consecutive(key[order], return_counts=True)
-    us, vs, os = u[order], values[order].to(u.dtype), ops[order]
+    us, vs, os = u.index_select(0, order), values[order].to(u.dtype), ops[order]
     out = torch.empty_like(u)
     start = 0
     for k, count in zip(groups.tolist(), counts.tolist()):

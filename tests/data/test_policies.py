@@ -379,3 +379,11 @@ def test_one_tiny_epoch_with_trivialaugment_on_digits(tiny_cfg, tmp_path):
     summary = run(cfg, tmp_path / "r", progress=False)
     assert summary["epochs"] == 1 and np.isfinite(summary["test_accuracy"])
     assert json.loads((tmp_path / "r" / "summary.json").read_text())["epochs"] == 1
+
+
+def test_pixel_range_of_raw_inputs():
+    from traintricks.data.datasets import pixel_range
+    assert pixel_range(torch.zeros(2, 1, 4, 4, dtype=torch.uint8)) == (0.0, 255.0)
+    assert pixel_range(torch.rand(2, 1, 4, 4)) == (0.0, 1.0)
+    assert pixel_range(torch.tensor([[-2.0, 3.0]])) == (-2.0, 3.0)
+    assert pixel_range(torch.full((3,), 7.0)) == (7.0, 8.0)          # constant inputs: a range of one

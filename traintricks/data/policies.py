@@ -21,19 +21,15 @@ policy accepts
 **Magnitudes.** An operation's strength is a fraction ``f`` in ``[0, 1]`` of its range (signed operations take a
 random sign per image), the ranges of torchvision's implementation of the papers:
 
-==================  ======================================  ===================================
-operation           standard range (AutoAugment, RandAugment, AugMix)   wide (TrivialAugment)
-==================  ======================================  ===================================
-shear_x, shear_y    ``+-0.3 f`` (x_in = x + s y)            ``+-0.99 f``
-translate_x, _y     ``+-(150/331) f`` of the size, whole px ``+-f`` of the size (32 px on 32 px)
-rotate              ``+-30 f`` degrees                      ``+-135 f`` degrees
-brightness, color,  factor ``1 +- 0.9 f``                   ``1 +- 0.99 f``
-contrast, sharpness
-posterize           ``8 - round(4 f)`` bits                 ``8 - round(6 f)`` bits
-solarize            threshold ``256 (1 - f)`` grey levels   the same
-autocontrast, equalize, invert, identity: no magnitude
-==================  ======================================  ===================================
+- shear_x, shear_y: ``+-0.3 f`` (``x_in = x + s y``); wide ``+-0.99 f``
+- translate_x, translate_y: ``+-(150/331) f`` of the image size in whole pixels; wide ``+-f`` of the size
+- rotate: ``+-30 f`` degrees; wide ``+-135 f``
+- brightness, color, contrast, sharpness: the factor ``1 +- 0.9 f``; wide ``1 +- 0.99 f``
+- posterize: ``8 - round(4 f)`` bits; wide ``8 - round(6 f)``
+- solarize: the threshold ``256 (1 - f)`` grey levels (both)
+- autocontrast, equalize, invert, identity: no magnitude
 
+The standard ranges serve AutoAugment, RandAugment and AugMix, the wide ones TrivialAugment.
 (TrivialAugment's paper gives the translation as 32 pixels on CIFAR's 32-pixel images; it is taken here as the
 whole size, so that it means the same on 8 x 8 digits. Solarize's threshold is the papers' ``[0, 256]``, so that
 ``f = 0`` is the identity; torchvision uses ``255 (1 - f)``.)

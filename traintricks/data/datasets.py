@@ -73,6 +73,9 @@ class DataSplits:
     task: str = "classification"
     target_mean: list[float] = field(default_factory=list)
     target_std: list[float] = field(default_factory=list)
+    #: the raw inputs' value range before standardization (uint8: 0..255; floats in [0, 1]: (0, 1); else the
+    #: training inputs' min and max): what the augmentation policies take for black and white
+    pixel_range: tuple[float, float] = (0.0, 1.0)
 
     @property
     def num_classes(self) -> int:
@@ -201,6 +204,17 @@ def digits_multilabel(root: str = "") -> RawData:
 SOURCE_OPTIONS = ("target", "factory", "image_size", "skip_bad")
 
 
+def pixel_range(x: torch.Tensor) -> tuple[float, float]:
+    """The value range of raw inputs ``x``: (0, 255) for uint8, (0, 1) when every value lies in it, else
+    (min, max)."""
+    if x.dtype == torch.uint8:
+        return (0.0, 255.0)
+    if x.numel() == 0:
+        return (0.0, 1.0)
+    lo, hi = float(x.min()), float(x.max())
+    return (0.0, 1.0) if 0.0 <= lo and hi <= 1.0 else (lo, hi if hi > lo else lo + 1.0)
+
+
 def load_data(name: str, root: str = "", limit: int = 0, val_size: float = 0.1, seed: int = 0,
               **options: Any) -> DataSplits:
     """Load dataset ``name`` and split it.
@@ -240,7 +254,8 @@ def load_data(name: str, root: str = "", limit: int = 0, val_size: float = 0.1, 
     return DataSplits(name=name, train_x=norm(train_x), train_y=train_y, val_x=norm(vx), val_y=vy,
                       test_x=norm(raw.test_x), test_y=raw.test_y, class_names=raw.class_names,
                       mean=mean.flatten().tolist(), std=std.flatten().tolist(), task=raw.task,
-                      target_mean=list(raw.target_mean), target_std=list(raw.target_std))
+                      target_mean=list(raw.target_mean), target_std=list(raw.target_std),
+                      pixel_range=pixel_range(tx))
 
 
 def data_from_config(cfg: dict[str, Any]) -> DataSplits:

@@ -61,15 +61,17 @@ def _options(spec: dict[str, Any], drop: Sequence[str] = ()) -> dict[str, Any]:
     return {k: v for k, v in spec.items() if k != "name" and k not in drop}
 
 
-def build_augment(specs: list, num_classes: int | None = None) -> Compose | None:
-    """The config's ``data.augment`` list as one transform (mixup/cutmix get the number of classes)."""
+def build_augment(specs: list, num_classes: int | None = None, data: DataSplits | None = None) -> Compose | None:
+    """The config's ``data.augment`` list as one transform (mixup/cutmix get the number of classes; the policies
+    get ``data``'s standardization ``mean``, ``std`` and raw ``pixel_range``)."""
+    supplied: dict[str, Any] = {"num_classes": num_classes}
+    if data is not None:
+        supplied.update(mean=data.mean or None, std=data.std or None, pixel_range=data.pixel_range)
     augs = []
     for i, item in enumerate(specs):
         spec = as_spec(item)
         factory = AUGMENTATIONS.get(spec["name"])
-        takes_classes = "num_classes" in inspect.signature(factory).parameters
-        extra = {"num_classes": num_classes} if takes_classes else {}
-        augs.append(_build(f"data.augment[{i}]", spec, factory, **extra, **_options(spec)))
+        augs.append(_build(f"data.augment[{i}]", spec, factory, **_supplied(factory, supplied), **_options(spec)))
     return Compose(augs) if augs else None
 
 
@@ -242,7 +244,7 @@ def build_trainer(cfg: dict[str, Any], data: DataSplits | None = None, out_dir: 
         raise ConfigError("batch_size", f"the global batch {bs} must divide into {world} process(es) x "
                                         f"{acc} accumulation step(s)")
     loader_args = dict(drop_last=len(data.train_x) > bs, seed=cfg["seed"],
-                       transform=build_augment(d["augment"], data.num_classes), rank=rank, world_size=world,
+                       transform=build_augment(d["augment"], data.num_classes, data), rank=rank, world_size=world,
                        transform_from_epoch=d["augment_from_epoch"])
     if cfg["curriculum"]["name"] == "none":
         train = TensorLoader(data.train_x, data.train_y, bs // (world * acc), shuffle=True, **loader_args)

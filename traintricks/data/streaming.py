@@ -104,7 +104,9 @@ class StreamLoader(TensorLoader):
         files: an :class:`ImageFiles` dataset; labels: its labels, ``(N,)`` int64.
         mean, std: per-channel standardization, applied to each uint8 batch as ``(x.float() - mean) / std``
             before the augmentations (as the in-memory path standardizes before them).
-        workers: ``DataLoader`` worker processes (0: decode in the main process); persistent between epochs.
+        workers: ``DataLoader`` worker processes (0: decode in the main process); persistent between epochs. The
+            ``DataLoader`` draws its workers' seeds from a generator of its own, never from the global RNG: a run
+            streamed or in memory initializes and drops out alike.
         the rest: as :class:`~traintricks.data.loader.TensorLoader`.
     """
 
@@ -123,7 +125,7 @@ class StreamLoader(TensorLoader):
         if self._loader is None:
             extra: dict[str, Any] = {"persistent_workers": True, "prefetch_factor": 2} if self.workers else {}
             self._loader = torch.utils.data.DataLoader(self.x, batch_sampler=self._batches, num_workers=self.workers,
-                                                       collate_fn=_collate, **extra)
+                                                       collate_fn=_collate, generator=torch.Generator(), **extra)
         return self._loader
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -231,7 +233,8 @@ def _channel_stats(files: ImageFiles, workers: int) -> tuple[list[float], list[f
     s = torch.zeros(c, dtype=torch.float64)
     ss = torch.zeros(c, dtype=torch.float64)
     count = 0
-    dl = torch.utils.data.DataLoader(files, batch_size=64, num_workers=default_workers(workers), collate_fn=_collate)
+    dl = torch.utils.data.DataLoader(files, batch_size=64, num_workers=default_workers(workers), collate_fn=_collate,
+                                     generator=torch.Generator())        # the global RNG (model init) untouched
     for xb, _, _ in dl:
         if xb is None:
             continue

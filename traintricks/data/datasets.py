@@ -226,7 +226,10 @@ def load_data(name: str, root: str = "", limit: int = 0, val_size: float = 0.1, 
     (if >= 1) or that fraction (if < 1) of them, chosen with ``seed``, as the validation set (unless the source
     brings its own validation split); the test set is the dataset's own. Inputs are standardized per channel with
     the training portion's mean and standard deviation. ``options`` (``target``, ``factory``, ...) go to the
-    sources that take them; a set (non-empty) option the source does not take raises ``ValueError`` naming it.
+    sources that take them; a set (non-empty, non-default) option the source does not take raises ``ValueError``
+    naming it. An image folder streamed from disk (``stream``, ``max_memory_mb``: see
+    :mod:`traintricks.data.streaming`) gives a :class:`~traintricks.data.streaming.StreamedSplits` with the same
+    splits and attributes, its statistics estimated from a seeded sample of the training images.
     """
     if limit < 0:
         raise ValueError(f"limit must be >= 0, got {limit}")

@@ -14,7 +14,10 @@
 - ``folder``: images in class subfolders, ``root/train/<class>/*.png|jpg|jpeg`` (optional ``root/test/<class>/``),
   decoded with Pillow into a uint8 ``(N, C, H, W)`` cache ``root/.traintricks-cache.pt`` (rebuilt when the files'
   paths, sizes or modification times change); grey stays 1 channel, colour is RGB; ``data.image_size`` resizes the
-  shorter side and centre-crops; ``data.skip_bad`` skips unreadable files with a warning listing them.
+  shorter side and centre-crops; ``data.skip_bad`` skips unreadable files with a warning listing them. When the
+  float32 tensors of the set would exceed ``data.max_memory_mb`` (``data.stream = "auto"``; ``true`` always), the
+  files are streamed instead: a :class:`~traintricks.data.streaming.StreamedRaw` is returned (headers read, nothing
+  decoded or cached) and :mod:`traintricks.data.streaming` serves the batches through ``DataLoader`` workers.
 
 Without a test set a fixed 20% of the examples (permutation seeded with 0, as the built-in sets) is the test
 split. Inputs are standardized by :func:`~traintricks.data.datasets.load_data` with the training portion's

@@ -60,7 +60,7 @@ class PlainFiles(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         with Image.open(self.files[i]) as im:
-            a = np.asarray(im.convert("RGB"), dtype=np.uint8)
+            a = np.array(im.convert("RGB"), dtype=np.uint8)
         return torch.from_numpy(a).permute(2, 0, 1), i % 10
 
 
@@ -121,7 +121,7 @@ def main() -> None:
             epoch(loader)                                                  # workers started (persistent)
             t_w = best(lambda: epoch(loader), a.rounds)
             stream_rows.append({"loader": "streamed StreamLoader", "workers": w, "images/s": n_train / t_w})
-            del loader
+            loader = None                                                  # its workers end
         print(table(stream_rows, ["loader", "workers", "images/s"]))
         write_json(a.out, {"machine": machine(), "images": n, "size": a.size, "batch": BATCH,
                            "decode": rows, "cached_over_first": ratio, "streaming": stream_rows})

@@ -14,13 +14,15 @@ def is_grey(im: Any) -> bool:
         im.mode == "P" and all(r == g == b for r, g, b in zip(*[iter(im.getpalette() or [0, 0, 0])] * 3)))
 
 
-def decode_image(path: Path, image_size: int, mode: str | None = None) -> np.ndarray:
+def decode_image(path: str | Path, image_size: int, mode: str | None = None) -> np.ndarray:
     """One image as a uint8 (H, W) (grey) or (H, W, 3) (colour) array, resized (shorter side) and centre-cropped
     to ``image_size`` when it is > 0; ``mode="L"`` converts colour images to grey."""
     from PIL import Image
     with Image.open(path) as im:
         im.load()
-        im = im.convert(mode or ("L" if is_grey(im) else "RGB"))
+        target = mode or ("L" if is_grey(im) else "RGB")
+        if im.mode != target:
+            im = im.convert(target)
         if image_size:
             w, h = im.size
             scale = image_size / min(w, h)

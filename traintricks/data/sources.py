@@ -362,21 +362,32 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 CACHE_NAME = ".traintricks-cache.pt"
 
 
-def _image_files(split_dir: Path) -> tuple[list[str], list[list[Path]]]:
-    """Class names (sorted subfolder names) and each class's image files (sorted)."""
+def _image_files(split_dir: Path, stats: list[tuple[str, int, int]] | None = None
+                 ) -> tuple[list[str], list[list[str]]]:
+    """Class names (sorted subfolder names) and each class's image file paths (sorted); ``stats`` gets each file's
+    ``("<split>/<class>/<name>", size, mtime_ns)`` (one ``os.scandir`` pass: a cached load of a large folder is
+    bounded by listing it)."""
+    import os
     classes = sorted(d.name for d in split_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not classes:
         raise DataError(f"{split_dir}: no class subfolders (the layout is {split_dir}/<class>/*.png|jpg)")
     files = []
     for c in classes:
-        fs = sorted(f for f in (split_dir / c).iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
-        if not fs:
+        with os.scandir(split_dir / c) as it:
+            entries = sorted((e for e in it if e.name.lower().endswith(IMAGE_SUFFIXES) and e.is_file()),
+                             key=lambda e: e.name)
+        if not entries:
             raise DataError(f"{split_dir / c}: empty class (no .png/.jpg/.jpeg files)")
-        files.append(fs)
+        files.append([e.path for e in entries])      # strings: pathlib objects cost more than the stat
+        if stats is not None:
+            prefix = f"{split_dir.name}/{c}/"
+            for e in entries:
+                st = e.stat()
+                stats.append((prefix + e.name, st.st_size, st.st_mtime_ns))
     return classes, files
 
 
-def _decode_split(split_dir: Path, classes: list[str], files: list[list[Path]], image_size: int,
+def _decode_split(split_dir: Path, classes: list[str], files: list[list[str]], image_size: int,
                   skip_bad: bool, skipped: list[str]) -> tuple[list[np.ndarray], list[int], list[Path]]:
     images, labels, paths = [], [], []
     for label, fs in enumerate(files):
@@ -407,7 +418,7 @@ def _stack(images: list[np.ndarray], paths: list[Path], channels: int) -> torch.
     return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).contiguous()
 
 
-def _scan(split_dir: Path, files: list[list[Path]], image_size: int, skip_bad: bool,
+def _scan(split_dir: Path, files: list[list[str]], image_size: int, skip_bad: bool,
           skipped: list[str]) -> tuple[list[str], list[int], list[tuple[int, int, bool]]]:
     """Every file's header (no decoding): paths, labels and (width, height, grey) after resizing; unreadable
     headers raise ``DataError`` naming the file, or are skipped with ``skip_bad``."""
@@ -431,7 +442,7 @@ def _scan(split_dir: Path, files: list[list[Path]], image_size: int, skip_bad: b
     return paths, labels, info
 
 
-def _streamed(p: Path, classes: list[str], files: list[list[Path]], test_files: list[list[Path]] | None,
+def _streamed(p: Path, classes: list[str], files: list[list[str]], test_files: list[list[str]] | None,
               image_size: int, skip_bad: bool, workers: int, max_bytes: int | None) -> Any:
     """The folder as files to stream (a :class:`~traintricks.data.streaming.StreamedRaw`), or ``None`` when
     ``max_bytes`` is given and the decoded set's float32 tensors fit in it."""
@@ -483,23 +494,27 @@ def folder(root: str = "", image_size: int = 0, skip_bad: bool = False, stream: 
     if not train_dir.is_dir():
         raise DataError(f"{train_dir}: missing folder (the layout is {p}/train/<class>/*.png|jpg, and optionally "
                         f"{p}/test/<class>/...)")
-    classes, files = _image_files(train_dir)
-    test_files: list[list[Path]] | None = None
+    stats: list[tuple[str, int, int]] = []
+    classes, files = _image_files(train_dir, stats)
+    test_files: list[list[str]] | None = None
     if test_dir.is_dir():
-        t_classes, t_files = _image_files(test_dir)
+        t_stats: list[tuple[str, int, int]] = []
+        t_classes, t_files = _image_files(test_dir, t_stats)
         unknown = [c for c in t_classes if c not in classes]
         if unknown:
             raise DataError(f"{test_dir}: class folder(s) {unknown} not in {train_dir} (classes: {classes})")
         test_files = [t_files[t_classes.index(c)] if c in t_classes else [] for c in classes]
-    every = [f for fs in files + (test_files or []) for f in fs]
-    key = hashlib.sha256(repr((image_size, skip_bad, [(str(f.relative_to(p)), f.stat().st_size,
-                                                       f.stat().st_mtime_ns) for f in every])).encode()).hexdigest()
+        order = {c: i for i, c in enumerate(classes)}      # the test files in the order of the classes' indices
+        stats += sorted(t_stats, key=lambda t: (order[t[0].split("/")[1]], t[0]))
+    key = hashlib.sha256(repr((image_size, skip_bad, stats)).encode()).hexdigest()
     cache = p / CACHE_NAME
     max_bytes = max_memory_mb * 2 ** 20
     if stream is True:
         return _streamed(p, classes, files, test_files, image_size, skip_bad, workers, None)
     if cache.is_file():
         try:
+            # mapped privately (copy-on-write): the sizes are known before reading, and a cache replaced later
+            # (a new file renamed over it) leaves this mapping intact
             c = torch.load(cache, weights_only=True, mmap=True)
         except Exception:            # an unreadable or old cache is rebuilt
             c = None
@@ -507,7 +522,6 @@ def folder(root: str = "", image_size: int = 0, skip_bad: bool = False, stream: 
             held = c["x"].numel() + (c["test_x"].numel() if c["test_x"] is not None else 0)
             if stream == "auto" and held * 4 > max_bytes:      # a cache written under a larger data.max_memory_mb
                 return _streamed(p, classes, files, test_files, image_size, skip_bad, workers, None)
-            c = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in c.items()}   # off the mapped file
             if c["skipped"]:
                 warnings.warn(f"data.skip_bad: skipped {len(c['skipped'])} unreadable image(s): "
                               f"{', '.join(c['skipped'])}", stacklevel=2)

@@ -62,7 +62,7 @@ class ImageFiles(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor | None, int]:
         path = self.paths[i]
         try:
-            a = decode_image(Path(path), self.image_size, mode="L" if self.shape[0] == 1 else None)
+            a = decode_image(path, self.image_size, mode="L" if self.shape[0] == 1 else None)
         except (OSError, ValueError, SyntaxError) as e:
             if self.skip_bad:
                 return None, i
@@ -73,7 +73,7 @@ class ImageFiles(torch.utils.data.Dataset):
         if tuple(t.shape) != self.shape:
             raise DataError(f"{path}: decoded to {tuple(t.shape)}, the set's images are {self.shape} (was the file "
                             f"changed while training? else set data.image_size)")
-        return t.contiguous(), i
+        return t, i                                   # torch.stack makes the batch contiguous
 
 
 def _collate(items: list[tuple[torch.Tensor | None, int]]) -> tuple[torch.Tensor | None, list[int], list[int]]:

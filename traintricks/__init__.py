@@ -10,6 +10,8 @@ Layout follows the course notes:
 """
 from .config import ConfigError, default_config, load_config
 from .training import Trainer, build_trainer, run
+from .training.inference import LoadedRun, load_run
 
 __version__ = "0.1.0"
-__all__ = ["ConfigError", "Trainer", "build_trainer", "default_config", "load_config", "run", "__version__"]
+__all__ = ["ConfigError", "LoadedRun", "Trainer", "build_trainer", "default_config", "load_config", "load_run", "run",
+           "__version__"]

@@ -69,9 +69,12 @@ DEFAULTS: dict[str, Any] = {
     # norm and activation 4x cheaper (models/cnn.py).
     # data.target: the csv source's label column (or list of regression target columns); data.factory: the python
     # source's "pkg.module:fn"; data.image_size, data.skip_bad: the folder source's (traintricks/data/sources.py,
-    # docs/data.md)
+    # docs/data.md); data.stream ("auto": when the float32 tensors would exceed data.max_memory_mb MiB),
+    # data.workers (DataLoader processes, -1: min(2, CPUs)): the folder source's streaming (data/streaming.py);
+    # data.label: cifar100's "fine" (default) or "coarse" labels
     "data": {"name": "fashion_mnist", "root": "", "limit": 0, "val_size": 0.0333, "augment": ["crop", "flip"],
-             "augment_from_epoch": 5, "target": "", "factory": "", "image_size": 0, "skip_bad": False},
+             "augment_from_epoch": 5, "target": "", "factory": "", "image_size": 0, "skip_bad": False,
+             "stream": "auto", "max_memory_mb": 2048, "workers": -1, "label": ""},
     "model": {"name": "cnn", "widths": [16, 32, 64], "blocks": [1, 2, 2], "pool_before_norm": True},
     "optim": {"name": "sgd", "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4,
               "decay_norm_and_bias": False},
@@ -131,6 +134,10 @@ _FIXED: dict[str, tuple[Any, Callable[[Any], str | None] | None]] = {
                      "must look like 'pkg.module:function'"),
     "data.image_size": (int, _nonneg),
     "data.skip_bad": (bool, None),
+    "data.stream": (bool | str, lambda v: None if v in ("auto", True, False) else "must be auto, true or false"),
+    "data.max_memory_mb": (int, _nonneg),
+    "data.workers": (int, lambda v: None if v >= -1 else "must be >= 0, or -1 for min(2, CPUs)"),
+    "data.label": (str, lambda v: None if v in ("", "fine", "coarse") else "must be fine or coarse (cifar100)"),
     "grad_transforms": (list, None),
     "callbacks": (list, None),
     "test_every_epoch": (bool, None),

@@ -3,6 +3,7 @@ from .augment import AUGMENTATIONS, Compose, RandomCrop, RandomFlip, as_spec
 from .policies import AugMix, AutoAugment, RandAugment, TrivialAugment
 from .datasets import DATASETS, DataSplits, RawData, data_from_config, load_data
 from . import sources  # noqa: F401  (registers the user-data sources: arrays, csv, python)
+from . import cifar  # noqa: F401  (registers cifar10, cifar100: the official binary release)
 from .idx import DataError, read_idx
 from .curriculum import CURRICULA, CurriculumLoader, Pacing
 from .loader import TensorLoader

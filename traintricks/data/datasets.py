@@ -76,6 +76,9 @@ class DataSplits:
     #: the raw inputs' value range before standardization (uint8: 0..255; floats in [0, 1]: (0, 1); else the
     #: training inputs' min and max): what the augmentation policies take for black and white
     pixel_range: tuple[float, float] = (0.0, 1.0)
+    #: the source's input dtype before standardization (``"uint8"`` for images: values 0..255)
+    input_dtype: str = "float32"
+    streamed = False
 
     @property
     def num_classes(self) -> int:
@@ -201,7 +204,21 @@ def digits_multilabel(root: str = "") -> RawData:
 
 
 #: ``data.*`` config keys that are options of some sources (passed to the sources that take them)
-SOURCE_OPTIONS = ("target", "factory", "image_size", "skip_bad")
+SOURCE_OPTIONS = ("target", "factory", "image_size", "skip_bad", "stream", "max_memory_mb", "workers", "label")
+#: their config defaults that are not "unset" values (giving such a value to a source that does not take the
+#: option is no error)
+SOURCE_DEFAULTS: dict[str, Any] = {"stream": "auto", "max_memory_mb": 2048, "workers": -1}
+
+
+def data_stats(data: Any, image_size: int = 0) -> dict[str, Any]:
+    """What a trained model needs to be applied to new inputs (``data_stats.json`` of a run, read by
+    :func:`traintricks.load_run`): shapes, class names, task, the input standardization (per channel / feature,
+    on the source's own scale: ``input_dtype`` ``"uint8"`` means values 0..255) and the regression targets'."""
+    return {"version": 1, "dataset": data.name, "task": data.task, "input_shape": list(data.input_shape),
+            "num_classes": data.num_classes, "class_names": list(data.class_names), "mean": list(data.mean),
+            "std": list(data.std), "target_mean": list(data.target_mean), "target_std": list(data.target_std),
+            "input_dtype": data.input_dtype, "image_size": image_size, "streamed": bool(data.streamed),
+            "stats_sample": getattr(data, "stats_sample", len(data.train_y))}
 
 
 def pixel_range(x: torch.Tensor) -> tuple[float, float]:
@@ -223,17 +240,24 @@ def load_data(name: str, root: str = "", limit: int = 0, val_size: float = 0.1, 
     (if >= 1) or that fraction (if < 1) of them, chosen with ``seed``, as the validation set (unless the source
     brings its own validation split); the test set is the dataset's own. Inputs are standardized per channel with
     the training portion's mean and standard deviation. ``options`` (``target``, ``factory``, ...) go to the
-    sources that take them; a set (non-empty) option the source does not take raises ``ValueError`` naming it.
+    sources that take them; a set (non-empty, non-default) option the source does not take raises ``ValueError``
+    naming it. An image folder streamed from disk (``stream``, ``max_memory_mb``: see
+    :mod:`traintricks.data.streaming`) gives a :class:`~traintricks.data.streaming.StreamedSplits` with the same
+    splits and attributes, its statistics estimated from a seeded sample of the training images.
     """
     if limit < 0:
         raise ValueError(f"limit must be >= 0, got {limit}")
     source = DATASETS.get(name)
     params = inspect.signature(source).parameters
     for k, v in options.items():
-        if k not in params and v not in ("", None, [], 0, False):
+        if k not in params and v not in ("", None, [], 0, False) and not (k in SOURCE_DEFAULTS and
+                                                                          v == SOURCE_DEFAULTS[k]):
             takes = [n for n in DATASETS.names() if k in inspect.signature(DATASETS.get(n)).parameters]
             raise ValueError(f"{k}: dataset {name!r} takes no option {k!r} (it is one of: {', '.join(takes)})")
     raw = source(root=root, **{k: v for k, v in options.items() if k in params})
+    from .streaming import StreamedRaw, streamed_splits
+    if isinstance(raw, StreamedRaw):             # an image folder too large for memory (data.stream)
+        return streamed_splits(raw, name, limit, val_size, seed)  # type: ignore[return-value]
     tx, ty = raw.train_x, raw.train_y
     if limit:
         tx, ty = tx[:limit], ty[:limit]
@@ -255,7 +279,8 @@ def load_data(name: str, root: str = "", limit: int = 0, val_size: float = 0.1, 
                       test_x=norm(raw.test_x), test_y=raw.test_y, class_names=raw.class_names,
                       mean=mean.flatten().tolist(), std=std.flatten().tolist(), task=raw.task,
                       target_mean=list(raw.target_mean), target_std=list(raw.target_std),
-                      pixel_range=pixel_range(tx))
+                      pixel_range=pixel_range(tx),
+                      input_dtype=str(raw.train_x.dtype).removeprefix("torch."))
 
 
 def data_from_config(cfg: dict[str, Any]) -> DataSplits:

@@ -59,23 +59,36 @@ class TensorLoader:
         n, g = len(self.x), self.batch_size * self.world_size
         return n // g if self.drop_last else -(-n // g)
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def _plan(self) -> tuple[list[slice | torch.Tensor], torch.Generator]:
+        """This epoch's batches (index slices or tensors, this rank's share of each global batch) and the generator
+        their augmentations draw from (the permutation, when shuffled, is drawn from it first)."""
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         n = len(self.x)
         order = torch.randperm(n, generator=g) if self.shuffle else None
         if self.world_size > 1:          # per-rank augmentation randomness; the permutation above is shared
             g = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) * 7919 + self.rank)
         gb = self.batch_size * self.world_size
+        plan: list[slice | torch.Tensor] = []
         for b in range(len(self)):
             start = b * gb + self.rank * self.batch_size          # this rank's share of global batch b
             sl = slice(min(n, start), min(n, start + self.batch_size))
             if sl.start >= sl.stop:
                 continue
-            yield self.batch(sl if order is None else order[sl], g)
+            plan.append(sl if order is None else order[sl])
+        return plan, g
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        plan, g = self._plan()
+        for idx in plan:
+            yield self.batch(idx, g)
 
     def batch(self, idx: slice | torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """The examples ``idx``, augmented with generator ``g`` and in the loader's memory format."""
-        xb, yb = self.x[idx], self.y[idx]
+        return self.finish_batch(self.x[idx], self.y[idx], g)
+
+    def finish_batch(self, xb: torch.Tensor, yb: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Augment a fetched batch with generator ``g`` (from ``transform_from_epoch`` on) and put it in the
+        loader's memory format."""
         if self.transform is not None and self.epoch >= self.transform_from_epoch:
             out = self.transform(xb, yb, generator=g)
             if not (isinstance(out, tuple) and len(out) == 2):

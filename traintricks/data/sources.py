@@ -14,7 +14,10 @@
 - ``folder``: images in class subfolders, ``root/train/<class>/*.png|jpg|jpeg`` (optional ``root/test/<class>/``),
   decoded with Pillow into a uint8 ``(N, C, H, W)`` cache ``root/.traintricks-cache.pt`` (rebuilt when the files'
   paths, sizes or modification times change); grey stays 1 channel, colour is RGB; ``data.image_size`` resizes the
-  shorter side and centre-crops; ``data.skip_bad`` skips unreadable files with a warning listing them.
+  shorter side and centre-crops; ``data.skip_bad`` skips unreadable files with a warning listing them. When the
+  float32 tensors of the set would exceed ``data.max_memory_mb`` (``data.stream = "auto"``; ``true`` always), the
+  files are streamed instead: a :class:`~traintricks.data.streaming.StreamedRaw` is returned (headers read, nothing
+  decoded or cached) and :mod:`traintricks.data.streaming` serves the batches through ``DataLoader`` workers.
 
 Without a test set a fixed 20% of the examples (permutation seeded with 0, as the built-in sets) is the test
 split. Inputs are standardized by :func:`~traintricks.data.datasets.load_data` with the training portion's
@@ -36,6 +39,7 @@ import torch
 
 from .datasets import DATASETS, RawData, _fixed_test_split
 from .idx import DataError
+from .images import decode_image as _decode, is_grey as _is_grey
 
 TEST_FRACTION = 0.2
 
@@ -358,40 +362,32 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 CACHE_NAME = ".traintricks-cache.pt"
 
 
-def _image_files(split_dir: Path) -> tuple[list[str], list[list[Path]]]:
-    """Class names (sorted subfolder names) and each class's image files (sorted)."""
+def _image_files(split_dir: Path, stats: list[tuple[str, int, int]] | None = None
+                 ) -> tuple[list[str], list[list[str]]]:
+    """Class names (sorted subfolder names) and each class's image file paths (sorted); ``stats`` gets each file's
+    ``("<split>/<class>/<name>", size, mtime_ns)`` (one ``os.scandir`` pass: a cached load of a large folder is
+    bounded by listing it)."""
+    import os
     classes = sorted(d.name for d in split_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not classes:
         raise DataError(f"{split_dir}: no class subfolders (the layout is {split_dir}/<class>/*.png|jpg)")
     files = []
     for c in classes:
-        fs = sorted(f for f in (split_dir / c).iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
-        if not fs:
+        with os.scandir(split_dir / c) as it:
+            entries = sorted((e for e in it if e.name.lower().endswith(IMAGE_SUFFIXES) and e.is_file()),
+                             key=lambda e: e.name)
+        if not entries:
             raise DataError(f"{split_dir / c}: empty class (no .png/.jpg/.jpeg files)")
-        files.append(fs)
+        files.append([e.path for e in entries])      # strings: pathlib objects cost more than the stat
+        if stats is not None:
+            prefix = f"{split_dir.name}/{c}/"
+            for e in entries:
+                st = e.stat()
+                stats.append((prefix + e.name, st.st_size, st.st_mtime_ns))
     return classes, files
 
 
-def _decode(path: Path, image_size: int) -> np.ndarray:
-    """One image as a uint8 (H, W) (grey) or (H, W, 3) (colour) array, resized (shorter side) and centre-cropped
-    to ``image_size`` when it is > 0."""
-    from PIL import Image
-    with Image.open(path) as im:
-        im.load()
-        grey = im.mode in ("1", "L", "LA", "I", "I;16", "F") or (
-            im.mode == "P" and all(r == g == b for r, g, b in zip(*[iter(im.getpalette() or [0, 0, 0])] * 3)))
-        im = im.convert("L" if grey else "RGB")
-        if image_size:
-            w, h = im.size
-            scale = image_size / min(w, h)
-            nw, nh = max(image_size, round(w * scale)), max(image_size, round(h * scale))
-            im = im.resize((nw, nh), Image.Resampling.BILINEAR)
-            left, top = (nw - image_size) // 2, (nh - image_size) // 2
-            im = im.crop((left, top, left + image_size, top + image_size))
-        return np.asarray(im, dtype=np.uint8).copy()
-
-
-def _decode_split(split_dir: Path, classes: list[str], files: list[list[Path]], image_size: int,
+def _decode_split(split_dir: Path, classes: list[str], files: list[list[str]], image_size: int,
                   skip_bad: bool, skipped: list[str]) -> tuple[list[np.ndarray], list[int], list[Path]]:
     images, labels, paths = [], [], []
     for label, fs in enumerate(files):
@@ -422,42 +418,120 @@ def _stack(images: list[np.ndarray], paths: list[Path], channels: int) -> torch.
     return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).contiguous()
 
 
+def _scan(split_dir: Path, files: list[list[str]], image_size: int, skip_bad: bool,
+          skipped: list[str]) -> tuple[list[str], list[int], list[tuple[int, int, bool]]]:
+    """Every file's header (no decoding): paths, labels and (width, height, grey) after resizing; unreadable
+    headers raise ``DataError`` naming the file, or are skipped with ``skip_bad``."""
+    from PIL import Image
+    paths, labels, info = [], [], []
+    for label, fs in enumerate(files):
+        for f in fs:
+            try:
+                with Image.open(f) as im:
+                    w, h = (image_size, image_size) if image_size else im.size
+                    grey = _is_grey(im)
+            except (OSError, ValueError, SyntaxError) as e:
+                if not skip_bad:
+                    raise DataError(f"{f}: unreadable or corrupt image ({e}); fix or remove it, or set "
+                                    f"data.skip_bad = true to skip such files") from None
+                skipped.append(str(f))
+                continue
+            paths.append(str(f))
+            labels.append(label)
+            info.append((w, h, grey))
+    return paths, labels, info
+
+
+def _streamed(p: Path, classes: list[str], files: list[list[str]], test_files: list[list[str]] | None,
+              image_size: int, skip_bad: bool, workers: int, max_bytes: int | None) -> Any:
+    """The folder as files to stream (a :class:`~traintricks.data.streaming.StreamedRaw`), or ``None`` when
+    ``max_bytes`` is given and the decoded set's float32 tensors fit in it."""
+    import warnings
+    from .streaming import StreamedRaw
+    skipped: list[str] = []
+    paths, labels, info = _scan(p / "train", files, image_size, skip_bad, skipped)
+    t_paths, t_labels, t_info = (_scan(p / "test", test_files, image_size, skip_bad, skipped)
+                                 if test_files is not None else ([], [], []))
+    if not paths:
+        raise DataError(f"{p / 'train'}: no readable images (skipped: {', '.join(skipped)})")
+    every, shapes = paths + t_paths, info + t_info
+    w, h = shapes[0][:2]
+    other = next((i for i, (w1, h1, _) in enumerate(shapes) if (w1, h1) != (w, h)), None)
+    if other is not None:
+        w1, h1 = shapes[other][:2]
+        raise DataError(f"mixed image sizes: {every[0]} is {w}x{h}, {every[other]} is {w1}x{h1}; set "
+                        f"data.image_size to resize them all")
+    channels = 1 if all(g for _, _, g in shapes) else 3
+    if max_bytes is not None and (len(paths) + len(t_paths)) * channels * h * w * 4 <= max_bytes:
+        return None
+    for i, c in enumerate(classes):
+        if i not in labels:
+            raise DataError(f"{p / 'train' / c}: empty class (every image in it was skipped as unreadable)")
+    if skipped:
+        warnings.warn(f"data.skip_bad: skipped {len(skipped)} unreadable image(s): {', '.join(skipped)}",
+                      stacklevel=3)
+    return StreamedRaw(paths, labels, t_paths if test_files is not None else None,
+                       t_labels if test_files is not None else None, classes, (channels, h, w), image_size,
+                       skip_bad, workers)
+
+
 @DATASETS.register("folder")
-def folder(root: str = "", image_size: int = 0, skip_bad: bool = False) -> RawData:
-    """Images in class subfolders (root/train/<class>/*.png|jpg, optional root/test/), decoded once into a uint8 cache."""
+def folder(root: str = "", image_size: int = 0, skip_bad: bool = False, stream: str | bool = "auto",
+           max_memory_mb: int = 2048, workers: int = -1) -> Any:
+    """Images in class subfolders (root/train/<class>/*.png|jpg, optional root/test/), decoded once into a uint8 cache, or streamed when too large."""
     import hashlib
     import warnings
     p = _need_root("folder", root)
     if image_size < 0:
         raise ValueError(f"image_size: must be >= 0 (0: keep the images' own size), got {image_size}")
+    if stream not in ("auto", True, False):
+        raise ValueError(f"stream: must be 'auto', true or false, got {stream!r}")
+    if max_memory_mb < 0:
+        raise ValueError(f"max_memory_mb: must be >= 0, got {max_memory_mb}")
+    if workers < -1:
+        raise ValueError(f"workers: must be >= 0, or -1 for min(2, CPUs), got {workers}")
     train_dir, test_dir = p / "train", p / "test"
     if not train_dir.is_dir():
         raise DataError(f"{train_dir}: missing folder (the layout is {p}/train/<class>/*.png|jpg, and optionally "
                         f"{p}/test/<class>/...)")
-    classes, files = _image_files(train_dir)
-    test_files: list[list[Path]] | None = None
+    stats: list[tuple[str, int, int]] = []
+    classes, files = _image_files(train_dir, stats)
+    test_files: list[list[str]] | None = None
     if test_dir.is_dir():
-        t_classes, t_files = _image_files(test_dir)
+        t_stats: list[tuple[str, int, int]] = []
+        t_classes, t_files = _image_files(test_dir, t_stats)
         unknown = [c for c in t_classes if c not in classes]
         if unknown:
             raise DataError(f"{test_dir}: class folder(s) {unknown} not in {train_dir} (classes: {classes})")
         test_files = [t_files[t_classes.index(c)] if c in t_classes else [] for c in classes]
-    every = [f for fs in files + (test_files or []) for f in fs]
-    key = hashlib.sha256(repr((image_size, skip_bad, [(str(f.relative_to(p)), f.stat().st_size,
-                                                       f.stat().st_mtime_ns) for f in every])).encode()).hexdigest()
+        order = {c: i for i, c in enumerate(classes)}      # the test files in the order of the classes' indices
+        stats += sorted(t_stats, key=lambda t: (order[t[0].split("/")[1]], t[0]))
+    key = hashlib.sha256(repr((image_size, skip_bad, stats)).encode()).hexdigest()
     cache = p / CACHE_NAME
+    max_bytes = max_memory_mb * 2 ** 20
+    if stream is True:
+        return _streamed(p, classes, files, test_files, image_size, skip_bad, workers, None)
     if cache.is_file():
         try:
-            c = torch.load(cache, weights_only=True)
+            # mapped privately (copy-on-write): the sizes are known before reading, and a cache replaced later
+            # (a new file renamed over it) leaves this mapping intact
+            c = torch.load(cache, weights_only=True, mmap=True)
         except Exception:            # an unreadable or old cache is rebuilt
             c = None
         if isinstance(c, dict) and c.get("key") == key:
+            held = c["x"].numel() + (c["test_x"].numel() if c["test_x"] is not None else 0)
+            if stream == "auto" and held * 4 > max_bytes:      # a cache written under a larger data.max_memory_mb
+                return _streamed(p, classes, files, test_files, image_size, skip_bad, workers, None)
             if c["skipped"]:
                 warnings.warn(f"data.skip_bad: skipped {len(c['skipped'])} unreadable image(s): "
                               f"{', '.join(c['skipped'])}", stacklevel=2)
             if c["test_x"] is None:
                 return RawData(*_fixed_test_split(c["x"], c["y"], TEST_FRACTION), class_names=c["classes"])
             return RawData(c["x"], c["y"], c["test_x"], c["test_y"], class_names=c["classes"])
+    if stream == "auto":
+        out = _streamed(p, classes, files, test_files, image_size, skip_bad, workers, max_bytes)
+        if out is not None:
+            return out
     skipped: list[str] = []
     imgs, labels, paths = _decode_split(train_dir, classes, files, image_size, skip_bad, skipped)
     t_imgs, t_labels, t_paths = (_decode_split(test_dir, classes, test_files, image_size, skip_bad, skipped)

@@ -18,9 +18,11 @@ from typing import Any, Callable, Sequence
 import torch
 
 from ..config import DEFAULTS, ConfigError, load_config, to_toml, with_factory_defaults
-from ..data import (AUGMENTATIONS, CURRICULA, Compose, CurriculumLoader, DataSplits, TensorLoader, as_spec,
+from ..data import (AUGMENTATIONS, CURRICULA, Compose, CurriculumLoader, DataSplits, as_spec,
                     data_from_config)
 from ..data.curriculum import load_scores, reference_scores
+from ..data.datasets import data_stats
+from ..data.streaming import split_loader
 from ..evaluation import EARLY_STOPPING
 from ..evaluation.tasks import loss_for_task, losses_for_task, resolve_task
 from ..losses import LOSSES, PENALTIES, AuxiliaryHeads, WithPenalties
@@ -165,12 +167,17 @@ def build_model(cfg: dict[str, Any], in_shape: Sequence[int], num_classes: int) 
 def load_run_model(run_dir: str | Path, in_shape: Sequence[int] | None = None,
                    num_classes: int | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The trained model of a finished traintricks run directory (its ``config.toml`` and ``model.safetensors``),
-    in eval mode, and its config. Shapes default to those of the run's dataset (which is then loaded)."""
+    in eval mode, and its config. Shapes default to those the run recorded in ``data_stats.json`` (else to those of
+    the run's dataset, which is then loaded)."""
     run_dir = Path(run_dir)
     for f in ("config.toml", "model.safetensors"):
         if not (run_dir / f).is_file():
             raise ckpt.CheckpointError(f"{run_dir / f} not found; give the directory of a finished traintricks run")
     cfg = load_config(run_dir / "config.toml")
+    if (in_shape is None or num_classes is None) and (run_dir / "data_stats.json").is_file():
+        import json
+        stats = json.loads((run_dir / "data_stats.json").read_text())
+        in_shape, num_classes = tuple(stats["input_shape"]), int(stats["num_classes"])
     if in_shape is None or num_classes is None:
         data = build_data(cfg)
         in_shape, num_classes = data.input_shape, data.num_classes
@@ -243,15 +250,23 @@ def build_trainer(cfg: dict[str, Any], data: DataSplits | None = None, out_dir: 
     if bs % (world * acc):
         raise ConfigError("batch_size", f"the global batch {bs} must divide into {world} process(es) x "
                                         f"{acc} accumulation step(s)")
-    loader_args = dict(drop_last=len(data.train_x) > bs, seed=cfg["seed"],
+    streamed = getattr(data, "streamed", False)      # an image folder streamed from disk (data/streaming.py)
+    if streamed and cfg["parallel"]["mode"] != "sync":
+        raise ConfigError("parallel.mode", f"{cfg['parallel']['mode']!r} workers cannot stream data.name="
+                                           f"{d['name']!r} from disk; set data.stream = false or parallel.mode = 'sync'")
+    if streamed and cfg["curriculum"]["name"] != "none":
+        raise ConfigError("curriculum.name", "a curriculum orders the training set in memory; the images are "
+                                             "streamed from disk: set data.stream = false")
+    loader_args = dict(drop_last=len(data.train_y) > bs, seed=cfg["seed"],
                        transform=build_augment(d["augment"], data.num_classes, data), rank=rank, world_size=world,
                        transform_from_epoch=d["augment_from_epoch"])
     if cfg["curriculum"]["name"] == "none":
-        train = TensorLoader(data.train_x, data.train_y, bs // (world * acc), shuffle=True, **loader_args)
+        train = split_loader(data, "train", bs // (world * acc), shuffle=True, **loader_args)
     else:
         train = build_curriculum(cfg, data, bs // (world * acc), loader_args)
-    val = TensorLoader(data.val_x, data.val_y, EVAL_BATCH) if len(data.val_x) and evaluate else None
-    test = TensorLoader(data.test_x, data.test_y, EVAL_BATCH) if evaluate else None
+    eval_bs = bs if streamed else EVAL_BATCH
+    val = split_loader(data, "val", eval_bs) if len(data.val_y) and evaluate else None
+    test = split_loader(data, "test", eval_bs) if evaluate else None
 
     o = cfg["optim"]
     opt_fn = OPTIMIZERS.get(o["name"])
@@ -273,7 +288,7 @@ def build_trainer(cfg: dict[str, Any], data: DataSplits | None = None, out_dir: 
     if "monitor" in s and not plateau:
         raise ConfigError("schedule.monitor", f"{s['name']!r} takes no metric (a 'plateau' schedule does)")
     monitor = s.get("monitor", "val_loss") if plateau else None
-    if monitor is not None and monitor.startswith("val") and not (len(data.val_x) and evaluate):
+    if monitor is not None and monitor.startswith("val") and not (len(data.val_y) and evaluate):
         raise ConfigError("schedule.monitor", f"monitors {monitor!r} but data.val_size is 0")
     if "hypergrad_lr" in optimizer.defaults and sets_rate_each_step(scheduler):
         raise ConfigError("schedule.name", f"{s['name']!r} sets the rate from a formula at every step, which would "
@@ -306,6 +321,7 @@ def build_trainer(cfg: dict[str, Any], data: DataSplits | None = None, out_dir: 
                    checkpoint_every_steps=cfg.get("checkpoint_every_steps", 0),
                    checkpoint_every_seconds=cfg.get("checkpoint_every_seconds", 0.0))
     trainer.config = cfg        # as built (the task's loss filled in): what run() writes to config.toml
+    trainer.data_stats = {**data_stats(data, d["image_size"]), "task": trainer.task.name}   # data_stats.json
     return trainer
 
 
@@ -344,6 +360,8 @@ def run(cfg: dict[str, Any] | None, out_dir: str | Path, resume: bool = False, p
     trainer = build_trainer(cfg, out_dir=out, progress=progress, callbacks=callbacks)
     cfg = trainer.config             # as built: e.g. a regression run's loss, not the default recipe's cross-entropy
     write_config()
+    if info.is_main:                 # the inputs' standardization, shapes and classes: load_run needs no data
+        ckpt.atomic_write_json(out / "data_stats.json", trainer.data_stats)
     if resume:
         trainer.resume(out)
     meta = _run_meta(cfg, trainer)
@@ -413,6 +431,7 @@ def _run_hogwild(cfg: dict[str, Any], out: Path, resume: bool) -> dict[str, Any]
     # divided by K (the linear scaling rule run backwards; Goyal et al. 2017), so an epoch moves them as far.
     cfg = {**cfg, "lr": cfg["lr"] / workers}
     trainer = build_trainer(cfg, out_dir=out, progress=False)
+    ckpt.atomic_write_json(out / "data_stats.json", trainer.data_stats)
     # how each worker builds its own trainer (the parallel package never imports this recipe)
     worker_trainer = functools.partial(build_trainer, cfg, progress=False, evaluate=False)
     extra: dict[str, Any] = {}

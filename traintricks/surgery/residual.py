@@ -81,6 +81,11 @@ class _Tracer(fx.Tracer):
         return type(m).__module__.startswith("traintricks.nn") or super().is_leaf_module(m, qualname)
 
 
+def _is_norm(m: nn.Module) -> bool:
+    """A normalization layer: torch's batch/instance/group/layer norms, or a class named ``*Norm*`` (ours, timm's)."""
+    return isinstance(m, _NORMS) or any("Norm" in c.__name__ for c in type(m).__mro__[:-1])
+
+
 def _join(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix and name else prefix or name
 
@@ -204,7 +209,7 @@ class _Graph:
         for n in sorted((n for n in path if n.op == "call_module"),
                         key=lambda n: (dist[n], -self.index[n])):
             m = self.modules[n.target]
-            if next(m.parameters(), None) is not None:
+            if next(m.parameters(), None) is not None or _is_norm(m):
                 last = _join(self.prefix, n.target)
                 break
         # the module whose output is the branch's output: back through shape operations with one user each
@@ -435,7 +440,7 @@ def add_shakedrop(model: nn.Module, p_last: float = 0.5, rule: str = "linear", a
 
 
 def _zero(m: nn.Module, path: str, report: SurgeryReport) -> None:
-    if isinstance(m, _NORMS) or any("Norm" in c.__name__ for c in type(m).__mro__[:-1]):
+    if _is_norm(m):
         w = getattr(m, "weight", None)
         if not isinstance(w, torch.Tensor):
             report.skipped.append((path, "the branch's last norm has no affine weight"))

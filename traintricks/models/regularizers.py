@@ -55,6 +55,11 @@ def _check_survival(survival: float) -> None:
         raise ValueError(f"survival must be in (0, 1], got {survival}")
 
 
+def _check_rule(rule: str) -> None:
+    if rule not in ("linear", "uniform"):
+        raise ValueError(f"rule must be 'linear' (falling linearly with depth, the paper's) or 'uniform', got {rule!r}")
+
+
 @REGULARIZERS.register("dropout")
 def dropout(model: nn.Module, p: float = 0.2, mode: str = "element", before: str | None = None,
             after: str | None = None) -> nn.Module:
@@ -81,6 +86,9 @@ def stochastic_depth(model: nn.Module, survival: float = 0.8, mode: str = "row",
     scales a branch by its survival at inference (the paper's eq. 5), ``"inverted"`` by ``1 / survival`` in
     training (timm, torchvision)."""
     _check_survival(survival)
+    _check_rule(rule)
+    if form not in ("paper", "inverted"):
+        raise ValueError(f"form must be 'paper' (scaled at inference) or 'inverted' (scaled in training), got {form!r}")
     return _residual("stochastic_depth", model, add_stochastic_depth, 1.0 - survival, rule, mode, form=form,
                      where=where)
 
@@ -132,6 +140,7 @@ def shakedrop(model: nn.Module, survival: float = 0.5, rule: str = "linear",
     """ShakeDrop: branch scaled by b + alpha - b*alpha forward, b + beta - b*beta backward; p_l falls linearly to `survival` (1802.02375)."""
     if not 0.0 <= survival <= 1.0:
         raise ValueError(f"survival must be in [0, 1], got {survival}")
+    _check_rule(rule)
     report = None
     try:
         report = add_shakedrop(model, survival, rule, tuple(alpha), tuple(beta), where=where)

@@ -374,6 +374,7 @@ def add_stochastic_depth(model: nn.Module, drop_rate: float, rule: str = "linear
         raise ValueError(f"add_stochastic_depth: mode must be 'row' or 'batch', got {mode!r}")
     if form not in ("inverted", "paper"):
         raise ValueError(f"add_stochastic_depth: form must be 'inverted' or 'paper', got {form!r}")
+    _rates(1, drop_rate, rule, "add_stochastic_depth")            # checks the rule before anything changes
     report = SurgeryReport("add_stochastic_depth")
     adds = _residuals(model, report, where)
     for add, p in zip(adds, _rates(len(adds), drop_rate, rule, "add_stochastic_depth") if adds else []):
@@ -422,7 +423,8 @@ def add_shakedrop(model: nn.Module, p_last: float = 0.5, rule: str = "linear", a
     if not 0.0 <= p_last <= 1.0:
         raise ValueError(f"add_shakedrop: p_last must be in [0, 1], got {p_last}")
     alpha, beta = tuple(alpha), tuple(beta)
-    ShakeDropScale(p_last, alpha, beta)                    # checks the ranges before anything changes
+    ShakeDropScale(p_last, alpha, beta)                    # checks the ranges and the rule before anything changes
+    _rates(1, 1.0 - p_last, rule, "add_shakedrop")
     report = SurgeryReport("add_shakedrop")
     adds = _residuals(model, report, where)
     drops = _rates(len(adds), 1.0 - p_last, rule, "add_shakedrop") if adds else []

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tests.surgery.user_models import TinyViT, LeakyNet, resnet50, resnet_tiny
-from traintricks.nn import StochasticDepth, StochasticDepthBranch, ShakeDrop
+from traintricks.nn import StochasticDepthBranch, ShakeDrop
 from traintricks.nn.shake import ShakeDropScale
 from traintricks.surgery import (NothingToChangeError, ResidualAdd, add_shakedrop, add_stochastic_depth,
                                  find_residual_additions, zero_init_residual)
@@ -371,3 +371,18 @@ def test_zero_init_refusals():
 
     with pytest.raises(NothingToChangeError, match="no affine weight"):
         zero_init_residual(NoAffine())
+
+
+# ----------------------------------------------------------------------------------------------------------- timm
+@pytest.mark.parametrize("name, count", [("resnet18", 8), ("vit_tiny_patch16_224", 24)])
+def test_timm_models_get_stochastic_depth_and_zero_init(name, count):
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = timm.create_model(name, pretrained=False, num_classes=4)
+    plain = copy.deepcopy(model)
+    assert len(find_residual_additions(model)) == count
+    assert len(add_stochastic_depth(model, 0.1)) == count
+    assert set(model.state_dict()) == set(plain.state_dict())
+    x = torch.randn(1, 3, 224, 224)
+    assert torch.equal(model.eval()(x), plain.eval()(x))
+    assert len(zero_init_residual(plain)) == count

@@ -44,8 +44,10 @@ class NormAct(nn.Sequential):
 
 def zero_init_residual(model: nn.Module) -> int:
     """Make every residual block start as the identity ("zero gamma": Goyal et al. 2017, arXiv:1706.02677; He et al.
-    2019, "Bag of Tricks", arXiv:1812.01187). Returns how many branches were zeroed (blocks are modules with a
-    ``branch`` attribute).
+    2019, "Bag of Tricks", arXiv:1812.01187) and return how many branches were zeroed (0 when the model has no
+    residual additions a zero can silence). :func:`traintricks.surgery.zero_init_residual` on any model: in each
+    residual branch ``y = x + f(x)`` found by tracing, the parameterized module nearest to the branch's end is
+    zeroed.
 
     In a post-activation (v1) block the branch ends with a batch norm and zeroing its gamma makes ``y = x``. In the
     pre-activation blocks used here the branch ends ``norm -> act -> conv``: zeroing that norm's gamma and beta would
@@ -53,23 +55,8 @@ def zero_init_residual(model: nn.Module) -> int:
     would get no gradient and the branch would stay dead (our test saw exactly this). The equivalent that learns is
     to zero the branch's last convolution (the gradient of a weight is its input times the upstream gradient, not
     zero), which is what is done when the branch ends with a convolution or linear layer."""
-    count = 0
-    for m in model.modules():
-        branch = getattr(m, "branch", None)
-        if not isinstance(branch, nn.Module):
-            continue
-        layers = [n for n in branch.modules() if isinstance(n, (nn.Conv1d, nn.Conv2d, nn.Linear))
-                  or (isinstance(n, NormAct))]
-        if not layers:
-            continue
-        last = layers[-1]
-        if isinstance(last, NormAct):
-            if getattr(last[0], "weight", None) is None:
-                continue
-            nn.init.zeros_(last[0].weight)
-        else:
-            nn.init.zeros_(last.weight)
-            if last.bias is not None:
-                nn.init.zeros_(last.bias)
-        count += 1
-    return count
+    from ..surgery import NothingToChangeError, zero_init_residual as surgery_zero_init
+    try:
+        return len(surgery_zero_init(model))
+    except NothingToChangeError:
+        return 0

@@ -68,6 +68,27 @@ class ShakeDropFunction(torch.autograd.Function):
         return g * coef, None, None
 
 
+def _check_shakedrop(name: str, p: float, alpha_range, beta_range) -> None:
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"{name}: p must be in [0, 1], got {p}")
+    if len(alpha_range) != 2 or len(beta_range) != 2 or alpha_range[0] > alpha_range[1] \
+            or beta_range[0] > beta_range[1]:
+        raise ValueError(f"{name}: ranges must be (low, high), got {tuple(alpha_range)}, {tuple(beta_range)}")
+
+
+def shake_drop(f: torch.Tensor, p: float, alpha_range: tuple[float, float] = (-1.0, 1.0),
+               beta_range: tuple[float, float] = (0.0, 1.0), training: bool = True) -> torch.Tensor:
+    """ShakeDrop of a residual branch's output ``f`` (N, ...) with survival probability ``p``: per sample
+    ``(b + alpha - b * alpha) * f`` forward and ``(b + beta - b * beta) * g`` backward in training (``b ~
+    Bernoulli(p)``, ``alpha ~ U(alpha_range)``, ``beta ~ U(beta_range)``); ``(p + (1 - p) * E[alpha]) * f`` when
+    not ``training``. Output of ``f``'s shape and dtype; no host synchronization."""
+    if not training:
+        return f * (p + (1 - p) * 0.5 * (alpha_range[0] + alpha_range[1]))
+    b = (torch.rand((f.shape[0],) + (1,) * (f.ndim - 1), device=f.device) < p).to(f.dtype)
+    alpha, beta = _per_image(f, *alpha_range), _per_image(f, *beta_range)
+    return ShakeDropFunction.apply(f, b + alpha - b * alpha, b + beta - b * beta)
+
+
 class ShakeShake(nn.Module):
     """Two residual branches mixed by Shake-Shake (per image; 0.5/0.5 at inference). Give exactly two branches."""
 
@@ -97,10 +118,7 @@ class ShakeDrop(nn.Module):
     def __init__(self, branch: nn.Module, p: float = 0.5, alpha_range: tuple[float, float] = (-1.0, 1.0),
                  beta_range: tuple[float, float] = (0.0, 1.0)) -> None:
         super().__init__()
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"ShakeDrop: p must be in [0, 1], got {p}")
-        if alpha_range[0] > alpha_range[1] or beta_range[0] > beta_range[1]:
-            raise ValueError(f"ShakeDrop: ranges must be (low, high), got {alpha_range}, {beta_range}")
+        _check_shakedrop("ShakeDrop", p, alpha_range, beta_range)
         self.branch, self.p = branch, float(p)
         self.alpha_range, self.beta_range = tuple(alpha_range), tuple(beta_range)
 
@@ -108,16 +126,37 @@ class ShakeDrop(nn.Module):
         node = _traced(self, x)
         if node is not None:
             return node
-        f = self.branch(x)
-        if not self.training:
-            return f * (self.p + (1 - self.p) * 0.5 * (self.alpha_range[0] + self.alpha_range[1]))
-        b = (torch.rand((f.shape[0],) + (1,) * (f.ndim - 1), device=f.device) < self.p).to(f.dtype)
-        alpha, beta = _per_image(f, *self.alpha_range), _per_image(f, *self.beta_range)
-        return ShakeDropFunction.apply(f, b + alpha - b * alpha, b + beta - b * beta)
+        return shake_drop(self.branch(x), self.p, self.alpha_range, self.beta_range, self.training)
 
     def reset_parameters(self) -> None:
         """Re-initialize the branch (every sub-module's own ``reset_parameters``)."""
         _reset_branches(self.branch)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p:.4g}, alpha_range={self.alpha_range}, beta_range={self.beta_range}"
+
+
+class ShakeDropScale(nn.Module):
+    """ShakeDrop applied to a given residual branch *output* (:func:`shake_drop` with survival ``p``): the
+    parameterless form that :func:`traintricks.surgery.add_shakedrop` hooks onto a branch's last module, so that the
+    branch keeps its module paths and ``state_dict`` keys (:class:`ShakeDrop` wraps the branch module instead).
+    Input (N, ...), output of the same shape and dtype; one ``call_module`` node under ``torch.fx``. Raises
+    ``ValueError`` for ``p`` outside ``[0, 1]`` or a range whose low end exceeds its high end."""
+
+    def __init__(self, p: float = 0.5, alpha_range: tuple[float, float] = (-1.0, 1.0),
+                 beta_range: tuple[float, float] = (0.0, 1.0)) -> None:
+        super().__init__()
+        _check_shakedrop("ShakeDropScale", p, alpha_range, beta_range)
+        self.p, self.alpha_range, self.beta_range = float(p), tuple(alpha_range), tuple(beta_range)
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        node = _traced(self, f)
+        if node is not None:
+            return node
+        return shake_drop(f, self.p, self.alpha_range, self.beta_range, self.training)
+
+    def reset_parameters(self) -> None:
+        """Nothing to reset (no parameters or buffers)."""
 
     def extra_repr(self) -> str:
         return f"p={self.p:.4g}, alpha_range={self.alpha_range}, beta_range={self.beta_range}"

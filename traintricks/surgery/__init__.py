@@ -14,3 +14,11 @@ from .report import NothingToChangeError, SurgeryReport
 from .select import Selector, describe, select
 
 __all__ = ["NothingToChangeError", "Selector", "SurgeryReport", "describe", "select"]
+
+# residual branches and regularizers by selector
+from .residual import (ResidualAdd, add_shakedrop, add_stochastic_depth, find_residual_additions,  # noqa: E402
+                       zero_init_residual)
+from .regularize import add_dropconnect, add_dropout, add_noise  # noqa: E402
+
+__all__ += ["ResidualAdd", "add_shakedrop", "add_stochastic_depth", "find_residual_additions", "zero_init_residual",
+            "add_dropconnect", "add_dropout", "add_noise"]

@@ -14,3 +14,11 @@ from .report import NothingToChangeError, SurgeryReport
 from .select import Selector, describe, select
 
 __all__ = ["NothingToChangeError", "Selector", "SurgeryReport", "describe", "select"]
+
+# norms, folding, In-Place ABN, synchronized BN, checkpointing
+from .checkpointing import CheckpointedModule, checkpoint, checkpoint_blocks, find_chain, remove_checkpointing
+from .folding import fold_batchnorm
+from .norms import convert_norms, sync_batchnorm, to_inplace_abn
+
+__all__ += ["CheckpointedModule", "checkpoint", "checkpoint_blocks", "convert_norms", "find_chain", "fold_batchnorm",
+            "remove_checkpointing", "sync_batchnorm", "to_inplace_abn"]

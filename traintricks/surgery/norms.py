@@ -230,7 +230,7 @@ def _convert_one(m: nn.Module, to: str, options: dict, in_ndim: int | None):
     if act is None and target_fuses:
         return (f"{to!r} applies an activation after the norm, which {type(m).__name__} does not: converting would "
                 f"add one (for batch norm + leaky ReLU pairs use to_inplace_abn)")
-    groups = options.get("groups", m.num_groups if kind == "group" else 8)
+    groups = options.get("groups", getattr(m, "num_groups", 1) if kind == "group" else 8)   # LayerNorm: 1 group
     activation = options.get("activation", act[0] if act else None)
     try:
         new = make_norm(to, channels, dim=dim, groups=groups, activation=activation)
@@ -318,25 +318,31 @@ def _copy_state(old: nn.Module, new: nn.Module, options: dict) -> list[str]:
 
 # -------------------------------------------------------------------------------------------------- sync_batchnorm
 
-def sync_batchnorm(model: nn.Module, *, process_group=None) -> SurgeryReport:
+def sync_batchnorm(model: nn.Module, *, torch_layers: bool = False, process_group=None) -> SurgeryReport:
     """Synchronize the batch statistics of every batch norm of ``model`` across data-parallel processes, in place.
 
-    PyTorch's ``BatchNorm1d/2d/3d`` become ``torch.nn.SyncBatchNorm`` at the same path, as
-    ``torch.nn.SyncBatchNorm.convert_sync_batchnorm`` does: the same ``weight``/``bias`` objects, running
-    statistics, ``num_batches_tracked``, training mode and ``qconfig`` (``state_dict`` keys and values unchanged).
-    Our ``BatchNorm*`` / ``BatchNormAct*`` stay what they are with ``sync = True``
-    (:func:`traintricks.nn.sync_batchnorm.sync_batchnorm_`: statistics all-reduced over the default process group).
-    Without an initialized process group (or with one process) both compute plain batch norm.
+    Synchronized batch norm all-reduces each channel's sums and counts so every process normalizes with the
+    statistics of the global batch (:mod:`traintricks.nn.sync_batchnorm`). Our ``BatchNorm*`` / ``BatchNormAct*``
+    stay what they are with ``sync = True`` (:func:`traintricks.nn.sync_batchnorm.sync_batchnorm_`). PyTorch's
+    ``nn.BatchNorm1d/2d/3d`` become, at the same path, our ``BatchNorm1d/2d/3d`` (drop-in: a subclass of torch's,
+    same arguments, outputs and ``state_dict``) with ``sync = True`` -- because ``torch.nn.SyncBatchNorm`` refuses
+    CPU tensors in distributed training ("expected input tensor to be on GPU"), ours all-reduce over any backend
+    (gloo on CPU, NCCL on GPU); ``torch_layers=True`` gives ``torch.nn.SyncBatchNorm`` instead, exactly as
+    ``torch.nn.SyncBatchNorm.convert_sync_batchnorm(module, process_group)``. Either way the new layer shares the
+    old one's ``weight``/``bias`` objects and running statistics (``num_batches_tracked`` included), eps,
+    momentum, training mode and ``qconfig``: ``state_dict`` keys and values are unchanged. Without an initialized
+    process group (or with one process) every layer computes plain batch norm.
 
     Args:
         model: any ``nn.Module``.
-        process_group: for torch's layers, the group to synchronize over (``None``: the default group); ours
-            synchronize over the default group only (``ValueError`` if another is given and ours are present).
+        torch_layers: torch's layers become ``torch.nn.SyncBatchNorm`` (GPU only in distributed training).
+        process_group: with ``torch_layers=True``, the group to synchronize over (``None``: the default group);
+            ours synchronize over the default group only (``ValueError`` otherwise).
 
     Raises ``TypeError`` for a non-module; ``ValueError`` naming every layer that cannot synchronize (our batch
     renorm and In-Place ABN) before changing any -- leaving them silently unsynchronized would give each process
-    different statistics; :class:`NothingToChangeError` when no batch norm was switched (already synchronized
-    ones are listed as skipped).
+    different statistics -- and for a ``process_group`` that ours cannot use; :class:`NothingToChangeError` when no
+    batch norm was switched (already synchronized ones are listed as skipped).
     """
     _check_module("sync_batchnorm", model)
     from ..nn.sync_batchnorm import _is_ours
@@ -346,9 +352,10 @@ def sync_batchnorm(model: nn.Module, *, process_group=None) -> SurgeryReport:
     if refused:
         raise ValueError("sync_batchnorm: these layers cannot synchronize their statistics across processes: "
                          + ", ".join(refused) + "; convert them first (convert_norms(model, 'batchnorm'))")
-    if process_group is not None and any(_is_ours(m) for _, m in found):
+    plain_torch = [m for _, m in found if type(m) in _TORCH_BN]
+    if process_group is not None and (any(_is_ours(m) for _, m in found) or (plain_torch and not torch_layers)):
         raise ValueError("sync_batchnorm: traintricks' batch norms synchronize over the default process group only; "
-                         "process_group= applies to torch's layers")
+                         "process_group= needs torch_layers=True and no traintricks batch norm in the model")
     holders = _holders(model)
     for name, m in found:
         if _is_ours(m):
@@ -360,22 +367,23 @@ def sync_batchnorm(model: nn.Module, *, process_group=None) -> SurgeryReport:
         elif isinstance(m, nn.SyncBatchNorm):
             report.skipped.append((name, "already a SyncBatchNorm"))
         elif isinstance(m, nn.modules.batchnorm._BatchNorm):
-            if type(m).forward is not nn.modules.batchnorm._BatchNorm.forward:
-                report.skipped.append((name, f"{type(m).__name__} has its own forward "
-                                             f"({type(m).forward.__module__}); SyncBatchNorm would compute only its "
-                                             f"norm"))
+            if type(m) not in _TORCH_BN:
+                report.skipped.append((name, f"{type(m).__name__} is not torch's BatchNorm1d/2d/3d (its own forward "
+                                             f"or a lazy layer): a synchronized layer would compute something else"))
             elif not name:
                 report.skipped.append((name, "the model itself is a batch norm: nothing holds it to replace it"))
             else:
-                _replace(holders, m, _torch_sync(m, process_group))
-                report.changed.append((name, f"{type(m).__name__} -> SyncBatchNorm"))
+                new = _torch_sync(m, process_group) if torch_layers else _ours_sync(m)
+                _replace(holders, m, new)
+                report.changed.append((name, f"{type(m).__name__} -> {type(new).__name__}"
+                                             + ("" if torch_layers else " (ours), sync = True")))
     return report.require_changes("batch norms")
 
 
-def _torch_sync(m: nn.modules.batchnorm._BatchNorm, process_group) -> nn.SyncBatchNorm:
-    """``torch.nn.SyncBatchNorm.convert_sync_batchnorm`` for one layer (sharing its parameters and buffers)."""
-    out = nn.SyncBatchNorm(m.num_features, m.eps, m.momentum, m.affine, m.track_running_stats, process_group,
-                           device="meta")
+_TORCH_BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+def _share_state(m: nn.Module, out: nn.Module) -> nn.Module:
     if m.affine:
         out.weight, out.bias = m.weight, m.bias
     for name in ("running_mean", "running_var", "num_batches_tracked"):
@@ -383,6 +391,22 @@ def _torch_sync(m: nn.modules.batchnorm._BatchNorm, process_group) -> nn.SyncBat
     out.train(m.training)
     if hasattr(m, "qconfig"):
         out.qconfig = m.qconfig
+    return out
+
+
+def _torch_sync(m: nn.modules.batchnorm._BatchNorm, process_group) -> nn.SyncBatchNorm:
+    """``torch.nn.SyncBatchNorm.convert_sync_batchnorm`` for one layer (sharing its parameters and buffers)."""
+    return _share_state(m, nn.SyncBatchNorm(m.num_features, m.eps, m.momentum, m.affine, m.track_running_stats,
+                                            process_group, device="meta"))
+
+
+def _ours_sync(m: nn.modules.batchnorm._BatchNorm) -> nn.Module:
+    """Our batch norm of ``m``'s class, arguments and state (shared), with synchronized statistics."""
+    from ..nn import batchnorm as ours
+    cls = {nn.BatchNorm1d: ours.BatchNorm1d, nn.BatchNorm2d: ours.BatchNorm2d, nn.BatchNorm3d: ours.BatchNorm3d}
+    out = _share_state(m, cls[type(m)](m.num_features, m.eps, m.momentum, m.affine, m.track_running_stats,
+                                       device="meta"))
+    out.sync = True
     return out
 
 

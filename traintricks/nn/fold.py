@@ -175,6 +175,11 @@ class _Tracer(fx.Tracer):
         return _is_norm(m) or isinstance(m, _FOLDABLE) or super().is_leaf_module(m, qualname)
 
 
+#: the ``torch.fx`` tracer of the analysis, for other graph passes (:mod:`traintricks.surgery`): torch's layers, every
+#: norm and conv/linear layer (ours too) recorded as one ``call_module`` node
+LeafTracer = _Tracer
+
+
 def _get_path(root: nn.Module, target: str):
     obj = root
     for part in target.split("."):

@@ -140,10 +140,11 @@ def checkpoint_blocks(model: nn.Module, where: Selector) -> SurgeryReport:
 # -------------------------------------------------------------------------------------------------- the chain
 
 class _Call:
-    __slots__ = ("module", "caller", "input", "output", "callees")
+    __slots__ = ("module", "caller", "input", "version", "output", "callees")
 
     def __init__(self, module, caller, input):
         self.module, self.caller, self.input, self.output, self.callees = module, caller, input, None, []
+        self.version = input._version if input is not None else None
 
 
 def _runs(calls: list[_Call]) -> list[list[_Call]]:
@@ -178,6 +179,11 @@ def find_chain(model: nn.Module, example_input) -> list[tuple[str, nn.Module]]:
     no_grad, every state change rolled back) with forward hooks. A module whose forward is itself such a chain from
     its input to its output (``nn.Sequential``, torchvision's ``layer1``) is replaced by its members, so a ResNet's
     chain is its blocks and a ViT's its ``blocks.*``. Returns ``(path, module)`` pairs in order (empty if none)."""
+    return _find_chain(model, example_input)[0]
+
+
+def _find_chain(model: nn.Module, example_input) -> tuple[list[tuple[str, nn.Module]], torch.Tensor | None]:
+    """:func:`find_chain`, and the chain's input on that run (``None`` if it was changed in place afterwards)."""
     inputs = example_input if isinstance(example_input, (tuple, list)) else (example_input,)
     paths = {id(m): n for n, m in model.named_modules()}
     count: dict[int, int] = {}
@@ -226,7 +232,8 @@ def find_chain(model: nn.Module, example_input) -> list[tuple[str, nn.Module]]:
                     piece = []
                 else:
                     piece.append(c)
-    return [(paths[id(c.module)], c.module) for c in best]
+    first = best[0].input if best and best[0].input._version == best[0].version else None
+    return [(paths[id(c.module)], c.module) for c in best], first
 
 
 def checkpoint(model: nn.Module, example_input, budget_bytes: int) -> SurgeryReport:
@@ -257,13 +264,14 @@ def checkpoint(model: nn.Module, example_input, budget_bytes: int) -> SurgeryRep
     if not isinstance(budget_bytes, int) or budget_bytes < 0:
         raise ValueError(f"checkpoint: budget_bytes must be a non-negative int, got {budget_bytes!r}")
     report = SurgeryReport("checkpoint")
-    chain = find_chain(model, example_input)
+    chain, first = _find_chain(model, example_input)
     if not chain:
         report.skipped.append(("", "no chain of modules each taking the previous one's output was found"))
         return report.require_changes("chain of blocks")
     names, mods = [n for n, _ in chain], [m for _, m in chain]
-    first = _input_of(model, mods[0], example_input)
-    costs = measure_layers(mods, first)
+    if first is None:                                        # changed in place after the chain read it
+        first = _input_of(model, mods[0], example_input)
+    costs = measure_layers(mods, first, repeats=1)
     try:
         plan = plan_checkpoints(mods, first, budget_bytes, costs, max_recompute_layers=1)
     except ValueError as e:

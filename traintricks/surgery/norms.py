@@ -67,16 +67,24 @@ def _has_hooks(m: nn.Module) -> bool:
 
 def _fused_activation(m: nn.Module) -> tuple[str, float] | None:
     """``(activation, slope)`` of one of our norms that applies an activation itself, else ``None``."""
-    from ..memory.inplace_abn import _InPlaceABN
-    from ..nn.fused import _BatchNormAct
-    if isinstance(m, _InPlaceABN):
+    from ..memory.inplace_abn import InPlaceABN, InPlaceABN1d
+    from ..nn.fused import BatchNormAct1d, BatchNormAct2d, BatchNormAct3d
+    if isinstance(m, (InPlaceABN, InPlaceABN1d)):
         return "leaky_relu", m.slope
-    if isinstance(m, _BatchNormAct):
+    if isinstance(m, (BatchNormAct1d, BatchNormAct2d, BatchNormAct3d)):
         return m.activation, m.negative_slope
     return None
 
 
-_OUR_DIMS = {(2, 3): 1, (4,): 2, (5,): 3}
+def _batch_norm_dims(m: nn.Module) -> int | None:
+    """Spatial dims of a batch norm of torch's or ours by its class (``None``: any, e.g. ``SyncBatchNorm``)."""
+    from ..memory.inplace_abn import InPlaceABN, InPlaceABN1d
+    from ..nn.batchrenorm import BatchRenorm1d, BatchRenorm2d, BatchRenorm3d
+    from ..nn.fused import BatchNormAct1d, BatchNormAct2d, BatchNormAct3d
+    by_dims = {1: (nn.BatchNorm1d, BatchRenorm1d, BatchNormAct1d, InPlaceABN1d),
+               2: (nn.BatchNorm2d, BatchRenorm2d, BatchNormAct2d, InPlaceABN),
+               3: (nn.BatchNorm3d, BatchRenorm3d, BatchNormAct3d)}
+    return next((d for d, classes in by_dims.items() if isinstance(m, classes)), None)
 
 
 def _norm_kind(m: nn.Module) -> tuple[str, int, int | None] | None:
@@ -87,11 +95,7 @@ def _norm_kind(m: nn.Module) -> tuple[str, int, int | None] | None:
         dims = {nn.InstanceNorm1d: 1, nn.InstanceNorm2d: 2, nn.InstanceNorm3d: 3}
         return "instance", m.num_features, next((d for c, d in dims.items() if isinstance(m, c)), None)
     if isinstance(m, nn.modules.batchnorm._NormBase):
-        dim = _OUR_DIMS.get(tuple(getattr(type(m), "_dims", ())) or None)
-        if dim is None and not isinstance(m, nn.SyncBatchNorm):
-            dim = next((d for c, d in ((nn.BatchNorm1d, 1), (nn.BatchNorm2d, 2), (nn.BatchNorm3d, 3))
-                        if isinstance(m, c)), None)
-        return "batch", m.num_features, dim
+        return "batch", m.num_features, _batch_norm_dims(m)
     if isinstance(m, nn.GroupNorm):
         return "group", m.num_channels, None
     if isinstance(m, (nn.LayerNorm, nn.RMSNorm)):
@@ -278,6 +282,20 @@ def _copy_state(old: nn.Module, new: nn.Module, options: dict) -> list[str]:
     """Move ``old``'s affine parameters (the objects) and running statistics (values) into ``new``; set ``eps`` /
     ``momentum`` from ``options`` or ``old``. Returns remarks on what could not be kept."""
     remarks = []
+    if isinstance(old, nn.modules.batchnorm._NormBase) and isinstance(new, nn.modules.batchnorm._NormBase):
+        # batch norm to batch norm: keep what the old layer computes (no affine map, batch statistics in eval)
+        if not old.affine and new.affine:
+            new.affine = False
+            new.register_parameter("weight", None)
+            new.register_parameter("bias", None)
+        elif old.affine and getattr(old, "bias", None) is None and new._parameters.get("bias") is not None:
+            new.register_parameter("bias", None)                         # torch's / our bias=False
+        if hasattr(new, "cumulative_warmup"):                             # the old layer's running-average rate
+            new.cumulative_warmup = bool(getattr(old, "cumulative_warmup", False))
+        if not old.track_running_stats and new.track_running_stats:
+            new.track_running_stats = False
+            for name in ("running_mean", "running_var", "num_batches_tracked"):
+                new.register_buffer(name, None)
     for name in ("weight", "bias"):
         p, q = getattr(old, name, None), new._parameters.get(name, None) if name in new._parameters else None
         if p is None:
@@ -345,10 +363,11 @@ def sync_batchnorm(model: nn.Module, *, torch_layers: bool = False, process_grou
     batch norm was switched (already synchronized ones are listed as skipped).
     """
     _check_module("sync_batchnorm", model)
-    from ..nn.sync_batchnorm import _is_ours
+    from ..nn.sync_batchnorm import can_synchronize
+    from ..nn.sync_batchnorm import is_traintricks_batchnorm as _is_ours
     report = SurgeryReport("sync_batchnorm")
     found = list(model.named_modules())
-    refused = [f"{n or '<model>'} ({type(m).__name__})" for n, m in found if _is_ours(m) and not m._supports_sync]
+    refused = [f"{n or '<model>'} ({type(m).__name__})" for n, m in found if _is_ours(m) and not can_synchronize(m)]
     if refused:
         raise ValueError("sync_batchnorm: these layers cannot synchronize their statistics across processes: "
                          + ", ".join(refused) + "; convert them first (convert_norms(model, 'batchnorm'))")
@@ -385,7 +404,8 @@ _TORCH_BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 def _share_state(m: nn.Module, out: nn.Module) -> nn.Module:
     if m.affine:
-        out.weight, out.bias = m.weight, m.bias
+        out.weight = m.weight
+        out.register_parameter("bias", m.bias)
     for name in ("running_mean", "running_var", "num_batches_tracked"):
         out._buffers[name] = m._buffers.get(name)
     out.train(m.training)
@@ -405,7 +425,7 @@ def _ours_sync(m: nn.modules.batchnorm._BatchNorm) -> nn.Module:
     from ..nn import batchnorm as ours
     cls = {nn.BatchNorm1d: ours.BatchNorm1d, nn.BatchNorm2d: ours.BatchNorm2d, nn.BatchNorm3d: ours.BatchNorm3d}
     out = _share_state(m, cls[type(m)](m.num_features, m.eps, m.momentum, m.affine, m.track_running_stats,
-                                       device="meta"))
+                                       device="meta", bias=getattr(m, "bias", None) is not None or not m.affine))
     out.sync = True
     return out
 
@@ -420,12 +440,12 @@ def _graphs(model: nn.Module, notes: list[str]) -> list[tuple[str, fx.Graph, dic
     """``(prefix, graph, modules by path in it)`` for ``model`` traced with ``torch.fx`` (torch's and our layers kept
     as leaves); a module that cannot be traced is replaced by its children, each traced as its own root (noted)."""
     from ..memory.recomputation import ForwardState
-    from ..nn.fold import _Tracer
+    from ..nn.fold import LeafTracer
     out = []
 
     def visit(m: nn.Module, prefix: str) -> None:
         state = ForwardState(m)                              # tracing runs Python code of the forward: undo it
-        tracer = _Tracer()
+        tracer = LeafTracer()
         try:
             graph = tracer.trace(m)
         except Exception as e:                               # noqa: BLE001 -- any failure: go one level down
@@ -561,7 +581,7 @@ def _abn_problem(bn: nn.Module, act: nn.LeakyReLU, calls: dict[int, int]) -> str
         return f"{type(bn).__name__} is not a plain batch norm (In-Place ABN replaces batch norm only)"
     if isinstance(bn, nn.SyncBatchNorm) or getattr(bn, "sync", False):
         return "it is synchronized across processes, which In-Place ABN cannot do"
-    if isinstance(bn, nn.BatchNorm3d) or getattr(type(bn), "_dims", None) == (5,):
+    if isinstance(bn, nn.BatchNorm3d):
         return "it is 3-D: there is no 3-D InPlaceABN"
     if not act.negative_slope > 0:
         return f"the LeakyReLU slope {act.negative_slope} is not > 0: not invertible"
@@ -574,8 +594,7 @@ def _abn_problem(bn: nn.Module, act: nn.LeakyReLU, calls: dict[int, int]) -> str
 
 def _inplace_abn(bn: nn.Module, slope: float) -> nn.Module:
     from ..memory.inplace_abn import InPlaceABN, InPlaceABN1d
-    one_d = isinstance(bn, nn.BatchNorm1d) or getattr(type(bn), "_dims", None) == (2, 3)
-    cls = InPlaceABN1d if one_d else InPlaceABN
+    cls = InPlaceABN1d if isinstance(bn, nn.BatchNorm1d) else InPlaceABN
     device, dtype = _placement(bn)
     new = cls(bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats, device=device, dtype=dtype,
               bias=getattr(bn, "bias", None) is not None or not bn.affine, activation_param=float(slope),

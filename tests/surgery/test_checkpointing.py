@@ -167,16 +167,15 @@ def test_checkpoint_with_a_generous_budget_has_nothing_to_recompute():
         checkpoint(model, torch.randn(2, 1, 16, 16), -1)
 
 
-def test_checkpoint_vit_blocks_to_half_the_chain():
+def test_checkpoint_vit_blocks_at_the_least_budget():
     torch.manual_seed(0)
     model = TinyViT(depth=4).to(F64)
     ref = copy.deepcopy(model)
     x = torch.randn(4, 1, 16, 16, dtype=F64)
-    try:
-        report = checkpoint(model, x, 0)
-    except ValueError as e:
-        minimum = int(re.search(r"is (\d+) bytes", str(e)).group(1))
-        report = checkpoint(model, x, minimum)
+    with pytest.raises(ValueError, match="least feasible budget") as info:
+        checkpoint(model, x, 0)
+    report = checkpoint(model, x, int(re.search(r"is (\d+) bytes", str(info.value)).group(1)))
+    assert report.chain == ["blocks.0", "blocks.1", "blocks.2", "blocks.3", "norm"]
     assert any(isinstance(m, ViTBlock) and isinstance(m, CheckpointedModule) for m in model.modules())
     _grads_equal(model, ref, x)
 

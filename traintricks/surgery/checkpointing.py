@@ -291,7 +291,7 @@ def checkpoint(model: nn.Module, example_input, budget_bytes: int) -> SurgeryRep
                 report.changed.append((names[i], f"{type(mods[i])._ck_base.__name__} recomputed in backward"))
     if not report.changed:
         report.skipped.append(("", f"the chain's activations ({before} bytes) already fit in {budget_bytes} bytes"))
-    return report.require_changes("blocks to recompute")
+    return report.require_changes("blocks")
 
 
 def _input_of(model: nn.Module, module: nn.Module, example_input) -> torch.Tensor:

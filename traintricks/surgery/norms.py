@@ -142,7 +142,10 @@ def convert_norms(model: nn.Module, to: str, *, where: Selector | None = None, e
     else 2, noted), moved to its device and floating dtype, in its training mode. Kept: the affine ``weight`` /
     ``bias`` (the same ``Parameter`` objects, so an optimizer built before keeps them), ``eps`` and ``momentum``
     where the new norm has them (unless given in ``options``); the running statistics (``running_mean``,
-    ``running_var``, ``num_batches_tracked``) where both keep them (batch norm <-> ours <-> batch renorm). A group
+    ``running_var``, ``num_batches_tracked``) where both keep them (batch norm <-> ours <-> batch renorm); from a
+    batch norm to a batch norm also ``affine=False``, ``bias=False``, ``track_running_stats=False`` and the
+    running-average rule (``cumulative_warmup`` of the old layer, off for torch's), so that torch's layer and its
+    conversion to ``"batchnorm"`` give the same outputs, gradients and buffers (tested on PyTorch's samples). A group
     norm converted to ``groupnorm`` keeps its group count unless ``groups=`` is given. In eval mode torch's
     ``BatchNorm2d`` -> ``"batchnorm"`` or ``"batchrenorm"`` and ``GroupNorm(32, C)`` -> ``"groupnorm"`` give the
     same outputs (tested).

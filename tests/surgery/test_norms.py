@@ -362,3 +362,43 @@ def test_timm_model_norms_convert():
     assert len(report) == 20
     torch.testing.assert_close(model(x), ref)
     sync_batchnorm(model)
+
+
+class BNAct(nn.BatchNorm2d):
+    """A third-party norm + activation subclass of torch's BatchNorm2d with its own forward (as timm's)."""
+
+    def forward(self, x):
+        return F.relu(super().forward(x))
+
+
+def test_norms_with_their_own_forward_are_left_with_the_reason():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), BNAct(4))
+    with pytest.raises(NothingToChangeError, match="has its own forward"):
+        convert_norms(model, "groupnorm")
+    with pytest.raises(NothingToChangeError, match="its own forward"):
+        sync_batchnorm(model)
+    assert type(model[1]) is BNAct
+
+
+def test_the_model_itself_and_hooked_norms_are_not_replaced():
+    with pytest.raises(NothingToChangeError, match="the model itself is a norm"):
+        convert_norms(nn.BatchNorm2d(3), "groupnorm")
+    model = nn.Sequential(nn.BatchNorm2d(3))
+    model[0].register_forward_hook(lambda *a: None)
+    with pytest.raises(NothingToChangeError, match="forward hooks"):
+        convert_norms(model, "groupnorm")
+
+
+class TwoUses(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.bn, self.act = nn.BatchNorm1d(3), nn.LeakyReLU(0.1)
+
+    def forward(self, x):
+        y = self.bn(x)
+        return self.act(y) + y
+
+
+def test_to_inplace_abn_skips_a_norm_whose_output_is_used_twice():
+    with pytest.raises(NothingToChangeError, match="used 2 times"):
+        to_inplace_abn(TwoUses())

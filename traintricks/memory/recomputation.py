@@ -311,9 +311,16 @@ def _saved_excluding(m: nn.Module, xi: torch.Tensor) -> tuple[int, set[int], tor
 
 
 def plan_checkpoints(model: nn.Sequential | Sequence[nn.Module], example_input: torch.Tensor, budget_bytes: int,
-                     costs: list[LayerCost] | None = None) -> CheckpointPlan:
+                     costs: list[LayerCost] | None = None, *, max_recompute_layers: int | None = None
+                     ) -> CheckpointPlan:
     """The plan with the least predicted recomputation whose predicted peak memory saved for backward stays
-    within ``budget_bytes`` (see the module docstring); ``ValueError`` naming the least feasible budget if none."""
+    within ``budget_bytes`` (see the module docstring); ``ValueError`` naming the least feasible budget if none.
+
+    ``max_recompute_layers``: the most layers one recomputed segment may hold (``None``: any); ``1`` plans for
+    layers recomputed one by one (:func:`traintricks.surgery.checkpoint`, which recomputes modules in place)."""
+    if max_recompute_layers is not None and max_recompute_layers < 1:
+        raise ValueError(f"max_recompute_layers must be >= 1 or None, got {max_recompute_layers}")
+    longest = max_recompute_layers
     mods = _as_list(model)
     costs = costs if costs is not None else measure_layers(mods, example_input)
     n = len(costs)
@@ -333,7 +340,7 @@ def plan_checkpoints(model: nn.Sequential | Sequence[nn.Module], example_input: 
                     if m1 <= persist_budget:
                         cands.append((m1, rc, path + ((j, i, False),)))
                     # recomputed segment j..i: holds only its input until backward
-                    if seg_a(j, i) <= cap:
+                    if seg_a(j, i) <= cap and (longest is None or i - j <= longest):
                         m2 = mem + in_bytes[j]
                         if m2 <= persist_budget:
                             cands.append((m2, rc + seg_c(j, i), path + ((j, i, True),)))
@@ -357,7 +364,7 @@ def plan_checkpoints(model: nn.Sequential | Sequence[nn.Module], example_input: 
             if best is None or r[1] < best[1] - 1e-15 or (abs(r[1] - best[1]) <= 1e-15 and peak < best[0]):
                 best = (peak, r[1], r[2])
     if best is None:
-        minimum = _minimum_budget(n, in_bytes, seg_a)
+        minimum = _minimum_budget(n, in_bytes, seg_a, longest)
         raise ValueError(f"no checkpoint plan fits in {budget_bytes} bytes ({budget_bytes / 2**20:.2f} MiB); the "
                          f"least feasible budget for this model and input is {minimum} bytes "
                          f"({minimum / 2**20:.2f} MiB)")
@@ -401,7 +408,7 @@ def uniform_segments(n: int, k: int) -> list[tuple[int, int, bool]]:
     return [(bounds[i], bounds[i + 1], i < k - 1) for i in range(k)]
 
 
-def _minimum_budget(n: int, in_bytes: list[int], seg_a) -> int:
+def _minimum_budget(n: int, in_bytes: list[int], seg_a, longest: int | None = None) -> int:
     """Least predicted peak over all segmentations (recompute ignored), by DP over each cap."""
     best = None
     caps = sorted({seg_a(j, i) for j in range(n) for i in range(j + 1, n + 1)})
@@ -413,7 +420,7 @@ def _minimum_budget(n: int, in_bytes: list[int], seg_a) -> int:
                 if f[j] is None:
                     continue
                 opts.append(f[j] + seg_a(j, i))                 # stored
-                if seg_a(j, i) <= cap:
+                if seg_a(j, i) <= cap and (longest is None or i - j <= longest):
                     opts.append(f[j] + in_bytes[j])             # recomputed
             f[i] = min(opts) if opts else None
         if f[n] is not None:

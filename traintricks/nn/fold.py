@@ -175,6 +175,11 @@ class _Tracer(fx.Tracer):
         return _is_norm(m) or isinstance(m, _FOLDABLE) or super().is_leaf_module(m, qualname)
 
 
+#: the ``torch.fx`` tracer of the analysis, for other graph passes (:mod:`traintricks.surgery`): torch's layers, every
+#: norm and conv/linear layer (ours too) recorded as one ``call_module`` node
+LeafTracer = _Tracer
+
+
 def _get_path(root: nn.Module, target: str):
     obj = root
     for part in target.split("."):
@@ -297,7 +302,16 @@ class _Uses:
 
 
 class _Folder:
-    def __init__(self, root: nn.Module, out_ndim: dict[int, int] | None, outside: dict[int, str] | None) -> None:
+    """Folds the pairs of ``root`` found by :class:`_Uses`. ``inplace=False`` (:func:`fold_batchnorm`, on a copy):
+    a module whose forward calls a pair becomes a ``torch.fx.GraphModule`` without the norm's call;
+    ``inplace=True`` (:func:`traintricks.surgery.fold_batchnorm`): every module keeps its class and forward, the
+    folded norm's attribute becomes ``nn.Identity`` (or its activation) -- the use analysis guarantees the norm is
+    called only on its layer's output, which it then returns unchanged. Either way the layer object stays and
+    receives the folded weight and bias (new parameters)."""
+
+    def __init__(self, root: nn.Module, out_ndim: dict[int, int] | None, outside: dict[int, str] | None,
+                 inplace: bool = False) -> None:
+        self.inplace = inplace
         self.paths = {id(m): name for name, m in root.named_modules()}
         self.norms = [m for m in root.modules() if _is_norm(m)]
         self.out_ndim = out_ndim                       # id(layer) -> ndim of its output on example inputs
@@ -337,7 +351,11 @@ class _Folder:
         return None
 
     def fold(self, layer: nn.Module, bn: nn.Module) -> tuple[nn.Module, nn.Module]:
-        fused, rem = fold_pair(layer, bn), _remainder(bn)
+        """``(layer, remainder)``: ``layer`` itself given the folded weight and bias (new parameters, so a weight
+        it shared with another module is not changed there), and what replaces ``bn``."""
+        folded, rem = fold_pair(layer, bn), _remainder(bn)
+        layer.weight, layer.bias = folded.weight, folded.bias
+        fused = layer
         if isinstance(layer, (nn.Linear, nn.Conv1d)) and (self.out_ndim is None or id(layer) not in self.out_ndim):
             # folded on the assumption of a batched input (channel dim 1 = the layer's outputs): refuse any
             # other input rather than silently compute what the norm would not have (a shape check, no sync)
@@ -437,13 +455,15 @@ class _Folder:
                 continue
             fused, rem = self.fold(layer, bn)
             _set(m, src.target, fused)
-            if isinstance(rem, nn.Identity):
+            if self.inplace:
+                _set(m, node.target, rem)                    # the forward keeps calling it: now the identity
+            elif isinstance(rem, nn.Identity):
                 node.replace_all_uses_with(src)
                 graph.erase_node(node)
             else:
                 _set(m, node.target, rem)
             changed = True
-        if not changed:
+        if not changed or self.inplace:
             return m
         gm = fx.GraphModule(m, graph, class_name=type(m).__name__)
         gm.training = m.training
@@ -537,6 +557,18 @@ def _run_uses(model: nn.Module, example_inputs) -> tuple[dict[int, int], dict[in
     return ndims, outside
 
 
+def fold_model(model: nn.Module, *, example_inputs=None, inplace: bool) -> tuple[nn.Module, FoldReport]:
+    """The analysis and folding behind :func:`fold_batchnorm` (on a copy, ``inplace=False``: modules that call a
+    pair become ``GraphModule`` s) and :func:`traintricks.surgery.fold_batchnorm` (``inplace=True``: ``model``
+    itself, each folded norm's attribute set to ``nn.Identity`` or its activation, every class kept). Changes
+    ``model``; returns the folded model (``model`` itself unless the root became a ``GraphModule``) and the
+    report. ``model`` must be in eval mode (not checked here)."""
+    out_ndim, outside = _run_uses(model, example_inputs) if example_inputs is not None else (None, None)
+    folder = _Folder(model, out_ndim, outside, inplace=inplace)
+    model = folder.module(model)
+    return model, folder.report()
+
+
 def fold_batchnorm(model: nn.Module, *, return_report: bool = False, example_inputs=None):
     """A copy of ``model`` (in eval mode) with every batch norm whose input is a Conv/Linear output folded into
     that layer, exactly (:func:`fold_pair`); a norm module that applies an activation (``BatchNormAct*``,
@@ -565,11 +597,7 @@ def fold_batchnorm(model: nn.Module, *, return_report: bool = False, example_inp
     if model.training:
         raise ValueError("fold_batchnorm: the model is in training mode, where batch norm normalizes with batch "
                          "statistics and cannot be folded; call model.eval() first")
-    folded_model = copy.deepcopy(model)
-    out_ndim, outside = _run_uses(folded_model, example_inputs) if example_inputs is not None else (None, None)
-    folder = _Folder(folded_model, out_ndim, outside)
-    folded_model = folder.module(folded_model)
-    report = folder.report()
+    folded_model, report = fold_model(copy.deepcopy(model), example_inputs=example_inputs, inplace=False)
     if not report.folded:
         why = "; ".join(f"{n}: {r}" for n, r in report.not_folded) or "the model has no batch norm"
         warnings.warn(f"fold_batchnorm folded nothing ({why})", stacklevel=2)

@@ -88,6 +88,17 @@ def _is_ours(mod: nn.Module) -> bool:
     return isinstance(getattr(type(mod), "_supports_sync", None), bool)
 
 
+def is_traintricks_batchnorm(mod: nn.Module) -> bool:
+    """Whether ``mod`` is one of this package's batch norms (plain, renorm, norm + activation, In-Place ABN)."""
+    return _is_ours(mod)
+
+
+def can_synchronize(mod: nn.Module) -> bool:
+    """Whether ``mod`` is one of this package's batch norms that can synchronize its statistics (plain batch norm,
+    norm + activation; not batch renorm nor In-Place ABN)."""
+    return _is_ours(mod) and bool(mod._supports_sync)
+
+
 def sync_batchnorm_(model: nn.Module) -> int:
     """Switch every traintricks batch norm in ``model`` to synchronized statistics; returns how many.
 

@@ -22,3 +22,12 @@ from .regularize import add_dropconnect, add_dropout, add_noise  # noqa: E402
 
 __all__ += ["ResidualAdd", "add_shakedrop", "add_stochastic_depth", "find_residual_additions", "zero_init_residual",
             "add_dropconnect", "add_dropout", "add_noise"]
+
+# norms, folding, In-Place ABN, synchronized BN, checkpointing
+from .checkpointing import (CheckpointedModule, checkpoint, checkpoint_blocks, find_chain,  # noqa: E402
+                            remove_checkpointing)
+from .folding import fold_batchnorm  # noqa: E402
+from .norms import convert_norms, sync_batchnorm, to_inplace_abn  # noqa: E402
+
+__all__ += ["CheckpointedModule", "checkpoint", "checkpoint_blocks", "convert_norms", "find_chain", "fold_batchnorm",
+            "remove_checkpointing", "sync_batchnorm", "to_inplace_abn"]

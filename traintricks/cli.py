@@ -5,9 +5,9 @@
     traintricks list
     traintricks config [--config FILE.toml] [--set key=value ...]
     traintricks lr-find [--config FILE.toml] [--set key=value ...] [--out DIR] [--start LR] [--end LR] [--steps N]
-    traintricks report DIR
+    traintricks report DIR [--set data.root=NEW] [--set data.factory=NEW] [--set model.name=NEW]
     traintricks compare [--config BASE.toml] --vary key=v1,v2,... [--vary ...] [--seeds N] [--jobs J] [--out DIR]
-    traintricks lab [CLAIM ...] [--out DIR]
+    traintricks lab [CLAIM ...] [--out DIR] [--quick] [--set data.KEY=VALUE ...] [--set model.KEY=VALUE ...]
 """
 from __future__ import annotations
 
@@ -37,7 +37,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
             out = Path(args.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}")
         summary = run(cfg, out, resume=bool(args.resume), progress=not args.no_progress)
     except (ConfigError, DataError, CheckpointError, RunExistsError) as e:
-        print(f"traintricks: error: {e}", file=sys.stderr)
+        hint = ""
+        if args.resume and (isinstance(e, DataError) or getattr(e, "key", "") in ("model.name", "data.factory")):
+            # the run is rebuilt from its config.toml: its relative paths and modules are read from here
+            hint = (f" -- resuming rebuilds the run in {args.resume} from its config.toml: run it from the directory "
+                    f"the run was started in (relative paths and modules are found from the working directory, now "
+                    f"{os.getcwd()}), with the data and the module where they were")
+        print(f"traintricks: error: {e}{hint}", file=sys.stderr)
         return 2
     except NonFiniteLossError as e:
         print(f"traintricks: error: {e}", file=sys.stderr)
@@ -91,9 +97,15 @@ def _cmd_lr_find(args: argparse.Namespace) -> int:
     from .optim.lr_find import lr_find, plot_lr_find
     from .training import build_trainer
 
+    import warnings
     try:
         cfg = load_config(args.config, args.set)
-        trainer = build_trainer(cfg, progress=False)
+        with warnings.catch_warnings():
+            # the range test steps its own rates over --steps batches: the run's schedule and epochs (and what
+            # the recipe warns about them) do not apply
+            warnings.filterwarnings("ignore", module=r"traintricks\.optim\.schedules")
+            warnings.filterwarnings("ignore", message="data.augment is never applied")
+            trainer = build_trainer(cfg, progress=False)
     except (ConfigError, DataError) as e:
         print(f"traintricks: error: {e}", file=sys.stderr)
         return 2
@@ -119,7 +131,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from .evaluation.report import ReportError, render_run_report
     from .training import CheckpointError
     try:
-        path = render_run_report(args.dir)
+        path = render_run_report(args.dir, args.set)
     except (ReportError, CheckpointError, DataError, _CE) as e:
         print(f"traintricks: error: {e}", file=sys.stderr)
         return 2
@@ -130,28 +142,33 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
+    from .data import DataError
     from .evaluation.compare import run_compare
     out = args.out or f"runs/compare-{time.strftime('%Y%m%d-%H%M%S')}"
     try:
         result = run_compare(args.config, args.vary, seeds=args.seeds, sets=args.set, out=out, jobs=args.jobs)
-    except ConfigError as e:
+    except (ConfigError, DataError) as e:
         print(f"traintricks: error: {e}", file=sys.stderr)
         return 2
+    m = result["metric"]                       # the task's primary metric: accuracy, rmse, micro_f1...
     for r in result["variants"]:
-        print(json.dumps({"variant": r["variant"], "test_accuracy_mean": r["test_accuracy_mean"],
-                          "test_accuracy_std": r["test_accuracy_std"], "finished": r["finished"], "runs": r["runs"]}))
+        print(json.dumps({"variant": r.get("label", r["variant"]), f"test_{m}_mean": r[f"test_{m}_mean"],
+                          f"test_{m}_std": r[f"test_{m}_std"], "finished": r["finished"], "runs": r["runs"]}))
     print(f"wrote {out}/report.html, compare.json, curves.png, accuracy.png", file=sys.stderr)
     return 0 if all(r["finished"] for r in result["variants"]) else 1
 
 
 def _cmd_lab(args: argparse.Namespace) -> int:
     from .data import DataError
-    from .evaluation.lab import CLAIMS, Lab, run_claim
+    from .evaluation.lab import CLAIMS, Lab, LabError, run_claim
     if not args.claims:
-        print("The notes' testable claims (run one with: traintricks lab CLAIM, or all of them: traintricks lab all):\n")
+        print("The notes' testable claims (run one with: traintricks lab CLAIM, or all of them: traintricks lab all;\n"
+              "on your data and model: --set data.name=... --set model.name=pkg.module:factory where a claim "
+              "takes them):\n")
         for c in CLAIMS.values():
             print(f"  {c.name:28s} {c.text}")
             print(f"  {'':28s} experiment: {c.how}")
+            print(f"  {'':28s} {c.scope()}")
             print(f"  {'':28s} source: {c.source}\n")
         return 0
     names = list(CLAIMS) if args.claims == ["all"] else args.claims
@@ -160,16 +177,28 @@ def _cmd_lab(args: argparse.Namespace) -> int:
         print(f"traintricks: error: unknown claim(s) {', '.join(unknown)}; choose from: {', '.join(CLAIMS)} or all",
               file=sys.stderr)
         return 2
-    lab = Lab(out=Path(args.out), quick=args.quick, root=args.root)
+    try:
+        lab = Lab(out=Path(args.out), quick=args.quick, root=args.root, sets=args.set)
+    except ConfigError as e:
+        print(f"traintricks: error: {e}", file=sys.stderr)
+        return 2
+    code = 0
     for name in names:
+        claim = CLAIMS[name]
+        ignored = [s for s in args.set if (s.startswith("data.") and not claim.takes_data)
+                   or (s.startswith("model.") and not claim.takes_model)]
+        if ignored:
+            print(f"{name}: runs without {' '.join(ignored)} -- it {claim.scope()}", file=sys.stderr)
         try:
             v = run_claim(name, lab)
-        except DataError as e:
-            print(f"traintricks: error: {e}", file=sys.stderr)
-            return 2
+        except (LabError, ConfigError, DataError) as e:
+            # one claim that cannot run on the given data or model does not stop the others (lab all)
+            print(f"traintricks: error: {'' if isinstance(e, LabError) else name + ': '}{e}", file=sys.stderr)
+            code = 2
+            continue
         print(f"{name}: {'HOLDS' if v['holds'] else 'DOES NOT HOLD'} -- {v['summary']} "
               f"[{v['seconds']:.0f} s, plot {v['plot']}]", flush=True)
-    return 0
+    return code
 
 
 class _Cycle:
@@ -214,6 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("report", help="render report.html of a finished run: curves, confusion matrix, per-class "
                                       "accuracy, learning-rate schedule, gradient norms")
     r.add_argument("dir", help="the run directory (holds summary.json, config.toml, model.safetensors)")
+    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="where the run's data or model code is now, if moved: data.root, data.factory, model.name")
     r.set_defaults(func=_cmd_report)
     cp = sub.add_parser("compare", help="ablation: train every combination of --vary values over seeds; one HTML "
                                         "report with overlaid curves, mean ± std accuracy, time and memory")
@@ -230,6 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
     lb.add_argument("--out", default="runs/lab", help="where CLAIM.png and CLAIM.json go (default runs/lab)")
     lb.add_argument("--quick", action="store_true", help="tiny versions on the bundled digits set (plumbing only)")
     lb.add_argument("--root", default="", help="Fashion-MNIST directory (default: $TRAINTRICKS_DATA or the system copy)")
+    lb.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="your data or model: data.* and model.* keys (e.g. --set data.name=folder --set "
+                         "data.root=photos --set model.name=mypkg.nets:Net), for the claims that take them")
     lb.set_defaults(func=_cmd_lab)
     return p
 

@@ -322,7 +322,8 @@ def test_compare_uses_the_task_primary_metric(tmp_path, task, metric):
     assert a[f"best_val_{metric}_mean"] == pytest.approx((best(0.6, 0.7) + best(0.8, 0.9)) / 2)
     assert a["curves"][f"val_{metric}"] == pytest.approx([0.7, 0.8])
     html = write_compare_report(tmp_path, result).read_text()
-    want_best = "a" if task == "regression" else "b"                       # lower RMSE wins; higher F1/accuracy
+    # lower RMSE wins; higher F1/accuracy; the variant named as written on the command line (key=value)
+    want_best = "x=a" if task == "regression" else "x=b"
     if task == "classification":
         assert "final test acc % (mean ± std)" in html and "60.00 ± 14.14" in html
         assert f"Best final test accuracy: <b>{want_best}</b>" in html and "Task:" not in html

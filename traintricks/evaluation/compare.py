@@ -70,6 +70,26 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.=-]+", "_", text).strip("_")[:80] or "run"
 
 
+def label(values: dict[str, str]) -> str:
+    """A variant as the user wrote it: ``key=value`` pairs, comma-separated (``model.name=mypkg.nets:Net``)."""
+    return ", ".join(f"{k}={v}" for k, v in values.items())
+
+
+def variant_dirs(combos: Sequence[dict[str, str]]) -> list[str]:
+    """One directory name per variant: its ``key=value`` pairs made file-name safe and joined by ``__``; two
+    variants whose values differ only in characters a file name cannot hold (``a:b`` and ``a_b``), or in what
+    the 80-character cut drops, get ``-2``, ``-3``... appended, so that no two share a directory."""
+    out: list[str] = []
+    for var in combos:
+        name = "__".join(_slug(f"{k}={v}") for k, v in var.items())
+        unique, n = name, 1
+        while unique in out:
+            n += 1
+            unique = f"{name}-{n}"
+        out.append(unique)
+    return out
+
+
 def variants(varies: Sequence[tuple[str, list[str]]]) -> list[dict[str, str]]:
     """The Cartesian product of the varied values, as ``{key: value}`` dicts (in the order given)."""
     keys = [k for k, _ in varies]
@@ -124,10 +144,10 @@ def run_compare(config: str | None, varies: Sequence[str], seeds: int = 1, sets:
     base_seed = base["seed"]
     runs = []
     shapes: dict[str, tuple] = {}
-    for var in variants(parsed):
+    combos = variants(parsed)
+    for var, name in zip(combos, variant_dirs(combos)):
         overrides = list(sets) + [f"{k}={v}" for k, v in var.items()]
         _check_variant(load_config(config, overrides), shapes)     # every variant is valid before anything runs
-        name = "__".join(_slug(f"{k}={v}") for k, v in var.items())
         for s in range(seeds):
             runs.append({"variant": name, "values": var, "seed": base_seed + s,
                          "overrides": overrides + [f"seed={base_seed + s}"], "dir": out / name / f"seed-{base_seed + s}"})
@@ -168,7 +188,7 @@ def run_compare(config: str | None, varies: Sequence[str], seeds: int = 1, sets:
             val = (r["summary"] or {}).get(f"test_{t.primary}")
             shown = "" if val is None else (f", test {100 * val:.2f}%" if t.primary == "accuracy" else
                                             f", test {t.primary} {val:.4f}")
-            print(f"[{len(runs) - len(pending) - len(active)}/{len(runs)}] {r['variant']} seed {r['seed']}: "
+            print(f"[{len(runs) - len(pending) - len(active)}/{len(runs)}] {label(r['values'])} seed {r['seed']}: "
                   f"{r['status']}" + shown + f" ({r['seconds']:.0f} s)", file=sys.stderr, flush=True)
     result = _aggregate(parsed, runs, seeds, config, sets, time.perf_counter() - t0)
     write_compare_report(out, result)
@@ -207,7 +227,8 @@ def _aggregate(parsed, runs, seeds, config, sets, wall) -> dict[str, Any]:
             if hs:
                 n = min(len(h) for h in hs)
                 curves[key] = [sum(h[i] for h in hs) / len(hs) for i in range(n)]
-        rows.append({"variant": name, "values": rs[0]["values"], "runs": len(rs), "finished": len(ok),
+        rows.append({"variant": name, "label": label(rs[0]["values"]), "values": rs[0]["values"], "runs": len(rs),
+                     "finished": len(ok),
                      "failed": [f"seed {r['seed']}: {r['status']}" for r in rs if r["status"] != "finished"],
                      f"test_{m}_mean": tm, f"test_{m}_std": ts, f"best_val_{m}_mean": vm,
                      f"best_val_{m}_std": vs, "train_seconds_mean": sm, "peak_rss_mb_mean": mm,
@@ -229,14 +250,15 @@ def write_compare_report(out: Path, result: dict[str, Any]) -> Path:
     label = ("accuracy" if m == "accuracy" else m) + (" (%)" if pct else "")
     plt = pyplot()
     rows = result["variants"]
+    shown = {id(r): r.get("label") or r["variant"] for r in rows}      # as the user wrote the values
     fig, axes = plt.subplots(1, 2, figsize=(12, 4))
     for r in rows:
         c = r["curves"]
         if "train_loss" in c:
-            axes[0].plot(range(1, len(c["train_loss"]) + 1), c["train_loss"], marker="o", ms=3, label=r["variant"])
+            axes[0].plot(range(1, len(c["train_loss"]) + 1), c["train_loss"], marker="o", ms=3, label=shown[id(r)])
         acc = c.get(f"val_{m}") or c.get(f"test_{m}")
         if acc:
-            axes[1].plot(range(1, len(acc) + 1), [scale * a for a in acc], marker="o", ms=3, label=r["variant"])
+            axes[1].plot(range(1, len(acc) + 1), [scale * a for a in acc], marker="o", ms=3, label=shown[id(r)])
     axes[0].set_ylabel("training loss")
     axes[1].set_ylabel(f"validation {label}" if any(f"val_{m}" in r["curves"] for r in rows) else
                        f"test {label}")
@@ -251,7 +273,7 @@ def write_compare_report(out: Path, result: dict[str, Any]) -> Path:
     ok = [r for r in rows if not math.isnan(r[f"test_{m}_mean"])]
     ax.bar(range(len(ok)), [scale * r[f"test_{m}_mean"] for r in ok],
            yerr=[scale * r[f"test_{m}_std"] for r in ok], capsize=4)
-    ax.set_xticks(range(len(ok)), [r["variant"] for r in ok], rotation=20, ha="right", fontsize=8)
+    ax.set_xticks(range(len(ok)), [shown[id(r)] for r in ok], rotation=20, ha="right", fontsize=8)
     ax.set_ylabel(f"final test {label}")
     if ok and pct:
         lo = min(100 * (r[f"test_{m}_mean"] - r[f"test_{m}_std"]) for r in ok)
@@ -267,7 +289,7 @@ def write_compare_report(out: Path, result: dict[str, Any]) -> Path:
 
     def pm_metric(mean, s):
         return pm(mean, s) if pct else ("n/a" if math.isnan(mean) else f"{mean:.4f} ± {s:.4f}")
-    trs = [{"variant": r["variant"], "runs": f"{r['finished']}/{r['runs']}",
+    trs = [{"variant": shown[id(r)], "dir": r["variant"], "runs": f"{r['finished']}/{r['runs']}",
             "test": pm_metric(r[f"test_{m}_mean"], r[f"test_{m}_std"]),
             "val": pm_metric(r[f"best_val_{m}_mean"], r[f"best_val_{m}_std"]),
             "time": pm(r["train_seconds_mean"], 0, pct=False), "mem": pm(r["peak_rss_mb_mean"], 0, pct=False),
@@ -279,10 +301,10 @@ def write_compare_report(out: Path, result: dict[str, Any]) -> Path:
              + esc("; ".join(result["vary"]))
              + ("" if task.name == "classification" else f". Task: {esc(task.name)}, metric: {esc(m)} "
                 f"({'higher' if pick is max else 'lower'} is better)")
-             + (f". Best final test {'accuracy' if m == 'accuracy' else esc(m)}: <b>{esc(best['variant'])}</b>."
+             + (f". Best final test {'accuracy' if m == 'accuracy' else esc(m)}: <b>{esc(shown[id(best)])}</b>."
                 if best else "."))
-    sections = [("Results", table(trs, ["variant", "runs", "test", "val", "time", "mem", "failed"],
-                                  ["variant", "finished", f"final test {short} (mean ± std)",
+    sections = [("Results", table(trs, ["variant", "dir", "runs", "test", "val", "time", "mem", "failed"],
+                                  ["variant", "directory", "finished", f"final test {short} (mean ± std)",
                                    f"best val {short} (mean ± std)", "training s (mean)", "peak RSS MB (mean)",
                                    "failed runs"])),
                 ("Learning curves", image(curves, "curves")),

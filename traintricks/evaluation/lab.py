@@ -5,6 +5,19 @@ Fashion-MNIST subsets (about a minute each on 2 CPU cores), prints each verdict 
 ``DIR/CLAIM.png`` and ``DIR/CLAIM.json``. The verdict states whether the claim held *in this experiment*, with the
 criterion it was judged by; a claim that does not hold at this scale is reported as such, not hidden. ``--quick``
 runs tiny versions on the bundled ``digits`` set (for tests: the plumbing, not the verdicts).
+
+**Your data and model.** ``--set data.KEY=VALUE`` runs the claims on your data (any ``data.*`` key, as for
+``traintricks train``: ``data.name=folder``, ``data.root``...) and ``--set model.KEY=VALUE`` on your model
+(``model.name=pkg.module:factory`` and its options), where the claim makes sense there; each :class:`Claim` says
+what it takes (``takes_data``, ``task``, ``takes_model``, ``varies``):
+
+* a claim judged by test accuracy or cross-entropy needs classification data (others are refused, naming the task);
+* with your model, the claim's own architecture options (the lab CNN's widths, the MLP's hidden sizes...) are
+  dropped; the model options it *varies* (``model.norm`` for the normalization claims) are kept, and a model that
+  does not take them is refused, naming the option (``model.norm`` on any model comes with
+  :mod:`traintricks.surgery`);
+* without your model, the claim's own network is used: the lab CNN needs images ``(C, H, W)``;
+* ``checkpointing`` measures a synthetic MLP on random inputs and takes neither (it says so and runs as usual).
 """
 from __future__ import annotations
 
@@ -13,11 +26,16 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 
 from .html import pyplot, savefig
+
+
+class LabError(ValueError):
+    """A claim cannot run on the given ``--set`` (data of another task, a model that does not take the option the
+    claim varies...); the message names the claim, the key and why."""
 
 
 @dataclass
@@ -27,6 +45,21 @@ class Claim:
     source: str            # where the notes/papers make it
     how: str               # the experiment and its criterion
     run: Callable[["Lab"], dict[str, Any]]
+    takes_data: bool = True        # runs on the user's data (--set data...)
+    task: str | None = "classification"   # the task the data must have (None: any)
+    takes_model: bool = True       # runs on the user's model (--set model...)
+    varies: tuple[str, ...] = ()   # the model options the experiment varies (kept with the user's model)
+    images: bool = True            # the claim's own network (used without --set model...) needs (C, H, W) inputs
+
+    def scope(self) -> str:
+        """One line: what ``--set`` it takes."""
+        if not self.takes_data and not self.takes_model:
+            return "takes no --set (a synthetic experiment)"
+        needs = ([f"{self.task} data"] if self.task else []) + (["images for its own network"] if self.images else [])
+        data = "data..." + (f" ({', '.join(needs)})" if needs else "") if self.takes_data else ""
+        model = ("model..." + (f" (the model must take {', '.join(self.varies)})" if self.varies else "")
+                 if self.takes_model else "")
+        return "takes --set " + " and ".join(x for x in (data, model) if x)
 
 
 # The network every claim's runs start from (the 16-32-64 CNN, each pool after its norm): the one the recorded
@@ -34,37 +67,107 @@ class Claim:
 LAB_MODEL = ["model.widths=[16, 32, 64]", "model.pool_before_norm=false"]
 
 
+def _key(override: str) -> str:
+    return override.partition("=")[0].strip()
+
+
 @dataclass
 class Lab:
-    """Shared settings and data for the experiments."""
+    """Shared settings and data for the experiments. ``sets``: the user's ``data.*`` / ``model.*`` overrides
+    (``--set``), applied to every claim that takes them (see the module docstring)."""
     out: Path
     quick: bool = False
     root: str = ""
     seed: int = 0
+    sets: Sequence[str] = ()
     _data: dict = field(default_factory=dict)
+    claim: "Claim | None" = None            # the claim running now (run_claim sets it)
+
+    def __post_init__(self) -> None:
+        from ..config import ConfigError
+        bad = [s for s in self.sets if not _key(s).startswith(("data.", "model."))]
+        if bad:
+            raise ConfigError(_key(bad[0]), "lab --set takes data.* and model.* keys (the claims' experiments set "
+                                            "the rest: rates, epochs, batch sizes)")
+
+    @property
+    def user_data(self) -> list[str]:
+        return [s for s in self.sets if _key(s).startswith("data.")] if self._takes("data") else []
+
+    @property
+    def user_model(self) -> list[str]:
+        return [s for s in self.sets if _key(s).startswith("model.")] if self._takes("model") else []
+
+    def _takes(self, what: str) -> bool:
+        return self.claim is None or (self.claim.takes_data if what == "data" else self.claim.takes_model)
 
     @property
     def dataset(self) -> str:
+        """The ``data.name`` the claims run on: the user's (``--set data.name=...``), else Fashion-MNIST (digits
+        with ``--quick``)."""
+        names = [s.partition("=")[2].strip().strip("'\"") for s in self.sets if _key(s) == "data.name"]
+        if names and self._takes("data"):
+            return names[-1]
         return "digits" if self.quick else "fashion_mnist"
 
     def n(self, full: int, quick: int) -> int:
         return quick if self.quick else full
 
+    def config(self, overrides: Sequence[str] = (), limit: int | None = None, val_size: float | None = None):
+        """The config of one of the claim's runs: the lab's base, the user's ``--set``, then the claim's
+        ``overrides`` (with the user's model: only those it varies, not its own network's options)."""
+        from ..config import ConfigError, load_config
+        mine = bool(self.user_model)
+        varies = self.claim.varies if self.claim else ()
+        keep = [o for o in [*LAB_MODEL, *overrides]
+                if not (mine and _key(o).startswith("model.") and _key(o) not in varies)]
+        sizes = []
+        if limit is not None and not any(_key(s) == "data.limit" for s in self.user_data):
+            sizes.append(f"data.limit={limit}")
+        if val_size is not None:
+            sizes.append(f"data.val_size={val_size}")
+        base = [f"data.name={'digits' if self.quick else 'fashion_mnist'}", *([f"data.root={self.root}"] if self.root else []), "callbacks=[]",
+                "data.augment=[]", f"seed={self.seed}", "test_every_epoch=false", "schedule.name=onecycle"]
+        try:
+            return load_config(overrides=[*base, *sizes, *self.user_data, *self.user_model, *keep])
+        except ConfigError as e:
+            if mine and e.key in varies:
+                raise LabError(f"claim {self.claim.name}: it varies {e.key}, which the model given with --set "
+                               f"model.name does not take ({e}); run it on a model with that option") from None
+            raise
+
     def data(self, limit: int, val_size: float = 0.1):
-        from ..data import load_data
+        from ..training.recipe import build_data
         key = (limit, val_size)
         if key not in self._data:
-            self._data[key] = load_data(self.dataset, root=self.root, limit=0 if self.quick else limit,
-                                        val_size=val_size, seed=self.seed)
+            if not self.user_data:           # the bundled sets: all of digits for --quick (limit 0)
+                from ..data import load_data
+                self._data[key] = load_data(self.dataset, root=self.root, limit=0 if self.quick else limit,
+                                            val_size=val_size, seed=self.seed)
+            else:
+                self._data[key] = build_data(self.config(limit=limit, val_size=val_size))
+        self._check(self._data[key])
         return self._data[key]
+
+    def _check(self, data) -> None:
+        """Refuse data the claim cannot judge (another task; non-images for the claim's own CNN)."""
+        from .tasks import resolve_task
+        c = self.claim
+        if c is None:
+            return
+        task = resolve_task("auto", data)
+        if c.task and task != c.task:
+            raise LabError(f"claim {c.name}: it is judged on {c.task} (test accuracy / cross-entropy), but "
+                           f"data.name={data.name!r} is a {task} task")
+        if c.images and not self.user_model and len(data.input_shape) != 3:
+            raise LabError(f"claim {c.name}: its own network is the lab's CNN, which takes images (C, H, W); "
+                           f"data.name={data.name!r} gives inputs of shape {tuple(data.input_shape)}: give a model "
+                           f"for them with --set model.name=pkg.module:factory")
 
     def train(self, overrides: list[str], limit: int, val_size: float = 0.1) -> tuple[Any, dict | None]:
         """Train in this process; returns (trainer, summary), summary None when the run diverged."""
-        from ..config import load_config
         from ..training import NonFiniteLossError, build_trainer
-        cfg = load_config(overrides=[f"data.name={self.dataset}", "callbacks=[]", "data.augment=[]",
-                                     f"seed={self.seed}", "test_every_epoch=false", "schedule.name=onecycle",
-                                     *LAB_MODEL, *overrides])
+        cfg = self.config(overrides, limit, val_size)
         trainer = build_trainer(cfg, data=self.data(limit, val_size), progress=False)
         try:
             return trainer, trainer.fit()
@@ -208,9 +311,8 @@ def checkpointing(lab: Lab) -> dict[str, Any]:
 def batch_memory_noise(lab: Lab) -> dict[str, Any]:
     from ..memory.measure import saved_bytes
     from ..training.recipe import build_model
-    from ..config import load_config
     data = lab.data(lab.n(10000, 0))
-    cfg = load_config(overrides=[f"data.name={lab.dataset}", *LAB_MODEL])
+    cfg = lab.config()
     torch.manual_seed(lab.seed)
     model = build_model(cfg, data.input_shape, data.num_classes)
     model.eval()                    # fixed statistics: the gradient is a plain mean over examples
@@ -363,7 +465,7 @@ def clipping(lab: Lab) -> dict[str, Any]:
         res["clip_norm 1.0" if clip else "no clipping"] = {
             "diverged": s is None, "test_accuracy": s["test_accuracy"] if s else None,
             "grad_norm_max": max((r.get("grad_norm_max", 0) for r in trainer.history), default=None)}
-    chance = 1.5 / trainer.model.head.out_features if hasattr(trainer.model, "head") else 0.15
+    chance = 1.5 / lab.data(lab.n(6000, 0)).num_classes      # 1.5 x chance level: collapsed
     failed = {k: v["diverged"] or v["test_accuracy"] <= chance for k, v in res.items()}
     holds = failed["no clipping"] and not failed["clip_norm 1.0"] and res["clip_norm 1.0"]["test_accuracy"] > 0.5
     plt = pyplot()
@@ -388,19 +490,20 @@ CLAIMS: dict[str, Claim] = {c.name: c for c in [
           "notes: forward pass / normalization; Ioffe & Szegedy 2015 (1502.03167) sec. 3.3",
           "3-layer CNN with and without BN, one-cycle peak lr 0.003-1, 3 epochs on 6k images; holds if the largest rate "
           "at which BN reaches 90% of the best accuracy of all runs is larger than the un-normalized network's",
-          bn_higher_lr),
+          bn_higher_lr, varies=("model.norm",)),
     Claim("bn_small_batch", "Batch norm degrades at small batch sizes; group norm and batch renorm do not.",
           "notes: normalization; Wu & He 2018 (1803.08494) fig. 1; Ioffe 2017 (1702.03275)",
           "MLP (BatchNorm1d sees only N values per feature), batch 2 vs 64, lr scaled with the batch, 2 epochs on 4k "
-          "images; holds if BN loses > 3 pp, GN less than half of that and batch renorm less than BN", bn_small_batch),
+          "images; holds if BN loses > 3 pp, GN less than half of that and batch renorm less than BN", bn_small_batch,
+          varies=("model.norm", "model.norm_groups"), images=False),
     Claim("gn_train_eval", "Group norm computes the same thing in training and inference; batch norm does not.",
           "notes: normalization; Wu & He 2018",
           "trained CNNs evaluated in train mode (batches of 2 and 256) vs eval mode; holds if GN's logits agree to "
-          "1e-4 and BN's differ by > 0.01", gn_train_eval),
+          "1e-4 and BN's differ by > 0.01", gn_train_eval, task=None, varies=("model.norm", "model.norm_groups")),
     Claim("checkpointing", "Gradient checkpointing trades compute for memory.",
           "notes: backward pass / memory; Chen et al. 2016 (1604.06174)",
           "16-layer MLP, bytes saved for backward and step time with 0-16 recomputed segments; holds if some "
-          "segmentation halves the memory at a time cost > 1x", checkpointing),
+          "segmentation halves the memory at a time cost > 1x", checkpointing, takes_data=False, takes_model=False),
     Claim("batch_memory_noise", "Smaller batches use less memory and give noisier gradients.",
           "notes: weight update / batch size",
           "bytes saved for backward and E||g_B - g||^2 at batch 16, 64, 256 (fixed model, eval-mode BN); holds if "
@@ -420,7 +523,8 @@ CLAIMS: dict[str, Claim] = {c.name: c for c in [
     Claim("clipping", "Gradient clipping prevents divergence.",
           "notes: weight update / gradient transforms; Pascanu et al. 2013 (1211.5063)",
           "CNN without normalization at one-cycle peak lr 0.5, with and without clip_norm 1.0; holds if the "
-          "unclipped run diverges (NaN) or collapses to chance level and the clipped one exceeds 50%", clipping),
+          "unclipped run diverges (NaN) or collapses to chance level and the clipped one exceeds 50%; with your model "
+          "(--set model...): the model as it is, its normalization included", clipping),
 ]}
 
 
@@ -429,9 +533,13 @@ def run_claim(name: str, lab: Lab) -> dict[str, Any]:
     if name not in CLAIMS:
         raise KeyError(f"unknown claim {name!r}; choose from: {', '.join(CLAIMS)}")
     claim = CLAIMS[name]
-    lab.out.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    res = claim.run(lab)
+    lab.claim = claim
+    try:
+        lab.out.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        res = claim.run(lab)
+    finally:
+        lab.claim = None
     seconds = time.perf_counter() - t0
     fig = res.pop("fig")
     import textwrap
@@ -443,7 +551,9 @@ def run_claim(name: str, lab: Lab) -> dict[str, Any]:
     png = savefig(fig, lab.out / f"{name}.png")
     verdict = {"claim": name, "text": claim.text, "source": claim.source, "experiment": claim.how,
                "holds": bool(res["holds"]), "summary": res["summary"], "numbers": res["numbers"],
-               "seconds": seconds, "quick": lab.quick, "dataset": lab.dataset, "plot": str(png)}
+               "seconds": seconds, "quick": lab.quick, "dataset": lab.dataset if claim.takes_data else None, "plot": str(png),
+               "sets": [x for x in lab.sets if (_key(x).startswith("data.") and claim.takes_data)
+                        or (_key(x).startswith("model.") and claim.takes_model)]}
     from ..training.checkpoint import atomic_write_json
     atomic_write_json(lab.out / f"{name}.json", json.loads(json.dumps(verdict, default=_plain)))
     return verdict

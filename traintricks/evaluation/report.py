@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -37,6 +37,56 @@ from .html import esc, image, page, pyplot, savefig, table
 
 class ReportError(RuntimeError):
     """The directory is not a finished run (the message names the missing file)."""
+
+
+#: the keys ``traintricks report RUN --set`` may change: where the run's data and model code are now (moved,
+#: renamed), never what the run was (its weights must still load into the model, strictly)
+RELOCATABLE = ("data.root", "data.factory", "model.name")
+
+
+def load_run_config(run_dir: str | Path, sets: Sequence[str] = ()) -> dict[str, Any]:
+    """The config of the run in ``run_dir`` (its ``config.toml``), with ``sets`` (``key=value``, only the
+    :data:`RELOCATABLE` keys) applied: the run's data or model module found where it is now. Raises
+    ``ConfigError`` naming a key that is not relocatable, or naming ``model.name`` / ``data.factory`` when the
+    run's module does not import, with what to do (run from the directory the run was started in, put the
+    module on ``PYTHONPATH``, or ``--set`` its new import path)."""
+    from ..config import ConfigError, load_config
+    run_dir = Path(run_dir)
+    for item in sets:
+        key = item.partition("=")[0].strip()
+        if key not in RELOCATABLE:
+            raise ConfigError(key, f"report --set takes only where the run's data and model code are now "
+                                   f"({', '.join(RELOCATABLE)}); the rest is the run's own config.toml")
+    if not (run_dir / "config.toml").is_file():
+        raise ReportError(f"{run_dir / 'config.toml'} not found; is {run_dir} a finished traintricks run?")
+    try:
+        return load_config(run_dir / "config.toml", list(sets))
+    except ConfigError as e:
+        if e.key not in ("model.name", "data.factory"):
+            raise
+        raw = str(e).split(": ", 1)[1] if ": " in str(e) else str(e)
+        raise ConfigError(e.key, f"{raw} -- {_moved_hint(run_dir, e.key, 'module')}") from None
+
+
+def _moved_hint(run_dir: Path, key: str, what: str) -> str:
+    """What to do when a run's data or module is not where its ``config.toml`` says."""
+    import os
+    if what == "module":
+        return (f"the run in {run_dir} was trained with it; if the module was renamed or its directory moved, "
+                f"name it where it is now: traintricks report {run_dir} --set {key}=...")
+    return (f"the run in {run_dir} was trained with it; relative paths are read from the working directory "
+            f"(now {os.getcwd()}): run from the directory the run was started in, or if the data moved, name its "
+            f"new place: traintricks report {run_dir} --set {key}=...")
+
+
+def load_run_data(run_dir: str | Path, cfg: dict[str, Any]):
+    """The dataset of a run's (relocated) config; a ``DataError`` says how to point the report at moved data."""
+    from ..data import DataError, data_from_config
+    try:
+        return data_from_config(cfg)
+    except DataError as e:
+        key = "data.factory" if cfg["data"]["name"] == "python" else "data.root"
+        raise DataError(f"{e} -- {_moved_hint(Path(run_dir), key, 'data')}") from None
 
 
 def _read_run(run_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -88,20 +138,21 @@ def lr_per_step(trainer, epochs: int) -> list[float]:
     return lrs
 
 
-def render_run_report(run_dir: str | Path) -> Path:
-    """Write ``report.html``, ``report.json`` and the PNGs of the finished run in ``run_dir``; return the HTML path."""
-    from ..config import load_config
-    from ..data import data_from_config
+def render_run_report(run_dir: str | Path, sets: Sequence[str] = ()) -> Path:
+    """Write ``report.html``, ``report.json`` and the PNGs of the finished run in ``run_dir``; return the HTML path.
+
+    ``sets``: ``key=value`` overrides of where the run's data and model code are now (:data:`RELOCATABLE`), for a
+    run whose data folder or model module moved; see :func:`load_run_config`."""
     from ..training import checkpoint as ckpt
     from ..training.recipe import build_trainer
     from ..training.report import plot_curves
 
     run_dir = Path(run_dir)
     summary, history = _read_run(run_dir)
+    cfg = load_run_config(run_dir, sets)
+    data = load_run_data(run_dir, cfg)
     if summary.get("task", "classification") != "classification":
-        return _render_task_report(run_dir, summary, history)
-    cfg = load_config(run_dir / "config.toml")
-    data = data_from_config(cfg)
+        return _render_task_report(run_dir, summary, history, cfg, data)
     import warnings
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -253,20 +304,20 @@ def _fmt(v: Any) -> str:
     return f"{v:.4f}" if isinstance(v, float) else str(v)
 
 
-def _render_task_report(run_dir: Path, summary: dict[str, Any], history: list[dict[str, Any]]) -> Path:
+def _render_task_report(run_dir: Path, summary: dict[str, Any], history: list[dict[str, Any]],
+                        cfg: dict[str, Any], data) -> Path:
     """The report of a regression or multi-label run (see the module docstring)."""
     import warnings
 
-    from ..config import load_config
-    from ..data import data_from_config
     from ..training import checkpoint as ckpt
-    from ..training.recipe import build_trainer, load_run_model
+    from ..training.recipe import build_model, build_trainer
     from .tasks import get_task
 
     task = get_task(summary["task"])
-    cfg = load_config(run_dir / "config.toml")
-    data = data_from_config(cfg)
-    model, _ = load_run_model(run_dir, data.input_shape, data.num_classes)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = build_model(cfg, data.input_shape, data.num_classes)
+    model.load_state_dict(ckpt.load_weights(run_dir / "model.safetensors"))
     out = predict(model, data.test_x)
     state = task.new_state()
     task.update(state, out, data.test_y)

@@ -17,8 +17,6 @@ from traintricks.evaluation.averaging import (SWA, AveragedModel, CheckpointAver
 from traintricks.callback import Callback
 from traintricks.training import Trainer
 
-from tests.conftest import PRECISION
-
 
 def _problem(seed=0, n=96, batch=16):
     g = torch.Generator().manual_seed(seed)

@@ -3,7 +3,6 @@ first match wins, the depth rule, schedules scaling every group proportionally, 
 from __future__ import annotations
 
 import pytest
-import torch
 from torch import nn
 
 from traintricks.config import ConfigError

@@ -23,11 +23,12 @@ LAYERS: dict[str, list[str]] = {
     # assembly: config -> components -> Trainer; the catalogue of every registry; the run's written report
     "recipe": ["traintricks.training", "traintricks.training.recipe", "traintricks.training.report",
                "traintricks.training.inference",
+               "traintricks.training.average",
                "traintricks.config", "traintricks.catalog"],
     "engine": ["traintricks.training.trainer", "traintricks.training.callbacks", "traintricks.training.checkpoint"],
     "techniques": ["traintricks.nn.*", "traintricks.losses.*", "traintricks.optim.*", "traintricks.memory.*",
                    "traintricks.data.*", "traintricks.models.*", "traintricks.parallel.*", "traintricks.surgery.*", "traintricks.evaluation",
-                   "traintricks.evaluation.ema", "traintricks.evaluation.early_stopping",
+                   "traintricks.evaluation.ema", "traintricks.evaluation.averaging", "traintricks.evaluation.early_stopping",
                    "traintricks.evaluation.metrics", "traintricks.evaluation.tasks"],
     # imported by every layer: the registry, the shared errors, the Callback base (techniques define callbacks)
     "base": ["traintricks.registry", "traintricks.errors", "traintricks.callback"],

@@ -8,6 +8,7 @@
     traintricks report DIR [--set data.root=NEW] [--set data.factory=NEW] [--set model.name=NEW]
     traintricks compare [--config BASE.toml] --vary key=v1,v2,... [--vary ...] [--seeds N] [--jobs J] [--out DIR]
     traintricks lab [CLAIM ...] [--out DIR] [--quick] [--set data.KEY=VALUE ...] [--set model.KEY=VALUE ...]
+    traintricks average RUN_DIR --last K [--out FILE] [--bn average|recompute] [--no-eval]
 """
 from __future__ import annotations
 
@@ -201,6 +202,21 @@ def _cmd_lab(args: argparse.Namespace) -> int:
     return code
 
 
+def _cmd_average(args: argparse.Namespace) -> int:
+    from .training import CheckpointError
+    from .training.average import average_run
+    try:
+        result = average_run(args.dir, args.last, args.out, bn=args.bn, evaluate=not args.no_eval)
+    except (CheckpointError, ConfigError, ValueError) as e:
+        print(f"traintricks: error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps({k: v for k, v in result.items() if k not in ("run",)}))
+    if result.get("evaluated") is False:
+        print(f"traintricks: not evaluated: {result['reason']}", file=sys.stderr)
+    print(f"wrote {result['out']}", file=sys.stderr)
+    return 0
+
+
 class _Cycle:
     """The trainer's training batches, moved to its device and memory format."""
 
@@ -265,6 +281,16 @@ def build_parser() -> argparse.ArgumentParser:
                     help="your data or model: data.* and model.* keys (e.g. --set data.name=folder --set "
                          "data.root=photos --set model.name=mypkg.nets:Net), for the claims that take them")
     lb.set_defaults(func=_cmd_lab)
+    av = sub.add_parser("average", help="average the weights of a run's last K checkpoints (checkpoint averaging) "
+                                        "into one model file, and evaluate it")
+    av.add_argument("dir", help="the run directory (holds config.toml and checkpoints/)")
+    av.add_argument("--last", type=int, required=True, metavar="K", help="how many of the latest checkpoints")
+    av.add_argument("--out", help="the averaged weights (default RUN_DIR/model-avg-lastK.safetensors)")
+    av.add_argument("--bn", choices=("average", "recompute"), default="average",
+                    help="batch-norm statistics: averaged like the weights (default) or re-estimated on the "
+                         "training data")
+    av.add_argument("--no-eval", action="store_true", help="only write the averaged weights")
+    av.set_defaults(func=_cmd_average)
     return p
 
 

@@ -92,6 +92,8 @@ DEFAULTS: dict[str, Any] = {
     "accumulate_steps": 1,
     "checkpoint_every_steps": 0,
     "checkpoint_every_seconds": 0.0,
+    # checkpoints kept (0: all; `traintricks average RUN --last k` needs k of them)
+    "keep_checkpoints": 2,
     # how the run is launched (a run mode, not a callback): one process or DDP under torchrun, Hogwild workers,
     # or a parameter server with asynchronous workers
     "parallel": {"mode": "sync", "workers": 2, "sync_batchnorm": False, "dc_lambda": 0.0},
@@ -146,6 +148,7 @@ _FIXED: dict[str, tuple[Any, Callable[[Any], str | None] | None]] = {
     "accumulate_steps": (int, _pos),
     "checkpoint_every_steps": (int, _nonneg),
     "checkpoint_every_seconds": (float, _nonneg),
+    "keep_checkpoints": (int, _nonneg),
     "parallel.workers": (int, _pos),
     "parallel.sync_batchnorm": (bool, None),
     "bag_of_tricks": (bool, None),
@@ -162,7 +165,9 @@ def _components() -> dict[str, tuple[Registry, dict[str, tuple[Any, Any]]]]:
 
     return {
         "model": (MODELS, {"regularization": (list, None), "zero_init_residual": (bool, None)}),
-        "optim": (OPTIMIZERS, {"decay_norm_and_bias": (bool, None)}),
+        # param_groups, layer_decay: layer-wise rates (optim.optimizers.param_groups checks them and names the rule)
+        "optim": (OPTIMIZERS, {"decay_norm_and_bias": (bool, None), "wrappers": (list, None),
+                               "param_groups": (list, None), "layer_decay": (float, None)}),
         "schedule": (SCHEDULES, {"interval": (str, None), "monitor": (str, None)}),
         "loss": (LOSSES, {"penalties": (list, None)}),
         "early_stopping": (EARLY_STOPPING, {}),
@@ -175,10 +180,10 @@ def _lists() -> dict[str, Registry]:
     from .data import AUGMENTATIONS
     from .losses import PENALTIES
     from .models import REGULARIZERS
-    from .optim import TRANSFORMS
+    from .optim import OPTIMIZER_WRAPPERS, TRANSFORMS
     from .training.callbacks import CALLBACKS
     return {"data.augment": AUGMENTATIONS, "model.regularization": REGULARIZERS, "loss.penalties": PENALTIES,
-            "grad_transforms": TRANSFORMS, "callbacks": CALLBACKS}
+            "optim.wrappers": OPTIMIZER_WRAPPERS, "grad_transforms": TRANSFORMS, "callbacks": CALLBACKS}
 
 
 def default_config() -> dict[str, Any]:

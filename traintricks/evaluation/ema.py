@@ -25,13 +25,9 @@ import torch
 from torch import nn
 
 from ..callback import Callback
+from .averaging import recompute_bn
 
 BN_MODES = ("recompute", "ema", "copy")
-
-
-def _is_bn(m: nn.Module) -> bool:
-    return isinstance(m, nn.modules.batchnorm._NormBase) or (
-        hasattr(m, "running_mean") and hasattr(m, "running_var") and hasattr(m, "momentum"))
 
 
 class ModelEMA:
@@ -93,36 +89,8 @@ class ModelEMA:
             max_batches: at most this many batches (default ``bn_batches``; ``update_bn`` uses all of them).
 
         Returns the number of batches used (0, and nothing changed, for a model without batch norm)."""
-        # norms with running statistics (InstanceNorm's default and track_running_stats=False have none)
-        bns = [m for m in self.module.modules() if _is_bn(m) and getattr(m, "running_mean", None) is not None]
-        if not bns:
-            return 0
-        saved = [(m, m.momentum) for m in bns]
-        for m in bns:
-            m.running_mean.zero_()
-            m.running_var.fill_(1.0)
-            if getattr(m, "num_batches_tracked", None) is not None:
-                m.num_batches_tracked.zero_()
-        self.module.train()
-        n = 0
-        try:
-            limit = self.bn_batches if max_batches is None else max_batches
-            for x in batches:
-                if isinstance(x, (list, tuple)):
-                    x = x[0]
-                if device is not None:
-                    x = x.to(device)
-                for m in bns:          # rate 1/n: the n-th batch makes the estimate the mean over n batches
-                    m.momentum = 1.0 / (n + 1)
-                (forward or self.module)(x)
-                n += 1
-                if n >= limit:
-                    break
-        finally:
-            for m, r in saved:
-                m.momentum = r
-            self.module.eval()
-        return n
+        return recompute_bn(self.module, batches, forward, device,
+                            self.bn_batches if max_batches is None else max_batches)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return self.module.state_dict()

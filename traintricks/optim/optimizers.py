@@ -9,7 +9,8 @@ checks, whose messages start with the option's name so a config error names the 
 """
 from __future__ import annotations
 
-from typing import Iterable
+import fnmatch
+from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -17,27 +18,118 @@ from torch import nn
 from ..registry import Registry
 from .first_order import SGD, Adagrad, Adam, AdamW, RMSprop
 from .hypergradient import AdamHD, SGDHD
+from .lookahead import Lookahead
 from .large_batch import LAMB, LARS
 from .second_order import Newton, SaddleFreeNewton
 
 OPTIMIZERS = Registry("optimizer", section="weight update")
+#: optimizer wrappers (config ``optim.wrappers = ["lookahead"]``): ``entry(optimizer, **options)`` wraps the built
+#: optimizer (the list in order: the second wraps the first); schedules are built on the outermost one
+OPTIMIZER_WRAPPERS = Registry("optimizer wrapper", section="weight update")
 
 
-def param_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias: bool = False) -> list[dict]:
-    """Split ``model``'s trainable parameters into a decayed group and an undecayed one.
+def param_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias: bool = False,
+                 rules: Sequence[Mapping[str, Any]] = (), layer_decay: float | None = None,
+                 lr: float | None = None) -> list[dict]:
+    """Split ``model``'s trainable parameters into groups by weight decay and, for fine-tuning, by learning rate.
 
-    Parameters with fewer than two dimensions (biases, normalization scales and shifts) get no
+    **Weight decay**: parameters with fewer than two dimensions (biases, normalization scales and shifts) get no
     weight decay unless ``decay_norm_and_bias`` ("no bias decay", He et al. 2018, 1812.01187).
+
+    **Layer-wise learning rates** (discriminative fine-tuning, Howard & Ruder 2018, arXiv:1801.06146; layer decay
+    as in BEiT, Bao et al. 2021, arXiv:2106.08254): each parameter's rate is ``lr * m`` with
+
+        m = rule.lr_mult * layer_decay ** depth
+
+    - ``rules``: ``[{"match": "head.*", "lr_mult": 10}, {"match": "layer1.*", "lr_mult": 0.1, "weight_decay": 0}]``,
+      each ``match`` an ``fnmatch`` glob on the parameter's name (``model.named_parameters()``); the first rule
+      that matches a parameter applies (``lr_mult`` default 1; ``weight_decay``, when given, replaces the decay of
+      the parameters it matches, norms and biases included); a parameter no rule matches keeps ``lr_mult = 1``.
+    - ``layer_decay`` in ``(0, 1]``: ``depth`` counts the *layers* above the parameter's layer, in module order.
+      A layer is a module holding a parameter of two or more dimensions (a convolution, a linear map, an
+      embedding); a parameter of fewer dimensions (norm scale/shift) belongs to the last such module before it
+      in ``model.named_parameters()`` order (the first layer when none precedes it). The last layer (the head)
+      has depth 0 and keeps ``lr``.
+
+    Groups with the same ``(lr_mult, weight_decay)`` are merged; each group with a multiplier other than 1 carries
+    ``"lr": lr * m`` (so a schedule built afterwards scales every group proportionally: the schedules take each
+    group's rate as its base) and ``"lr_mult": m``. ``lr`` is needed only for that (``None`` with rules or decay
+    raises).
+
+    Raises ``ValueError`` naming the rule (``param_groups[i]``) for a rule without a ``match`` string, an unknown
+    key, a non-positive ``lr_mult``, a negative ``weight_decay`` or a glob that matches no parameter, and for a
+    ``layer_decay`` outside ``(0, 1]``.
     """
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if not p.requires_grad:
-            continue
-        (decay if p.ndim > 1 or decay_norm_and_bias else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
-    return groups
+    rules = [dict(r) for r in rules]
+    for i, r in enumerate(rules):
+        if not isinstance(r.get("match"), str) or not r["match"]:
+            raise ValueError(f"param_groups[{i}]: needs a 'match' glob on parameter names, e.g. "
+                             f"{{match = \"head.*\", lr_mult = 10}}; got {r!r}")
+        unknown = sorted(set(r) - {"match", "lr_mult", "weight_decay"})
+        if unknown:
+            raise ValueError(f"param_groups[{i}]: unknown key {unknown[0]!r} (keys: match, lr_mult, weight_decay)")
+        m = r.get("lr_mult", 1.0)
+        if isinstance(m, bool) or not isinstance(m, (int, float)) or not m > 0:
+            raise ValueError(f"param_groups[{i}].lr_mult must be a positive number, got {m!r}")
+        wd = r.get("weight_decay", 0.0)
+        if isinstance(wd, bool) or not isinstance(wd, (int, float)) or wd < 0:
+            raise ValueError(f"param_groups[{i}].weight_decay must be a number >= 0, got {wd!r}")
+    if layer_decay is not None and not 0 < layer_decay <= 1:
+        raise ValueError(f"layer_decay must be in (0, 1], got {layer_decay}")
+    if not rules and layer_decay is None:       # the plain split: a decayed group, then an undecayed one
+        decay, no_decay = [], []
+        for p in model.parameters():
+            if p.requires_grad:
+                (decay if p.ndim > 1 or decay_norm_and_bias else no_decay).append(p)
+        return [{"params": decay, "weight_decay": weight_decay}] + \
+            ([{"params": no_decay, "weight_decay": 0.0}] if no_decay else [])
+    if lr is None:
+        raise ValueError("param_groups: layer-wise rates need the base lr")
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    depth = _layer_depths(named) if layer_decay is not None else {}
+    used = [False] * len(rules)
+    groups: dict[tuple[float, float], dict] = {}
+    for n, p in named:
+        mult, wd = 1.0, (weight_decay if p.ndim > 1 or decay_norm_and_bias else 0.0)
+        for i, r in enumerate(rules):
+            if fnmatch.fnmatchcase(n, r["match"]):
+                used[i] = True
+                mult = float(r.get("lr_mult", 1.0))
+                wd = float(r.get("weight_decay", wd))
+                break
+        if layer_decay is not None:
+            mult *= layer_decay ** depth[n]
+        key = (mult, wd)
+        if key not in groups:
+            groups[key] = {"params": [], "weight_decay": wd}
+            if mult != 1.0:
+                groups[key].update(lr=lr * mult, lr_mult=mult)
+        groups[key]["params"].append(p)
+    unused = [i for i, u in enumerate(used) if not u]
+    if unused:
+        i = unused[0]
+        sample = ", ".join(n for n, _ in named[:6]) + (", ..." if len(named) > 6 else "")
+        raise ValueError(f"param_groups[{i}].match {rules[i]['match']!r} matches no parameter (a rule that an "
+                         f"earlier one shadows matches none either); the names look like: {sample}")
+    return list(groups.values())
+
+
+def _layer_depths(named: list[tuple[str, torch.Tensor]]) -> dict[str, int]:
+    """Each parameter's depth below the last layer (see :func:`param_groups`): layers are the modules holding a
+    parameter of >= 2 dimensions, in order; other parameters join the layer before them (or the first)."""
+    owner = [n.rpartition(".")[0] for n, _ in named]
+    layers: list[str] = []
+    for (n, p), m in zip(named, owner):
+        if p.ndim > 1 and (not layers or layers[-1] != m):
+            layers.append(m)
+    if not layers:
+        return {n: 0 for n, _ in named}
+    index, current, out = {m: i for i, m in enumerate(layers)}, 0, {}
+    for (n, p), m in zip(named, owner):
+        if m in index:
+            current = index[m]
+        out[n] = len(layers) - 1 - current
+    return out
 
 
 def _check(lr: float, weight_decay: float) -> None:
@@ -95,6 +187,10 @@ _reg("newton", Newton, "Damped Newton in a Krylov subspace from Hessian-vector p
      "damping", "krylov_dim", capabilities=("one_group", "closure"))
 _reg("saddle_free_newton", SaddleFreeNewton, "Saddle-free Newton: |H| in a Krylov subspace, escapes saddles "
      "(1406.2572; small models only).", "damping", "krylov_dim", capabilities=("one_group", "closure"))
+
+
+OPTIMIZER_WRAPPERS.register("lookahead", Lookahead, summary="Lookahead: every k inner steps slow += alpha*(fast - "
+                            "slow), fast = slow, around any optimizer (1907.08610).")
 
 
 def _flat(params: Iterable) -> list:

@@ -14,7 +14,8 @@
 | :class:`EpochEndFunction` | epoch end | an old-style ``fn(trainer, record)`` callback |
 | :class:`GradNormQuantiles` | before the optimizer step, train epoch end | quantiles of the per-step gradient norm (choosing a clipping threshold) |
 
-The weight EMA (:class:`~traintricks.evaluation.ema.EMACallback`), early stopping
+The weight EMA (:class:`~traintricks.evaluation.ema.EMACallback`), the weight averages
+(:class:`~traintricks.evaluation.averaging.SWA`, :class:`~traintricks.evaluation.averaging.CheckpointAverage`), early stopping
 (:class:`~traintricks.evaluation.early_stopping.EarlyStoppingCallback`) and the batch-size schedule
 (:class:`~traintricks.optim.schedules.BatchSizeSchedule`) live beside their techniques. :data:`CALLBACKS`
 registers those a config can name in its ``callbacks = [...]`` list (``"tta_flip"``, ``{name = "ema", decay =
@@ -34,6 +35,7 @@ import torch
 from tqdm import tqdm
 
 from ..callback import Callback
+from ..evaluation.averaging import SWA, CheckpointAverage
 from ..evaluation.ema import EMACallback, ModelEMA
 from ..nn import fold_batchnorm
 from ..registry import Registry
@@ -50,6 +52,13 @@ def _ema_callback(cls: type, model, **options) -> EMACallback:
 CALLBACKS.register("ema", ModelEMA, build=_ema_callback,
                    summary="Exponential moving average of the weights, evaluated and saved instead of the live "
                            "weights; BN statistics recomputed, averaged or copied (Polyak 1992; 1803.05407).")
+
+
+# options and defaults: SWA's and CheckpointAverage's (evaluation/averaging.py); the recipe supplies the model
+CALLBACKS.register("swa", SWA, summary="Stochastic weight averaging: equal average of the weights from swa_start "
+                   "with its own (annealed or cyclic) rate, BN statistics recomputed; evaluated and saved (1803.05407).")
+CALLBACKS.register("checkpoint_average", CheckpointAverage,
+                   summary="Average of the last k epochs' weights at the end of training (1804.00247).")
 
 
 class NonFiniteLossError(RuntimeError):

@@ -27,7 +27,7 @@ from ..evaluation import EARLY_STOPPING
 from ..evaluation.tasks import loss_for_task, losses_for_task, resolve_task
 from ..losses import LOSSES, PENALTIES, AuxiliaryHeads, WithPenalties
 from ..models import MODELS, REGULARIZERS, zero_init_residual
-from ..optim import OPTIMIZERS, SCHEDULES, TRANSFORMS, BatchSizeLR, param_groups, sets_rate_each_step
+from ..optim import OPTIMIZER_WRAPPERS, OPTIMIZERS, SCHEDULES, TRANSFORMS, BatchSizeLR, param_groups, sets_rate_each_step
 from ..parallel.ddp import dist_info, gather_object, setup_distributed
 from . import checkpoint as ckpt
 from .report import plot_curves, write_report
@@ -272,8 +272,21 @@ def build_trainer(cfg: dict[str, Any], data: DataSplits | None = None, out_dir: 
     opt_fn = OPTIMIZERS.get(o["name"])
     wd_param = inspect.signature(opt_fn).parameters.get("weight_decay")
     wd = o.get("weight_decay", wd_param.default if wd_param is not None else 0.0)
-    groups = param_groups(model, wd, o.get("decay_norm_and_bias", False))
-    optimizer = _build("optim", o, opt_fn, groups, lr=cfg["lr"], **_options(o, drop=["decay_norm_and_bias"]))
+    layerwise = {"rules": o.get("param_groups", []), "layer_decay": o.get("layer_decay")}
+    if (layerwise["rules"] or layerwise["layer_decay"] is not None) and \
+            "one_group" in OPTIMIZERS.entry(o["name"]).capabilities:
+        raise ConfigError("optim.param_groups" if layerwise["rules"] else "optim.layer_decay",
+                          f"{o['name']!r} shares one rate across all parameters: no layer-wise rates")
+    try:
+        groups = param_groups(model, wd, o.get("decay_norm_and_bias", False), lr=cfg["lr"], **layerwise)
+    except ValueError as e:
+        raise ConfigError("optim.layer_decay" if str(e).startswith("layer_decay") else "optim.param_groups",
+                          str(e)) from None
+    optimizer = _build("optim", o, opt_fn, groups, lr=cfg["lr"],
+                       **_options(o, drop=["decay_norm_and_bias", "wrappers", "param_groups", "layer_decay"]))
+    for i, item in enumerate(o.get("wrappers", [])):     # Lookahead...: each wraps the optimizer built so far
+        w = as_spec(item)
+        optimizer = _build(f"optim.wrappers[{i}]", w, OPTIMIZER_WRAPPERS.get(w["name"]), optimizer, **_options(w))
     s = cfg["schedule"]
     updates = optimizer_steps(len(train), acc, drop_tail=loader_args["drop_last"])   # per epoch, a tail too
     scheduler = _build("schedule", s, SCHEDULES.get(s["name"]), optimizer, cfg["epochs"] * updates, updates,
@@ -319,7 +332,8 @@ def build_trainer(cfg: dict[str, Any], data: DataSplits | None = None, out_dir: 
                    test_every_epoch=cfg["test_every_epoch"],
                    callbacks=[*techniques, *extra, *callbacks], progress=progress, task=task,
                    checkpoint_every_steps=cfg.get("checkpoint_every_steps", 0),
-                   checkpoint_every_seconds=cfg.get("checkpoint_every_seconds", 0.0))
+                   checkpoint_every_seconds=cfg.get("checkpoint_every_seconds", 0.0),
+                   keep_checkpoints=cfg.get("keep_checkpoints", 2))
     trainer.config = cfg        # as built (the task's loss filled in): what run() writes to config.toml
     trainer.data_stats = {**data_stats(data, d["image_size"]), "task": trainer.task.name}   # data_stats.json
     return trainer

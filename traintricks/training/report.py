@@ -72,6 +72,13 @@ def write_report(out_dir: str | os.PathLike, summary: dict[str, Any], history: S
         from ..evaluation.tasks import get_task
         others = [f"{k} {s[f'test_{k}']:.4f}" for k in get_task(s["task"]).metrics if k != m and f"test_{k}" in s]
         lines.append(f"- task: {s['task']}" + (f" (test {', '.join(others)})" if others else ""))
+    averaged = (f"stochastic weight averaging of {s['swa_averaged']} models" if s.get("swa_averaged") else
+                f"the average of the last {s['checkpoint_average_k']} epochs' weights"
+                if s.get("checkpoint_average_k") else None)
+    if averaged:               # the weight averages (evaluation/averaging.py) report the weights they replaced
+        last = f" (the last weights: test {m} {s[f'last_weights_test_{m}']:.4f})" \
+            if f"last_weights_test_{m}" in s else ""
+        lines.append(f"- evaluated and saved: {averaged}{last}")
     lines += [f"- epochs: {s['epochs']} (best epoch {s['best_epoch']}, stopped early: {s['stopped_early']})",
               f"- training time: {s['train_seconds']:.1f} s of {s['wall_seconds']:.1f} s wall"
               f" ({s['device']}, {s['precision']}, {s.get('threads', '?')} threads)",

@@ -164,7 +164,11 @@ def _components() -> dict[str, tuple[Registry, dict[str, tuple[Any, Any]]]]:
     from .optim import OPTIMIZERS, SCHEDULES
 
     return {
-        "model": (MODELS, {"regularization": (list, None), "zero_init_residual": (bool, None)}),
+        # surgery keys on any model (traintricks.surgery): norm / norm_groups go to a factory that names them as
+        # parameters (the built-in models), else convert_norms applies them to the built model
+        "model": (MODELS, {"regularization": (list, None), "zero_init_residual": (bool, None),
+                           "norm": (str, None), "norm_groups": (int, _pos), "checkpoint": (str, None),
+                           "checkpoint_budget_mb": (float, _pos), "fold_for_eval": (bool, None)}),
         # param_groups, layer_decay: layer-wise rates (optim.optimizers.param_groups checks them and names the rule)
         "optim": (OPTIMIZERS, {"decay_norm_and_bias": (bool, None), "wrappers": (list, None),
                                "param_groups": (list, None), "layer_decay": (float, None)}),

@@ -7,6 +7,7 @@ This is what ``traintricks train`` runs. :func:`build_trainer` turns a validated
 """
 from __future__ import annotations
 
+import copy
 import functools
 import inspect
 import random
@@ -29,9 +30,10 @@ from ..losses import LOSSES, PENALTIES, AuxiliaryHeads, WithPenalties
 from ..models import MODELS, REGULARIZERS, zero_init_residual
 from ..optim import OPTIMIZER_WRAPPERS, OPTIMIZERS, SCHEDULES, TRANSFORMS, BatchSizeLR, param_groups, sets_rate_each_step
 from ..parallel.ddp import dist_info, gather_object, setup_distributed
+from .. import surgery
 from . import checkpoint as ckpt
 from .report import plot_curves, write_report
-from .callbacks import CALLBACKS, FlipTTA, NonFiniteLossError
+from .callbacks import CALLBACKS, FlipTTA, FoldForEval, NonFiniteLossError
 from .trainer import Trainer, optimizer_steps
 
 EVAL_BATCH = 1000
@@ -125,28 +127,76 @@ def build_data(cfg: dict[str, Any]) -> DataSplits:
     return _build("data", cfg["data"], data_from_config, cfg)
 
 
-def build_model(cfg: dict[str, Any], in_shape: Sequence[int], num_classes: int) -> torch.nn.Module:
+#: the model table's keys applied to the built model by surgery (traintricks.surgery), not passed to its factory
+SURGERY_KEYS = ("regularization", "zero_init_residual", "norm", "norm_groups", "checkpoint", "checkpoint_budget_mb",
+                "fold_for_eval")
+
+
+def _surgery(key: str, fn: Callable, *args: Any, **kwargs: Any) -> Any:
+    """A surgery named by its config key: its refusals (nothing to change, a bad selector or option) become a
+    ``ConfigError`` naming the key."""
+    try:
+        return fn(*args, **kwargs)
+    except (ValueError, TypeError, KeyError) as e:
+        raise ConfigError(key, str(e).strip("'\"")) from None
+
+
+def build_model(cfg: dict[str, Any], in_shape: Sequence[int], num_classes: int, batch_size: int | None = None
+                ) -> torch.nn.Module:
     """The config's model: a registered name or an import path (``"pkg.module:factory"``, ``"timm:<model>"``),
     called with the table's options and, where its signature names them, ``in_shape`` and ``num_classes``; then
-    ``zero_init_residual`` and the regularizers, and a dry forward pass on zeros of ``(2, *in_shape)`` so that
-    shape problems surface now. Raises ``ConfigError`` naming ``model.name`` (an import path that does not import,
-    a factory returning something other than an ``nn.Module``, a model that cannot take the data's inputs) or
-    the option at fault."""
+    the surgeries of the table's keys, on any model (:mod:`traintricks.surgery`), in this order:
+
+    - ``norm`` (and ``norm_groups``): passed to a factory that has such parameters (the built-in models); otherwise
+      every norm layer of the built model is converted (:func:`~traintricks.surgery.convert_norms`, e.g.
+      ``"groupnorm"``, ``"none"``);
+    - ``zero_init_residual``: the last norm of every residual branch zeroed (any model, found by tracing);
+    - ``regularization``: the regularizers, in their order (:data:`~traintricks.models.REGULARIZERS`);
+    - ``checkpoint`` (a module selector, e.g. ``"layer*.*"`` or ``"type:Bottleneck"``): each selected block
+      recomputed in backward; ``checkpoint_budget_mb``: the blocks the planner picks so that the saved activations
+      of a batch of ``batch_size`` fit the budget;
+    - ``fold_for_eval`` is applied by the trainer's ``fold_for_eval`` callback (evaluation only).
+
+    Then a dry forward pass on zeros of ``(2, *in_shape)`` so that shape problems surface now. Raises
+    ``ConfigError`` naming ``model.name`` (an import path that does not import, a factory returning something
+    other than an ``nn.Module``, a model that cannot take the data's inputs) or the key at fault (a surgery that
+    finds nothing to change says what it looked for)."""
     spec = cfg["model"]
     try:
         factory = MODELS.get(spec["name"])
     except KeyError as e:         # an import path that no longer imports (a run resumed or reported elsewhere)
         raise ConfigError("model.name", str(e)) from None
     supplied = _supplied(factory, {"in_shape": tuple(in_shape), "num_classes": num_classes})
-    model = _build("model", spec, factory, **supplied, **_options(spec, drop=["regularization", "zero_init_residual"]))
+    params = inspect.signature(factory).parameters
+    by_factory = [k for k in ("norm", "norm_groups") if k in params]       # the built-in models' own options
+    model = _build("model", spec, factory, **supplied,
+                   **_options(spec, drop=[k for k in SURGERY_KEYS if k not in by_factory]))
     if not isinstance(model, torch.nn.Module):
         raise ConfigError("model.name", f"{spec['name']!r} returned a {type(model).__name__}, not a torch.nn.Module")
+    if spec.get("norm") and "norm" not in by_factory:
+        opts = {"groups": spec["norm_groups"]} if "norm_groups" in spec else {}
+        _surgery("model.norm", surgery.convert_norms, model, spec["norm"], **opts)
+    elif "norm_groups" in spec and "norm_groups" not in by_factory:
+        raise ConfigError("model.norm_groups", "sets the groups of model.norm's conversion; set model.norm too")
     if spec.get("zero_init_residual") and not zero_init_residual(model):
         warnings.warn(f"model.zero_init_residual: model {spec['name']!r} has no residual branches with a norm; "
                       "nothing was zeroed", stacklevel=2)
     for i, item in enumerate(spec.get("regularization", [])):
         r = as_spec(item)
         model = _build(f"model.regularization[{i}]", r, REGULARIZERS.get(r["name"]), model, **_options(r))
+    if spec.get("checkpoint"):
+        _surgery("model.checkpoint", surgery.checkpoint_blocks, model, spec["checkpoint"])
+    if spec.get("checkpoint_budget_mb"):
+        if spec.get("checkpoint"):
+            raise ConfigError("model.checkpoint_budget_mb", "model.checkpoint already chose the blocks; set one")
+        example = torch.zeros(batch_size or cfg.get("batch_size", 2), *in_shape)
+        try:
+            _surgery("model.checkpoint_budget_mb", surgery.checkpoint, model, example,
+                     int(spec["checkpoint_budget_mb"] * 2**20))
+        except ConfigError as e:
+            if "already fit" not in str(e):
+                raise
+            warnings.warn(f"{e} (nothing is recomputed)", stacklevel=2)   # the budget holds as the model is
     model.eval()
     try:  # a dry forward pass: shape problems surface now, naming the model, not mid-training
         with torch.no_grad():
@@ -312,6 +362,10 @@ def build_trainer(cfg: dict[str, Any], data: DataSplits | None = None, out_dir: 
         warnings.warn(f"data.augment is never applied: data.augment_from_epoch ({d['augment_from_epoch']}) >= "
                       f"epochs ({cfg['epochs']}); set data.augment_from_epoch lower", stacklevel=2)
     techniques = build_callbacks(cfg["callbacks"], {"model": model, "from_epoch": d["augment_from_epoch"]})
+    if cfg["model"].get("fold_for_eval") and not any(isinstance(c, FoldForEval) for c in techniques):
+        # refused now, naming the key, when nothing would fold (the callback's setup would say it less clearly)
+        _surgery("model.fold_for_eval", surgery.fold_batchnorm, copy.deepcopy(model).eval())
+        techniques.append(FoldForEval())           # last: it folds whichever model the others chose to evaluate
     if any(isinstance(c, FlipTTA) for c in techniques) and not any(as_spec(a)["name"] == "flip" for a in d["augment"]):
         warnings.warn("callbacks: 'tta_flip' is on but data.augment has no 'flip': the model is tested on mirror "
                       "images it never trained on", stacklevel=2)

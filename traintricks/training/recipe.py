@@ -256,7 +256,8 @@ def build_trainer(cfg: dict[str, Any], data: DataSplits | None = None, out_dir: 
     wd_param = inspect.signature(opt_fn).parameters.get("weight_decay")
     wd = o.get("weight_decay", wd_param.default if wd_param is not None else 0.0)
     groups = param_groups(model, wd, o.get("decay_norm_and_bias", False))
-    optimizer = _build("optim", o, opt_fn, groups, lr=cfg["lr"], **_options(o, drop=["decay_norm_and_bias"]))
+    optimizer = _build("optim", o, opt_fn, groups, lr=cfg["lr"], **_supplied(opt_fn, {"model": model}),
+                       **_options(o, drop=["decay_norm_and_bias"]))     # model: SAM's batch-norm statistics
     s = cfg["schedule"]
     updates = optimizer_steps(len(train), acc, drop_tail=loader_args["drop_last"])   # per epoch, a tail too
     scheduler = _build("schedule", s, SCHEDULES.get(s["name"]), optimizer, cfg["epochs"] * updates, updates,

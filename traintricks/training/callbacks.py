@@ -32,6 +32,7 @@ import torch
 from tqdm import tqdm
 
 from ..callback import Callback
+from ..evaluation.adversarial import AdversarialTraining
 from ..evaluation.ema import EMACallback, ModelEMA
 from ..registry import Registry
 
@@ -47,6 +48,12 @@ def _ema_callback(cls: type, model, **options) -> EMACallback:
 CALLBACKS.register("ema", ModelEMA, build=_ema_callback,
                    summary="Exponential moving average of the weights, evaluated and saved instead of the live "
                            "weights; BN statistics recomputed, averaged or copied (Polyak 1992; 1803.05407).")
+
+
+# mean, std, data_range: the run's standardization and the raw range of its training split (the recipe's)
+CALLBACKS.register("adversarial", AdversarialTraining, supplied=("mean", "std", "data_range"),
+                   summary="Adversarial training on PGD / FGSM inputs in an L-inf ball of the raw pixels, and "
+                           "robust_accuracy (PGD) in the test metrics (Madry et al. 2018, 1706.06083).")
 
 
 class NonFiniteLossError(RuntimeError):

@@ -79,6 +79,20 @@ def _supplied(factory: Callable, values: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in values.items() if k in params}
 
 
+def raw_range(data: DataSplits) -> list[float]:
+    """``[lo, hi]``: the smallest and largest raw (unstandardized) input value of the training split, over all
+    channels (the adversarial attack's clip range); ``[0, 1]`` when the split has no standardization recorded."""
+    x = data.train_x
+    if not data.mean or not data.std or x.ndim < 2 or not len(x) or x.shape[1] != len(data.mean):
+        return [0.0, 1.0]
+    dims = [0] + list(range(2, x.ndim))
+    mean, std = torch.tensor(data.mean, dtype=torch.float64), torch.tensor(data.std, dtype=torch.float64)
+    lo = x.amin(dim=dims).double() * std + mean
+    hi = x.amax(dim=dims).double() * std + mean
+    lo_v, hi_v = lo.min().item(), hi.max().item()
+    return [lo_v, hi_v] if hi_v > lo_v else [0.0, 1.0]
+
+
 def build_callbacks(specs: list, supplied: dict[str, Any]) -> list:
     """The config's ``callbacks`` list, each entry built from :data:`~traintricks.training.callbacks.CALLBACKS`
     with its options; ``supplied`` holds what the builder passes to the entries that ask for it (``model``; the
@@ -282,7 +296,9 @@ def build_trainer(cfg: dict[str, Any], data: DataSplits | None = None, out_dir: 
     if d["augment"] and d["augment_from_epoch"] >= cfg["epochs"]:
         warnings.warn(f"data.augment is never applied: data.augment_from_epoch ({d['augment_from_epoch']}) >= "
                       f"epochs ({cfg['epochs']}); set data.augment_from_epoch lower", stacklevel=2)
-    techniques = build_callbacks(cfg["callbacks"], {"model": model, "from_epoch": d["augment_from_epoch"]})
+    techniques = build_callbacks(cfg["callbacks"], {"model": model, "from_epoch": d["augment_from_epoch"],
+                                                    "mean": data.mean or [0.0], "std": data.std or [1.0],
+                                                    "data_range": raw_range(data)})
     if any(isinstance(c, FlipTTA) for c in techniques) and not any(as_spec(a)["name"] == "flip" for a in d["augment"]):
         warnings.warn("callbacks: 'tta_flip' is on but data.augment has no 'flip': the model is tested on mirror "
                       "images it never trained on", stacklevel=2)

@@ -32,6 +32,7 @@ import torch
 from tqdm import tqdm
 
 from ..callback import Callback
+from ..data.resize import ProgressiveResizing
 from ..evaluation.adversarial import AdversarialTraining
 from ..evaluation.ema import EMACallback, ModelEMA
 from ..registry import Registry
@@ -54,6 +55,11 @@ CALLBACKS.register("ema", ModelEMA, build=_ema_callback,
 CALLBACKS.register("adversarial", AdversarialTraining, supplied=("mean", "std", "data_range"),
                    summary="Adversarial training on PGD / FGSM inputs in an L-inf ball of the raw pixels, and "
                            "robust_accuracy (PGD) in the test metrics (Madry et al. 2018, 1706.06083).")
+
+
+CALLBACKS.register("progressive_resizing", ProgressiveResizing,
+                   summary="Progressive resizing: train the first epochs on smaller images (sizes per epoch ranges), "
+                           "the last ones and evaluation at full size (fast.ai DAWNBench).")
 
 
 class NonFiniteLossError(RuntimeError):

@@ -29,7 +29,7 @@ LAYERS: dict[str, list[str]] = {
     "techniques": ["traintricks.nn.*", "traintricks.losses.*", "traintricks.optim.*", "traintricks.memory.*",
                    "traintricks.data.*", "traintricks.models.*", "traintricks.parallel.*", "traintricks.surgery.*", "traintricks.evaluation",
                    "traintricks.evaluation.ema", "traintricks.evaluation.averaging", "traintricks.evaluation.early_stopping",
-                   "traintricks.evaluation.metrics", "traintricks.evaluation.tasks"],
+                   "traintricks.evaluation.metrics", "traintricks.evaluation.tasks", "traintricks.evaluation.adversarial"],
     # imported by every layer: the registry, the shared errors, the Callback base (techniques define callbacks)
     "base": ["traintricks.registry", "traintricks.errors", "traintricks.callback"],
 }

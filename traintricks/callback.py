@@ -17,6 +17,9 @@ outputs), ``trainer.loss`` (the micro-batch's scalar loss, a tensor; from the op
 ``on_epoch_start(trainer)``     before the epoch's first batch; also when a run resumes inside the epoch
                                 (then ``trainer.step_in_epoch > 0``: do not reset what the checkpoint restored)
 ``on_step_start(trainer)``      a group of ``accumulate_steps`` micro-batches begins (``trainer.micro_batches``)
+``on_before_forward(trainer)``  a training micro-batch is on the device (``trainer.batch``), before its forward
+                                pass: a callback may replace ``trainer.batch`` (the loop reads it back), e.g.
+                                adversarial inputs or a smaller image size; evaluation batches do not pass here
 ``on_after_forward(trainer)``   a micro-batch's outputs and loss exist (``trainer.outputs``, ``trainer.loss``)
 ``on_before_backward(trainer)`` the micro-batch's (weighted) loss is about to be differentiated
 ``on_after_backward(trainer)``  its gradients are accumulated into ``.grad``
@@ -37,7 +40,10 @@ outputs), ``trainer.loss`` (the micro-batch's scalar loss, a tensor; from the op
 
 On the closure path (second-order optimizers, ``optimizer.needs_closure``) the optimizer differentiates the loss
 itself inside ``step``: ``on_before_backward``/``on_after_backward`` do not fire and ``on_before_optimizer_step``
-sees no gradients yet (gradient transforms are refused there); ``on_after_optimizer_step`` sees the step's gradient.
+sees no gradients yet (gradient transforms go to the optimizer's ``grad_transform`` hook);
+``on_after_optimizer_step`` sees the step's gradient. The closure's first call returns the loss of the loop's own
+forward pass, with its graph (the optimizer's evaluation at the current weights repeats no pass, and batch-norm
+statistics move once); later calls run the forward pass again.
 
 This module imports nothing of traintricks: any layer may define a callback.
 """
@@ -45,8 +51,8 @@ from __future__ import annotations
 
 from typing import Any
 
-EVENTS = ("setup", "on_fit_start", "on_epoch_start", "on_step_start", "on_after_forward", "on_before_backward",
-          "on_after_backward", "on_before_optimizer_step", "on_after_optimizer_step", "on_step_end",
+EVENTS = ("setup", "on_fit_start", "on_epoch_start", "on_step_start", "on_before_forward", "on_after_forward",
+          "on_before_backward", "on_after_backward", "on_before_optimizer_step", "on_after_optimizer_step", "on_step_end",
           "on_train_epoch_end", "on_eval_outputs", "on_evaluate", "on_epoch_end", "on_fit_end",
           "on_save_checkpoint", "on_load_checkpoint", "on_exception")
 
@@ -75,6 +81,7 @@ class Callback:
     def on_fit_start(self, trainer: Any) -> None: ...
     def on_epoch_start(self, trainer: Any) -> None: ...
     def on_step_start(self, trainer: Any) -> None: ...
+    def on_before_forward(self, trainer: Any) -> None: ...
     def on_after_forward(self, trainer: Any) -> None: ...
     def on_before_backward(self, trainer: Any) -> None: ...
     def on_after_backward(self, trainer: Any) -> None: ...

@@ -120,7 +120,7 @@ _FIXED: dict[str, tuple[Any, Callable[[Any], str | None] | None]] = {
     "batch_size": (int, _pos),
     "lr": (float, _pos),
     "device": (str, lambda v: None if v in ("cpu", "auto") or v.startswith("cuda") else "must be cpu, cuda[:N] or auto"),
-    "precision": (str, _choice("fp32", "bf16", "auto")),
+    "precision": (str, _choice("fp32", "bf16", "fp16", "auto")),
     "channels_last": (bool, None),
     "compile": (bool, None),
     "threads": (int, _nonneg),

@@ -43,7 +43,8 @@ def test_events_fire_in_the_documented_order():
     t = Trainer(m, torch.optim.SGD(m.parameters(), lr=0.1), F.cross_entropy, _batches(x, y, 2),
                 _batches(x, y, 4), epochs=1, accumulate_steps=2, progress=False, callbacks=[rec])
     t.fit()
-    step = ["on_step_start"] + ["on_after_forward", "on_before_backward", "on_after_backward"] * 2 + \
+    step = ["on_step_start"] + ["on_before_forward", "on_after_forward", "on_before_backward",
+                                "on_after_backward"] * 2 + \
            ["on_before_optimizer_step", "on_after_optimizer_step", "on_step_end"]
     assert rec.events == ["on_fit_start", "on_epoch_start", *step, *step, "on_train_epoch_end",
                           "on_eval_outputs", "on_eval_outputs", "on_evaluate", "on_epoch_end", "on_fit_end"]

@@ -20,6 +20,7 @@ from .first_order import SGD, Adagrad, Adam, AdamW, RMSprop
 from .hypergradient import AdamHD, SGDHD
 from .lookahead import Lookahead
 from .large_batch import LAMB, LARS
+from .sam import SAM
 from .second_order import Newton, SaddleFreeNewton
 
 OPTIMIZERS = Registry("optimizer", section="weight update")
@@ -187,6 +188,36 @@ _reg("newton", Newton, "Damped Newton in a Krylov subspace from Hessian-vector p
      "damping", "krylov_dim", capabilities=("one_group", "closure"))
 _reg("saddle_free_newton", SaddleFreeNewton, "Saddle-free Newton: |H| in a Krylov subspace, escapes saddles "
      "(1406.2572; small models only).", "damping", "krylov_dim", capabilities=("one_group", "closure"))
+
+
+def sam(params: Iterable, lr: float, base: str = "sgd", rho: float = 0.05, adaptive: bool = False,
+        eta: float = 0.01, momentum: float | None = None, nesterov: bool | None = None, weight_decay: float = 0.0,
+        betas: list[float] | None = None, eps: float | None = None, model: nn.Module | None = None) -> SAM:
+    """SAM / ASAM (2010.01412, 2102.11600) around the registered optimizer ``base``, built with ``lr`` and the base
+    options given here (``momentum``, ``nesterov``, ``weight_decay``, ``betas``, ``eps``; ``None``: the base's own
+    default; an option the base does not take raises ``TypeError`` naming it). ``model`` (supplied by the recipe):
+    its batch-norm statistics are taken from the first pass only (:class:`~traintricks.optim.sam.SAM`)."""
+    if base not in OPTIMIZERS or base == "sam":
+        raise ValueError(f"base must be a first-order optimizer's name, got {base!r}; choose one of: "
+                         f"{', '.join(n for n in OPTIMIZERS.names() if n != 'sam')}")
+    entry = OPTIMIZERS.entry(base)
+    if "closure" in entry.capabilities:
+        raise ValueError(f"base {base!r} computes its own gradients from a closure; SAM needs a first-order optimizer")
+    given = dict(momentum=momentum, nesterov=nesterov, betas=tuple(betas) if betas is not None else None, eps=eps)
+    opts = {k: v for k, v in given.items() if v is not None}
+    bad = sorted(set(opts) - set(entry.options()))
+    if bad:
+        raise TypeError(f"{bad[0]}: optimizer {base!r} takes no option {bad[0]!r} (its options: "
+                        f"{', '.join(entry.options())})")
+    if "weight_decay" in entry.options():
+        opts["weight_decay"] = weight_decay
+    elif weight_decay:
+        raise TypeError(f"weight_decay: optimizer {base!r} takes no weight decay")
+    return SAM(params, entry, rho=rho, adaptive=adaptive, eta=eta, model=model, lr=lr, **opts)
+
+
+OPTIMIZERS.register("sam", sam, summary="SAM / ASAM: the base optimizer's step with the gradient at w + rho*g/||g|| "
+                                        "(adaptive: rho*T^2 g/||T g||, T = |w| + eta); 2010.01412, 2102.11600.")
 
 
 OPTIMIZER_WRAPPERS.register("lookahead", Lookahead, summary="Lookahead: every k inner steps slow += alpha*(fast - "

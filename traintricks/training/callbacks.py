@@ -36,6 +36,8 @@ from tqdm import tqdm
 
 from ..callback import Callback
 from ..evaluation.averaging import SWA, CheckpointAverage
+from ..data.resize import ProgressiveResizing
+from ..evaluation.adversarial import AdversarialTraining
 from ..evaluation.ema import EMACallback, ModelEMA
 from ..nn import fold_batchnorm
 from ..registry import Registry
@@ -59,6 +61,17 @@ CALLBACKS.register("swa", SWA, summary="Stochastic weight averaging: equal avera
                    "with its own (annealed or cyclic) rate, BN statistics recomputed; evaluated and saved (1803.05407).")
 CALLBACKS.register("checkpoint_average", CheckpointAverage,
                    summary="Average of the last k epochs' weights at the end of training (1804.00247).")
+
+
+# mean, std, data_range: the run's standardization and the raw range of its training split (the recipe's)
+CALLBACKS.register("adversarial", AdversarialTraining, supplied=("mean", "std", "data_range"),
+                   summary="Adversarial training on PGD / FGSM inputs in an L-inf ball of the raw pixels, and "
+                           "robust_accuracy (PGD) in the test metrics (Madry et al. 2018, 1706.06083).")
+
+
+CALLBACKS.register("progressive_resizing", ProgressiveResizing,
+                   summary="Progressive resizing: train the first epochs on smaller images (sizes per epoch ranges), "
+                           "the last ones and evaluation at full size (fast.ai DAWNBench).")
 
 
 class NonFiniteLossError(RuntimeError):

@@ -332,7 +332,7 @@ def build_trainer(cfg: dict[str, Any], data: DataSplits | None = None, out_dir: 
     except ValueError as e:
         raise ConfigError("optim.layer_decay" if str(e).startswith("layer_decay") else "optim.param_groups",
                           str(e)) from None
-    optimizer = _build("optim", o, opt_fn, groups, lr=cfg["lr"],
+    optimizer = _build("optim", o, opt_fn, groups, lr=cfg["lr"], **_supplied(opt_fn, {"model": model}),  # SAM's BN
                        **_options(o, drop=["decay_norm_and_bias", "wrappers", "param_groups", "layer_decay"]))
     for i, item in enumerate(o.get("wrappers", [])):     # Lookahead...: each wraps the optimizer built so far
         w = as_spec(item)
@@ -361,7 +361,9 @@ def build_trainer(cfg: dict[str, Any], data: DataSplits | None = None, out_dir: 
     if d["augment"] and d["augment_from_epoch"] >= cfg["epochs"]:
         warnings.warn(f"data.augment is never applied: data.augment_from_epoch ({d['augment_from_epoch']}) >= "
                       f"epochs ({cfg['epochs']}); set data.augment_from_epoch lower", stacklevel=2)
-    techniques = build_callbacks(cfg["callbacks"], {"model": model, "from_epoch": d["augment_from_epoch"]})
+    techniques = build_callbacks(cfg["callbacks"], {"model": model, "from_epoch": d["augment_from_epoch"],
+                                                    "mean": data.mean or [0.0], "std": data.std or [1.0],
+                                                    "data_range": list(data.pixel_range)})   # the raw inputs' range
     if cfg["model"].get("fold_for_eval") and not any(isinstance(c, FoldForEval) for c in techniques):
         # refused now, naming the key, when nothing would fold (the callback's setup would say it less clearly)
         _surgery("model.fold_for_eval", surgery.fold_batchnorm, copy.deepcopy(model).eval())

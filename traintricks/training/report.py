@@ -68,6 +68,8 @@ def write_report(out_dir: str | os.PathLike, summary: dict[str, Any], history: S
     if f"test_{m}" in s:
         name = "accuracy" if m == "accuracy" else m
         lines.append(f"- **test {name}: {s[f'test_{m}']:.4f}** (test loss {s['test_loss']:.4f})")
+    if "test_robust_accuracy" in s:
+        lines.append(f"- test robust accuracy (PGD, callbacks 'adversarial'): {s['test_robust_accuracy']:.4f}")
     if s.get("task", "classification") != "classification":
         from ..evaluation.tasks import get_task
         others = [f"{k} {s[f'test_{k}']:.4f}" for k in get_task(s["task"]).metrics if k != m and f"test_{k}" in s]

@@ -47,11 +47,11 @@ def optimizer_steps(micro_batches: int, accumulate_steps: int, drop_tail: bool =
 
 def resolve_precision(precision: str, device: torch.device) -> str:
     """``"auto"`` picks bf16 autocast where the hardware runs it fast (CPU with AVX-512 BF16, or CUDA
-    with bf16 support), else fp32."""
+    with bf16 support), else fp16 with dynamic loss scaling on CUDA, else fp32."""
     if precision != "auto":
         return precision
     if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     try:
         return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
     except (AttributeError, RuntimeError):
@@ -193,7 +193,8 @@ class Trainer:
         checkpoint_every_steps, checkpoint_every_seconds: also checkpoint inside epochs (0: only per epoch;
             nothing is written without ``out_dir``).
         keep_checkpoints: how many recent checkpoints to keep.
-        device: ``"cpu"``, ``"cuda"``...; precision: ``"fp32"``, ``"bf16"`` (autocast) or ``"auto"``.
+        device: ``"cpu"``, ``"cuda"``...; precision: ``"fp32"``, ``"bf16"`` (autocast), ``"fp16"`` (autocast with
+            dynamic loss scaling, below) or ``"auto"`` (:func:`resolve_precision`).
         channels_last: move model and 4-D batches to channels-last memory format.
         compile: run the model through ``torch.compile``.
         test_every_epoch: evaluate on ``test_loader`` after every epoch (else only at the end).
@@ -207,8 +208,18 @@ class Trainer:
     :class:`~traintricks.training.callbacks.GradientTransforms`; ``tta_flip``/``tta_from_epoch`` ->
     :class:`~traintricks.training.callbacks.FlipTTA`.
 
-    Raises ``ValueError`` for ``epochs < 1``, ``accumulate_steps < 1``, an unknown precision, gradient transforms
-    with a closure optimizer, or two callbacks with one name.
+    **fp16** (Micikevicius et al. 2017, arXiv:1710.03740): forward passes and losses under float16 autocast, the
+    loss multiplied by a scale ``S`` before backward and the gradients divided by ``S`` before
+    ``on_before_optimizer_step`` (``torch.amp.GradScaler.unscale_``: clipping, LARS, noise and the gradient-norm
+    record see the true gradients); a step whose gradients hold an Inf/NaN is skipped and ``S`` halved, ``S``
+    doubled after 2000 good steps (``GradScaler``'s defaults). The epoch record counts ``skipped_steps`` and ends
+    with the ``loss_scale``; the scaler's state is checkpointed. On CUDA and on CPU (torch >= 2.3 has float16
+    autocast and a ``GradScaler`` for both); refused with a closure optimizer (the scaler cannot unscale
+    gradients computed inside ``step``).
+
+    Raises ``ValueError`` for ``epochs < 1``, ``accumulate_steps < 1``, an unknown precision, fp16 with a closure
+    optimizer, gradient transforms with a closure optimizer lacking a ``grad_transform`` hook, or two callbacks
+    with one name.
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable,
@@ -233,8 +244,8 @@ class Trainer:
         self.accumulate_steps, self.drop_tail = accumulate_steps, drop_tail
         self.device = resolve_device(device) if isinstance(device, str) else device
         self.precision = resolve_precision(precision, self.device)
-        if self.precision not in ("fp32", "bf16"):
-            raise ValueError(f"precision must be fp32, bf16 or auto, got {precision!r}")
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise ValueError(f"precision must be fp32, bf16, fp16 or auto, got {precision!r}")
         self.memory_format = torch.channels_last if channels_last else None
         self.model = model.to(self.device)
         if channels_last:
@@ -254,6 +265,12 @@ class Trainer:
             loss_fn = loss_fn.to(self.device)
         self.optimizer, self.loss_fn = optimizer, loss_fn
         self.closure_path = bool(getattr(optimizer, "needs_closure", False))
+        # fp16: dynamic loss scaling (see the class docstring)
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
+        if self.scaler is not None and self.closure_path:
+            raise ValueError(f"precision='fp16' cannot be used with {type(optimizer).__name__}: it computes its "
+                             "gradients inside step() from a closure, where the loss scale cannot be removed; use "
+                             "fp32 or bf16")
         self.train_loader, self.val_loader, self.test_loader = train_loader, val_loader, test_loader
         self.epochs, self.test_every_epoch = epochs, test_every_epoch
         self.task = get_task(task)
@@ -408,11 +425,11 @@ class Trainer:
 
     # ------------------------------------------------------------------ primitives
     def autocast(self):
-        """The context the loop runs forward passes and losses in: ``torch.autocast`` to bfloat16 when
-        ``precision == "bf16"``, else a no-op context. For code that runs the model the way the trainer does
+        """The context the loop runs forward passes and losses in: ``torch.autocast`` to bfloat16 / float16 when
+        ``precision`` is ``"bf16"`` / ``"fp16"``, else a no-op context. For code that runs the model the way the trainer does
         (the LR range test, evaluation reports, asynchronous workers)."""
-        if self.precision == "bf16":
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        if self.precision in ("bf16", "fp16"):
+            return torch.autocast(self.device.type, dtype=torch.bfloat16 if self.precision == "bf16" else torch.float16)
         return nullcontext()
 
     def to_device(self, x: Any, y: Any) -> tuple[Any, Any]:
@@ -472,8 +489,11 @@ class Trainer:
             yield group, False
 
     def _new_epoch_acc(self) -> dict[str, Any]:
-        return {"loss_sum": torch.zeros((), dtype=torch.float64, device=self.device), "seen": 0,
-                "task": self.task.new_state()}
+        acc = {"loss_sum": torch.zeros((), dtype=torch.float64, device=self.device), "seen": 0,
+               "task": self.task.new_state()}
+        if self.scaler is not None:                        # fp16: steps skipped for Inf/NaN gradients
+            acc["skipped"] = torch.zeros((), dtype=torch.float64, device=self.device)
+        return acc
 
     def _epoch_batches(self) -> Iterator:
         """The train loader's iterator for this epoch, advanced past the micro-batches already trained when the
@@ -518,6 +538,9 @@ class Trainer:
             loss_sum, seen, state = _all_reduce_sums([loss_sum, seen, state])
         out = {"train_loss": loss_sum.item() / max(seen, 1)}
         out.update({f"train_{k}": v for k, v in self.task.compute(state).items()})
+        if self.scaler is not None:
+            out["skipped_steps"] = int(acc["skipped"].item()) if "skipped" in acc else 0
+            out["loss_scale"] = float(self.scaler.get_scale())
         return out
 
     def _train_step(self, group: list, params: list) -> None:
@@ -529,11 +552,13 @@ class Trainer:
         total = sum(sizes)
         acc = self._epoch_acc
         self.optimizer.zero_grad(set_to_none=True)
-        on_device = []
+        on_device, first_pass = [], []
         for (x, y, extras), n in zip(parts, sizes):
             x, y = self.to_device(x, y)
             extras = _to(extras, self.device)
             self.batch = (x, y, extras)
+            self._fire("on_before_forward")              # may replace the batch (adversarial inputs, resizing)
+            x, y, extras = self.batch
             failure = None
             with self.autocast():
                 try:
@@ -546,9 +571,11 @@ class Trainer:
                 raise failure
             if self.closure_path:
                 on_device.append((x, y, extras, n))
+                first_pass.append(self.loss if n == total else self.loss * (n / total))
             else:
                 self._fire("on_before_backward")
-                (self.loss if n == total else self.loss * (n / total)).backward()
+                weighted = self.loss if n == total else self.loss * (n / total)
+                (self.scaler.scale(weighted) if self.scaler is not None else weighted).backward()
                 self._fire("on_after_backward")
             acc["loss_sum"] += self.loss.detach().double() * n
             acc["seen"] += n
@@ -556,9 +583,14 @@ class Trainer:
         self.outputs = None                       # free the activations; the loss stays, detached, for callbacks
         self.loss = self.loss.detach() if self.loss is not None else None
         if self.closure_path:
-            # second-order optimizers differentiate the loss themselves (Hessian-vector products): the closure
-            # returns the group's loss, weighted as above, with its graph
+            # second-order optimizers and SAM differentiate the loss themselves: the closure returns the group's
+            # loss, weighted as above, with its graph; its first call returns the loop's own forward passes (no
+            # pass repeated, batch-norm statistics moved once), later calls run them again (at moved weights)
             def closure(batches=on_device, total=total):
+                if first_pass:
+                    out = sum(first_pass[1:], first_pass[0])
+                    first_pass.clear()
+                    return out
                 out = None
                 for x, y, extras, n in batches:
                     with self.autocast():
@@ -568,6 +600,14 @@ class Trainer:
                 return out
             self._fire("on_before_optimizer_step", [])
             self.optimizer.step(closure)
+        elif self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)               # transforms and records see the true gradients
+            self._fire("on_before_optimizer_step", [p for p in params if p.grad is not None])
+            found = self.scaler._found_inf_per_device(self.optimizer)     # 1.0 where the step will be skipped
+            if found:
+                acc["skipped"] = acc.get("skipped", 0) + sum(v.to(self.device, torch.float64) for v in found.values())
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
         else:
             self._fire("on_before_optimizer_step", [p for p in params if p.grad is not None])
             self.optimizer.step()
@@ -717,6 +757,7 @@ class Trainer:
             "epoch_elapsed": time.perf_counter() - self._epoch_t0 if mid else 0.0,
             "callbacks": {c.name: c.state_dict() for c in self.callbacks},
             "extra": self.extra_state,
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -738,6 +779,8 @@ class Trainer:
             if c.name in saved:
                 c.load_state_dict(_to(saved[c.name], self.device))
         self.extra_state = dict(state.get("extra", {}))
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
 
     def save_checkpoint(self) -> Path:
         """Write ``out_dir/checkpoints/epoch-NNNN`` (at an epoch's end) or ``epoch-NNNN-step-MMMMMM`` (``MMMMMM``

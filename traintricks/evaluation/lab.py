@@ -13,9 +13,9 @@ what it takes (``takes_data``, ``task``, ``takes_model``, ``varies``):
 
 * a claim judged by test accuracy or cross-entropy needs classification data (others are refused, naming the task);
 * with your model, the claim's own architecture options (the lab CNN's widths, the MLP's hidden sizes...) are
-  dropped; the model options it *varies* (``model.norm`` for the normalization claims) are kept, and a model that
-  does not take them is refused, naming the option (``model.norm`` on any model comes with
-  :mod:`traintricks.surgery`);
+  dropped; the model options it *varies* (``model.norm`` for the normalization claims) are kept and applied to
+  any model by :mod:`traintricks.surgery` (``convert_norms``); a model they cannot apply to (no norm layers) is
+  refused, naming the option;
 * without your model, the claim's own network is used: the lab CNN needs images ``(C, H, W)``;
 * ``checkpointing`` measures a synthetic MLP on random inputs and takes neither (it says so and runs as usual).
 """

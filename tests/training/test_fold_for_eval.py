@@ -1,6 +1,5 @@
 """``model.fold_for_eval`` / the ``fold_for_eval`` callback: evaluation through a copy with the batch norms folded,
 equal to the unfolded evaluation, refolded whenever the weights change (issue 17)."""
-import copy
 
 import pytest
 import torch

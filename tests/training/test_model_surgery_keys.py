@@ -8,7 +8,6 @@ import torch
 from torch import nn
 
 from traintricks.config import ConfigError, load_config
-from traintricks.memory.recomputation import ForwardState  # noqa: F401  (the recomputation package is importable)
 from traintricks.training import build_trainer, run
 from traintricks.training.callbacks import FoldForEval
 from traintricks.training.recipe import build_model

@@ -194,7 +194,7 @@ def _path_in(mods: dict[str, nn.Module], sub: nn.Module) -> str:
 def _runs_as_sequential(m: nn.Module) -> bool:
     """``m``'s forward is ``nn.Sequential``'s (a branch with stochastic depth counts: its base class decides)."""
     from .stochastic_depth import StochasticDepthBranch
-    cls = type(m)._sd_base if isinstance(m, StochasticDepthBranch) else type(m)
+    cls = type(m).base_class if isinstance(m, StochasticDepthBranch) else type(m)
     return cls.forward is nn.Sequential.forward
 
 

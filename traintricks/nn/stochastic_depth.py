@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from .batchnorm import _fx_leaf
+from .class_swap import ClassSwapMixin
 
 _BRANCH = "branch."
 
@@ -104,22 +105,9 @@ class StochasticDepth(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------- the paper's form
-_CLASSES: dict[type, type] = {}
-
-
 def _branch_class(base: type) -> type:
     """The subclass ``StochasticDepth<Base>`` of ``(StochasticDepthBranch, base)``, one per base class."""
-    cls = _CLASSES.get(base)
-    if cls is None:
-        cls = type(f"StochasticDepth{base.__name__}", (StochasticDepthBranch, base),
-                   {"_sd_base": base, "__module__": __name__, "__qualname__": f"StochasticDepth{base.__name__}"})
-        _CLASSES[base] = cls
-    return cls
-
-
-def _new_branch(base: type) -> nn.Module:
-    """Unpickling: an empty instance of the stochastic-depth class of ``base`` (the state is set afterwards)."""
-    return object.__new__(_branch_class(base))
+    return StochasticDepthBranch.subclass(base)
 
 
 def _old_branch_level(module: nn.Module, state_dict: dict, prefix: str) -> None:
@@ -136,7 +124,7 @@ def _old_branch_level(module: nn.Module, state_dict: dict, prefix: str) -> None:
         state_dict[prefix + k[len(inner):] if k.startswith(inner) else k] = v
 
 
-class StochasticDepthBranch(nn.Module):
+class StochasticDepthBranch(ClassSwapMixin, nn.Module):
     """A residual branch ``f`` with the paper's stochastic depth: ``b * f(x)`` in training (``b ~
     Bernoulli(survival_prob)`` per sample for ``mode="row"``, per call for ``"batch"``), ``survival_prob * f(x)`` at
     inference. Made by :func:`add_stochastic_depth` (the branch's class becomes a subclass of this one and of its
@@ -148,12 +136,12 @@ class StochasticDepthBranch(nn.Module):
     state it changed is rolled back (:class:`traintricks.memory.ForwardState`), so a dropped batch never moves
     its batch-norm statistics. Under ``torch.fx`` the branch is one ``call_module`` node."""
 
-    _sd_base: type = nn.Module
+    prefix = "StochasticDepth"
     survival_prob: float
     stochastic_depth_mode: str
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        base = type(self)._sd_base
+        base = type(self).base_class
         if isinstance(x, torch.fx.Proxy):
             node = _fx_leaf(self, x)
             if node is not None:
@@ -190,13 +178,8 @@ class StochasticDepthBranch(nn.Module):
         _old_branch_level(self, state_dict, prefix)
         super()._load_from_state_dict(state_dict, prefix, *args)
 
-    def __reduce_ex__(self, protocol):
-        # pickling (torch.save of a whole model, deepcopy): rebuilt through the base class, which pickles by name
-        reduced = super().__reduce_ex__(protocol)
-        return (_new_branch, (type(self)._sd_base,)) + tuple(reduced[2:])
-
     def extra_repr(self) -> str:
-        own = type(self)._sd_base.extra_repr(self)
+        own = type(self).base_class.extra_repr(self)
         sd = f"survival_prob={self.survival_prob:.4g}, stochastic_depth_mode={self.stochastic_depth_mode}"
         return f"{own}, {sd}" if own else sd
 
@@ -234,5 +217,5 @@ def remove_stochastic_depth(branch: nn.Module) -> nn.Module:
         raise ValueError(f"remove_stochastic_depth: {type(branch).__name__} has no stochastic depth")
     for name in ("survival_prob", "stochastic_depth_mode", "_sd_out"):
         branch.__dict__.pop(name, None)
-    branch.__class__ = type(branch)._sd_base
+    branch.__class__ = type(branch).base_class
     return branch

@@ -18,11 +18,9 @@ from torch import nn
 from torch.utils._pytree import tree_leaves
 
 from ..memory.recomputation import ForwardState, measure_layers, plan_checkpoints, recompute
+from ..nn.class_swap import ClassSwapMixin
 from .report import SurgeryReport
 from .select import Selector, describe, select
-
-_CLASSES: dict[type, type] = {}
-
 
 class _BaseCall(nn.Module):
     """The checkpointed module's own forward as a module (what :func:`recompute` runs and re-runs), with the
@@ -34,19 +32,19 @@ class _BaseCall(nn.Module):
         self._rest, self._kwargs = rest, kwargs
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return type(self.inner)._ck_base.forward(self.inner, x, *self._rest, **self._kwargs)
+        return type(self.inner).base_class.forward(self.inner, x, *self._rest, **self._kwargs)
 
 
-class CheckpointedModule(nn.Module):
+class CheckpointedModule(ClassSwapMixin, nn.Module):
     """A module recomputed in backward (made by :func:`checkpoint_blocks` / :func:`checkpoint`: its class becomes a
     subclass of this one and of its own class). ``forward(x, *args, **kwargs)``: with gradients enabled, its own
     forward through :func:`traintricks.memory.recompute` (saves ``x`` only); the first argument must be the one
     tensor that needs a gradient (``TypeError`` if another argument requires one) and the output one tensor."""
 
-    _ck_base: type = nn.Module
+    prefix = "Checkpointed"
 
     def forward(self, *args, **kwargs):
-        base = type(self)._ck_base
+        base = type(self).base_class
         if not torch.is_grad_enabled() or not args or not isinstance(args[0], torch.Tensor):
             return base.forward(self, *args, **kwargs)
         x, rest = args[0], args[1:]
@@ -55,28 +53,13 @@ class CheckpointedModule(nn.Module):
                             f"first argument); it was called with another one (remove_checkpointing() it)")
         return recompute(_BaseCall(self, rest, kwargs), x)
 
-    def __reduce_ex__(self, protocol):
-        # pickling (torch.save of a whole model): rebuilt through the base class, which pickles by name
-        reduced = super().__reduce_ex__(protocol)
-        return (_new_checkpointed, (type(self)._ck_base,)) + tuple(reduced[2:])
-
     def extra_repr(self) -> str:
-        own = type(self)._ck_base.extra_repr(self)
+        own = type(self).base_class.extra_repr(self)
         return f"{own}, recomputed in backward" if own else "recomputed in backward"
 
 
 def _checkpointed_class(base: type) -> type:
-    cls = _CLASSES.get(base)
-    if cls is None:
-        cls = type(f"Checkpointed{base.__name__}", (CheckpointedModule, base),
-                   {"_ck_base": base, "__module__": __name__, "__qualname__": f"Checkpointed{base.__name__}"})
-        _CLASSES[base] = cls
-    return cls
-
-
-def _new_checkpointed(base: type) -> nn.Module:
-    """Unpickling: an empty instance of the checkpointed class of ``base`` (the state is set afterwards)."""
-    return object.__new__(_checkpointed_class(base))
+    return CheckpointedModule.subclass(base)
 
 
 def remove_checkpointing(module: nn.Module) -> nn.Module:
@@ -84,7 +67,7 @@ def remove_checkpointing(module: nn.Module) -> nn.Module:
     recomputed."""
     if not isinstance(module, CheckpointedModule):
         raise ValueError(f"remove_checkpointing: {type(module).__name__} is not recomputed")
-    module.__class__ = type(module)._ck_base
+    module.__class__ = type(module).base_class
     return module
 
 
@@ -130,7 +113,7 @@ def checkpoint_blocks(model: nn.Module, where: Selector) -> SurgeryReport:
             continue
         _swap(m)
         chosen.append(name)
-        report.changed.append((name, f"{type(m)._ck_base.__name__} recomputed in backward"))
+        report.changed.append((name, f"{type(m).base_class.__name__} recomputed in backward"))
     if inside:
         report.notes.append(f"{inside} selected module(s) inside recomputed ones were left as they are (recomputed "
                             f"with them)")
@@ -288,7 +271,7 @@ def checkpoint(model: nn.Module, example_input, budget_bytes: int) -> SurgeryRep
         for i in range(s, e):
             if rc:
                 _swap(mods[i])
-                report.changed.append((names[i], f"{type(mods[i])._ck_base.__name__} recomputed in backward"))
+                report.changed.append((names[i], f"{type(mods[i]).base_class.__name__} recomputed in backward"))
     if not report.changed:
         report.skipped.append(("", f"the chain's activations ({before} bytes) already fit in {budget_bytes} bytes"))
     return report.require_changes("blocks")

@@ -12,6 +12,7 @@ from torch import nn
 from tests.surgery.user_models import TinyViT, LeakyNet, resnet_tiny
 from traintricks.models import MODELS, REGULARIZERS
 from traintricks.nn import DropConnectConv2d, DropConnectLinear, Dropout, GaussianNoise, ShakeShake
+from traintricks import surgery
 from traintricks.surgery import NothingToChangeError, add_dropconnect, add_dropout, add_noise
 
 
@@ -208,3 +209,24 @@ def test_a_checkpoint_of_the_former_shakedrop_wrapper_loads():
     fresh.load_state_dict(old, strict=True)
     x = torch.randn(2, 1, 12, 12)
     assert torch.equal(fresh.eval()(x), model.eval()(x))
+
+
+@pytest.mark.parametrize("apply, same_outputs", [
+    (lambda m: surgery.add_dropout(m, 0.3), True),
+    (lambda m: surgery.add_noise(m, 0.5, before="type:Conv2d"), True),
+    (lambda m: surgery.add_stochastic_depth(m, 0.5), True),
+    (lambda m: surgery.add_stochastic_depth(m, 0.5, form="paper"), False),    # eval scales the branch by p
+    (lambda m: surgery.add_dropconnect(m, 0.5), True),
+], ids=["dropout", "noise", "stochastic_depth", "stochastic_depth_paper", "dropconnect"])
+def test_surgery_on_a_model_in_eval_mode_keeps_it_in_eval_mode(apply, same_outputs):
+    # found by a new user: the helpers were added in training mode, so an eval model's outputs became random
+    torch.manual_seed(0)
+    m = resnet_tiny().eval()
+    x = torch.randn(2, 3, 16, 16)
+    ref = m(x)
+    apply(m)
+    assert not any(mod.training for mod in m.modules())
+    if same_outputs:
+        torch.testing.assert_close(m(x), ref)
+    else:
+        torch.testing.assert_close(m(x), m(x))         # deterministic in eval

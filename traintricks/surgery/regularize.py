@@ -67,7 +67,7 @@ def _hook_all(model: nn.Module, report: SurgeryReport, kind: str, side: str, whe
         if hasattr(module, attr):
             report.skipped.append((path, f"it has an attribute {attr!r} of its own"))
             continue
-        module.add_module(attr, make())
+        module.add_module(attr, make().train(module.training))   # the model's mode: an eval model stays in eval
         if side == "before":
             module.register_forward_pre_hook(hook)
         else:

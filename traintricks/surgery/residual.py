@@ -331,7 +331,7 @@ def _attach(module: nn.Module, attr: str, helper: nn.Module, hook) -> str | None
     """``helper`` as ``module.<attr>`` and ``hook`` as a forward hook of ``module``; why not, or None."""
     if attr in module._modules or hasattr(module, attr):
         return f"it already has {'a' if attr in module._modules else 'an attribute'} {attr!r}"
-    module.add_module(attr, helper)
+    module.add_module(attr, helper.train(module.training))      # the model's mode: an eval model stays in eval
     module.register_forward_hook(hook)
     return None
 

@@ -107,12 +107,19 @@ def test_bad_surgery_keys_name_the_key(rgb_npz, key, match):
         build_model(_cfg(rgb_npz, key), (3, 16, 16), 4)
 
 
-def test_fold_for_eval_without_batch_norm_is_refused_naming_the_key(rgb_npz, tmp_path):
-    with pytest.raises(ConfigError, match="model.fold_for_eval"):
-        build_trainer(_cfg(rgb_npz, "model.norm=groupnorm", "model.fold_for_eval=true"), out_dir=tmp_path / "r")
+def test_fold_for_eval_without_batch_norm_warns_naming_the_key_and_evaluates_unfolded(rgb_npz, tmp_path):
+    # a compare --vary model.norm=batchnorm,groupnorm with folding on: the groupnorm variants still run
+    with pytest.warns(UserWarning, match="model.fold_for_eval.*evaluating the model unfolded"):
+        t = build_trainer(_cfg(rgb_npz, "model.norm=groupnorm", "model.fold_for_eval=true"), out_dir=tmp_path / "r")
+    assert not any(isinstance(c, FoldForEval) for c in t.callbacks)
 
 
-def test_a_budget_the_model_already_fits_is_a_warning(rgb_npz):
-    with pytest.warns(UserWarning, match="already fit"):
-        model = build_model(_cfg(rgb_npz, "model.checkpoint_budget_mb=64"), (3, 16, 16), 4)
-    assert not any("Checkpointed" in t for t in _types(model))
+def test_a_factory_failing_on_an_option_value_names_the_call_and_the_exception(tmp_path, monkeypatch, rgb_npz):
+    (tmp_path / "fails_i17.py").write_text(
+        "import torch\n"
+        "def net(in_shape, num_classes, width=16):\n"
+        "    label = 'w%d' % width\n"
+        "    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(768, num_classes))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ConfigError, match=r"config key 'model': 'fails_i17:net'\(width='eight'\) raised TypeError"):
+        build_model(_cfg(rgb_npz, "model.name=fails_i17:net", "model.width=eight"), (3, 16, 16), 4)

@@ -40,7 +40,11 @@ class SurgeryReport:
         """This report, or :class:`NothingToChangeError` naming what was looked for and why each candidate was
         skipped when nothing was changed."""
         if not self.changed:
-            why = "; ".join(f"{p or '<model>'}: {r}" for p, r in self.skipped)
+            by_reason: dict[str, list[str]] = {}
+            for p, r in self.skipped:               # one reason given for many places is said once
+                by_reason.setdefault(r, []).append(p or "<model>")
+            why = "; ".join(f"{', '.join(ps[:3]) + (f' and {len(ps) - 3} more' if len(ps) > 3 else '')}: {r}"
+                            for r, ps in by_reason.items())
             raise NothingToChangeError(f"{self.technique}: found no {looked_for} to change"
                                        + (f" ({why})" if why else ""))
         return self

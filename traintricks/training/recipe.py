@@ -57,8 +57,13 @@ def _build(section: str, spec: dict[str, Any], fn: Callable, *args: Any, **kwarg
             known = first in spec or first in inspect.signature(fn).parameters
         except (TypeError, ValueError):
             known = first in spec
-        key = f"{section}.{first}" if known else section
-        raise ConfigError(key, str(e)) from None
+        if known:
+            raise ConfigError(f"{section}.{first}", str(e)) from None
+        # the message does not start with an option's name (e.g. a user's factory failing on a value of the wrong
+        # type): say which call failed, with which options, and the exception's type
+        given = ", ".join(f"{k}={v!r}" for k, v in spec.items() if k != "name" and k in kwargs)
+        raise ConfigError(section, f"{spec.get('name', getattr(fn, '__name__', 'the factory'))!r}"
+                                   f"({given}) raised {type(e).__name__}: {e}") from None
 
 
 def _options(spec: dict[str, Any], drop: Sequence[str] = ()) -> dict[str, Any]:
@@ -179,8 +184,8 @@ def build_model(cfg: dict[str, Any], in_shape: Sequence[int], num_classes: int, 
     elif "norm_groups" in spec and "norm_groups" not in by_factory:
         raise ConfigError("model.norm_groups", "sets the groups of model.norm's conversion; set model.norm too")
     if spec.get("zero_init_residual") and not zero_init_residual(model):
-        warnings.warn(f"model.zero_init_residual: model {spec['name']!r} has no residual branches with a norm; "
-                      "nothing was zeroed", stacklevel=2)
+        warnings.warn(f"model.zero_init_residual: model {spec['name']!r} has no residual additions (y = x + f(x)) "
+                      "whose branch ends in a norm, conv or linear layer; nothing was zeroed", stacklevel=2)
     for i, item in enumerate(spec.get("regularization", [])):
         r = as_spec(item)
         model = _build(f"model.regularization[{i}]", r, REGULARIZERS.get(r["name"]), model, **_options(r))
@@ -365,9 +370,13 @@ def build_trainer(cfg: dict[str, Any], data: DataSplits | None = None, out_dir: 
                                                     "mean": data.mean or [0.0], "std": data.std or [1.0],
                                                     "data_range": list(data.pixel_range)})   # the raw inputs' range
     if cfg["model"].get("fold_for_eval") and not any(isinstance(c, FoldForEval) for c in techniques):
-        # refused now, naming the key, when nothing would fold (the callback's setup would say it less clearly)
-        _surgery("model.fold_for_eval", surgery.fold_batchnorm, copy.deepcopy(model).eval())
-        techniques.append(FoldForEval())           # last: it folds whichever model the others chose to evaluate
+        # a model with nothing to fold (e.g. model.norm = "groupnorm" in a compare --vary) is evaluated as it is,
+        # with a warning naming the key and why (the callback itself would refuse it)
+        try:
+            _surgery("model.fold_for_eval", surgery.fold_batchnorm, copy.deepcopy(model).eval())
+            techniques.append(FoldForEval())       # last: it folds whichever model the others chose to evaluate
+        except ConfigError as e:
+            warnings.warn(f"{e}; evaluating the model unfolded", stacklevel=2)
     if any(isinstance(c, FlipTTA) for c in techniques) and not any(as_spec(a)["name"] == "flip" for a in d["augment"]):
         warnings.warn("callbacks: 'tta_flip' is on but data.augment has no 'flip': the model is tested on mirror "
                       "images it never trained on", stacklevel=2)

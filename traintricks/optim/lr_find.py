@@ -4,7 +4,7 @@ Train for ``num_steps`` mini-batches while the rate grows exponentially from ``s
 ``lr_i = start * (end / start)^(i / (n - 1))``, recording the loss, smoothed by an exponential moving average
 with bias correction (``beta``). Stop early once the smoothed loss exceeds ``diverge`` times its minimum.
 The suggested rate is where the smoothed loss falls fastest against ``log(lr)`` (the steepest negative
-slope), before the minimum. Model and optimizer are restored afterwards: the test changes nothing.
+slope over a tenth of the range, the first tenth of the steps left out), before the minimum. Model and optimizer are restored afterwards: the test changes nothing.
 """
 from __future__ import annotations
 
@@ -64,14 +64,25 @@ def lr_find(model: nn.Module, loader: Iterable, loss_fn: Callable, optimizer: to
 
 
 def suggest(lrs: list[float], smoothed: list[float]) -> float | None:
-    """The rate of steepest descent of the smoothed loss against log(lr), up to its minimum."""
-    if len(lrs) < 3:
+    """The rate of steepest descent of the smoothed loss against log(lr), up to its minimum.
+
+    The slope is taken over a window of ``2k`` steps (``k = max(1, n // 20)``: about a tenth of the range) and
+    the first ``max(2, n // 10)`` steps are left out: there the moving average has seen only a few noisy losses
+    (fastai skips the start of the curve the same way), and a chance dip at a rate far too small to train would
+    otherwise be suggested. ``None`` for fewer than 3 points; ``lr_min / 10`` when the loss never falls."""
+    n = len(lrs)
+    if n < 3:
         return None
-    stop = min(range(len(smoothed)), key=smoothed.__getitem__)
+    stop = min(range(n), key=smoothed.__getitem__)
     logs = [math.log(v) for v in lrs]
+    k = max(1, n // 20)
+    skip = max(1, n // 10) if n >= 20 else 1
     best_i, best_slope = None, 0.0
-    for i in range(1, max(stop, 2)):
-        slope = (smoothed[i + 1] - smoothed[i - 1]) / (logs[i + 1] - logs[i - 1])
+    for i in range(skip, max(stop, skip + 1)):
+        lo, hi = max(0, i - k), min(n - 1, i + k)
+        if hi == lo:
+            continue
+        slope = (smoothed[hi] - smoothed[lo]) / (logs[hi] - logs[lo])
         if slope < best_slope:
             best_i, best_slope = i, slope
     return lrs[best_i] if best_i is not None else lrs[stop] / 10

@@ -65,6 +65,10 @@ def test_folder_run_predicts_the_trainers_test_outputs_after_the_data_is_gone(tm
     out = r.predict([str(p) for p in paths])                               # decoded and resized like training
     torch.testing.assert_close(out, cap.outputs["test"], rtol=0, atol=0 if not stream else 1e-5)
     assert r.predict(paths[0]).shape == (1, 2)
+    from PIL import Image                                  # open Pillow images too (a new user tried them)
+    images = [Image.open(p) for p in paths]
+    torch.testing.assert_close(r.predict(images), out, rtol=0, atol=1e-5)
+    torch.testing.assert_close(r.predict(images[0]), out[:1], rtol=0, atol=1e-5)
     # uint8 tensors (0..255) and float tensors (0..1) of the decoded images give the same outputs
     decoded = r.standardize([str(p) for p in paths]) * torch.tensor(r.stats["std"])[:, None, None] + \
         torch.tensor(r.stats["mean"])[:, None, None]

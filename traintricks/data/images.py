@@ -14,11 +14,19 @@ def is_grey(im: Any) -> bool:
         im.mode == "P" and all(r == g == b for r, g, b in zip(*[iter(im.getpalette() or [0, 0, 0])] * 3)))
 
 
-def decode_image(path: str | Path, image_size: int, mode: str | None = None) -> np.ndarray:
-    """One image as a uint8 (H, W) (grey) or (H, W, 3) (colour) array, resized (shorter side) and centre-cropped
-    to ``image_size`` when it is > 0; ``mode="L"`` converts colour images to grey."""
+def is_pil_image(obj: Any) -> bool:
+    """Whether ``obj`` is a Pillow image (an open ``PIL.Image.Image``)."""
     from PIL import Image
-    with Image.open(path) as im:
+    return isinstance(obj, Image.Image)
+
+
+def decode_image(path: str | Path | Any, image_size: int, mode: str | None = None) -> np.ndarray:
+    """One image (a file, or an open Pillow image) as a uint8 (H, W) (grey) or (H, W, 3) (colour) array, resized
+    (shorter side) and centre-cropped to ``image_size`` when it is > 0; ``mode="L"`` converts colour images to
+    grey."""
+    from PIL import Image
+    from contextlib import nullcontext
+    with (nullcontext(path) if is_pil_image(path) else Image.open(path)) as im:
         im.load()
         target = mode or ("L" if is_grey(im) else "RGB")
         if im.mode != target:

@@ -16,6 +16,7 @@ from typing import Any, Sequence
 
 import torch
 
+from ..data.images import is_pil_image
 from . import checkpoint as ckpt
 
 
@@ -53,7 +54,7 @@ class LoadedRun:
         out = []
         for p in paths:
             try:
-                a = torch.from_numpy(_decode(Path(p), size, mode="L" if c == 1 else None))
+                a = torch.from_numpy(_decode(p if is_pil_image(p) else Path(p), size, mode="L" if c == 1 else None))
             except (OSError, ValueError, SyntaxError) as e:
                 raise ValueError(f"{p}: unreadable or corrupt image ({e})") from None
             a = a[None].expand(c, -1, -1) if a.ndim == 2 else a.permute(2, 0, 1)
@@ -67,9 +68,10 @@ class LoadedRun:
     def standardize(self, inputs: Any) -> torch.Tensor:
         """Raw inputs -> the float32 ``(N, *input_shape)`` batch the model was trained on: ``(x - mean) / std`` with
         the run's saved per-channel (per-feature) statistics. See :meth:`predict` for what ``inputs`` may be."""
-        if isinstance(inputs, (str, os.PathLike)):
+        if isinstance(inputs, (str, os.PathLike)) or is_pil_image(inputs):
             inputs = [inputs]
-        if isinstance(inputs, (list, tuple)) and inputs and all(isinstance(p, (str, os.PathLike)) for p in inputs):
+        if isinstance(inputs, (list, tuple)) and inputs and all(isinstance(p, (str, os.PathLike)) or is_pil_image(p)
+                                                                for p in inputs):
             if not self.image_inputs:
                 raise TypeError(f"image paths given, but this run's data ({self.stats.get('dataset')!r}) is not "
                                 f"images; give a float tensor of shape (N, {', '.join(map(str, self.input_shape))})")
@@ -105,7 +107,7 @@ class LoadedRun:
         ``N = 1``), on the scale the data source gives before standardization: for image sources (``folder``,
         ``cifar10``, ``fashion_mnist``: uint8 images) a uint8 tensor of 0..255 values or a float tensor of 0..1
         values (refused with ``ValueError`` outside 0..1); for tables and arrays the raw feature values. Image runs
-        also take a list of image file paths, decoded like the training images (Pillow, ``data.image_size`` resize
+        also take a list of image file paths or Pillow images (or one of either), decoded like the training images (Pillow, ``data.image_size`` resize
         and centre crop, grey or RGB as the model takes). Raises ``ValueError`` for a wrong shape or an unreadable
         image, ``TypeError`` for paths given to a run whose data are not images."""
         x = self.standardize(inputs)

@@ -327,6 +327,18 @@ def test_folder_rgb_test_folder_and_image_size(tmp_path):
     assert s.test_y.tolist() == [0, 0, 1, 1]
 
 
+def test_folder_reads_other_pillow_formats_and_warns_about_files_that_are_not_images(tmp_path):
+    # a new user's .webp images were left out and a readme.txt skipped without a word
+    from PIL import Image
+    _images(tmp_path, per_class=3)
+    Image.fromarray(np.full((8, 8), 200, np.uint8), "L").save(tmp_path / "train" / "light" / "extra.webp",
+                                                              lossless=True)
+    (tmp_path / "train" / "dark" / "readme.txt").write_text("notes")
+    with pytest.warns(UserWarning, match=r"1 file\(s\) that are not images.*dark/readme.txt"):
+        s = load_data("folder", root=str(tmp_path), val_size=0)
+    assert len(s.train_x) + len(s.test_x) == 7
+
+
 def test_folder_trains_resumes_and_reports_from_the_cli(tmp_path, capsys):
     _images(tmp_path / "data")
     out = tmp_path / "run"

@@ -358,7 +358,7 @@ def python_factory(root: str = "", factory: str = "") -> RawData:
 
 
 # ------------------------------------------------------------------------------------------------ folder
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")   # what Pillow decodes
 CACHE_NAME = ".traintricks-cache.pt"
 
 
@@ -371,19 +371,24 @@ def _image_files(split_dir: Path, stats: list[tuple[str, int, int]] | None = Non
     classes = sorted(d.name for d in split_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not classes:
         raise DataError(f"{split_dir}: no class subfolders (the layout is {split_dir}/<class>/*.png|jpg)")
-    files = []
+    files, ignored = [], []
     for c in classes:
         with os.scandir(split_dir / c) as it:
-            entries = sorted((e for e in it if e.name.lower().endswith(IMAGE_SUFFIXES) and e.is_file()),
-                             key=lambda e: e.name)
+            listed = [e for e in it if e.is_file() and not e.name.startswith(".")]
+        entries = sorted((e for e in listed if e.name.lower().endswith(IMAGE_SUFFIXES)), key=lambda e: e.name)
+        ignored += [f"{c}/{e.name}" for e in listed if not e.name.lower().endswith(IMAGE_SUFFIXES)]
         if not entries:
-            raise DataError(f"{split_dir / c}: empty class (no .png/.jpg/.jpeg files)")
+            raise DataError(f"{split_dir / c}: empty class (no image files: {'/'.join(IMAGE_SUFFIXES)})")
         files.append([e.path for e in entries])      # strings: pathlib objects cost more than the stat
         if stats is not None:
             prefix = f"{split_dir.name}/{c}/"
             for e in entries:
                 st = e.stat()
                 stats.append((prefix + e.name, st.st_size, st.st_mtime_ns))
+    if ignored:                      # said, not silently left out (a new user's .txt and an unlisted format)
+        import warnings
+        warnings.warn(f"{split_dir}: {len(ignored)} file(s) that are not images by their suffix were left out "
+                      f"(e.g. {', '.join(sorted(ignored)[:3])}; images are {'/'.join(IMAGE_SUFFIXES)})", stacklevel=3)
     return classes, files
 
 

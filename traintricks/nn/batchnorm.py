@@ -386,17 +386,22 @@ def _register_fusers() -> None:
 def as_torch_batchnorm(bn: _PlainBatchNorm) -> nn.modules.batchnorm._BatchNorm:
     """PyTorch's ``nn.BatchNorm1d/2d/3d`` with the same arguments, mode and state as ``bn`` (shared tensors)."""
     cls = {BatchNorm1d: nn.BatchNorm1d, BatchNorm2d: nn.BatchNorm2d, BatchNorm3d: nn.BatchNorm3d}[type(bn)]
-    out = cls(bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats, device="meta",
-              bias=bn.bias is not None)
-    for name in ("weight", "bias"):
-        if getattr(bn, name) is not None:
-            setattr(out, name, getattr(bn, name))
+    return share_batchnorm_state(bn, cls(bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats,
+                                         device="meta", bias=bn.bias is not None))
+
+
+def share_batchnorm_state(src: nn.Module, dst: nn.Module) -> nn.Module:
+    """``dst`` (a batch norm built with ``src``'s arguments, e.g. on the meta device) given ``src``'s parameters
+    and buffers -- the same tensors, not copies --, its training mode and quantization config; returns ``dst``."""
+    if src.affine:
+        dst.register_parameter("weight", src.weight)
+        dst.register_parameter("bias", src.bias)
     for name in ("running_mean", "running_var", "num_batches_tracked"):
-        out._buffers[name] = bn._buffers.get(name)
-    out.train(bn.training)
-    if hasattr(bn, "qconfig"):
-        out.qconfig = bn.qconfig
-    return out
+        dst._buffers[name] = src._buffers.get(name)
+    dst.train(src.training)
+    if hasattr(src, "qconfig"):
+        dst.qconfig = src.qconfig
+    return dst
 
 
 def _as_torch_fuser(fn):

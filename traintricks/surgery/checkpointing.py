@@ -17,8 +17,9 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_leaves
 
-from ..memory.recomputation import ForwardState, measure_layers, plan_checkpoints, recompute
+from ..memory.recomputation import measure_layers, plan_checkpoints, recompute
 from ..nn.class_swap import ClassSwapMixin
+from .probe import probe
 from .report import SurgeryReport
 from .select import Selector, describe, select
 
@@ -186,14 +187,7 @@ def _find_chain(model: nn.Module, example_input) -> tuple[list[tuple[str, nn.Mod
 
     hooks = [h for m in model.modules() for h in (m.register_forward_pre_hook(pre, with_kwargs=True),
                                                    m.register_forward_hook(post, with_kwargs=True))]
-    state = ForwardState(model, [t for t in inputs if isinstance(t, torch.Tensor)])
-    try:
-        with torch.no_grad():
-            model(*inputs)
-    finally:
-        for h in hooks:
-            h.remove()
-        state.rollback()
+    probe(model, inputs, hooks)
     best: list[_Call] = []
 
     def score(run: list[_Call]) -> tuple:
@@ -285,12 +279,5 @@ def _input_of(model: nn.Module, module: nn.Module, example_input) -> torch.Tenso
     def pre(mod, args):
         if not got:
             got.append(args[0].detach().clone())
-    h = module.register_forward_pre_hook(pre)
-    state = ForwardState(model, [t for t in inputs if isinstance(t, torch.Tensor)])
-    try:
-        with torch.no_grad():
-            model(*inputs)
-    finally:
-        h.remove()
-        state.rollback()
+    probe(model, inputs, [module.register_forward_pre_hook(pre)])
     return got[0]

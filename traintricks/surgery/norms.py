@@ -20,7 +20,10 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
+from ..memory.recomputation import ForwardState
+from ..nn.batchnorm import share_batchnorm_state
 from ..nn.normalization import NORMS, fuses_norm_activation, make_norm
+from .probe import probe
 from .report import SurgeryReport
 from .select import Selector, describe, select
 
@@ -106,22 +109,13 @@ def _norm_kind(m: nn.Module) -> tuple[str, int, int | None] | None:
 
 def _input_ndims(model: nn.Module, modules: list[nn.Module], example_inputs) -> dict[int, int]:
     """The rank of each of ``modules``' inputs on a run of ``example_inputs`` (no_grad; state rolled back)."""
-    from ..memory.recomputation import ForwardState
     inputs = example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
     seen: dict[int, int] = {}
 
     def pre(mod, args):
         if args and isinstance(args[0], torch.Tensor):
             seen.setdefault(id(mod), args[0].dim())
-    hooks = [m.register_forward_pre_hook(pre) for m in modules]
-    state = ForwardState(model, [t for t in inputs if isinstance(t, torch.Tensor)])
-    try:
-        with torch.no_grad():
-            model(*inputs)
-    finally:
-        for h in hooks:
-            h.remove()
-        state.rollback()
+    probe(model, inputs, [m.register_forward_pre_hook(pre) for m in modules])
     return seen
 
 
@@ -405,21 +399,9 @@ def sync_batchnorm(model: nn.Module, *, torch_layers: bool = False, process_grou
 _TORCH_BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
-def _share_state(m: nn.Module, out: nn.Module) -> nn.Module:
-    if m.affine:
-        out.weight = m.weight
-        out.register_parameter("bias", m.bias)
-    for name in ("running_mean", "running_var", "num_batches_tracked"):
-        out._buffers[name] = m._buffers.get(name)
-    out.train(m.training)
-    if hasattr(m, "qconfig"):
-        out.qconfig = m.qconfig
-    return out
-
-
 def _torch_sync(m: nn.modules.batchnorm._BatchNorm, process_group) -> nn.SyncBatchNorm:
     """``torch.nn.SyncBatchNorm.convert_sync_batchnorm`` for one layer (sharing its parameters and buffers)."""
-    return _share_state(m, nn.SyncBatchNorm(m.num_features, m.eps, m.momentum, m.affine, m.track_running_stats,
+    return share_batchnorm_state(m, nn.SyncBatchNorm(m.num_features, m.eps, m.momentum, m.affine, m.track_running_stats,
                                             process_group, device="meta"))
 
 
@@ -427,7 +409,7 @@ def _ours_sync(m: nn.modules.batchnorm._BatchNorm) -> nn.Module:
     """Our batch norm of ``m``'s class, arguments and state (shared), with synchronized statistics."""
     from ..nn import batchnorm as ours
     cls = {nn.BatchNorm1d: ours.BatchNorm1d, nn.BatchNorm2d: ours.BatchNorm2d, nn.BatchNorm3d: ours.BatchNorm3d}
-    out = _share_state(m, cls[type(m)](m.num_features, m.eps, m.momentum, m.affine, m.track_running_stats,
+    out = share_batchnorm_state(m, cls[type(m)](m.num_features, m.eps, m.momentum, m.affine, m.track_running_stats,
                                        device="meta", bias=getattr(m, "bias", None) is not None or not m.affine))
     out.sync = True
     return out
@@ -442,7 +424,6 @@ _LEAKY_FUNCTIONS = {F.leaky_relu, torch._C._nn.leaky_relu, torch._C._nn.leaky_re
 def _graphs(model: nn.Module, notes: list[str]) -> list[tuple[str, fx.Graph, dict[str, nn.Module]]]:
     """``(prefix, graph, modules by path in it)`` for ``model`` traced with ``torch.fx`` (torch's and our layers kept
     as leaves); a module that cannot be traced is replaced by its children, each traced as its own root (noted)."""
-    from ..memory.recomputation import ForwardState
     from ..nn.fold import LeafTracer
     out = []
 

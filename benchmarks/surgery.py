@@ -29,8 +29,9 @@ quiet_environment()
 import torch  # noqa: E402
 
 from tests.surgery.user_models import resnet50  # noqa: E402
-from traintricks.surgery import (NothingToChangeError, checkpoint, checkpoint_blocks, convert_norms,  # noqa: E402
-                                 fold_batchnorm, sync_batchnorm, to_inplace_abn)
+from traintricks.surgery import (NothingToChangeError, add_dropconnect, add_dropout, add_shakedrop,  # noqa: E402
+                                 add_stochastic_depth, checkpoint, checkpoint_blocks, convert_norms, fold_batchnorm,
+                                 sync_batchnorm, to_inplace_abn, zero_init_residual)
 
 GOAL_S = 2.0
 EXAMPLE = (2, 3, 64, 64)        # checkpoint's example input: batch 2 (training-mode batch norm), 64x64
@@ -62,6 +63,11 @@ def main() -> None:
         "checkpoint_blocks(type:Bottleneck)": (lambda: resnet50(), lambda m: checkpoint_blocks(m, "type:Bottleneck")),
         f"checkpoint(budget {budget / 2**20:.1f} MiB, input {'x'.join(map(str, EXAMPLE))})":
             (lambda: resnet50(), lambda m: checkpoint(m, x, budget)),
+        "add_stochastic_depth(0.1)": (lambda: resnet50(), lambda m: add_stochastic_depth(m, 0.1)),
+        "add_shakedrop": (lambda: resnet50(), add_shakedrop),
+        "zero_init_residual": (lambda: resnet50(), zero_init_residual),
+        "add_dropout(before=last:type:Linear)": (lambda: resnet50(), lambda m: add_dropout(m, 0.2)),
+        "add_dropconnect(type:Conv2d)": (lambda: resnet50(), lambda m: add_dropconnect(m, 0.1, where="type:Conv2d")),
     }
     rows = []
     for name, (build, surgery) in cases.items():

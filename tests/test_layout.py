@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1] / "traintricks"
 # itself included). Every module of traintricks must fall under exactly one entry (a new module is placed here).
 LAYERS: dict[str, list[str]] = {
     "applications": ["traintricks", "traintricks.__main__", "traintricks.cli", "traintricks.evaluation.report",
-                     "traintricks.evaluation.compare", "traintricks.evaluation.lab", "traintricks.evaluation.html"],
+                     "traintricks.evaluation.compare", "traintricks.evaluation.lab.*", "traintricks.evaluation.html"],
     # assembly: config -> components -> Trainer; the catalogue of every registry; the run's written report
     "recipe": ["traintricks.training", "traintricks.training.recipe", "traintricks.training.report",
                "traintricks.training.inference",

@@ -229,9 +229,8 @@ def test_lr_find_on_a_regression_with_the_users_model(project, capsys):
     assert 0.2 < res["loss"][0] < 10
 
 
-def test_lab_claims_on_a_folder_with_the_users_model(project, capsys, monkeypatch):
-    from traintricks.evaluation import lab
-    monkeypatch.setattr(lab, "LAB_MODEL", [*lab.LAB_MODEL, f"precision={PRECISION}"])
+def test_lab_claims_on_a_folder_with_the_users_model(project, capsys):
+    # the lab sets precision itself (each claim runs under fp32 and bf16), never the machine's "auto"
     user = _sets("data.name=folder", "data.root=pics", f"model.name={MOD}:Net", "model.hidden=8")
     code = main(["lab", "onecycle", "gn_train_eval", "checkpointing", "--quick", "--out", "lab", *user])
     captured = capsys.readouterr()

@@ -169,6 +169,7 @@ def _cmd_lab(args: argparse.Namespace) -> int:
         for c in CLAIMS.values():
             print(f"  {c.name:28s} {c.text}")
             print(f"  {'':28s} experiment: {c.how}")
+            print(f"  {'':28s} criterion: {c.criterion_text()}")
             print(f"  {'':28s} {c.scope()}")
             print(f"  {'':28s} source: {c.source}\n")
         return 0
@@ -179,8 +180,9 @@ def _cmd_lab(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     try:
-        lab = Lab(out=Path(args.out), quick=args.quick, root=args.root, sets=args.set)
-    except ConfigError as e:
+        lab = Lab(out=Path(args.out), quick=args.quick, root=args.root, sets=args.set, seeds=args.seeds,
+                  precisions=tuple(args.precision or ("fp32", "bf16")))
+    except (ConfigError, ValueError) as e:
         print(f"traintricks: error: {e}", file=sys.stderr)
         return 2
     code = 0
@@ -197,8 +199,8 @@ def _cmd_lab(args: argparse.Namespace) -> int:
             print(f"traintricks: error: {'' if isinstance(e, LabError) else name + ': '}{e}", file=sys.stderr)
             code = 2
             continue
-        print(f"{name}: {'HOLDS' if v['holds'] else 'DOES NOT HOLD'} -- {v['summary']} "
-              f"[{v['seconds']:.0f} s, plot {v['plot']}]", flush=True)
+        print(f"{name}: {v['verdict']} ({v['reason']}) -- {v['summary']} "
+              f"[{v['seconds']:.0f} s, {v['cpu_seconds']:.0f} s CPU, plot {v['plot']}]", flush=True)
     return code
 
 
@@ -280,6 +282,11 @@ def build_parser() -> argparse.ArgumentParser:
     lb.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="your data or model: data.* and model.* keys (e.g. --set data.name=folder --set "
                          "data.root=photos --set model.name=mypkg.nets:Net), for the claims that take them")
+    lb.add_argument("--seeds", type=int, default=3, help="seeds each claim runs over (default 3; the verdict needs "
+                                                         "its margin over them)")
+    lb.add_argument("--precision", action="append", choices=["fp32", "bf16"], default=None,
+                    help="run under this precision only (repeatable; default: both fp32 and bf16, and the verdict "
+                         "must agree)")
     lb.set_defaults(func=_cmd_lab)
     av = sub.add_parser("average", help="average the weights of a run's last K checkpoints (checkpoint averaging) "
                                         "into one model file, and evaluate it")

@@ -318,33 +318,90 @@ def test_curriculum_from_a_reference_run_and_from_a_scores_file(tiny_cfg, tmp_pa
 
 
 # ------------------------------------------------------------------------------------------------ lab
-def test_lab_lists_the_claims_and_runs_them_writing_verdicts_and_plots(tmp_path, capsys, monkeypatch):
+def test_lab_lists_the_claims_and_runs_them_writing_verdicts_and_plots(tmp_path, capsys):
     import json
-    from tests.conftest import PRECISION
     from traintricks.cli import main
-    from traintricks.evaluation import lab
     from traintricks.evaluation.lab import CLAIMS
-    monkeypatch.setattr(lab, "LAB_MODEL", [*lab.LAB_MODEL, f"precision={PRECISION}"])   # not the machine's "auto"
     assert main(["lab"]) == 0
     listing = capsys.readouterr().out
-    assert all(name in listing for name in CLAIMS) and len(CLAIMS) >= 9
+    assert all(name in listing for name in CLAIMS) and len(CLAIMS) >= 15
+    assert listing.count("criterion:") == len(CLAIMS)
     out = tmp_path / "lab"
-    assert main(["lab", "gn_train_eval", "batch_memory_noise", "checkpointing", "--quick", "--out", str(out)]) == 0
+    names = ["gn_train_eval", "batch_memory_noise", "checkpointing", "newton_saddle", "huber_outliers"]
+    assert main(["lab", *names, "--quick", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    for name in ("gn_train_eval", "batch_memory_noise", "checkpointing"):
+    for name in names:
         v = json.loads((out / f"{name}.json").read_text())
-        assert v["claim"] == name and isinstance(v["holds"], bool) and v["summary"] in printed
+        assert v["claim"] == name and v["verdict"] in ("HOLDS", "DOES NOT HOLD", "INCONCLUSIVE")
+        assert isinstance(v["holds"], bool) and v["holds"] == (v["verdict"] == "HOLDS")
+        assert v["summary"] in printed and f"{name}: {v['verdict']}" in printed
         assert (out / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
+        assert v["seeds"] == [0, 1, 2] and set(v["precisions"]) == {"fp32", "bf16"}
+        for p, res in v["precisions"].items():
+            assert len(res["runs"]) == 3 and [r["seed"] for r in res["runs"]] == [0, 1, 2]
+            for key, c in res["criteria"].items():      # every seed's value, the mean and the interval
+                assert c["values"] == [r["criteria"][key] for r in res["runs"]]
+                assert c["low"] <= c["mean"] <= c["high"] and c["status"] in ("holds", "fails", "undecided")
     gn = json.loads((out / "gn_train_eval.json").read_text())
     # exact properties, whatever the scale: GN ignores the batch, BN in training mode does not
-    assert gn["holds"] and gn["numbers"]["groupnorm"]["max_diff_train_vs_eval_batch2"] < 1e-4
-    mem = json.loads((out / "batch_memory_noise.json").read_text())["numbers"]
+    assert gn["verdict"] == "HOLDS"
+    for p in ("fp32", "bf16"):
+        assert all(r["numbers"]["groupnorm"]["max_diff_train_vs_eval_batch2"] < 1e-4 for r in gn["precisions"][p]["runs"])
+    mem = json.loads((out / "batch_memory_noise.json").read_text())["precisions"]["fp32"]["runs"][0]["numbers"]
     assert [r["batch_size"] for r in mem] == [16, 64, 256]
     assert mem[0]["saved_mb"] < mem[1]["saved_mb"] < mem[2]["saved_mb"]
-    ck = json.loads((out / "checkpointing.json").read_text())["numbers"]
+    ck = json.loads((out / "checkpointing.json").read_text())["precisions"]["fp32"]["runs"][0]["numbers"]["rows"]
     assert ck[1]["saved_mb"] < ck[0]["saved_mb"]                    # recomputed segments save activations
+    hub = json.loads((out / "huber_outliers.json").read_text())["precisions"]["fp32"]["runs"]
+    assert all(r["numbers"]["test_rmse"]["huber"][2] < r["numbers"]["test_rmse"]["mse"][2] for r in hub)
     assert main(["lab", "bogus"]) == 2
     assert "unknown claim" in capsys.readouterr().err
+    assert main(["lab", "huber_outliers", "--seeds", "0", "--out", str(out)]) == 2
+    assert "seeds must be >= 1" in capsys.readouterr().err
+
+
+def test_lab_interval_decides_with_a_two_standard_error_margin():
+    from traintricks.evaluation.lab import interval
+    s = interval([1.0, 2.0, 3.0])                   # mean 2, sd 1, se 1/sqrt(3): 2 - 2 x 0.577 > 0
+    assert s["mean"] == 2.0 and abs(s["sd"] - 1.0) < 1e-12 and abs(s["se"] - 3 ** -0.5) < 1e-12
+    assert (s["min"], s["max"]) == (1.0, 3.0) and s["status"] == "holds"
+    assert interval([-1.0, -2.0, -3.0])["status"] == "fails"
+    assert interval([-1.0, 2.0, 3.0])["status"] == "undecided"     # the seeds disagree more than the effect
+    assert interval([0.5, 0.5, 0.5])["status"] == "holds"          # no spread: the sign decides
+    assert interval([0.0, 0.0, 0.0])["status"] == "undecided"
+    assert interval([1.0])["status"] == "undecided"                # one seed shows no spread
+    assert interval([1.0, float("nan"), 2.0])["status"] == "undecided"
+
+
+def test_lab_verdict_is_inconclusive_when_a_criterion_is_undecided_or_the_precisions_disagree(tmp_path,
+                                                                                                monkeypatch):
+    import json
+    from traintricks.evaluation import lab as L
+    from traintricks.evaluation.lab import FAILS, HOLDS, INCONCLUSIVE, Claim, Criterion, Lab, decide, run_claim
+    from traintricks.evaluation.lab.core import combine
+    assert decide({"a": {"status": "holds"}, "b": {"status": "holds"}}) == HOLDS
+    assert decide({"a": {"status": "holds"}, "b": {"status": "undecided"}}) == INCONCLUSIVE
+    assert decide({"a": {"status": "fails"}, "b": {"status": "undecided"}}) == FAILS
+    assert combine({"fp32": HOLDS, "bf16": HOLDS})[0] == HOLDS
+    v, why = combine({"fp32": HOLDS, "bf16": FAILS})
+    assert v == INCONCLUSIVE and "fp32 HOLDS" in why and "bf16 DOES NOT HOLD" in why
+
+    def experiment(lab):        # holds under fp32 by a margin, reversed under bf16
+        sign = 1.0 if lab.precision == "fp32" else -1.0
+        return {"criteria": {"effect": sign * (1.0 + 0.1 * lab.run_seed)}, "numbers": {"seed": lab.run_seed}}
+    monkeypatch.setitem(L.CLAIMS, "fake", Claim("fake", "A fake claim.", "a test", "none", experiment,
+                                                [Criterion("effect", "effect > 0")], task=None))
+    v = run_claim("fake", Lab(out=tmp_path, seed=5))
+    assert v["verdict"] == INCONCLUSIVE and "precisions disagree" in v["reason"]
+    assert v["precisions"]["fp32"]["verdict"] == HOLDS and v["precisions"]["bf16"]["verdict"] == FAILS
+    saved = json.loads((tmp_path / "fake.json").read_text())
+    assert saved["seeds"] == [5, 6, 7]
+    assert saved["precisions"]["fp32"]["criteria"]["effect"]["values"] == pytest.approx([1.5, 1.6, 1.7])
+    assert (tmp_path / "fake.png").exists()
+    v = run_claim("fake", Lab(out=tmp_path, precisions=("fp32",), seeds=4))
+    assert v["verdict"] == HOLDS and len(v["precisions"]["fp32"]["runs"]) == 4
+    with pytest.raises(ValueError, match="precisions"):
+        Lab(out=tmp_path, precisions=("fp16",))
 
 
 def test_recompute_bn_skips_norms_without_running_statistics_as_update_bn():

@@ -240,3 +240,10 @@ def test_config_toml_records_every_option_so_a_run_reloads_as_it_trained(tmp_pat
     assert "pool_before_norm = false" in (out / "config.toml").read_text()
     r = cli("report", str(out))
     assert r.returncode == 0, r.stderr
+
+
+def test_resume_combined_with_set_is_refused_as_a_flag_not_a_config_key(tmp_path, capsys):
+    # a new user read "config key '--resume'" for a command-line flag
+    assert main(["train", "--resume", str(tmp_path / "run"), "--set", "epochs=3"]) == 2
+    err = capsys.readouterr().err
+    assert "--resume continues a run exactly as configured" in err and "config key" not in err

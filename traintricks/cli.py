@@ -30,8 +30,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     try:
         if args.resume:
             if args.config or args.set or args.out:
-                raise ConfigError("--resume", "continues a run exactly as configured; do not combine it with "
-                                              "--config, --set or --out")
+                print("traintricks: error: --resume continues a run exactly as configured; do not combine it with "
+                      "--config, --set or --out (to train further, start a new run, e.g. with more epochs)",
+                      file=sys.stderr)
+                return 2
             out, cfg = Path(args.resume), None
         else:
             cfg = load_config(args.config, args.set)

@@ -1,11 +1,11 @@
 """The notes' testable claims, each as a small seeded experiment (``traintricks lab``).
 
 ``traintricks lab`` lists the claims; ``traintricks lab CLAIM [CLAIM ...] [--out DIR]`` (or ``all``) runs them on
-Fashion-MNIST subsets, each over 3 seeds under ``precision="fp32"`` and again under ``"bf16"``, prints each verdict
-(HOLDS / DOES NOT HOLD / INCONCLUSIVE) with its numbers, and writes ``DIR/CLAIM.png`` and ``DIR/CLAIM.json``. How a
-verdict is decided (a margin of 2 standard errors over the seeds, the same verdict under both precisions) is in
-:mod:`.core`; a claim that does not hold at this scale is reported as such, not hidden, and one the experiment
-is too small to decide is INCONCLUSIVE. ``--quick`` runs tiny versions on the bundled ``digits`` set (for tests:
+Fashion-MNIST subsets, each over 3 seeds (more where its ``Claim.seeds`` says) under ``precision="fp32"`` and again
+under ``"bf16"``, prints each verdict (HOLDS / DOES NOT HOLD / INCONCLUSIVE) with its numbers, and writes
+``DIR/CLAIM.png`` and ``DIR/CLAIM.json``. How a verdict is decided (a margin of 2 standard errors over the seeds, the
+same verdict under both precisions) is in :mod:`.core`; a claim that does not hold at this scale is reported as
+such, not hidden, and one the experiment is too small to decide is INCONCLUSIVE. ``--quick`` runs tiny versions on the bundled ``digits`` set (for tests:
 the plumbing, not the verdicts).
 
 **Your data and model.** ``--set data.KEY=VALUE`` runs the claims on your data (any ``data.*`` key, as for
@@ -38,10 +38,11 @@ CLAIMS: dict[str, Claim] = {c.name: c for c in [
     Claim("bn_higher_lr", "Batch normalization allows much higher learning rates.",
           "notes: forward pass / normalization; Ioffe & Szegedy 2015 (1502.03167) sec. 3.3",
           "3-layer CNN with and without BN, one-cycle to the nominal peak lr 0.03, 0.1, 0.3, 1 (min_warmup_steps 0), 2 "
-          "epochs on 3k images (42 steps); a network's largest usable rate: the largest reaching 90% of the best "
-          "accuracy of the seed's 8 runs",
+          "epochs on 3k images (42 steps); a network's largest usable rate: the largest reaching 90% of its own best "
+          "accuracy (log-interpolated where the accuracy crosses that bar)",
           _c.bn_higher_lr,
-          [C("usable_lr", "log10(BN's largest usable rate / the un-normalized network's) > 0", " decades", ".2f")],
+          [C("usable_lr", "log10(BN's largest usable rate / the un-normalized network's) - log10 2 > 0 (much "
+             "higher: at least twice)", " decades", ".2f")],
           _c._plot_bn_higher_lr, varies=("model.norm",)),
     Claim("bn_small_batch", "Batch norm degrades at small batch sizes; group norm and batch renorm do not.",
           "notes: normalization; Wu & He 2018 (1803.08494) fig. 1; Ioffe 2017 (1702.03275)",
@@ -98,8 +99,8 @@ CLAIMS: dict[str, Claim] = {c.name: c for c in [
     Claim("clipping", "Gradient clipping prevents divergence.",
           "notes: weight update / gradient transforms; Pascanu et al. 2013 (1211.5063)",
           "CNN without normalization at one-cycle peak lr 0.5, 1 epoch on 3k images (2k test), with and without clip_norm "
-          "1.0 (a diverged run counts as chance accuracy; diverged or collapsed: below 1.5 x chance, for both arms); "
-          "with your model (--set model...): the model as it is, its normalization included", _c.clipping,
+          "1.0 (a diverged run counts as chance accuracy; diverged or collapsed: below 1.5 x chance, for both "
+          "arms); with your model (--set model...): the model as it is, its normalization included", _c.clipping,
           [C("gap", "clipped minus unclipped test accuracy > 0", " pp", ".1f"),
            C("clipped", "clipped accuracy minus 1.5 x chance > 0 (it did not diverge or collapse)", " pp", ".1f"),
            C("unclipped", "1.5 x chance minus unclipped accuracy > 0 (it diverged or collapsed)", " pp", ".1f")],

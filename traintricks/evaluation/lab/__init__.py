@@ -5,8 +5,8 @@ Fashion-MNIST subsets, each over 3 seeds (more where its ``Claim.seeds`` says) u
 under ``"bf16"``, prints each verdict (HOLDS / DOES NOT HOLD / INCONCLUSIVE) with its numbers, and writes
 ``DIR/CLAIM.png`` and ``DIR/CLAIM.json``. How a verdict is decided (a margin of 2 standard errors over the seeds, the
 same verdict under both precisions) is in :mod:`.core`; a claim that does not hold at this scale is reported as
-such, not hidden, and one the experiment is too small to decide is INCONCLUSIVE. ``--quick`` runs tiny versions on the bundled ``digits`` set (for tests:
-the plumbing, not the verdicts).
+such, not hidden, and one the experiment is too small to decide is INCONCLUSIVE. ``--quick`` runs tiny versions on
+the bundled ``digits`` set (for tests: the plumbing, not the verdicts).
 
 **Your data and model.** ``--set data.KEY=VALUE`` runs the claims on your data (any ``data.*`` key, as for
 ``traintricks train``: ``data.name=folder``, ``data.root``...) and ``--set model.KEY=VALUE`` on your model

@@ -360,6 +360,17 @@ def test_lab_lists_the_claims_and_runs_them_writing_verdicts_and_plots(tmp_path,
     assert "seeds must be >= 1" in capsys.readouterr().err
 
 
+def test_lab_usable_rate_interpolates_where_the_accuracy_crosses_the_bar():
+    from traintricks.evaluation.lab.claims import usable_rate
+    lrs = (0.03, 0.1, 0.3, 1.0)
+    # 0.8 at 0.1 falls to 0.4 at 0.3; the bar 0.72 is a fifth of the way down: 0.1 x 3 ** 0.2
+    assert usable_rate(lrs, [0.7, 0.8, 0.4, 0.1], 0.72) == pytest.approx(0.1 * 3 ** 0.2)
+    assert usable_rate(lrs, [0.7, 0.8, 0.72, 0.1], 0.72) == pytest.approx(0.3)        # exactly at the bar
+    assert usable_rate(lrs, [0.7, 0.8, 0.8, 0.79], 0.72) == 1.0                      # the grid's end (censored)
+    # not monotone: the largest rate at or above the bar counts (0.3, not 0.03)
+    assert usable_rate(lrs, [0.8, 0.1, 0.75, 0.1], 0.72) == pytest.approx(0.3 * (1 / 0.3) ** (0.03 / 0.65))
+
+
 def test_lab_interval_decides_with_a_two_standard_error_margin():
     from traintricks.evaluation.lab import interval
     s = interval([1.0, 2.0, 3.0])                   # mean 2, sd 1, se 1/sqrt(3): 2 - 2 x 0.577 > 0
@@ -402,6 +413,12 @@ def test_lab_verdict_is_inconclusive_when_a_criterion_is_undecided_or_the_precis
     assert v["verdict"] == HOLDS and len(v["precisions"]["fp32"]["runs"]) == 4
     with pytest.raises(ValueError, match="precisions"):
         Lab(out=tmp_path, precisions=("fp16",))
+    # a claim's own seed count (Claim.seeds): at least that many, more with --seeds, exactly --seeds with --quick
+    monkeypatch.setitem(L.CLAIMS, "fake", Claim("fake", "A fake claim.", "a test", "none", experiment,
+                                                [Criterion("effect", "effect > 0")], task=None, seeds=5))
+    assert run_claim("fake", Lab(out=tmp_path, precisions=("fp32",), seed=2))["seeds"] == [2, 3, 4, 5, 6]
+    assert len(run_claim("fake", Lab(out=tmp_path, precisions=("fp32",), seeds=7))["seeds"]) == 7
+    assert run_claim("fake", Lab(out=tmp_path, precisions=("fp32",), quick=True, seeds=2))["seeds"] == [0, 1]
 
 
 def test_recompute_bn_skips_norms_without_running_statistics_as_update_bn():

@@ -1,12 +1,12 @@
 """The notes' testable claims, each as a small seeded experiment (``traintricks lab``).
 
 ``traintricks lab`` lists the claims; ``traintricks lab CLAIM [CLAIM ...] [--out DIR]`` (or ``all``) runs them on
-Fashion-MNIST subsets, each over 3 seeds under ``precision="fp32"`` and again under ``"bf16"``, prints each verdict
-(HOLDS / DOES NOT HOLD / INCONCLUSIVE) with its numbers, and writes ``DIR/CLAIM.png`` and ``DIR/CLAIM.json``. How a
-verdict is decided (a margin of 2 standard errors over the seeds, the same verdict under both precisions) is in
-:mod:`.core`; a claim that does not hold at this scale is reported as such, not hidden, and one the experiment
-is too small to decide is INCONCLUSIVE. ``--quick`` runs tiny versions on the bundled ``digits`` set (for tests:
-the plumbing, not the verdicts).
+Fashion-MNIST subsets, each over 3 seeds (more where its ``Claim.seeds`` says) under ``precision="fp32"`` and again
+under ``"bf16"``, prints each verdict (HOLDS / DOES NOT HOLD / INCONCLUSIVE) with its numbers, and writes
+``DIR/CLAIM.png`` and ``DIR/CLAIM.json``. How a verdict is decided (a margin of 2 standard errors over the seeds, the
+same verdict under both precisions) is in :mod:`.core`; a claim that does not hold at this scale is reported as
+such, not hidden, and one the experiment is too small to decide is INCONCLUSIVE. ``--quick`` runs tiny versions on
+the bundled ``digits`` set (for tests: the plumbing, not the verdicts).
 
 **Your data and model.** ``--set data.KEY=VALUE`` runs the claims on your data (any ``data.*`` key, as for
 ``traintricks train``: ``data.name=folder``, ``data.root``...) and ``--set model.KEY=VALUE`` on your model
@@ -37,10 +37,12 @@ C = Criterion
 CLAIMS: dict[str, Claim] = {c.name: c for c in [
     Claim("bn_higher_lr", "Batch normalization allows much higher learning rates.",
           "notes: forward pass / normalization; Ioffe & Szegedy 2015 (1502.03167) sec. 3.3",
-          "3-layer CNN with and without BN, one-cycle peak lr 0.03, 0.1, 0.3, 1, 1 epoch on 3k images; a network's "
-          "largest usable rate: the largest reaching 90% of the best accuracy of the seed's 8 runs",
+          "3-layer CNN with and without BN, one-cycle to the nominal peak lr 0.03, 0.1, 0.3, 1 (min_warmup_steps 0), 2 "
+          "epochs on 3k images (42 steps); a network's largest usable rate: the largest reaching 90% of its own best "
+          "accuracy (log-interpolated where the accuracy crosses that bar)",
           _c.bn_higher_lr,
-          [C("usable_lr", "log10(BN's largest usable rate / the un-normalized network's) > 0", " decades", ".2f")],
+          [C("usable_lr", "log10(BN's largest usable rate / the un-normalized network's) - log10 2 > 0 (much "
+             "higher: at least twice)", " decades", ".2f")],
           _c._plot_bn_higher_lr, varies=("model.norm",)),
     Claim("bn_small_batch", "Batch norm degrades at small batch sizes; group norm and batch renorm do not.",
           "notes: normalization; Wu & He 2018 (1803.08494) fig. 1; Ioffe 2017 (1702.03275)",
@@ -73,19 +75,20 @@ CLAIMS: dict[str, Claim] = {c.name: c for c in [
           _c._plot_batch_memory_noise, panels=2),
     Claim("label_smoothing_calibration", "Label smoothing improves calibration.",
           "notes: losses; Müller, Kornblith & Hinton 2019 (1906.02629)",
-          "3-layer CNN overfit on 800 images (15 epochs, no weight decay) with smoothing 0, 0.05, 0.1; ECE on 3k "
-          "test images",
+          "3-layer CNN fit to 800 images (20 epochs of 16 steps, no weight decay: 100% training accuracy, the "
+          "overconfident regime the claim is about) with smoothing 0, 0.05, 0.1; ECE on 5k test images",
           _c.label_smoothing_calibration,
           [C("ece", "ECE of plain cross-entropy minus the best smoothed model's > 0", " pp", ".2f")],
           _c._plot_label_smoothing),
     Claim("early_stopping", "Early stopping prevents overfitting.",
           "notes: evaluation; Prechelt 1998",
           "3-layer CNN overfit on 500 images (500 validation) for 25 epochs at a constant rate 0.05, no weight "
-          "decay or smoothing; test loss (1k images) of the weights kept by the best validation epoch, patience 5, "
-          "GL_5 and UP_2 vs the last epoch's", _c.early_stopping,
+          "decay or smoothing; test loss (1k images) of the weights kept by the best validation epoch and by the "
+          "notes' rule (stop when validation does not improve: patience 5) vs the last epoch's; Prechelt's GL_5 and "
+          "UP_2 shown, not judged", _c.early_stopping,
           [C("best", "last epoch's test loss minus the best validation epoch's, % of the last's, > 0", "%", ".1f"),
-           C("rules", "the same for the weights kept by patience 5, GL_5 and UP_2, their mean, > 0", "%", ".1f")],
-          _c._plot_early_stopping),
+           C("patience", "the same for the weights kept by patience 5 (the notes' rule), > 0", "%", ".1f")],
+          _c._plot_early_stopping, seeds=5),
     Claim("onecycle", "The one-cycle policy speeds up convergence (super-convergence).",
           "notes: weight update / schedules; Smith 2018 (1803.09820), Smith & Topin 2017 (1708.07120)",
           "3-layer CNN, a short budget (2 epochs on 3k images, 46 steps; no smoothing): one-cycle (peaks 0.1, 0.3) "
@@ -96,12 +99,12 @@ CLAIMS: dict[str, Claim] = {c.name: c for c in [
     Claim("clipping", "Gradient clipping prevents divergence.",
           "notes: weight update / gradient transforms; Pascanu et al. 2013 (1211.5063)",
           "CNN without normalization at one-cycle peak lr 0.5, 1 epoch on 3k images (2k test), with and without clip_norm "
-          "1.0 (a diverged run counts as chance accuracy); with your model (--set model...): the model as it is, "
-          "its normalization included", _c.clipping,
+          "1.0 (a diverged run counts as chance accuracy; diverged or collapsed: below 1.5 x chance, for both "
+          "arms); with your model (--set model...): the model as it is, its normalization included", _c.clipping,
           [C("gap", "clipped minus unclipped test accuracy > 0", " pp", ".1f"),
-           C("clipped", "clipped accuracy minus 50% > 0", " pp", ".1f"),
+           C("clipped", "clipped accuracy minus 1.5 x chance > 0 (it did not diverge or collapse)", " pp", ".1f"),
            C("unclipped", "1.5 x chance minus unclipped accuracy > 0 (it diverged or collapsed)", " pp", ".1f")],
-          _c._plot_clipping),
+          _c._plot_clipping, seeds=5),
     Claim("augmentation_vs_regularization",
           "Data augmentation alone can replace weight decay and dropout.",
           "Hernández-García & König 2019 (1906.11052)",
@@ -146,8 +149,9 @@ CLAIMS: dict[str, Claim] = {c.name: c for c in [
           _n._plot_huber, takes_data=False, takes_model=False, task=None, images=False),
     Claim("aux_heads_probe", "Auxiliary heads strengthen earlier features.",
           "notes: losses / deep supervision; Lee et al. 2015 (1409.5185), Szegedy et al. 2015 (1409.4842)",
-          "pre-activation ResNet (3 stages of 1 block), 1 epoch on 3k images with and without an auxiliary head "
-          "(weight 0.3) after stage 0; a linear probe on stage 0's pooled features", _n.aux_heads_probe,
+          "pre-activation ResNet (3 stages of 1 block), 2 epochs on 3k images with and without an auxiliary head "
+          "(weight 0.3) after stage 0; a linear probe on stage 0's pooled features (fit on the 3k, tested on 5k)",
+          _n.aux_heads_probe,
           [C("probe", "linear-probe accuracy on stage 0, with minus without the head > 0", " pp", ".2f")],
           _n._plot_aux, takes_model=False),
 ]}

@@ -4,10 +4,11 @@ a claim's experiment once per seed and per precision and decides its verdict wit
 **How a verdict is decided.** A claim's experiment (``Claim.run``, one seed at a time) returns the numbers it
 measured and one value per criterion (``Claim.criteria``), signed so that *positive means the claim's direction*
 (a threshold the notes or the paper give is subtracted in the experiment, e.g. "BN loses > 3 pp" gives
-``drop - 3``). :func:`run_claim` runs it for each seed in ``Lab.seeds`` (3 by default: the training seed varies,
-the data split does not) under ``precision="fp32"`` and again under ``"bf16"`` (autocast), so the verdict does not
-depend on whether the machine has fast bfloat16. For each criterion and precision the seeds give a mean ``m``, the
-standard deviation ``s`` (n - 1) and the standard error ``se = s / sqrt(n)``; the criterion
+``drop - 3``). :func:`run_claim` runs it for each seed of :meth:`Lab.seeds_for` (3 by default, more for a cheap
+claim whose design needs them, ``Claim.seeds``; the training seed varies, the data split does not) under
+``precision="fp32"`` and again under ``"bf16"`` (autocast), so the verdict does not depend on whether the machine
+has fast bfloat16. For each criterion and precision the seeds give a mean ``m``, the standard deviation ``s``
+(n - 1) and the standard error ``se = s / sqrt(n)``; the criterion
 
 * **holds** when ``m - 2 se > 0`` (the whole interval ``m +- 2 se`` is on the claim's side),
 * **fails** when ``m + 2 se < 0`` (the interval is on the other side),
@@ -70,6 +71,7 @@ class Claim:
     takes_model: bool = True       # runs on the user's model (--set model...)
     varies: tuple[str, ...] = ()   # the model options the experiment varies (kept with the user's model)
     images: bool = True            # the claim's own network (used without --set model...) needs (C, H, W) inputs
+    seeds: int = 3                 # the seeds its design needs (a cheap, noisy experiment runs more; Lab.seeds_for)
 
     def scope(self) -> str:
         """One line: what ``--set`` it takes."""
@@ -98,8 +100,9 @@ def _key(override: str) -> str:
 @dataclass
 class Lab:
     """Shared settings and data for the experiments. ``sets``: the user's ``data.*`` / ``model.*`` overrides
-    (``--set``), applied to every claim that takes them. ``seed``: the first of ``seeds`` training seeds (3 by
-    default; the data split always uses ``seed``); ``precisions``: each claim runs under each of them."""
+    (``--set``), applied to every claim that takes them. ``seed``: the first training seed, ``seeds`` how many (3 by
+    default, at least: a claim may need more, :meth:`seeds_for`; the data split always uses ``seed``);
+    ``precisions``: each claim runs under each of them."""
     out: Path
     quick: bool = False
     root: str = ""
@@ -144,6 +147,13 @@ class Lab:
         if names and self._takes("data"):
             return names[-1]
         return "digits" if self.quick else "fashion_mnist"
+
+    def seeds_for(self, claim: Claim) -> list[int]:
+        """The training seeds ``claim`` runs over: ``seed, seed + 1, ...``, as many as ``seeds`` (``--seeds``) or the
+        claim's own count (``Claim.seeds``: a cheap experiment whose seeds disagree runs more), the larger; with
+        ``quick`` (the plumbing check) exactly ``seeds``."""
+        n = self.seeds if self.quick else max(self.seeds, claim.seeds)
+        return [self.seed + i for i in range(n)]
 
     def n(self, full: int, quick: int) -> int:
         return quick if self.quick else full
@@ -325,7 +335,7 @@ def run(claim: Claim, lab: Lab) -> dict[str, Any]:
     name = claim.name
     lab.out.mkdir(parents=True, exist_ok=True)
     t0, c0 = time.perf_counter(), time.process_time()
-    seeds = [lab.seed + i for i in range(lab.seeds)]
+    seeds = lab.seeds_for(claim)
     runs: dict[str, list[dict]] = {}
     lab.claim = claim
     try:

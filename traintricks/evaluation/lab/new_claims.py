@@ -307,15 +307,17 @@ def _plot_huber(ax, runs):
 
 # ------------------------------------------------------------------------------------------------ aux heads
 def aux_heads_probe(lab: Lab) -> dict[str, Any]:
-    """A pre-activation ResNet (3 stages) trained with and without an auxiliary head after stage 0; then a linear
-    probe (logistic regression on the 2x2-average-pooled, standardized stage-0 features, 200 L-BFGS steps) on 2000
-    training images, tested on 2000 test images."""
+    """A pre-activation ResNet (3 stages) trained 2 epochs (42 steps: in 1 epoch the network stayed near 33% test
+    accuracy, its stage 0 near its initialization) with and without an auxiliary head after stage 0 (the same seed);
+    then a linear probe (logistic regression on the 2x2-average-pooled, standardized
+    stage-0 features, 200 L-BFGS steps) fit on the 3000 training images, tested on 5000 test images."""
     limit = lab.n(3000, 0)
     res = {}
     for name, aux in (("auxiliary head", "[0]"), ("no auxiliary head", "[]")):
         trainer, s = lab.train(["model.name=preact_resnet", "model.blocks=[1, 1, 1]", "model.widths=[16, 32, 64]",
                                 "model.stem_width=16", "model.bottleneck=false", f"model.aux_heads={aux}",
-                                "model.aux_weight=0.3", "lr=0.1", "batch_size=128", "epochs=1"], limit, val_size=0)
+                                "model.aux_weight=0.3", "lr=0.1", "batch_size=128", f"epochs={lab.n(2, 1)}"],
+                                limit, val_size=0)
         model = trainer.model
         model.eval()
         stage0 = model.features[:2]                  # the stem and stage 0's block (blocks=[1, 1, 1])
@@ -325,10 +327,10 @@ def aux_heads_probe(lab: Lab) -> dict[str, Any]:
             with torch.no_grad(), lab.autocast():
                 return torch.cat([nn.functional.adaptive_avg_pool2d(stage0(x[i:i + 500]).float(), 2).flatten(1)
                                   for i in range(0, len(x), 500)])
-        ftr, fte = feats(data.train_x[:2000]), feats(data.test_x[:2000])
+        ftr, fte = feats(data.train_x), feats(data.test_x)
         mu, sd = ftr.mean(0), ftr.std(0) + 1e-6
         ftr, fte = (ftr - mu) / sd, (fte - mu) / sd
-        ytr, yte = data.train_y[:2000], data.test_y[:2000]
+        ytr, yte = data.train_y, data.test_y
         torch.manual_seed(lab.run_seed)
         probe = nn.Linear(ftr.shape[1], data.num_classes)
         opt = torch.optim.LBFGS(probe.parameters(), lr=1, max_iter=lab.n(200, 30), history_size=20)

@@ -1,5 +1,6 @@
 """The engine's events, schedules stepped per step / per epoch / with a metric, batches and outputs in the forms
 users have them, and the example callback (issue 16)."""
+import re
 import warnings
 
 import pytest
@@ -308,3 +309,16 @@ def test_the_steps_loss_is_there_detached_at_step_end():
     Trainer(m, torch.optim.SGD(m.parameters(), lr=0.1), F.cross_entropy, _batches(x, y, 4), epochs=1,
             progress=False, callbacks=[log]).fit()
     assert len(log.losses) == 2 and all(a == b for a, b in log.losses)     # the last micro-batch's loss
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (['callbacks=[{name="swa", swa_start=2}]'], "callbacks[0]"),
+    (['callbacks=[{name="ema", decay=0.9}, "swa"]'], "callbacks[1]"),
+    (['callbacks=["swa", {name="ema", decay=0.9}]'], "callbacks[0]"),     # either order is refused
+    (["precision=fp16", "optim.name=sam"], "precision"),
+])
+def test_refusals_found_while_building_the_trainer_are_config_errors_naming_the_key(tiny_cfg, tmp_path, overrides,
+                                                                                    key):
+    # a new user got Python tracebacks for these (the README promises a one-line error naming the key)
+    with pytest.raises(ConfigError, match=rf"config key '{re.escape(key)}'"):
+        build_trainer(tiny_cfg(*overrides), out_dir=tmp_path / "r", progress=False)

@@ -256,7 +256,7 @@ class SWA(Callback):
         if self.swa_lr is not None and "hypergrad_lr" in trainer.optimizer.defaults:
             raise ValueError(f"swa_lr would overwrite the rate {type(trainer.optimizer).__name__} learns "
                              "(hypergradient descent); leave swa_lr unset to average only")
-        if trainer.eval_model is not trainer.model:
+        if trainer.eval_model is not trainer.model or any(c.name == "ema" for c in trainer.callbacks if c is not self):
             raise ValueError("swa: another callback (the weight EMA?) is already the evaluated model; use one "
                              "weight average")
         self.averaged.to(trainer.device)

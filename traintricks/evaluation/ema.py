@@ -118,6 +118,8 @@ class EMACallback(Callback):
         self.ema = ema
 
     def setup(self, trainer) -> None:
+        if trainer.eval_model is not trainer.model and trainer.eval_model is not self.ema.module:
+            raise ValueError("ema: another callback (SWA?) is already the evaluated model; use one weight average")
         self.ema.module.to(trainer.device)
         if trainer.memory_format is not None:
             self.ema.module.to(memory_format=trainer.memory_format)

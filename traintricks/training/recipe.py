@@ -59,6 +59,8 @@ def _build(section: str, spec: dict[str, Any], fn: Callable, *args: Any, **kwarg
             known = first in spec
         if known:
             raise ConfigError(f"{section}.{first}", str(e)) from None
+        if isinstance(e, ValueError):          # a factory's own refusal: its message says what is wrong
+            raise ConfigError(section, str(e)) from None
         # the message does not start with an option's name (e.g. a user's factory failing on a value of the wrong
         # type): say which call failed, with which options, and the exception's type
         given = ", ".join(f"{k}={v!r}" for k, v in spec.items() if k != "name" and k in kwargs)
@@ -267,6 +269,16 @@ def build_curriculum(cfg: dict[str, Any], data: DataSplits, batch_size: int, loa
     return CurriculumLoader(data.train_x, data.train_y, batch_size, order, pacing, cfg["epochs"], **loader_args)
 
 
+def _refusing_key(message: str, cfg: dict[str, Any]) -> str:
+    """The config key a refusal raised while building the trainer is about: a callback named at the start of the
+    message (``callbacks[i]``), precision, or the callbacks list."""
+    for i, item in enumerate(cfg.get("callbacks", [])):
+        name = as_spec(item)["name"]
+        if message.startswith((f"{name}:", f"{name} ", name)):
+            return f"callbacks[{i}]"
+    return "precision" if "precision" in message else "callbacks"
+
+
 def build_trainer(cfg: dict[str, Any], data: DataSplits | None = None, out_dir: str | Path | None = None,
                   progress: bool = True, callbacks: Sequence[Callable] = (), model: torch.nn.Module | None = None,
                   shard: tuple[int, int] | None = None, evaluate: bool = True) -> Trainer:
@@ -389,16 +401,21 @@ def build_trainer(cfg: dict[str, Any], data: DataSplits | None = None, out_dir: 
         t = as_spec(item)
         transforms.append(_build(f"grad_transforms[{i}]", t, TRANSFORMS.get(t["name"]), **_options(t)))
     extra = [scheduler.batch_schedule] if isinstance(scheduler, BatchSizeLR) else []   # sets the loader's batch
-    trainer = Trainer(model, optimizer, loss_fn, train, val, test, scheduler=scheduler, scheduler_interval=interval,
-                   scheduler_monitor=monitor, epochs=cfg["epochs"],
-                   grad_transforms=transforms, accumulate_steps=acc, drop_tail=loader_args["drop_last"],
-                   early_stopping=early, out_dir=out_dir, device=cfg["device"], precision=cfg["precision"],
-                   channels_last=cfg["channels_last"], compile=cfg["compile"],
-                   test_every_epoch=cfg["test_every_epoch"],
-                   callbacks=[*techniques, *extra, *callbacks], progress=progress, task=task,
-                   checkpoint_every_steps=cfg.get("checkpoint_every_steps", 0),
-                   checkpoint_every_seconds=cfg.get("checkpoint_every_seconds", 0.0),
-                   keep_checkpoints=cfg.get("keep_checkpoints", 2))
+    try:
+        trainer = Trainer(model, optimizer, loss_fn, train, val, test, scheduler=scheduler,
+                          scheduler_interval=interval, scheduler_monitor=monitor, epochs=cfg["epochs"],
+                          grad_transforms=transforms, accumulate_steps=acc, drop_tail=loader_args["drop_last"],
+                          early_stopping=early, out_dir=out_dir, device=cfg["device"], precision=cfg["precision"],
+                          channels_last=cfg["channels_last"], compile=cfg["compile"],
+                          test_every_epoch=cfg["test_every_epoch"],
+                          callbacks=[*techniques, *extra, *callbacks], progress=progress, task=task,
+                          checkpoint_every_steps=cfg.get("checkpoint_every_steps", 0),
+                          checkpoint_every_seconds=cfg.get("checkpoint_every_seconds", 0.0),
+                          keep_checkpoints=cfg.get("keep_checkpoints", 2))
+    except ValueError as e:
+        # a combination the trainer or a callback's setup refuses (SWA starting after the last epoch, fp16 with a
+        # closure optimizer, two weight averages): a ConfigError naming the key, before any work starts
+        raise ConfigError(_refusing_key(str(e), cfg), str(e)) from None
     trainer.config = cfg        # as built (the task's loss filled in): what run() writes to config.toml
     trainer.data_stats = {**data_stats(data, d["image_size"]), "task": trainer.task.name}   # data_stats.json
     return trainer

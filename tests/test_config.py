@@ -69,7 +69,7 @@ def test_model_that_cannot_take_the_data_is_reported_before_training(tiny_cfg):
 
 def test_changing_a_component_name_drops_the_old_components_options():
     cfg = load_config(None, ["optim.name=adam", "optim.weight_decay=0.01"])
-    assert cfg["optim"] == {"name": "adam", "weight_decay": 0.01}   # SGD's momentum/nesterov gone
+    assert cfg["optim"] == {"name": "adam", "weight_decay": 0.01, "decay_norm_and_bias": False}   # SGD's momentum/nesterov gone; the builder's key kept
     cfg = load_config(None, ["optim.nesterov=false"])                # same name: merged
     assert cfg["optim"]["nesterov"] is False and cfg["optim"]["momentum"] == 0.9
 
@@ -126,3 +126,12 @@ def test_printed_config_lists_factory_defaults_and_loads_back(tmp_path):
     path.write_text(to_toml(full))
     again = load_config(str(path), [])
     assert with_factory_defaults(again) == full                      # the printed config is a valid config
+
+
+def test_changing_a_component_name_keeps_the_keys_the_builder_applies_to_any_component():
+    # a new user's layer_decay / wrappers / param_groups vanished when a later --set changed optim.name
+    cfg = load_config(None, ["optim.layer_decay=0.5", 'optim.wrappers=["lookahead"]', "optim.momentum=0.5",
+                             'model.regularization=["dropout"]', "optim.name=adamw", "model.name=mlp"])
+    assert cfg["optim"]["layer_decay"] == 0.5 and cfg["optim"]["wrappers"] == ["lookahead"]
+    assert "momentum" not in cfg["optim"]                    # SGD's own option went with it
+    assert cfg["model"]["regularization"] == ["dropout"] and "widths" not in cfg["model"]

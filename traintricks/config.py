@@ -15,7 +15,9 @@ naming the replacement (:data:`RENAMED`), or fail naming the key and its replace
 
 Layers merge in order: defaults, the config file, then each ``--set``. When a layer changes a
 component's ``name``, the options written by lower layers for the old component are dropped
-(options belong to the component they were written for). Lists are replaced, not merged.
+(options belong to the component they were written for); the keys the builder applies to any component
+(``optim.wrappers``, ``optim.param_groups``, ``optim.layer_decay``, ``optim.decay_norm_and_bias``, the model's
+surgery keys ``model.norm``, ``model.regularization``, ...) are kept. Lists are replaced, not merged.
 """
 from __future__ import annotations
 
@@ -337,7 +339,10 @@ def _merge(base: dict, layer: dict, prefix: str = "") -> None:
         key = f"{prefix}{k}"
         if isinstance(v, dict) and isinstance(base.get(k), dict):
             if key in components and "name" in v and v["name"] != base[k].get("name"):
-                base[k] = {}
+                # the old component's own options go; the keys the builder handles for any component (optim's
+                # wrappers, param_groups, layer_decay; model's regularization, norm...) stay
+                general = components[key][1]
+                base[k] = {g: base[k][g] for g in general if g in base[k]}
             _merge(base[k], v, key + ".")
         else:
             base[k] = copy.deepcopy(v)

@@ -201,8 +201,9 @@ def _cmd_lab(args: argparse.Namespace) -> int:
             print(f"traintricks: error: {'' if isinstance(e, LabError) else name + ': '}{e}", file=sys.stderr)
             code = 2
             continue
+        quick = " [--quick: a plumbing check on tiny data, not a verdict]" if args.quick else ""
         print(f"{name}: {v['verdict']} ({v['reason']}) -- {v['summary']} "
-              f"[{v['seconds']:.0f} s, {v['cpu_seconds']:.0f} s CPU, plot {v['plot']}]", flush=True)
+              f"[{v['seconds']:.0f} s, {v['cpu_seconds']:.0f} s CPU, plot {v['plot']}]{quick}", flush=True)
     return code
 
 

@@ -307,3 +307,10 @@ def test_average_command_averages_the_last_k_checkpoints(tiny_cfg, tmp_path, cap
     # not enough checkpoints
     assert main(["average", str(tmp_path / "run"), "--last", "4", "--no-eval"]) == 2
     assert "fewer than --last 4" in capsys.readouterr().err
+
+
+def test_average_command_names_a_missing_run_directory(tmp_path, capsys):
+    # a new user was told about "0 complete checkpoints" for a directory that does not exist
+    from traintricks.cli import main
+    assert main(["average", str(tmp_path / "nonexist"), "--last", "2"]) == 2
+    assert "not a traintricks run directory" in capsys.readouterr().err

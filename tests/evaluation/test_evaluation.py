@@ -330,6 +330,7 @@ def test_lab_lists_the_claims_and_runs_them_writing_verdicts_and_plots(tmp_path,
     names = ["gn_train_eval", "batch_memory_noise", "checkpointing", "newton_saddle", "huber_outliers"]
     assert main(["lab", *names, "--quick", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
+    assert printed.count("--quick: a plumbing check on tiny data, not a verdict") == len(names)
     for name in names:
         v = json.loads((out / f"{name}.json").read_text())
         assert v["claim"] == name and v["verdict"] in ("HOLDS", "DOES NOT HOLD", "INCONCLUSIVE")

@@ -32,6 +32,9 @@ def average_run(run_dir: str | os.PathLike, last: int, out: str | os.PathLike | 
     if bn not in ("average", "recompute"):
         raise ValueError(f"--bn must be 'average' or 'recompute', got {bn!r}")
     run_dir = Path(run_dir)
+    if not (run_dir / "config.toml").is_file():
+        raise ckpt.CheckpointError(f"{run_dir}: not a traintricks run directory (no config.toml"
+                                   f"{'' if run_dir.is_dir() else '; the directory does not exist'})")
     found = ckpt.list_checkpoints(run_dir / "checkpoints")
     if len(found) < last:
         raise ckpt.CheckpointError(

@@ -387,3 +387,12 @@ def test_pixel_range_of_raw_inputs():
     assert pixel_range(torch.rand(2, 1, 4, 4)) == (0.0, 1.0)
     assert pixel_range(torch.tensor([[-2.0, 3.0]])) == (-2.0, 3.0)
     assert pixel_range(torch.full((3,), 7.0)) == (7.0, 8.0)          # constant inputs: a range of one
+
+
+def test_float_images_outside_the_pixel_range_are_refused_not_clamped():
+    # a new user's float 0..255 batch came back clamped and mostly black, without a word
+    x = torch.rand(4, 3, 16, 16) * 255
+    with pytest.raises(ValueError, match="float images must lie in pixel_range"):
+        RandAugment()(x)
+    out = RandAugment(pixel_range=(0, 255))(x, generator=torch.Generator().manual_seed(0))
+    assert out.shape == x.shape and out.max() > 1.5

@@ -309,7 +309,17 @@ class _PixelSpace:
         if not (x.is_floating_point() or x.dtype == torch.uint8):
             raise ValueError(f"images must be uint8 or float, got {x.dtype}")
         a, b = self._scale(x, dtype)
-        return x.to(dtype) * a + b
+        u = x.to(dtype) * a + b
+        if self.mean is None and x.is_floating_point() and u.numel():
+            # raw float pixels must lie in pixel_range ((0, 1) unless given): a 0..255 float batch would otherwise
+            # be clamped and silently misread (the data pipeline, not a forward pass: one check per batch)
+            lo, hi = float(u.min()), float(u.max())
+            if lo < -1e-3 or hi > 1 + 1e-3:
+                r = self.pixel_range or (0.0, 1.0)
+                raise ValueError(f"float images must lie in pixel_range {r}, got values in "
+                                 f"{lo * (r[1] - r[0]) + r[0]:.4g}..{hi * (r[1] - r[0]) + r[0]:.4g}; give uint8 "
+                                 "images for 0..255, or pixel_range=(low, high), or the data's mean and std")
+        return u
 
     def from_unit(self, u: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         if like.dtype == torch.uint8 and self.mean is None and self.pixel_range is None:

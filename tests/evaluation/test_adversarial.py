@@ -127,3 +127,13 @@ def test_a_one_epoch_tiny_run_with_adversarial_training_writes_robust_accuracy(t
     summary = run(cfg, tmp_path / "run", progress=False)
     assert 0 <= summary["test_robust_accuracy"] <= 1
     assert "robust accuracy" in (tmp_path / "run" / "report.md").read_text()
+
+
+def test_inputs_outside_the_given_range_are_refused_on_the_first_batch():
+    # a new user's plain Trainer fed standardized inputs to AdversarialTraining() with its (0, 1) defaults: the
+    # ball and the clip were in the wrong units, without a word
+    from types import SimpleNamespace
+    cb = AdversarialTraining()
+    trainer = SimpleNamespace(batch=(torch.randn(8, 1, 4, 4) * 2, torch.zeros(8, dtype=torch.long), {}))
+    with pytest.raises(ValueError, match="outside data_range"):
+        cb.on_before_forward(trainer)

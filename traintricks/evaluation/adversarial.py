@@ -176,6 +176,22 @@ class AdversarialTraining(Callback):
         finally:
             module.train(was)
 
+    _checked = False
+
+    def _check_scale(self, x: torch.Tensor) -> None:
+        """Once, on the first batch: the inputs, un-standardized with ``mean``/``std``, must lie in ``data_range``
+        (else the epsilon ball and the clip are in the wrong units: e.g. the defaults (0, 1) and no
+        standardization given for standardized data). One host read, in the data path, not the forward pass."""
+        b = self.bounds(x)
+        lo, hi = b["lo"], b["hi"]
+        width = (hi - lo).abs()
+        if bool(((x < lo - 0.01 * width) | (x > hi + 0.01 * width)).any()):
+            raise ValueError(f"adversarial: the inputs lie outside data_range {(self.lo, self.hi)} once "
+                             f"un-standardized with mean={self.mean}, std={self.std}: give the data's "
+                             "standardization and raw range (mean=data.mean, std=data.std, data_range=data.pixel_range; "
+                             "the recipe does this), or inputs in data_range")
+        self._checked = True
+
     # ------------------------------------------------------------------ events
     def setup(self, trainer) -> None:
         if trainer.task.name != "classification":
@@ -186,6 +202,8 @@ class AdversarialTraining(Callback):
         x, y, extras = trainer.batch
         if not isinstance(x, torch.Tensor) or not x.is_floating_point():
             raise TypeError(f"adversarial: the inputs must be a float tensor, got {type(x).__name__}")
+        if not self._checked:
+            self._check_scale(x)
         n = x.shape[0]
         k = n if self.ratio >= 1 else int(math.ceil(self.ratio * n))
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + trainer.global_step)

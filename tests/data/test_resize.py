@@ -69,7 +69,7 @@ def test_a_model_that_needs_one_size_is_refused_clearly():
     x, y = _data(16)
     torch.manual_seed(0)
     flat = nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 3))
-    t = Trainer(flat, torch.optim.SGD(flat.parameters(), lr=0.1), F.cross_entropy, [(x, y)], epochs=1,
+    t = Trainer(flat, torch.optim.SGD(flat.parameters(), lr=0.1), F.cross_entropy, [(x, y)], epochs=2,
                 progress=False, precision=PRECISION, callbacks=[ProgressiveResizing([16], [1])])
     with pytest.raises(ValueError, match="global pooling"):
         t.fit()
@@ -92,3 +92,19 @@ def test_by_name_from_the_config(tiny_cfg):
     t.fit()
     assert sizes.train == {0: {(6, 6)}, 1: {(8, 8)}}                  # the digits are 8 x 8
     assert [r["image_size"] for r in t.history] == [6, 8]
+
+
+def test_schedules_that_cannot_do_what_they_say_are_refused_or_warned(tiny_cfg, tmp_path):
+    # found by a new user: decreasing sizes, a schedule with no full-size epoch, sizes above the data's: all silent
+    from traintricks.config import ConfigError
+    from traintricks.data.resize import ProgressiveResizing
+    from traintricks.training import build_trainer
+    with pytest.raises(ValueError, match="sizes must grow"):
+        ProgressiveResizing(sizes=[6, 4], epochs=[1, 1])
+    with pytest.raises(ConfigError, match="never train at full size"):
+        build_trainer(tiny_cfg("epochs=2", 'callbacks=[{name="progressive_resizing", sizes=[4, 6], epochs=[1, 1]}]'),
+                      out_dir=tmp_path / "a", progress=False)
+    t = build_trainer(tiny_cfg("epochs=2", 'callbacks=[{name="progressive_resizing", sizes=[16], epochs=[1]}]'),
+                      out_dir=tmp_path / "b", progress=False)
+    with pytest.warns(UserWarning, match="not below the images' 8 pixels"):
+        t.fit()

@@ -19,6 +19,7 @@ Each epoch's record gets ``image_size`` (the height trained on).
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -51,6 +52,8 @@ class ProgressiveResizing(Callback):
             raise ValueError(f"sizes and epochs must be >= 1, got {sizes}, {epochs}")
         if mode not in self.MODES:
             raise ValueError(f"mode must be one of {', '.join(self.MODES)}, got {mode!r}")
+        if any(b <= a for a, b in zip(sizes, sizes[1:])):
+            raise ValueError(f"progressive_resizing: sizes must grow ({sizes}): small images first, full size last")
         self.sizes, self.epochs, self.mode = sizes, epochs, mode
         self.checked = False
         self.full: int | None = None          # the data's own height, once a batch was seen
@@ -95,6 +98,12 @@ class ProgressiveResizing(Callback):
                              f"input size ({outs}); it needs global pooling before its classifier")
         self.checked = True
 
+    def setup(self, trainer) -> None:
+        if sum(self.epochs) >= trainer.epochs:
+            raise ValueError(f"progressive_resizing: its schedule covers {sum(self.epochs)} epochs of the run's "
+                             f"{trainer.epochs}: the run would never train at full size (evaluation is at full size); "
+                             "shorten epochs")
+
     def on_before_forward(self, trainer) -> None:
         x, y, extras = trainer.batch
         if isinstance(x, torch.Tensor) and x.ndim == 4:
@@ -106,6 +115,9 @@ class ProgressiveResizing(Callback):
             raise ValueError(f"progressive_resizing needs float image batches (N, C, H, W), got "
                              f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
         if not self.checked:
+            if size >= x.shape[-2]:
+                warnings.warn(f"progressive_resizing: size {size} is not below the images' {x.shape[-2]} pixels: "
+                              "those epochs train at full size (choose sizes below the data's)", stacklevel=2)
             self._check(trainer, x)
         trainer.batch = (self.resize(x, size), y, extras)
 

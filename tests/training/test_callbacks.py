@@ -322,3 +322,23 @@ def test_refusals_found_while_building_the_trainer_are_config_errors_naming_the_
     # a new user got Python tracebacks for these (the README promises a one-line error naming the key)
     with pytest.raises(ConfigError, match=rf"config key '{re.escape(key)}'"):
         build_trainer(tiny_cfg(*overrides), out_dir=tmp_path / "r", progress=False)
+
+
+def test_the_epoch_record_has_the_rate_the_last_step_trained_with(tiny_cfg, tmp_path):
+    # a new user saw the cosine schedule's values in metrics.jsonl while SWA trained at its own rate
+    class Seen(Callback):
+        def __init__(self):
+            self.last = None
+
+        def on_before_optimizer_step(self, trainer, params):
+            self.last = trainer.current_lr()
+
+        def on_train_epoch_end(self, trainer, record):
+            assert record["lr"] == self.last
+
+    seen = Seen()
+    cfg = tiny_cfg("epochs=3", "schedule.name=cosine", 'callbacks=[{name="swa", swa_start=1, swa_lr=0.05, '
+                   'anneal_epochs=1}]')
+    t = build_trainer(cfg, out_dir=tmp_path / "r", progress=False, callbacks=[seen])
+    t.fit()
+    assert [r["lr"] for r in t.history][1:] != [0.0, 0.0] and t.history[-1]["lr"] == pytest.approx(0.05)

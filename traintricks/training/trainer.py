@@ -242,6 +242,7 @@ class Trainer:
         if loss_inputs not in ("prediction", "all"):
             raise ValueError(f"loss_inputs must be 'prediction' or 'all', got {loss_inputs!r}")
         self.accumulate_steps, self.drop_tail = accumulate_steps, drop_tail
+        self._last_step_lr: float | None = None
         self.device = resolve_device(device) if isinstance(device, str) else device
         self.precision = resolve_precision(precision, self.device)
         if self.precision not in ("fp32", "bf16", "fp16"):
@@ -611,6 +612,7 @@ class Trainer:
         else:
             self._fire("on_before_optimizer_step", [p for p in params if p.grad is not None])
             self.optimizer.step()
+        self._last_step_lr = self.current_lr()          # the rate this step used (a schedule moves it after)
         self.step_in_epoch += 1
         self.global_step += 1
         self._fire("on_after_optimizer_step")
@@ -686,7 +688,10 @@ class Trainer:
         record.update(self.train_epoch(e))
         epoch_seconds = time.perf_counter() - t0
         self.train_seconds += epoch_seconds
-        record["lr"] = self.current_lr()
+        # the rate the epoch's last step trained with (not the next one a per-step schedule already set, nor a
+        # schedule's value that a callback such as SWA overrode before each step)
+        record["lr"] = self._last_step_lr if self._last_step_lr is not None else self.current_lr()
+        self._last_step_lr = None
         self._fire("on_train_epoch_end", record)
         if self.val_loader is not None:
             record.update({f"val_{k}": v for k, v in self.evaluate(self.val_loader, "val").items()})

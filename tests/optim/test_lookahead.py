@@ -187,3 +187,11 @@ def test_a_lookahead_run_resumes_exactly(tiny_cfg, tmp_path):
     resumed.fit()
     for p, q in zip(ref.model.parameters(), resumed.model.parameters()):
         assert torch.equal(p, q)
+
+
+def test_loading_an_inner_optimizers_state_is_refused_with_what_to_do():
+    w = torch.nn.Parameter(torch.ones(3))
+    inner = torch.optim.SGD([w], lr=0.1)
+    la = Lookahead(torch.optim.SGD([w], lr=0.1))
+    with pytest.raises(ValueError, match="not a Lookahead state"):
+        la.load_state_dict(inner.state_dict())

@@ -142,6 +142,10 @@ class Lookahead(torch.optim.Optimizer):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         params = self._params()
+        missing = [k for k in ("slow", "optimizer", "steps") if k not in state_dict]
+        if missing:
+            raise ValueError(f"Lookahead.load_state_dict: not a Lookahead state (no {', '.join(map(repr, missing))}); "
+                             "an inner optimizer's state loads with lookahead.optimizer.load_state_dict(...)")
         slow = list(state_dict["slow"])
         if len(slow) != len(params) or any(s.shape != p.shape for s, p in zip(slow, params)):
             raise ValueError(f"Lookahead state: {len(slow)} slow weights of shapes {[tuple(s.shape) for s in slow]} "

@@ -56,10 +56,13 @@ DEFAULTS: dict[str, Any] = {
     "batch_size": 256,
     "lr": 0.2,
     "device": "cpu",
+    # "auto": chosen by timing the run's model for a fraction of a second (training/probe.py; recorded in
+    # summary.json's "probe"): bf16 only where faster than fp32, channels-last only where faster, compile on CUDA
+    # only, 1 thread or all of them
     "precision": "auto",
-    "channels_last": True,
-    "compile": False,
-    "threads": 0,
+    "channels_last": "auto",
+    "compile": "auto",
+    "threads": "auto",
     # what the run predicts: "auto" = the dataset's task (classification for the default recipe), or a name from
     # traintricks.evaluation.tasks.TASKS (classification, regression, multilabel)
     "task": "auto",
@@ -121,9 +124,10 @@ _FIXED: dict[str, tuple[Any, Callable[[Any], str | None] | None]] = {
     "lr": (float, _pos),
     "device": (str, lambda v: None if v in ("cpu", "auto") or v.startswith("cuda") else "must be cpu, cuda[:N] or auto"),
     "precision": (str, _choice("fp32", "bf16", "fp16", "auto")),
-    "channels_last": (bool, None),
-    "compile": (bool, None),
-    "threads": (int, _nonneg),
+    "channels_last": (bool | str, lambda v: None if v in ("auto", True, False) else "must be auto, true or false"),
+    "compile": (bool | str, lambda v: None if v in ("auto", True, False) else "must be auto, true or false"),
+    "threads": (int | str, lambda v: None if v == "auto" or isinstance(v, int) and v >= 0 else
+                "must be auto or >= 0 (0: PyTorch's default)"),
     "task": (str, _task),
     "data.name": (str, None),
     "data.root": (str, None),

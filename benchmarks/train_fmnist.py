@@ -23,7 +23,7 @@ The issue's ratios (written to the JSON and printed): the recipe's time to 92% /
 training time / the example's 14 epochs (goal <= 1.0, with >= 94% accuracy).
 
     python benchmarks/train_fmnist.py [--runs recipe,fast,example,baseline] [--precision fp32]
-        [--example-epochs 14] [--baseline-epochs 12] [--set key=value ...] [--out FILE]
+        [--example-epochs 14] [--baseline-epochs 12] [--set key=value ...] [--reference FILE] [--out FILE]
 
 ``--precision fp32`` forces fp32 on the recipe and ``fast`` runs: the proxy for an fp32-only CPU (the example
 and the baseline are fp32 everywhere).
@@ -191,6 +191,9 @@ def main() -> None:
     ap.add_argument("--baseline-epochs", type=int, default=12)
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="config override for the recipe run (repeatable)")
+    ap.add_argument("--reference", default=None, metavar="FILE",
+                    help="take the runs not in --runs (e.g. the example's 14 epochs, an expensive reference) from "
+                         "this earlier result JSON of the same machine; they are marked 'from' FILE")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="benchmarks/results/train_fmnist.json")
     args = ap.parse_args()
@@ -216,21 +219,29 @@ def main() -> None:
                 data = load_data("fashion_mnist", val_size=load_config()["data"]["val_size"], seed=args.seed)
             epochs = args.example_epochs if name == "example" else args.baseline_epochs
             result[name] = run_plain(name, data, epochs, "adadelta" if name == "example" else "adam", args.seed)
+    if args.reference:
+        ref = json.loads(Path(args.reference).read_text())
+        for name in RUNS:
+            if name not in result and name in ref:
+                result[name] = {**ref[name], "from": f"{args.reference} ({ref.get('date', '?')}, {ref['command']})"}
     result["machine"]["load_average_end"] = list(os.getloadavg())
     result["ratios"] = ratios(result)
 
     print()
     print(f"machine: {result['machine']['cpu']}, {result['machine']['cores']} cores, load "
           f"{result['machine']['load_average_start'][0]:.1f} -> {result['machine']['load_average_end'][0]:.1f}")
-    print(f"{'':9s} {'prec':>5s} {'ep':>3s} {'final':>7s} {'best':>7s} {'train s':>8s} {'cpu s':>7s} "
-          + " ".join(f"{'to ' + f'{t:.0%}':>7s}" for t in TARGETS))
+    print(f"{'':9s} {'prec':>5s} {'ep':>3s} {'final':>7s} {'best':>7s} {'train s':>8s} {'train cpu':>9s} "
+          + " ".join(f"{'to ' + f'{t:.0%}':>7s}" for t in TARGETS) + "  (wall / cpu)")
     for name in RUNS:
         if name not in result:
             continue
         r = result[name]
         cells = " ".join(f"{(str(v) + 's') if v is not None else 'never':>7s}" for v in r["time_to"].values())
+        cpu = " ".join(f"{(str(v) + 's') if v is not None else 'never':>7s}" for v in r["cpu_time_to"].values())
         print(f"{name:9s} {r['precision']:>5s} {r['epochs']:3d} {r['final_test_accuracy']:7.4f} "
-              f"{r['best_test_accuracy']:7.4f} {r['train_seconds']:8.1f} {r['cpu_s']:7.1f} {cells}")
+              f"{r['best_test_accuracy']:7.4f} {r['train_seconds']:8.1f} {r['train_cpu_seconds']:9.1f} {cells}"
+              f"{'  (from reference)' if 'from' in r else ''}")
+        print(f"{'':9s} {'':>5s} {'':>3s} {'':>7s} {'':>7s} {'':>8s} {'cpu:':>9s} {cpu}")
     for k, v in result["ratios"].items():
         print(f"{k}: {v}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

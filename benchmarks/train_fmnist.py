@@ -191,13 +191,14 @@ def main() -> None:
     ap.add_argument("--baseline-epochs", type=int, default=12)
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="config override for the recipe run (repeatable)")
-    ap.add_argument("--reference", default=None, metavar="FILE",
+    ap.add_argument("--reference", action="append", default=[], metavar="FILE",
                     help="take the runs not in --runs (e.g. the example's 14 epochs, an expensive reference) from "
-                         "this earlier result JSON of the same machine; they are marked 'from' FILE")
+                         "this earlier result JSON of the same machine (repeatable; the first file holding a run "
+                         "wins); they are marked 'from' FILE")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="benchmarks/results/train_fmnist.json")
     args = ap.parse_args()
-    runs = [r.strip() for r in args.runs.split(",") if r.strip()]
+    runs = [r.strip() for r in args.runs.split(",") if r.strip()]      # may be empty: all from --reference
     bad = [r for r in runs if r not in RUNS]
     if bad:
         ap.error(f"--runs: unknown {bad}; choose from {', '.join(RUNS)}")
@@ -219,11 +220,11 @@ def main() -> None:
                 data = load_data("fashion_mnist", val_size=load_config()["data"]["val_size"], seed=args.seed)
             epochs = args.example_epochs if name == "example" else args.baseline_epochs
             result[name] = run_plain(name, data, epochs, "adadelta" if name == "example" else "adam", args.seed)
-    if args.reference:
-        ref = json.loads(Path(args.reference).read_text())
+    for file in args.reference:
+        ref = json.loads(Path(file).read_text())
         for name in RUNS:
             if name not in result and name in ref:
-                result[name] = {**ref[name], "from": f"{args.reference} ({ref.get('date', '?')}, {ref['command']})"}
+                result[name] = {**ref[name], "from": f"{file} ({ref.get('date', '?')}, {ref['command']})"}
     result["machine"]["load_average_end"] = list(os.getloadavg())
     result["ratios"] = ratios(result)
 

@@ -84,3 +84,23 @@ def test_config_rejects_bad_auto_keys(tiny_cfg, override, key):
     from traintricks.config import ConfigError
     with pytest.raises(ConfigError, match=key):
         tiny_cfg(override)
+
+
+def test_probe_falls_back_to_the_static_rules_for_a_model_it_cannot_time(probing):
+    class Tokens(torch.nn.Module):               # needs integer token ids: a random float batch fails
+        def __init__(self):
+            super().__init__()
+            self.emb = torch.nn.Embedding(10, 4)
+
+        def forward(self, x):
+            return self.emb(x).mean(1)
+    r = probe(Tokens(), (5,), 4, precision="auto", channels_last="auto", compile="auto", threads="auto")
+    assert r["source"].startswith("static (the model does not train on a random batch")
+    assert (r["precision"], r["channels_last"], r["compile"], r["threads"]) == ("auto", False, False, 0)
+
+
+def test_probe_falls_back_for_a_step_too_slow_to_time(probing, monkeypatch):
+    monkeypatch.setattr(probe_module, "SLOW_S", 0.0)     # every step counts as too slow
+    r = probe(_model(), (1, 28, 28), 10, precision="auto", channels_last="auto", compile="auto", threads="auto")
+    assert r["source"].startswith("static (one step takes") and r["timings_ms"] == {}
+    assert (r["precision"], r["channels_last"]) == ("auto", True)

@@ -43,6 +43,7 @@ MARGIN = 0.10           # a non-default candidate must be this much faster (frac
 THREADS_MARGIN = 0.15
 ROUNDS = 2              # timed rounds after one warm-up round
 BATCH = 16
+SLOW_S = 0.25           # a warm-up step slower than this: too slow to time, the static rules apply
 BUDGET_S = 0.6         # no further timed round once the probe has run this long (at least one is done)
 _CACHE: dict[tuple, dict[str, Any]] = {}
 
@@ -88,8 +89,9 @@ def probe(model: nn.Module, input_shape: Sequence[int], num_classes: int, device
     dimension) on ``device``. Settings given explicitly are returned unchanged and not timed.
 
     Returns ``{"precision", "channels_last", "compile", "threads", "source", "seconds", "timings_ms"}``:
-    ``source`` is ``"probe"``, ``"cache"``, ``"off"`` (``TRAINTRICKS_PROBE=off``) or ``"fixed"`` (nothing was
-    ``"auto"``); ``timings_ms`` the best step time of each candidate timed. ``threads`` is an int (the count
+    ``source`` is ``"probe"``, ``"cache"``, ``"off"`` (``TRAINTRICKS_PROBE=off``), ``"fixed"`` (nothing was
+    ``"auto"``) or ``"static (why)"`` (a model too slow to time in the budget, or one that does not train on a random
+    batch: the rules of ``"off"``); ``timings_ms`` the best step time of each candidate timed. ``threads`` is an int (the count
     chosen; ``torch.set_num_threads`` is left at it) or 0 (unchanged). The model is not modified (a deep copy is
     timed). Raises ``ValueError`` for a value that is neither ``"auto"`` nor a valid setting."""
     device = torch.device(device)
@@ -134,12 +136,40 @@ def probe(model: nn.Module, input_shape: Sequence[int], num_classes: int, device
         _CACHE[key] = dict(result)
         return result
 
+    n_threads = torch.get_num_threads()
+    try:
+        _time_candidates(model, input_shape, num_classes, device, precision, channels_last, threads, batch, image,
+                         result, t_start)
+    except _Unprobeable as e:        # the static rules, as with TRAINTRICKS_PROBE=off, and why
+        torch.set_num_threads(n_threads)
+        result.update(source=f"static ({e})", timings_ms={}, threads=0 if threads == "auto" else threads,
+                      precision=precision, channels_last=image if channels_last == "auto" else channels_last)
+    else:
+        result["source"] = "probe"
+    result["seconds"] = round(time.perf_counter() - t_start, 3)
+    _CACHE[key] = dict(result)
+    return result
+
+
+class _Unprobeable(Exception):
+    """The model cannot be timed here: its step is too slow for the probe's budget, or it does not run on a
+    random batch of the data's shape."""
+
+
+def _time_candidates(model, input_shape, num_classes, device, precision, channels_last, threads, batch, image,
+                     result, t_start) -> None:
+    """Time the candidates and write the choice into ``result`` (see :func:`probe`)."""
     precisions = (["fp32", "bf16"] if bf16_capable(device) else ["fp32"]) if precision == "auto" else [precision]
     formats = [False, True] if channels_last == "auto" and image else [bool(result["channels_last"])]
     net = copy.deepcopy(model).to(device).train()
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(batch, *input_shape, generator=gen).to(device)
     y = torch.randint(0, max(num_classes, 1), (batch,), generator=gen).to(device)
+    try:
+        _step_time(net, x, y, "fp32", device)
+    except Exception as e:           # e.g. a model of token ids, or of a dict batch: not timed on random images
+        raise _Unprobeable(f"the model does not train on a random batch of shape {tuple(x.shape)}: "
+                           f"{type(e).__name__}") from None
     nets = {False: net}
     xs = {False: x}
     if True in formats:
@@ -156,6 +186,8 @@ def probe(model: nn.Module, input_shape: Sequence[int], num_classes: int, device
                     setup(c)
                 p, f = c if setup is None else (result["precision"], result["channels_last"])
                 t = _step_time(nets[f], xs[f], y, p, device)
+                if r == 0 and t > SLOW_S:
+                    raise _Unprobeable(f"one step takes {t:.2f} s, too slow to time within the probe's budget")
                 if r:
                     best[c] = min(best[c], t)
             if r and time.perf_counter() - t_start > BUDGET_S:     # keep the probe short on a slow machine
@@ -190,6 +222,3 @@ def probe(model: nn.Module, input_shape: Sequence[int], num_classes: int, device
             chosen = n
         torch.set_num_threads(chosen)
         result["threads"] = chosen
-    result.update(source="probe", seconds=round(time.perf_counter() - t_start, 3))
-    _CACHE[key] = dict(result)
-    return result

@@ -4,6 +4,9 @@ import pytest
 import torch
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# the machine probe (traintricks/training/probe.py) off: no test depends on the machine's timings; the probe's own
+# tests turn it on
+os.environ.setdefault("TRAINTRICKS_PROBE", "off")
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 from traintricks.config import load_config  # noqa: E402

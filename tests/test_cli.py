@@ -117,6 +117,9 @@ def test_default_recipe_runs_end_to_end_on_a_fashion_mnist_subset(tmp_path, caps
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["dataset"] == "fashion_mnist" and summary["epochs"] == 2
     assert summary["test_accuracy"] > 0.7        # 10 classes: chance is 0.1
+    # the machine probe's record (off in the tests: channels-last by the static rule, compile off)
+    assert summary["probe"]["source"] == "off" and summary["probe"]["channels_last"] is True
+    assert summary["probe"]["compile"] is False
     cfg = (tmp_path / "config.toml").read_text()
     assert 'name = "fashion_mnist"' in cfg and "limit = 3000" in cfg
 

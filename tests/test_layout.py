@@ -22,7 +22,7 @@ LAYERS: dict[str, list[str]] = {
                      "traintricks.evaluation.compare", "traintricks.evaluation.lab.*", "traintricks.evaluation.html"],
     # assembly: config -> components -> Trainer; the catalogue of every registry; the run's written report
     "recipe": ["traintricks.training", "traintricks.training.recipe", "traintricks.training.report",
-               "traintricks.training.inference",
+               "traintricks.training.inference", "traintricks.training.probe",
                "traintricks.training.average",
                "traintricks.config", "traintricks.catalog"],
     "engine": ["traintricks.training.trainer", "traintricks.training.callbacks", "traintricks.training.checkpoint"],

@@ -34,7 +34,8 @@ from .. import surgery
 from . import checkpoint as ckpt
 from .report import plot_curves, write_report
 from .callbacks import CALLBACKS, FlipTTA, FoldForEval, NonFiniteLossError
-from .trainer import Trainer, optimizer_steps
+from .probe import probe
+from .trainer import Trainer, optimizer_steps, resolve_device
 
 EVAL_BATCH = 1000
 
@@ -287,7 +288,7 @@ def build_trainer(cfg: dict[str, Any], data: DataSplits | None = None, out_dir: 
     ``model`` replaces the built model (e.g. one in shared memory); ``shard=(rank, count)`` trains on that
     share of every batch (Hogwild workers; under ``torchrun`` the process group decides); ``evaluate=False``
     skips validation and test evaluation during training."""
-    if cfg["threads"]:
+    if cfg["threads"] != "auto" and cfg["threads"]:
         torch.set_num_threads(cfg["threads"])
     torch.manual_seed(cfg["seed"])
     random.seed(cfg["seed"])
@@ -306,6 +307,10 @@ def build_trainer(cfg: dict[str, Any], data: DataSplits | None = None, out_dir: 
                       f"classification only)", stacklevel=2)
     if model is None:
         model = build_model(cfg, data.input_shape, data.num_classes)
+    # the "auto" settings (precision, channels-last, compile, threads): a sub-second timing of this model
+    machine = probe(model, data.input_shape, data.num_classes, resolve_device(cfg["device"]),
+                    precision=cfg["precision"], channels_last=cfg["channels_last"], compile=cfg["compile"],
+                    threads=cfg["threads"])
     if cfg["parallel"]["sync_batchnorm"]:
         from ..nn.sync_batchnorm import sync_batchnorm_
         sync_batchnorm_(model)
@@ -405,8 +410,9 @@ def build_trainer(cfg: dict[str, Any], data: DataSplits | None = None, out_dir: 
         trainer = Trainer(model, optimizer, loss_fn, train, val, test, scheduler=scheduler,
                           scheduler_interval=interval, scheduler_monitor=monitor, epochs=cfg["epochs"],
                           grad_transforms=transforms, accumulate_steps=acc, drop_tail=loader_args["drop_last"],
-                          early_stopping=early, out_dir=out_dir, device=cfg["device"], precision=cfg["precision"],
-                          channels_last=cfg["channels_last"], compile=cfg["compile"],
+                          early_stopping=early, out_dir=out_dir, device=cfg["device"],
+                          precision=machine["precision"], channels_last=bool(machine["channels_last"]),
+                          compile=bool(machine["compile"]),
                           test_every_epoch=cfg["test_every_epoch"],
                           callbacks=[*techniques, *extra, *callbacks], progress=progress, task=task,
                           checkpoint_every_steps=cfg.get("checkpoint_every_steps", 0),
@@ -416,6 +422,10 @@ def build_trainer(cfg: dict[str, Any], data: DataSplits | None = None, out_dir: 
         # a combination the trainer or a callback's setup refuses (SWA starting after the last epoch, fp16 with a
         # closure optimizer, two weight averages): a ConfigError naming the key, before any work starts
         raise ConfigError(_refusing_key(str(e), cfg), str(e)) from None
+    trainer.probe = machine     # summary.json's "probe"
+    # the machine's choices written into the run's config.toml: a resumed run (another process, maybe a noisier
+    # moment) continues with the precision, memory format, compile and threads it started with, not a new probe
+    cfg = {**cfg, **{k: machine[k] for k in ("precision", "channels_last", "compile", "threads") if k in machine}}
     trainer.config = cfg        # as built (the task's loss filled in): what run() writes to config.toml
     trainer.data_stats = {**data_stats(data, d["image_size"]), "task": trainer.task.name}   # data_stats.json
     return trainer
@@ -507,7 +517,8 @@ def _run_meta(cfg: dict[str, Any], trainer: Trainer) -> dict[str, Any]:
     """The summary's description of a run: dataset, model, seed, parameter count, threads."""
     return {"dataset": cfg["data"]["name"], "model": cfg["model"]["name"], "task": trainer.task.name,
             "seed": cfg["seed"],
-            "parameters": sum(p.numel() for p in trainer.model.parameters()), "threads": torch.get_num_threads()}
+            "parameters": sum(p.numel() for p in trainer.model.parameters()), "threads": torch.get_num_threads(),
+            "probe": getattr(trainer, "probe", None)}
 
 
 def _run_hogwild(cfg: dict[str, Any], out: Path, resume: bool) -> dict[str, Any]:

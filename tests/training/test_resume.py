@@ -149,3 +149,21 @@ def test_nan_in_evaluation_ends_the_run_as_diverged(tiny_cfg, tmp_path, raise_er
     assert summary["status"] == "diverged" and summary["epochs"] == 1
     assert summary["last_checkpoint"].endswith("epoch-0001")
     assert [p.name for p in ckpt.list_checkpoints(out / "checkpoints")] == ["epoch-0001"]   # the last good one
+
+
+def test_the_machine_choices_are_written_into_config_toml_so_a_resumed_run_keeps_them(tmp_path, monkeypatch):
+    # the probe (training/probe.py) decides "auto" by timing: a resumed run must not decide again
+    import json
+    from traintricks.config import load_config
+    from traintricks.training import run
+    monkeypatch.setenv("TRAINTRICKS_PROBE", "off")          # the static rules: no timing in a test
+    cfg = load_config(None, ["data.name=digits", "epochs=1", "callbacks=[]", "data.augment=[]",
+                             "model.widths=[4, 8]", "model.blocks=[1, 1]", "precision=fp32"])
+    for key in ("channels_last", "compile", "threads"):
+        assert cfg[key] == "auto"
+    run(cfg, tmp_path / "r", progress=False)
+    written = load_config(tmp_path / "r" / "config.toml")
+    probe = json.loads((tmp_path / "r" / "summary.json").read_text())["probe"]
+    assert written["precision"] == "fp32"
+    for key in ("channels_last", "compile", "threads"):
+        assert written[key] != "auto" and written[key] == probe[key]

@@ -31,6 +31,8 @@ from __future__ import annotations
 import csv
 import importlib
 import math
+import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -367,7 +369,6 @@ def _image_files(split_dir: Path, stats: list[tuple[str, int, int]] | None = Non
     """Class names (sorted subfolder names) and each class's image file paths (sorted); ``stats`` gets each file's
     ``("<split>/<class>/<name>", size, mtime_ns)`` (one ``os.scandir`` pass: a cached load of a large folder is
     bounded by listing it)."""
-    import os
     classes = sorted(d.name for d in split_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not classes:
         raise DataError(f"{split_dir}: no class subfolders (the layout is {split_dir}/<class>/*.png|jpg)")
@@ -386,7 +387,6 @@ def _image_files(split_dir: Path, stats: list[tuple[str, int, int]] | None = Non
                 st = e.stat()
                 stats.append((prefix + e.name, st.st_size, st.st_mtime_ns))
     if ignored:                      # said, not silently left out (a new user's .txt and an unlisted format)
-        import warnings
         warnings.warn(f"{split_dir}: {len(ignored)} file(s) that are not images by their suffix were left out "
                       f"(e.g. {', '.join(sorted(ignored)[:3])}; images are {'/'.join(IMAGE_SUFFIXES)})", stacklevel=3)
     return classes, files
@@ -451,7 +451,6 @@ def _streamed(p: Path, classes: list[str], files: list[list[str]], test_files: l
               image_size: int, skip_bad: bool, workers: int, max_bytes: int | None) -> Any:
     """The folder as files to stream (a :class:`~traintricks.data.streaming.StreamedRaw`), or ``None`` when
     ``max_bytes`` is given and the decoded set's float32 tensors fit in it."""
-    import warnings
     from .streaming import StreamedRaw
     skipped: list[str] = []
     paths, labels, info = _scan(p / "train", files, image_size, skip_bad, skipped)
@@ -485,7 +484,6 @@ def folder(root: str = "", image_size: int = 0, skip_bad: bool = False, stream: 
            max_memory_mb: int = 2048, workers: int = -1) -> Any:
     """Images in class subfolders (root/train/<class>/*.png|jpg, optional root/test/), decoded once into a uint8 cache, or streamed when too large."""
     import hashlib
-    import warnings
     p = _need_root("folder", root)
     if image_size < 0:
         raise ValueError(f"image_size: must be >= 0 (0: keep the images' own size), got {image_size}")

@@ -59,11 +59,8 @@ def _evaluate(run_dir: Path, avg: dict, last: dict, bn: str) -> dict[str, Any]:
     """Test metrics of the averaged and of the last weights, or why there are none."""
     from ..data import DataError
     from .recipe import build_trainer
-    cfg_path = run_dir / "config.toml"
-    if not cfg_path.is_file():
-        return {"evaluated": False, "reason": f"{cfg_path} not found"}
-    try:
-        trainer = build_trainer(load_config(cfg_path), progress=False)
+    try:       # average_run checked that config.toml exists
+        trainer = build_trainer(load_config(run_dir / "config.toml"), progress=False)
     except (DataError, ConfigError, OSError) as e:
         return {"evaluated": False, "reason": f"the run's data or model cannot be built here: {e}"}
     out: dict[str, Any] = {"evaluated": True}

@@ -118,7 +118,7 @@ def test_list_verbose_shows_summary_and_options_with_defaults(capsys):
 
 # ------------------------------------------------------------------------------------------ the callbacks list
 def test_default_recipe_has_flip_tta_in_its_callbacks_list():
-    assert DEFAULTS["callbacks"] == ["tta_flip"] and DEFAULTS["test_every_epoch"] is True
+    assert DEFAULTS["callbacks"] == ["tta_flip", "tta_shift"] and DEFAULTS["test_every_epoch"] is True
     assert "eval" not in DEFAULTS and "ema" not in DEFAULTS and "parallel" in DEFAULTS
 
 
@@ -248,12 +248,14 @@ def _train(overrides):
 
 
 def test_default_recipe_resolves_and_trains_the_same_from_the_old_and_the_new_form():
-    """The default recipe's callbacks (flip TTA from data.augment_from_epoch, no EMA, test every epoch) and a short
+    """The default recipe's callbacks of issue 16 (flip TTA from data.augment_from_epoch, no EMA, test every epoch; the
+    shift TTA came later, and a config with an old table does not get it) and a short
     digits run's final weights are the same whether the config says it the old way ([eval]/[ema] tables, as the
     recipe did before issue 16) or the new way (callbacks list); with an EMA too."""
     with pytest.warns(ConfigDeprecationWarning):
         old = _train(["eval.tta_flip=true", "eval.test_every_epoch=true", "ema.decay=0.0"])
-    new = _train([])
+    assert "ShiftTTA" in _train([])[0] and "ShiftTTA" not in old[0]       # the old tables predate the shift TTA
+    new = _train(['callbacks=["tta_flip"]'])
     assert old[0] == new[0] and "FlipTTA" in new[0] and "EMACallback" not in new[0]
     assert new[1].find_callback(FlipTTA).from_epoch == 1 and new[1].test_every_epoch
     untimed = lambda t: [{k: v for k, v in r.items() if not k.endswith("seconds")} for r in t.history]  # noqa: E731

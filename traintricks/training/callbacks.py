@@ -7,6 +7,7 @@
 | :class:`GradientTransforms` | before the optimizer step | clipping, noise, ... (:mod:`traintricks.optim.transforms`) on the final gradients |
 | :class:`NonFiniteGuard` | after forward, after evaluation | a NaN/Inf loss (training or evaluation) ends the run with :class:`NonFiniteLossError` |
 | :class:`FlipTTA` | evaluated outputs | mean of the logits of the image and its mirror |
+| :class:`ShiftTTA` | evaluated outputs | adds the image shifted by a pixel up, down, left and right (and their mirrors) to that mean |
 | :class:`FoldForEval` | setup, before evaluation | evaluates a copy of the model with its batch norms folded into the preceding layers (``model.fold_for_eval``) |
 | :class:`ProgressBar` | steps, epoch end | a tqdm bar and one line per epoch on stderr |
 | :class:`CheckpointWriter` | step end, epoch end | atomic checkpoints per epoch and every N steps / T seconds |
@@ -291,6 +292,90 @@ class FlipTTA(Callback):
             return 0.5 * (outputs + trainer.output_fn(trainer.eval_forward(inputs.flip(-1))).float())
         return None
 
+
+
+# from_epoch: as tta_flip's (data.augment_from_epoch: the shifted views are the training crop's translations)
+@CALLBACKS.register("tta_shift", supplied=("from_epoch",),
+                    summary="Multi-crop test-time augmentation: add the image shifted by `shift` pixels up, down, left "
+                            "and right (and, with tta_flip, their mirrors) to the evaluated mean; in the final "
+                            "evaluation only unless every_epoch = true.")
+class ShiftTTA(Callback):
+    """Multi-crop test-time augmentation (the ten crops of Krizhevsky et al. 2012, "ImageNet classification with
+    deep convolutional neural networks"; the multi-crop evaluation of Simonyan & Zisserman 2015, 1409.1556): the
+    evaluated prediction is the mean of the logits of ``V`` views of each image,
+
+        p(x) = (1 / V) * sum_v f(T_v x),
+
+    the image itself and the image translated by ``shift`` pixels up, down, left and right, with zero fill (the
+    same map as the training's ``crop`` augmentation with ``padding >= shift``): ``V = 5``, or ``V = 10`` when a
+    :class:`FlipTTA` comes before it in the callbacks (each view and its mirror). 4-D inputs (N, C, H, W) only;
+    other inputs are evaluated unchanged.
+
+    Evaluation costs ``V`` forward passes, so by default (``every_epoch=False``) the shifted views are added only in
+    the last epoch's evaluations and the evaluations after training (the reported final metrics); the earlier
+    epochs are evaluated as without this callback. Nothing is added before ``from_epoch`` epochs are done (the
+    recipe passes ``data.augment_from_epoch``: a model that never trained on translations is evaluated without
+    them).
+
+    Args:
+        shift: translation in pixels (>= 1).
+        every_epoch: add the shifted views in every evaluation, not only the final ones.
+        from_epoch: the first epoch (0-based count of epochs done) whose evaluations use the views.
+
+    Raises:
+        ValueError: ``shift < 1``; a :class:`FlipTTA` placed after this callback (its mean would take the shifted
+            views as one view).
+    """
+
+    name = "tta_shift"
+
+    def __init__(self, shift: int = 1, every_epoch: bool = False, from_epoch: int = 0) -> None:
+        if isinstance(shift, bool) or not isinstance(shift, int) or shift < 1:
+            raise ValueError(f"shift must be an integer >= 1, got {shift!r}")
+        self.shift, self.every_epoch, self.from_epoch = shift, every_epoch, from_epoch
+
+    def setup(self, trainer) -> None:
+        cbs = list(trainer.callbacks)
+        me = next(i for i, c in enumerate(cbs) if c is self)
+        if any(isinstance(c, FlipTTA) for c in cbs[me + 1:]):
+            raise ValueError("tta_shift: put tta_flip before tta_shift in the callbacks (the shifted views are "
+                             "added to the image's and its mirror's mean)")
+
+    @staticmethod
+    def _flip_before(trainer, me) -> FlipTTA | None:
+        """The flip TTA that runs before this callback on the evaluated outputs (their order in the callbacks)."""
+        for c in trainer._by_event["on_eval_outputs"]:
+            if c is me:
+                return None
+            if isinstance(c, FlipTTA):
+                return c
+        return None
+
+    def views(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The four translated copies of ``x`` (N, C, H, W): up, down, left, right by ``shift`` pixels, zero fill."""
+        s, (h, w) = self.shift, x.shape[-2:]
+        padded = torch.nn.functional.pad(x, (s, s, s, s))
+        return [padded[..., s + dy:s + dy + h, s + dx:s + dx + w]
+                for dy, dx in ((-s, 0), (s, 0), (0, -s), (0, s))]
+
+    def on_eval_outputs(self, trainer, inputs, outputs):
+        if inputs.ndim != 4 or trainer.epoch < self.from_epoch:
+            return None
+        if not self.every_epoch and trainer.epoch < trainer.epochs - 1:
+            return None
+        # the mean so far covers the image, and its mirror when flip TTA applied to this evaluation
+        flip = self._flip_before(trainer, self)
+        mirrored = flip is not None and inputs.ndim == 4 and trainer.epoch >= flip.from_epoch
+        total, count = outputs * (2 if mirrored else 1), 2 if mirrored else 1
+        for v in self.views(inputs):
+            if trainer.memory_format is not None:
+                v = v.contiguous(memory_format=trainer.memory_format)
+            total = total + trainer.output_fn(trainer.eval_forward(v)).float()
+            count += 1
+            if mirrored:
+                total = total + trainer.output_fn(trainer.eval_forward(v.flip(-1))).float()
+                count += 1
+        return total / count
 
 def _weights_version(module: torch.nn.Module) -> tuple:
     """A key that changes whenever a parameter or buffer of ``module`` is written in place (an optimizer step, a

@@ -33,7 +33,7 @@ from ..parallel.ddp import dist_info, gather_object, setup_distributed
 from .. import surgery
 from . import checkpoint as ckpt
 from .report import plot_curves, write_report
-from .callbacks import CALLBACKS, FlipTTA, FoldForEval, NonFiniteLossError
+from .callbacks import CALLBACKS, FlipTTA, FoldForEval, NonFiniteLossError, ShiftTTA
 from .probe import probe
 from .trainer import Trainer, optimizer_steps, resolve_device
 
@@ -397,6 +397,14 @@ def build_trainer(cfg: dict[str, Any], data: DataSplits | None = None, out_dir: 
     if any(isinstance(c, FlipTTA) for c in techniques) and not any(as_spec(a)["name"] == "flip" for a in d["augment"]):
         warnings.warn("callbacks: 'tta_flip' is on but data.augment has no 'flip': the model is tested on mirror "
                       "images it never trained on", stacklevel=2)
+    shift = next((c for c in techniques if isinstance(c, ShiftTTA)), None)
+    if shift is not None:
+        reach = [as_spec(a).get("padding", 2) if as_spec(a)["name"] == "crop" else as_spec(a).get("max_shift", 2)
+                 for a in d["augment"] if as_spec(a)["name"] in ("crop", "translate")]
+        if max(reach, default=0) < shift.shift:
+            warnings.warn(f"callbacks: 'tta_shift' (shift {shift.shift}) is on but data.augment has no 'crop' or "
+                          f"'translate' reaching {shift.shift} pixels: the model is tested on translations it never "
+                          "trained on", stacklevel=2)
     es = cfg["early_stopping"]
     early = None if es["name"] == "none" else _build("early_stopping", es, EARLY_STOPPING.get(es["name"]), **_options(es))
     if early is not None and val is None and early.monitor.startswith("val"):

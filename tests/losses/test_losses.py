@@ -402,7 +402,9 @@ def test_auxiliary_heads_add_weighted_losses_in_training_only():
 
 def _train(overrides, epochs=1):
     from traintricks.training import build_trainer
+    # the schedule pinned (as tests/conftest.py's TINY): a default recipe's schedule change must not move these
     cfg = load_config(overrides=["data.name=digits", f"epochs={epochs}", "data.augment=[]", "callbacks=[]",
+                                 "schedule.name=onecycle",
                                  "model.widths=[8, 16]", "model.blocks=[1, 1]", "batch_size=64", "lr=0.1",
                                  f"precision={PRECISION}"] + overrides)
     return build_trainer(cfg, progress=False).fit()
@@ -428,8 +430,8 @@ def test_distillation_from_a_finished_run(tmp_path):
     from traintricks.training import run
     teacher_dir = tmp_path / "teacher"
     cfg = load_config(overrides=["data.name=digits", "epochs=2", "data.augment=[]", "callbacks=[]",
-                                 "model.widths=[8, 16]", "model.blocks=[1, 1]", "batch_size=64", "lr=0.1",
-                                 f"precision={PRECISION}"])
+                                 "schedule.name=onecycle", "model.widths=[8, 16]", "model.blocks=[1, 1]",
+                                 "batch_size=64", "lr=0.1", f"precision={PRECISION}"])
     run(cfg, teacher_dir, progress=False)
     summary = _train(["loss.name=distillation", f'loss.teacher="{teacher_dir}"', "loss.temperature=3.0"])
     assert summary["test_accuracy"] > 0.3

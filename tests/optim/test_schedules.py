@@ -141,11 +141,15 @@ def test_config_names_bind_the_class_defaults():
 
 
 def test_default_recipe_schedule_is_unchanged_for_a_full_run():
-    """The default recipe's multicycle on a 25-epoch run (226 steps an epoch) is, step by step, torch's OneCycleLR
-    with the recipe's values (pct 0.25, div 10, final 100, linear) over 5 and 20 epochs at peaks 1 and 0.5."""
+    """The default recipe's multicycle on a full run (22 epochs of 226 steps) is, step by step, torch's OneCycleLR
+    with the recipe's values (pct 0.25, div 10, final 100, linear) over its cycles (5 and 17 epochs) at peaks 1
+    and 0.5."""
     from traintricks.config import DEFAULTS
     spec = {k: v for k, v in DEFAULTS["schedule"].items() if k != "name"}
-    total, per = 25 * 226, 226
+    per = 226
+    total = DEFAULTS["epochs"] * per
+    first, second = DEFAULTS["schedule"]["cycle_epochs"]
+    assert first + second == DEFAULTS["epochs"] and DEFAULTS["schedule"]["peaks"] == [1.0, 0.5]
     o = _opt(0.2)
     s = SCHEDULES.get(DEFAULTS["schedule"]["name"])(o, total, per, **spec)
     ours = []
@@ -154,7 +158,7 @@ def test_default_recipe_schedule_is_unchanged_for_a_full_run():
         o.step()
         s.step()
     ref = []
-    for n, peak in ((1130, 1.0), (4521, 0.5)):
+    for n, peak in ((first * per, 1.0), (second * per + 1, 0.5)):
         r = _opt(0.2 * peak)
         t = tl.OneCycleLR(r, 0.2 * peak, n, pct_start=0.25, anneal_strategy="linear", div_factor=10.0,
                           final_div_factor=100.0)

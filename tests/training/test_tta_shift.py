@@ -144,9 +144,10 @@ def test_registered_with_the_recipe_supplying_from_epoch(tiny_cfg):
 
 def test_warns_when_training_never_saw_translations_that_far(tiny_cfg):
     with pytest.warns(UserWarning, match="'tta_shift' \\(shift 1\\) is on but data.augment has no 'crop'"):
-        build_trainer(tiny_cfg('data.augment=["flip"]', 'callbacks=["tta_flip", "tta_shift"]'), progress=False)
+        build_trainer(tiny_cfg('data.augment=["flip"]', "data.augment_from_epoch=0", 'callbacks=["tta_flip", "tta_shift"]'),
+                      progress=False)
     with pytest.warns(UserWarning, match="shift 3"):
-        build_trainer(tiny_cfg('data.augment=["flip", {name = "crop", padding = 2}]',
+        build_trainer(tiny_cfg('data.augment=["flip", {name = "crop", padding = 2}]', "data.augment_from_epoch=0",
                                'callbacks=["tta_flip", {name = "tta_shift", shift = 3}]'), progress=False)
     import warnings
     with warnings.catch_warnings():

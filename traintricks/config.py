@@ -51,7 +51,7 @@ warnings.filterwarnings("default", category=ConfigDeprecationWarning)
 
 
 # The default recipe: trains a small CNN on Fashion-MNIST to about 94% test accuracy in less training time than the
-# PyTorch MNIST example's 14 epochs, in fp32 (about 0.93x) and in bf16 (about 0.45x) (docs/benchmarks.md, issue 19).
+# PyTorch MNIST example's 14 epochs, in fp32 (about 0.88x) and in bf16 (about 0.45x) (docs/benchmarks.md, issue 19).
 # Component options not listed take the factory's defaults.
 DEFAULTS: dict[str, Any] = {
     "seed": 0,

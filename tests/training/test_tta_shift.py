@@ -75,38 +75,82 @@ def test_without_flip_tta_the_mean_is_over_five_views(tiny_cfg):
     torch.testing.assert_close(t.eval_logits(x), logits, rtol=1e-5, atol=1e-5)
 
 
-def test_before_the_last_epoch_only_flip_tta_applies_unless_every_epoch(tiny_cfg):
+def test_during_training_only_flip_tta_applies_unless_every_epoch(tiny_cfg):
     t = _trainer(tiny_cfg, '["tta_flip", "tta_shift"]', epochs=3)
     calls = []
     forward = t.eval_forward
     t.eval_forward = lambda v: calls.append(v.shape[0]) or forward(v)
     x = t.test_loader.x[:16]
     t.model.eval()
-    t.epoch = 0                               # epoch 1 of 3: image and mirror
-    t.eval_logits(x)
-    assert len(calls) == 2
-    calls.clear()
-    t.epoch = 2                               # the last epoch: ten views
+    for epoch in (0, 2):                      # the first and the last epoch's evaluations: image and mirror
+        t.epoch = epoch
+        t.eval_logits(x)
+        assert len(calls) == 2
+        calls.clear()
+    shift = t.find_callback(ShiftTTA)
+    shift.after_training = True               # the evaluations after training: ten views
     t.eval_logits(x)
     assert len(calls) == 10
     calls.clear()
-    t.find_callback(ShiftTTA).every_epoch = True
+    shift.after_training, shift.every_epoch = False, True
     t.epoch = 0
     t.eval_logits(x)
     assert len(calls) == 10
 
 
-def test_history_records_the_views_in_the_last_epoch_only(tiny_cfg):
-    """The last epoch's test accuracy (and the summary's) is the ten-view one; earlier epochs' are flip TTA's."""
-    t = _trainer(tiny_cfg, '["tta_flip", "tta_shift"]')
+def _count_views(t):
+    """Record (epoch, after training?, views used?) for each evaluated batch."""
     seen = []
     shift = t.find_callback(ShiftTTA)
     original = shift.on_eval_outputs
-    shift.on_eval_outputs = lambda tr, i, o: seen.append((tr.epoch, original(tr, i, o) is not None)) or original(tr, i, o)
+
+    def counting(tr, i, o):
+        out = original(tr, i, o)
+        seen.append((tr.epoch, shift.after_training, out is not None))
+        return out
+    shift.on_eval_outputs = counting
     t._index_callbacks()
+    return seen
+
+
+def _ten_views(x):
+    shifts = [_shifted(x, dy, dx) for dy, dx in ((-1, 0), (1, 0), (0, -1), (0, 1))]
+    return [x, x.flip(-1)] + [w for s in shifts for w in (s, s.flip(-1))]
+
+
+def test_the_history_is_flip_only_and_the_final_metrics_use_the_views(tiny_cfg):
+    """Every epoch's val/test metrics (history, best epoch, early stopping) are computed without the shifted views;
+    the summary's test metrics are recomputed after training with them."""
+    t = _trainer(tiny_cfg, '["tta_flip", "tta_shift"]')
+    seen = _count_views(t)
     summary = t.fit()
-    assert {e for e, used in seen if used} == {1} and {e for e, used in seen if not used} == {0}
-    assert summary["test_accuracy"] == t.history[-1]["test_accuracy"]
+    assert all(not used for _, after, used in seen if not after)
+    assert any(used for _, after, used in seen if after)
+    x, y = t.test_loader.x, t.test_loader.y
+    acc, _ = _expected_accuracy(t.model, x, y, _ten_views(x))
+    assert summary["test_accuracy"] == pytest.approx(acc)
+    flip_only, _ = _expected_accuracy(t.model, x, y, [x, x.flip(-1)])
+    assert t.history[-1]["test_accuracy"] == pytest.approx(flip_only)
+
+
+def test_a_run_ended_by_early_stopping_reports_the_views_too(tiny_cfg):
+    """Found by a new user: with early stopping the last epoch was not the configured last one, so the views were
+    never used. The final metrics are recomputed after training whatever ended it."""
+    t = build_trainer(tiny_cfg("epochs=8", 'data.augment=["flip", "crop"]', "data.augment_from_epoch=0",
+                               'callbacks=["tta_flip", "tta_shift"]', "early_stopping.name=patience",
+                               "early_stopping.patience=1", "early_stopping.min_delta=0.5"), progress=False)
+    seen = _count_views(t)
+    summary = t.fit()
+    assert summary["epochs"] < 8                      # stopped early
+    assert any(used for _, after, used in seen if after)
+    x, y = t.test_loader.x, t.test_loader.y
+    acc, _ = _expected_accuracy(t.eval_model, x, y, _ten_views(x))
+    assert summary["test_accuracy"] == pytest.approx(acc)
+
+
+def test_a_shift_as_large_as_the_image_is_refused():
+    with pytest.raises(ValueError, match=r"shift 8 is not smaller than the images \(8x8\)"):
+        ShiftTTA(shift=8).views(torch.zeros(1, 1, 8, 8))
 
 
 def test_nothing_is_added_before_from_epoch(tiny_cfg):
@@ -154,3 +198,19 @@ def test_warns_when_training_never_saw_translations_that_far(tiny_cfg):
         warnings.simplefilter("error")
         build_trainer(tiny_cfg('data.augment=["flip", {name = "translate", max_shift = 1}]', "data.augment_from_epoch=0",
                                'callbacks=["tta_flip", "tta_shift"]'), progress=False)
+
+
+def test_tabular_inputs_warn_that_tta_does_not_apply(tiny_cfg, tmp_path):
+    """Found by a new user: on a table the run warned about mirror images and translations; it now says that
+    test-time augmentation is for images and these inputs are evaluated without it."""
+    rows = ["a,b,c,label"] + [f"{i % 7},{(i * 3) % 5},{i % 2},{i % 3}" for i in range(90)]
+    (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")
+    import warnings
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        build_trainer(tiny_cfg("data.name=csv", f'data.root="{tmp_path / "t.csv"}"', "data.target=label",
+                               "model.name=mlp", "data.augment=[]", 'callbacks=["tta_flip", "tta_shift"]'),
+                      progress=False)
+    text = " ".join(str(w.message) for w in rec)
+    assert "applies to images (C, H, W) only" in text and "'tta_flip', 'tta_shift'" in text
+    assert "mirror" not in text and "translations" not in text

@@ -297,34 +297,35 @@ class FlipTTA(Callback):
 # from_epoch: as tta_flip's (data.augment_from_epoch: the shifted views are the training crop's translations)
 @CALLBACKS.register("tta_shift", supplied=("from_epoch",),
                     summary="Multi-crop test-time augmentation: add the image shifted by `shift` pixels up, down, left "
-                            "and right (and, with tta_flip, their mirrors) to the evaluated mean; in the final "
-                            "evaluation only unless every_epoch = true.")
+                            "and right (and, with tta_flip, their mirrors) to the evaluated mean; in the evaluation "
+                            "after training only unless every_epoch = true.")
 class ShiftTTA(Callback):
-    """Multi-crop test-time augmentation (the ten crops of Krizhevsky et al. 2012, "ImageNet classification with
-    deep convolutional neural networks"; the multi-crop evaluation of Simonyan & Zisserman 2015, 1409.1556): the
-    evaluated prediction is the mean of the logits of ``V`` views of each image,
+    """Multi-crop test-time augmentation (evaluation on several crops of each image, as in Krizhevsky et al. 2012,
+    "ImageNet classification with deep convolutional neural networks", and Simonyan & Zisserman 2015, 1409.1556;
+    here the crops are one-pixel translations): the evaluated prediction is the mean of the logits of ``V`` views,
 
         p(x) = (1 / V) * sum_v f(T_v x),
 
-    the image itself and the image translated by ``shift`` pixels up, down, left and right, with zero fill (the
-    same map as the training's ``crop`` augmentation with ``padding >= shift``): ``V = 5``, or ``V = 10`` when a
-    :class:`FlipTTA` comes before it in the callbacks (each view and its mirror). 4-D inputs (N, C, H, W) only;
-    other inputs are evaluated unchanged.
+    the image itself and the image translated by ``shift`` pixels up, down, left and right, filled with zeros in
+    the standardized inputs (the channel mean: the same map as the training's ``crop`` augmentation with
+    ``padding >= shift``): ``V = 5``, or ``V = 10`` when a :class:`FlipTTA` comes before it in the callbacks (each
+    view and its mirror). 4-D inputs (N, C, H, W) only; other inputs are evaluated unchanged.
 
-    Evaluation costs ``V`` forward passes, so by default (``every_epoch=False``) the shifted views are added only in
-    the last epoch's evaluations and the evaluations after training (the reported final metrics); the earlier
-    epochs are evaluated as without this callback. Nothing is added before ``from_epoch`` epochs are done (the
-    recipe passes ``data.augment_from_epoch``: a model that never trained on translations is evaluated without
-    them).
+    Evaluation costs ``V`` forward passes, so by default (``every_epoch=False``) the views are used only in the
+    evaluations after training -- the reported final metrics (``summary.json``'s ``test_*``), which the trainer
+    then recomputes, also when early stopping ended the run -- while every epoch's validation and test metrics
+    (the history, early stopping, the best epoch) are computed as without this callback. With ``every_epoch=True``
+    every evaluation uses them. Nothing is added before ``from_epoch`` epochs are done (the recipe passes
+    ``data.augment_from_epoch``: a model that never trained on translations is evaluated without them).
 
     Args:
-        shift: translation in pixels (>= 1).
-        every_epoch: add the shifted views in every evaluation, not only the final ones.
-        from_epoch: the first epoch (0-based count of epochs done) whose evaluations use the views.
+        shift: translation in pixels (>= 1, and smaller than the image's height and width).
+        every_epoch: use the views in every evaluation, not only after training.
+        from_epoch: the number of finished epochs from which the views are used.
 
     Raises:
         ValueError: ``shift < 1``; a :class:`FlipTTA` placed after this callback (its mean would take the shifted
-            views as one view).
+            views as one view); at evaluation, an image not larger than ``shift`` in height or width.
     """
 
     name = "tta_shift"
@@ -333,6 +334,7 @@ class ShiftTTA(Callback):
         if isinstance(shift, bool) or not isinstance(shift, int) or shift < 1:
             raise ValueError(f"shift must be an integer >= 1, got {shift!r}")
         self.shift, self.every_epoch, self.from_epoch = shift, every_epoch, from_epoch
+        self.after_training = False
 
     def setup(self, trainer) -> None:
         cbs = list(trainer.callbacks)
@@ -340,6 +342,16 @@ class ShiftTTA(Callback):
         if any(isinstance(c, FlipTTA) for c in cbs[me + 1:]):
             raise ValueError("tta_shift: put tta_flip before tta_shift in the callbacks (the shifted views are "
                              "added to the image's and its mirror's mean)")
+
+    def on_fit_start(self, trainer) -> None:
+        self.after_training = False
+
+    def on_fit_end(self, trainer, summary) -> None:
+        # the evaluations from here on are the final ones: have the trainer recompute the test metrics with the
+        # views (the last epoch's were computed without them)
+        self.after_training = True
+        if not self.every_epoch and trainer.epoch >= self.from_epoch:
+            trainer._eval_stale = True
 
     @staticmethod
     def _flip_before(trainer, me) -> FlipTTA | None:
@@ -354,6 +366,9 @@ class ShiftTTA(Callback):
     def views(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The four translated copies of ``x`` (N, C, H, W): up, down, left, right by ``shift`` pixels, zero fill."""
         s, (h, w) = self.shift, x.shape[-2:]
+        if s >= min(h, w):
+            raise ValueError(f"tta_shift: shift {s} is not smaller than the images ({h}x{w}): the views would be "
+                             "all fill; set a smaller shift")
         padded = torch.nn.functional.pad(x, (s, s, s, s))
         return [padded[..., s + dy:s + dy + h, s + dx:s + dx + w]
                 for dy, dx in ((-s, 0), (s, 0), (0, -s), (0, s))]
@@ -361,11 +376,11 @@ class ShiftTTA(Callback):
     def on_eval_outputs(self, trainer, inputs, outputs):
         if inputs.ndim != 4 or trainer.epoch < self.from_epoch:
             return None
-        if not self.every_epoch and trainer.epoch < trainer.epochs - 1:
+        if not (self.every_epoch or self.after_training):
             return None
         # the mean so far covers the image, and its mirror when flip TTA applied to this evaluation
         flip = self._flip_before(trainer, self)
-        mirrored = flip is not None and inputs.ndim == 4 and trainer.epoch >= flip.from_epoch
+        mirrored = flip is not None and trainer.epoch >= flip.from_epoch
         total, count = outputs * (2 if mirrored else 1), 2 if mirrored else 1
         for v in self.views(inputs):
             if trainer.memory_format is not None:
@@ -376,6 +391,7 @@ class ShiftTTA(Callback):
                 total = total + trainer.output_fn(trainer.eval_forward(v.flip(-1))).float()
                 count += 1
         return total / count
+
 
 def _weights_version(module: torch.nn.Module) -> tuple:
     """A key that changes whenever a parameter or buffer of ``module`` is written in place (an optimizer step, a

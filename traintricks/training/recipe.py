@@ -394,17 +394,24 @@ def build_trainer(cfg: dict[str, Any], data: DataSplits | None = None, out_dir: 
             techniques.append(FoldForEval())       # last: it folds whichever model the others chose to evaluate
         except ConfigError as e:
             warnings.warn(f"{e}; evaluating the model unfolded", stacklevel=2)
-    if any(isinstance(c, FlipTTA) for c in techniques) and not any(as_spec(a)["name"] == "flip" for a in d["augment"]):
+    tta = [c.name for c in techniques if isinstance(c, (FlipTTA, ShiftTTA))]
+    images = len(getattr(data, "input_shape", (0, 0, 0))) == 3
+    if tta and not images:
+        warnings.warn(f"callbacks: {', '.join(repr(n) for n in tta)} test-time augmentation applies to images "
+                      f"(C, H, W) only; these inputs have shape {tuple(data.input_shape)} and are evaluated "
+                      "without it", stacklevel=2)
+    if images and any(isinstance(c, FlipTTA) for c in techniques) and \
+            not any(as_spec(a)["name"] == "flip" for a in d["augment"]):
         warnings.warn("callbacks: 'tta_flip' is on but data.augment has no 'flip': the model is tested on mirror "
                       "images it never trained on", stacklevel=2)
     shift = next((c for c in techniques if isinstance(c, ShiftTTA)), None)
-    if shift is not None:
+    if images and shift is not None:
         reach = [as_spec(a).get("padding", 2) if as_spec(a)["name"] == "crop" else as_spec(a).get("max_shift", 2)
                  for a in d["augment"] if as_spec(a)["name"] in ("crop", "translate")]
         if max(reach, default=0) < shift.shift:
             warnings.warn(f"callbacks: 'tta_shift' (shift {shift.shift}) is on but data.augment has no 'crop' or "
-                          f"'translate' reaching {shift.shift} pixels: the model is tested on translations it never "
-                          "trained on", stacklevel=2)
+                          f"'translate' reaching {shift.shift} pixel{'s' if shift.shift > 1 else ''}: the model is "
+                          "tested on translations it never trained on", stacklevel=2)
     es = cfg["early_stopping"]
     early = None if es["name"] == "none" else _build("early_stopping", es, EARLY_STOPPING.get(es["name"]), **_options(es))
     if early is not None and val is None and early.monitor.startswith("val"):

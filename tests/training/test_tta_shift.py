@@ -214,3 +214,16 @@ def test_tabular_inputs_warn_that_tta_does_not_apply(tiny_cfg, tmp_path):
     text = " ".join(str(w.message) for w in rec)
     assert "applies to images (C, H, W) only" in text and "'tta_flip', 'tta_shift'" in text
     assert "mirror" not in text and "translations" not in text
+
+
+def test_image_augmentations_on_a_table_are_refused_before_training(tiny_cfg, tmp_path):
+    """Found by a new user: a csv run with the default crop augmentation crashed epochs into the run ('crop needs
+    images'); the recipe now tries each augmentation on the data's shape when it builds the run."""
+    from traintricks.config import ConfigError
+    rows = ["a,b,c,label"] + [f"{i % 7},{(i * 3) % 5},{i % 2},{i % 3}" for i in range(90)]
+    (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")
+    cfg = [f'data.root="{tmp_path / "t.csv"}"', "data.name=csv", "data.target=label", "model.name=mlp",
+           "callbacks=[]", "data.augment_from_epoch=0"]
+    with pytest.raises(ConfigError, match=r"data.augment\[0\].*'crop' cannot transform this data's inputs of shape"):
+        build_trainer(tiny_cfg(*cfg, 'data.augment=["crop", "flip"]'), progress=False)
+    build_trainer(tiny_cfg(*cfg, 'data.augment=["mixup"]'), progress=False)          # applies to any input

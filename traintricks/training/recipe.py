@@ -84,6 +84,15 @@ def build_augment(specs: list, num_classes: int | None = None, data: DataSplits 
         spec = as_spec(item)
         factory = AUGMENTATIONS.get(spec["name"])
         augs.append(_build(f"data.augment[{i}]", spec, factory, **_supplied(factory, supplied), **_options(spec)))
+        shape = tuple(getattr(data, "input_shape", ()) or ())
+        if shape and len(shape) != 3 and not getattr(augs[-1], "mixes_labels", False):
+            # not images: try the augmentation on a batch of this data's shape now, not epochs into the run
+            try:
+                augs[-1](torch.zeros(2, *shape), generator=torch.Generator().manual_seed(0))
+            except (ValueError, RuntimeError, IndexError) as e:
+                raise ConfigError(f"data.augment[{i}]", f"{spec['name']!r} cannot transform this data's inputs of "
+                                  f"shape {shape} ({e}); set data.augment = [] or keep the augmentations that "
+                                  "apply to them") from None
     return Compose(augs) if augs else None
 
 

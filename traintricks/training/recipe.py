@@ -80,11 +80,11 @@ def build_augment(specs: list, num_classes: int | None = None, data: DataSplits 
     if data is not None:
         supplied.update(mean=data.mean or None, std=data.std or None, pixel_range=data.pixel_range)
     augs = []
+    shape = tuple(getattr(data, "input_shape", ()) or ())
     for i, item in enumerate(specs):
         spec = as_spec(item)
         factory = AUGMENTATIONS.get(spec["name"])
         augs.append(_build(f"data.augment[{i}]", spec, factory, **_supplied(factory, supplied), **_options(spec)))
-        shape = tuple(getattr(data, "input_shape", ()) or ())
         if shape and len(shape) != 3 and not getattr(augs[-1], "mixes_labels", False):
             # not images: try the augmentation on a batch of this data's shape now, not epochs into the run
             try:
@@ -415,8 +415,9 @@ def build_trainer(cfg: dict[str, Any], data: DataSplits | None = None, out_dir: 
                       "images it never trained on", stacklevel=2)
     shift = next((c for c in techniques if isinstance(c, ShiftTTA)), None)
     if images and shift is not None:
-        reach = [as_spec(a).get("padding", 2) if as_spec(a)["name"] == "crop" else as_spec(a).get("max_shift", 2)
-                 for a in d["augment"] if as_spec(a)["name"] in ("crop", "translate")]
+        specs = [{**AUGMENTATIONS.defaults(a["name"]), **a} for a in map(as_spec, d["augment"])]
+        reach = [a["padding"] if a["name"] == "crop" else a["max_shift"]
+                 for a in specs if a["name"] in ("crop", "translate")]
         if max(reach, default=0) < shift.shift:
             warnings.warn(f"callbacks: 'tta_shift' (shift {shift.shift}) is on but data.augment has no 'crop' or "
                           f"'translate' reaching {shift.shift} pixel{'s' if shift.shift > 1 else ''}: the model is "

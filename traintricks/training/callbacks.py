@@ -351,7 +351,7 @@ class ShiftTTA(Callback):
         # views (the last epoch's were computed without them)
         self.after_training = True
         if not self.every_epoch and trainer.epoch >= self.from_epoch:
-            trainer._eval_stale = True
+            trainer.redo_final_evaluation()
 
     @staticmethod
     def _flip_before(trainer, me) -> FlipTTA | None:

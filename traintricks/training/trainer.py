@@ -372,6 +372,11 @@ class Trainer:
         """Load ``state`` into the evaluated model (e.g. the best epoch's weights); the final test evaluation is
         then redone."""
         self.eval_model.load_state_dict(state)
+        self.redo_final_evaluation()
+
+    def redo_final_evaluation(self) -> None:
+        """Have :meth:`finish` evaluate the test set again after the ``on_fit_end`` callbacks, instead of taking the
+        last epoch's test metrics (the weights, or how they are evaluated, changed since)."""
         self._eval_stale = True
 
     # ------------------------------------------------- the old technique attributes (compatibility)

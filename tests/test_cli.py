@@ -128,10 +128,11 @@ def test_report_renders_a_finished_run(tmp_path, capsys):
     import json
     from traintricks.cli import main
     out = tmp_path / "run"
-    # flip augmentation and flip TTA from epoch 1 on (as the default recipe does from its second cycle): the
-    # recomputed accuracy must use the TTA the run's last evaluation used
-    sets = ["data.name=digits", "epochs=2", "model.widths=[8, 16]", "model.blocks=[1, 1]", 'callbacks=["tta_flip"]',
-            'data.augment=["flip"]', "data.augment_from_epoch=1", "precision=fp32", "batch_size=64", "lr=0.1",
+    # flip augmentation and flip TTA from epoch 1 on (as the default recipe does from its second cycle), the shift
+    # views after training: the recomputed accuracy must use the TTA the run's final evaluation used (ten views)
+    sets = ["data.name=digits", "epochs=2", "model.widths=[8, 16]", "model.blocks=[1, 1]",
+            'callbacks=["tta_flip", "tta_shift"]',
+            'data.augment=["flip", "crop"]', "data.augment_from_epoch=1", "precision=fp32", "batch_size=64", "lr=0.1",
             "schedule.min_warmup_steps=0"]      # the cycles' own peaks, uncapped on this short run (issue 15 item 13)
     assert main(["train", "--out", str(out), "--no-progress"] + [a for kv in sets for a in ("--set", kv)]) == 0
     assert main(["report", str(out)]) == 0
@@ -149,6 +150,7 @@ def test_report_renders_a_finished_run(tmp_path, capsys):
     assert total == len(t.test_loader.x)                              # every test example, once
     assert sum(conf[i][i] for i in range(10)) / total == pytest.approx(summary["test_accuracy"])
     assert rep["test_accuracy"] == pytest.approx(summary["test_accuracy"])
+    assert summary["tta_views"] == 10 and "tta_views" in html
     assert len(rep["lr_per_step"]) == 2 * len(t.train_loader)
     assert 0.09 < max(rep["lr_per_step"]) <= 0.1 and rep["lr_per_step"][0] <= 0.0100001   # one-cycle from lr/10 up to lr
     for png in ("confusion.png", "per_class.png", "lr_schedule.png", "grad_norm.png"):

@@ -88,11 +88,11 @@ def test_during_training_only_flip_tta_applies_unless_every_epoch(tiny_cfg):
         assert len(calls) == 2
         calls.clear()
     shift = t.find_callback(ShiftTTA)
-    shift.after_training = True               # the evaluations after training: ten views
+    t.after_training = True                   # the evaluations after training: ten views
     t.eval_logits(x)
     assert len(calls) == 10
     calls.clear()
-    shift.after_training, shift.every_epoch = False, True
+    t.after_training, shift.every_epoch = False, True
     t.epoch = 0
     t.eval_logits(x)
     assert len(calls) == 10
@@ -106,7 +106,7 @@ def _count_views(t):
 
     def counting(tr, i, o):
         out = original(tr, i, o)
-        seen.append((tr.epoch, shift.after_training, out is not None))
+        seen.append((tr.epoch, tr.after_training, out is not None))
         return out
     shift.on_eval_outputs = counting
     t._index_callbacks()
@@ -227,3 +227,18 @@ def test_image_augmentations_on_a_table_are_refused_before_training(tiny_cfg, tm
     with pytest.raises(ConfigError, match=r"data.augment\[0\].*'crop' cannot transform this data's inputs of shape"):
         build_trainer(tiny_cfg(*cfg, 'data.augment=["crop", "flip"]'), progress=False)
     build_trainer(tiny_cfg(*cfg, 'data.augment=["mixup"]'), progress=False)          # applies to any input
+
+
+@pytest.mark.parametrize("callbacks, views", [('["tta_flip", "tta_shift"]', 10), ('["tta_shift"]', 5),
+                                              ('["tta_flip"]', 2), ('[]', None)])
+def test_the_summary_says_how_many_views_the_final_metrics_average(tiny_cfg, callbacks, views):
+    t = _trainer(tiny_cfg, callbacks, epochs=1)
+    summary = t.fit()
+    assert summary.get("tta_views") == views
+    assert t.after_training
+
+
+def test_no_views_counted_before_from_epoch(tiny_cfg):
+    t = build_trainer(tiny_cfg("epochs=1", "data.augment=[\"flip\"]", "data.augment_from_epoch=5",
+                               "callbacks=[\"tta_flip\", \"tta_shift\"]"), progress=False)
+    assert "tta_views" not in t.fit()

@@ -160,6 +160,7 @@ def render_run_report(run_dir: str | Path, sets: Sequence[str] = ()) -> Path:
     trainer.eval_model.load_state_dict(ckpt.load_weights(run_dir / "model.safetensors"))
     epochs = int(summary.get("epochs", cfg["epochs"]))
     trainer.epoch = epochs                 # evaluated as at the run's end (e.g. flip TTA from an epoch on)
+    trainer.after_training = True          # ... and as after training (tta_shift's views), like summary.json
     names = data.class_names
     k = len(names)
     conf = confusion_matrix(trainer, trainer.test_loader, k)

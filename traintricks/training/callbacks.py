@@ -287,6 +287,11 @@ class FlipTTA(Callback):
     def __init__(self, from_epoch: int = 0) -> None:
         self.from_epoch = from_epoch
 
+    def on_fit_end(self, trainer, summary) -> None:
+        # how many views the final test metrics average (tta_shift, after this callback, overwrites it)
+        if trainer.epoch >= self.from_epoch:
+            summary["tta_views"] = 2
+
     def on_eval_outputs(self, trainer, inputs, outputs):
         if inputs.ndim == 4 and trainer.epoch >= self.from_epoch:
             return 0.5 * (outputs + trainer.output_fn(trainer.eval_forward(inputs.flip(-1))).float())
@@ -312,8 +317,9 @@ class ShiftTTA(Callback):
     view and its mirror). 4-D inputs (N, C, H, W) only; other inputs are evaluated unchanged.
 
     Evaluation costs ``V`` forward passes, so by default (``every_epoch=False``) the views are used only in the
-    evaluations after training -- the reported final metrics (``summary.json``'s ``test_*``), which the trainer
-    then recomputes, also when early stopping ended the run -- while every epoch's validation and test metrics
+    evaluations after training (``trainer.after_training``) -- the reported final metrics (``summary.json``'s
+    ``test_*``, with ``tta_views = V``), which the trainer then recomputes, also when early stopping ended the run,
+    and the report's confusion matrix -- while every epoch's validation and test metrics
     (the history, early stopping, the best epoch) are computed as without this callback. With ``every_epoch=True``
     every evaluation uses them. Nothing is added before ``from_epoch`` epochs are done (the recipe passes
     ``data.augment_from_epoch``: a model that never trained on translations is evaluated without them).
@@ -334,7 +340,6 @@ class ShiftTTA(Callback):
         if isinstance(shift, bool) or not isinstance(shift, int) or shift < 1:
             raise ValueError(f"shift must be an integer >= 1, got {shift!r}")
         self.shift, self.every_epoch, self.from_epoch = shift, every_epoch, from_epoch
-        self.after_training = False
 
     def setup(self, trainer) -> None:
         cbs = list(trainer.callbacks)
@@ -343,20 +348,20 @@ class ShiftTTA(Callback):
             raise ValueError("tta_shift: put tta_flip before tta_shift in the callbacks (the shifted views are "
                              "added to the image's and its mirror's mean)")
 
-    def on_fit_start(self, trainer) -> None:
-        self.after_training = False
-
     def on_fit_end(self, trainer, summary) -> None:
-        # the evaluations from here on are the final ones: have the trainer recompute the test metrics with the
-        # views (the last epoch's were computed without them)
-        self.after_training = True
-        if not self.every_epoch and trainer.epoch >= self.from_epoch:
-            trainer.redo_final_evaluation()
+        # the evaluations from here on are the final ones (trainer.after_training): have the trainer recompute the
+        # test metrics with the views (the last epoch's were computed without them)
+        if trainer.epoch >= self.from_epoch:
+            flip = self._flip_before(trainer, self)
+            summary["tta_views"] = 10 if flip is not None and trainer.epoch >= flip.from_epoch else 5
+            if not self.every_epoch:
+                trainer.redo_final_evaluation()
 
     @staticmethod
     def _flip_before(trainer, me) -> FlipTTA | None:
-        """The flip TTA that runs before this callback on the evaluated outputs (their order in the callbacks)."""
-        for c in trainer._by_event["on_eval_outputs"]:
+        """The flip TTA that runs before this callback on the evaluated outputs (their order in the callbacks,
+        which is the order the trainer calls them in)."""
+        for c in trainer.callbacks:
             if c is me:
                 return None
             if isinstance(c, FlipTTA):
@@ -376,7 +381,7 @@ class ShiftTTA(Callback):
     def on_eval_outputs(self, trainer, inputs, outputs):
         if inputs.ndim != 4 or trainer.epoch < self.from_epoch:
             return None
-        if not (self.every_epoch or self.after_training):
+        if not (self.every_epoch or trainer.after_training):
             return None
         # the mean so far covers the image, and its mirror when flip TTA applied to this evaluation
         flip = self._flip_before(trainer, self)

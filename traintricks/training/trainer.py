@@ -299,6 +299,9 @@ class Trainer:
         self._epoch_elapsed = 0.0
         self._epoch_t0 = time.perf_counter()
         self._eval_stale = False
+        # True from the end of training on: the evaluations of finish() (and a report of the finished run) are the
+        # final ones, where costly test-time views (tta_shift) are used; False while fit() trains
+        self.after_training = False
 
         # the techniques, as callbacks: the built-ins the old keyword arguments ask for, then the user's, then the
         # writers (so that a checkpoint holds every technique's state at the end of the epoch)
@@ -677,6 +680,7 @@ class Trainer:
             self._index_callbacks()
         start_wall = time.perf_counter() - self.wall_seconds
         try:
+            self.after_training = False
             self._fire("on_fit_start")
             while self.epoch < self.epochs and not self.stopped_early:
                 self._run_epoch(start_wall)
@@ -714,6 +718,7 @@ class Trainer:
         """Let callbacks end the run (``on_fit_end``: e.g. put the best weights back), evaluate on the test set
         when the last record has no test metrics or the weights changed, and build the summary."""
         self._eval_stale = False
+        self.after_training = True
         summary: dict[str, Any] = {"epochs": self.epoch, "stopped_early": self.stopped_early,
                                    "restored_best": False, "best_epoch": self.best_epoch(),
                                    "train_seconds": self.train_seconds, "precision": self.precision,

@@ -104,7 +104,121 @@ def test_schedules_that_cannot_do_what_they_say_are_refused_or_warned(tiny_cfg, 
     with pytest.raises(ConfigError, match="never train at full size"):
         build_trainer(tiny_cfg("epochs=2", 'callbacks=[{name="progressive_resizing", sizes=[4, 6], epochs=[1, 1]}]'),
                       out_dir=tmp_path / "a", progress=False)
-    t = build_trainer(tiny_cfg("epochs=2", 'callbacks=[{name="progressive_resizing", sizes=[16], epochs=[1]}]'),
+    with pytest.warns(UserWarning, match="not below the images' 8 pixels"):     # when the run is built
+        build_trainer(tiny_cfg("epochs=2", 'callbacks=[{name="progressive_resizing", sizes=[16], epochs=[1]}]'),
                       out_dir=tmp_path / "b", progress=False)
-    with pytest.warns(UserWarning, match="not below the images' 8 pixels"):
+
+
+@pytest.mark.parametrize("run, want", [
+    (24, [20] * 4 + [28] * 20),        # the length planned for: as given
+    (12, [20] * 2 + [28] * 10),        # half the run: half the resized epochs (multicycle's rescaling)
+    (6, [20] + [28] * 5),
+    (2, [28] * 2),                     # round(2 * 4 / 24) = 0: no resized epoch
+    (1, [28]),
+    (3, [20] * 0 + [28] * 3),          # round(0.5) = 0
+    (48, [20] * 8 + [28] * 40)])
+def test_run_epochs_rescales_the_stages_to_the_run_and_keeps_the_last_epoch_full(run, want):
+    x, y = _data(16)
+    sizes = Sizes()
+    model = _pooled()
+    t = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.01), F.cross_entropy, [(x, y)], epochs=run,
+                progress=False, precision=PRECISION,
+                callbacks=[ProgressiveResizing([20], [4], run_epochs=24), sizes])
+    t.fit()
+    assert [max(sizes.train[e])[0] for e in range(run)] == want
+
+
+def test_run_epochs_never_resizes_the_last_epoch():
+    cb = ProgressiveResizing([12, 20], [3, 3], run_epochs=7)
+    t = type("T", (), {"epochs": 4})()
+    cb.setup(t)                            # boundaries round(4 * 3 / 7) = 2, round(4 * 6 / 7) = 3 -> capped at 3
+    assert [cb.size_at(e) for e in range(4)] == [12, 12, 20, None]
+    t.epochs = 2
+    cb.setup(t)                            # round(6/7) = 1, round(12/7) = 2 -> capped at 1
+    assert [cb.size_at(e) for e in range(2)] == [12, None]
+    with pytest.raises(ValueError, match="run_epochs"):
+        ProgressiveResizing([12], [1], run_epochs=-1)
+
+
+def test_not_strict_a_model_that_needs_one_size_trains_at_full_size_with_one_warning():
+    x, y = _data(16)
+    torch.manual_seed(0)
+    flat = nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 3))
+    sizes = Sizes()
+    t = Trainer(flat, torch.optim.SGD(flat.parameters(), lr=0.1), F.cross_entropy, [(x, y), (x, y)], epochs=3,
+                progress=False, precision=PRECISION, callbacks=[ProgressiveResizing([16], [2], strict=False), sizes])
+    with pytest.warns(UserWarning, match="global pooling.*as they are") as rec:
         t.fit()
+    assert sum("progressive_resizing" in str(w.message) for w in rec) == 1
+    assert sizes.train == {0: {(28, 28)}, 1: {(28, 28)}, 2: {(28, 28)}}
+    assert len(t.history) == 3 and all(torch.isfinite(torch.tensor(r["train_loss"])) for r in t.history)
+
+
+def test_not_strict_inputs_that_are_not_images_are_trained_as_they_are():
+    torch.manual_seed(0)
+    x, y = torch.randn(16, 5), torch.randint(0, 3, (16,))
+    mlp = nn.Linear(5, 3)
+    t = Trainer(mlp, torch.optim.SGD(mlp.parameters(), lr=0.1), F.cross_entropy, [(x, y)], epochs=2,
+                progress=False, precision=PRECISION, callbacks=[ProgressiveResizing([16], [1], strict=False)])
+    with pytest.warns(UserWarning, match=r"float image batches.*\(16, 5\)"):
+        t.fit()
+    strict = Trainer(mlp, torch.optim.SGD(mlp.parameters(), lr=0.1), F.cross_entropy, [(x, y)], epochs=2,
+                     progress=False, precision=PRECISION, callbacks=[ProgressiveResizing([16], [1])])
+    with pytest.raises(ValueError, match="float image batches"):
+        strict.fit()
+
+
+def test_sizes_as_fractions_of_the_data_height():
+    x, y = _data(8, 28, 28)
+    sizes = Sizes()
+    model = _pooled()
+    t = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.01), F.cross_entropy, [(x, y)], epochs=3,
+                progress=False, precision=PRECISION, callbacks=[ProgressiveResizing([0.5, 0.72], [1, 1]), sizes])
+    t.fit()
+    assert sizes.train == {0: {(14, 14)}, 1: {(20, 20)}, 2: {(28, 28)}}
+    assert [r["image_size"] for r in t.history] == [14, 20, 28]
+    assert ProgressiveResizing.pixels(0.72, 32) == 23 and ProgressiveResizing.pixels(0.72, 8) == 6
+    assert ProgressiveResizing.pixels(0.01, 8) == 1 and ProgressiveResizing.pixels(20, 8) == 20
+    for bad, match in (([0.5, 20], "all pixels"), ([1.5], r"in \(0, 1\)"), ([True], "all pixels"),
+                       (["20"], "all pixels")):
+        with pytest.raises(ValueError, match=match):
+            ProgressiveResizing(bad, [1] * len(bad))
+
+
+# ------------------------------------------------------------------- in the recipe (the default recipe uses it)
+def test_the_recipe_checks_resizing_when_the_run_is_built(tiny_cfg, tmp_path):
+    """Found by a new user: a refused model was a traceback at the first resized batch; now a ConfigError naming
+    the entry before any work (strict), or one warning at build time and full-size training (not strict)."""
+    from traintricks.config import ConfigError
+    strict = '{name = "progressive_resizing", sizes = [0.5], epochs = [1]}'
+    flat = ["data.name=diabetes", "model.name=mlp", "task=regression", "data.augment=[]"]
+    with pytest.raises(ConfigError, match=r"callbacks\[1\].*float image batches"):
+        build_trainer(tiny_cfg(*flat, f'callbacks=["tta_flip", {strict}]'), out_dir=tmp_path / "a", progress=False)
+    loose = strict.replace("}", ", strict = false}")
+    with pytest.warns(UserWarning, match="float image batches.*as they are"):
+        t = build_trainer(tiny_cfg(*flat, f"callbacks=[{loose}]"), out_dir=tmp_path / "b", progress=False)
+    cb = t.find_callback(ProgressiveResizing)
+    assert cb.disabled and cb.size_at(0) is None
+    t.fit()                                # no second warning, no error: the tables trained as they are
+    assert len(t.history) == 2
+
+
+def test_default_recipe_resizing_follows_the_run_length(tiny_cfg):
+    """The default recipe's entry on a shortened run: rescaled like its cycles, last epoch full."""
+    from traintricks.config import DEFAULTS
+    entry = {**DEFAULTS["callbacks"][0]}
+    sizes = Sizes()
+    import json
+    t = build_trainer(tiny_cfg("epochs=6", f"callbacks=[{_inline(entry)}]"), progress=False, callbacks=[sizes])
+    t.fit()
+    # digits are 8x8: round(0.72 * 8) = 6 pixels for round(6 * 4 / 24) = 1 epoch
+    assert [r["image_size"] for r in t.history] == [6, 8, 8, 8, 8, 8]
+    assert json.dumps(entry)            # the entry is plain config values
+
+
+def _inline(entry):
+    """A dict as a TOML inline table."""
+    def val(v):
+        return "true" if v is True else "false" if v is False else f'"{v}"' if isinstance(v, str) else \
+            "[" + ", ".join(map(val, v)) + "]" if isinstance(v, list) else str(v)
+    return "{" + ", ".join(f"{k} = {val(v)}" for k, v in entry.items()) + "}"

@@ -3,22 +3,35 @@ and the last ones at full size, as a callback that resizes each training batch b
 
 Schedule: ``sizes = [s_1, ..., s_k]`` with ``epochs = [e_1, ..., e_k]``: the first ``e_1`` epochs at ``s_1``
 pixels, the next ``e_2`` at ``s_2``, ..., every later epoch at the data's own size (so the final epochs are at full
-size; a size at or above the full size leaves the batch as it is). ``s`` is the new height; the width keeps the
-aspect ratio, ``round(s * W / H)``. The batch ``(N, C, H, W)`` float is resized on the device with
-``F.interpolate(mode, antialias=True)`` (bilinear by default: a smooth downsampling, as loading smaller images
-would give), **after** the loader's augmentations (crop, flip, cutout... act at full size) and before any other
-``on_before_forward`` callback listed after it (list ``progressive_resizing`` before ``adversarial``, so that the
-attack is made on the image the model sees). Evaluation is untouched: at full size, with flip TTA when asked.
+size; a size at or above the full size leaves the batch as it is). ``s`` is the new height in pixels (an integer),
+or a fraction of the data's height (a float in (0, 1): ``round(s * H)`` pixels, so that one schedule suits images
+of any size); the width keeps the aspect ratio, ``round(s * W / H)``. The batch ``(N, C, H, W)`` float is resized
+on the device with ``F.interpolate(mode, antialias=True)`` (bilinear by default: a smooth downsampling, as loading
+smaller images would give), **after** the loader's augmentations (crop, flip, cutout... act at full size) and
+before any other ``on_before_forward`` callback listed after it (list ``progressive_resizing`` before
+``adversarial``, so that the attack is made on the image the model sees). Evaluation is untouched: at full size,
+with flip TTA when asked.
 
 The model must accept every size: a network ending in global pooling does (the ``cnn`` and ``resnet`` models), one
 with a flattening linear layer does not. At the first resized batch the callback runs the model (eval mode, no
 gradient, one example) at the schedule's smallest size and at full size and refuses it with ``ValueError`` naming
 the model and the size when either fails or the outputs' shapes differ.
 
+Runs of another length (``run_epochs``): stages planned for a run of ``run_epochs`` epochs are rescaled to the
+run's ``E`` epochs as ``multicycle`` rescales its cycles: stage ``k`` ends at epoch ``round(E * (e_1 + ... + e_k) /
+run_epochs)``, and the last epoch is always at full size (a stage that would reach it is cut). The default recipe
+plans its first cycle's four epochs at 0.72 of the height (20 of Fashion-MNIST's 28 pixels) for its 24 epochs,
+so ``--set epochs=12`` resizes two, and a run of a few epochs none. With ``run_epochs = 0`` (the default) the
+stages are taken as given, and stages covering the whole run are refused.
+
+``strict = False`` (the default recipe's): a model that does not accept the smaller sizes, or inputs that are not
+float images (N, C, H, W), are trained at full size as they are, with one warning, instead of raising.
+
 Each epoch's record gets ``image_size`` (the height trained on).
 """
 from __future__ import annotations
 
+import itertools
 import warnings
 from typing import Any
 
@@ -34,35 +47,60 @@ class ProgressiveResizing(Callback):
     """Grow the training images' size over the epochs (module docstring).
 
     Args:
-        sizes: the heights of the first stages, e.g. ``[16, 24]``.
+        sizes: the heights of the first stages, in pixels (``[16, 24]``) or as fractions of the data's height
+            (``[0.5, 0.75]``).
         epochs: how many epochs each stage lasts (same length as ``sizes``), e.g. ``[2, 2]``.
         mode: ``F.interpolate``'s mode (``"bilinear"``, ``"bicubic"``, ``"area"``, ``"nearest"``).
+        run_epochs: the run length the stages are planned for (0: as given); on a run of another length the stage
+            boundaries are rescaled in proportion (module docstring).
+        strict: raise (True) or warn once and train at full size (False) for a model that does not accept the
+            smaller sizes or inputs that are not float images.
 
-    Raises ``ValueError`` for sizes or epoch counts < 1, lists of different lengths or an unknown mode; at the first
-    resized batch, for inputs other than (N, C, H, W) or a model that does not accept the sizes."""
+    Raises ``ValueError`` for sizes or epoch counts < 1, lists of different lengths, an unknown mode or
+    ``run_epochs < 0``; with ``run_epochs = 0``, when the stages cover the whole run; when ``strict``, at the first
+    resized batch, for inputs other than (N, C, H, W) float or a model that does not accept the sizes."""
 
     name = "progressive_resizing"
     MODES = ("bilinear", "bicubic", "area", "nearest")
 
-    def __init__(self, sizes: list[int] = (16, 24), epochs: list[int] = (1, 1), mode: str = "bilinear") -> None:
-        sizes, epochs = [int(s) for s in sizes], [int(e) for e in epochs]
+    def __init__(self, sizes: list[int] | list[float] = (16, 24), epochs: list[int] = (1, 1),
+                 mode: str = "bilinear", run_epochs: int = 0, strict: bool = True) -> None:
+        sizes, epochs = list(sizes), [int(e) for e in epochs]
         if not sizes or len(sizes) != len(epochs):
             raise ValueError(f"sizes and epochs must be non-empty lists of one length, got {sizes}, {epochs}")
-        if min(sizes) < 1 or min(epochs) < 1:
+        fractions = [isinstance(v, float) for v in sizes]
+        if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in sizes) or \
+                any(fractions) and not all(fractions):
+            raise ValueError(f"sizes must be all pixels (integers) or all fractions of the data's height "
+                             f"(floats in (0, 1)), got {sizes}")
+        if any(fractions) and not all(0.0 < v < 1.0 for v in sizes):
+            raise ValueError(f"sizes as fractions of the data's height must be in (0, 1), got {sizes} (pixels are "
+                             "integers)")
+        if min(sizes) <= 0 or min(epochs) < 1:
             raise ValueError(f"sizes and epochs must be >= 1, got {sizes}, {epochs}")
         if mode not in self.MODES:
             raise ValueError(f"mode must be one of {', '.join(self.MODES)}, got {mode!r}")
         if any(b <= a for a, b in zip(sizes, sizes[1:])):
             raise ValueError(f"progressive_resizing: sizes must grow ({sizes}): small images first, full size last")
+        if isinstance(run_epochs, bool) or not isinstance(run_epochs, int) or run_epochs < 0:
+            raise ValueError(f"run_epochs must be an integer >= 0 (0: the stages as given), got {run_epochs!r}")
         self.sizes, self.epochs, self.mode = sizes, epochs, mode
+        self.run_epochs, self.strict = run_epochs, bool(strict)
+        self.ends = list(itertools.accumulate(epochs))   # the epoch each stage ends at, for this run (setup)
+        self.disabled = False                 # strict=False and the model or inputs refused the sizes
         self.checked = False
         self.full: int | None = None          # the data's own height, once a batch was seen
 
-    def size_at(self, epoch: int) -> int | None:
-        """The height trained on in ``epoch`` (0-based); ``None``: full size."""
-        end = 0
-        for s, e in zip(self.sizes, self.epochs):
-            end += e
+    @staticmethod
+    def pixels(size: int | float, height: int) -> int:
+        """A size of the schedule in pixels for images ``height`` pixels high (a float is a fraction of it)."""
+        return max(1, round(size * height)) if isinstance(size, float) else size
+
+    def size_at(self, epoch: int) -> int | float | None:
+        """The size trained on in ``epoch`` (0-based), as given in ``sizes``; ``None``: full size."""
+        if self.disabled:
+            return None
+        for s, end in zip(self.sizes, self.ends):
             if epoch < end:
                 return s
         return None
@@ -84,7 +122,7 @@ class ProgressiveResizing(Callback):
         try:
             with torch.no_grad():
                 outs = {}
-                for s in (min(self.sizes), x.shape[-2]):
+                for s in (self.pixels(min(self.sizes), x.shape[-2]), x.shape[-2]):
                     try:
                         outs[s] = trainer.output_fn(model(self.resize(x[:1], s))).shape
                     except RuntimeError as e:
@@ -99,10 +137,18 @@ class ProgressiveResizing(Callback):
         self.checked = True
 
     def setup(self, trainer) -> None:
+        if self.run_epochs:
+            # multicycle's rescaling of its cycles, with the last epoch kept at full size
+            last = max(trainer.epochs - 1, 0)
+            self.ends = [min(int(round(trainer.epochs * c / self.run_epochs)), last)
+                         for c in itertools.accumulate(self.epochs)]
+            return
+        self.ends = list(itertools.accumulate(self.epochs))
         if sum(self.epochs) >= trainer.epochs:
-            raise ValueError(f"progressive_resizing: its schedule covers {sum(self.epochs)} epochs of the run's "
+            raise ValueError(f"progressive_resizing: its stages cover {sum(self.epochs)} epochs of the run's "
                              f"{trainer.epochs}: the run would never train at full size (evaluation is at full size); "
-                             "shorten epochs")
+                             "give the stages fewer epochs or the run more, or set run_epochs (the run length the "
+                             "stages are planned for: they are then rescaled to the run)")
 
     def on_before_forward(self, trainer) -> None:
         x, y, extras = trainer.batch
@@ -111,21 +157,50 @@ class ProgressiveResizing(Callback):
         size = self.size_at(trainer.epoch)
         if size is None:
             return
-        if not isinstance(x, torch.Tensor) or x.ndim != 4 or not x.is_floating_point():
-            raise ValueError(f"progressive_resizing needs float image batches (N, C, H, W), got "
-                             f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
-        if not self.checked:
-            if size >= x.shape[-2]:
-                warnings.warn(f"progressive_resizing: size {size} is not below the images' {x.shape[-2]} pixels: "
-                              "those epochs train at full size (choose sizes below the data's)", stacklevel=2)
-            self._check(trainer, x)
+        if not self.checked and not self.check(trainer, x):
+            return
+        size = self.pixels(size, x.shape[-2])
         trainer.batch = (self.resize(x, size), y, extras)
+
+    def check(self, trainer, x: torch.Tensor) -> bool:
+        """Try the schedule on example inputs ``x`` (a batch, or zeros of the data's shape: the recipe calls this
+        when the run is built): float images (N, C, H, W) and a model whose output has one shape at the smallest
+        size and at full size. Returns whether the batches will be resized; when not, raises ``ValueError``
+        (``strict``) or warns once and leaves the batches as they are. Warns when the sizes are not below the
+        images' (in pixels, or when ``strict``)."""
+        if self.disabled:
+            return False
+        if not isinstance(x, torch.Tensor) or x.ndim != 4 or not x.is_floating_point():
+            self._refuse(f"progressive_resizing needs float image batches (N, C, H, W), got "
+                         f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+            return False
+        smallest = self.pixels(min(self.sizes), x.shape[-2])
+        if smallest >= x.shape[-2] and (self.strict or not isinstance(self.sizes[0], float)):
+            warnings.warn(f"progressive_resizing: size {smallest} is not below the images' {x.shape[-2]} pixels: "
+                          "those epochs train at full size (choose sizes below the data's)", stacklevel=3)
+        try:
+            self._check(trainer, x)
+        except ValueError as e:
+            self._refuse(str(e))
+            return False
+        return True
+
+    def _refuse(self, message: str) -> None:
+        """Raise (``strict``), or train at full size from here on with one warning."""
+        if self.strict:
+            raise ValueError(message)
+        self.disabled = True
+        warnings.warn(f"{message}; the batches are trained on as they are instead (progressive_resizing: "
+                      "strict = false)", stacklevel=3)
 
     def on_train_epoch_end(self, trainer, record) -> None:
         size = self.size_at(trainer.epoch)
         full = self.full
+        if size is not None and full is not None:
+            size = self.pixels(size, full)
         if size is not None or full is not None:
             record["image_size"] = min(size, full) if size is not None and full is not None else (size or full)
 
     def __repr__(self) -> str:
-        return f"ProgressiveResizing(sizes={self.sizes}, epochs={self.epochs}, mode={self.mode!r})"
+        return (f"ProgressiveResizing(sizes={self.sizes}, epochs={self.epochs}, mode={self.mode!r}, "
+                f"run_epochs={self.run_epochs}, strict={self.strict})")

@@ -131,7 +131,7 @@ def test_report_renders_a_finished_run(tmp_path, capsys):
     # flip augmentation and flip TTA from epoch 1 on (as the default recipe does from its second cycle), the shift
     # views after training: the recomputed accuracy must use the TTA the run's final evaluation used (ten views)
     sets = ["data.name=digits", "epochs=2", "model.widths=[8, 16]", "model.blocks=[1, 1]",
-            'callbacks=["tta_flip", "tta_shift"]',
+            'callbacks=[{name = "progressive_resizing", sizes = [6], epochs = [1]}, "tta_flip", "tta_shift"]',
             'data.augment=["flip", "crop"]', "data.augment_from_epoch=1", "precision=fp32", "batch_size=64", "lr=0.1",
             "schedule.min_warmup_steps=0"]      # the cycles' own peaks, uncapped on this short run (issue 15 item 13)
     assert main(["train", "--out", str(out), "--no-progress"] + [a for kv in sets for a in ("--set", kv)]) == 0
@@ -151,6 +151,10 @@ def test_report_renders_a_finished_run(tmp_path, capsys):
     assert sum(conf[i][i] for i in range(10)) / total == pytest.approx(summary["test_accuracy"])
     assert rep["test_accuracy"] == pytest.approx(summary["test_accuracy"])
     assert summary["tta_views"] == 10 and "tta_views" in html
+    md = (out / "report.md").read_text()
+    assert "the mean of 10 test-time views" in md and "| image size |" in md
+    assert [line.rsplit("|", 2)[-2].strip() for line in md.splitlines() if line.startswith("| 1 |") or
+            line.startswith("| 2 |")] == ["6", "8"]          # epoch 1 on 6x6 images, epoch 2 at the digits' 8x8
     assert len(rep["lr_per_step"]) == 2 * len(t.train_loader)
     assert 0.09 < max(rep["lr_per_step"]) <= 0.1 and rep["lr_per_step"][0] <= 0.0100001   # one-cycle from lr/10 up to lr
     for png in ("confusion.png", "per_class.png", "lr_schedule.png", "grad_norm.png"):

@@ -118,7 +118,14 @@ def test_list_verbose_shows_summary_and_options_with_defaults(capsys):
 
 # ------------------------------------------------------------------------------------------ the callbacks list
 def test_default_recipe_has_flip_tta_in_its_callbacks_list():
-    assert DEFAULTS["callbacks"] == ["tta_flip", "tta_shift"] and DEFAULTS["test_every_epoch"] is True
+    names = [c if isinstance(c, str) else c["name"] for c in DEFAULTS["callbacks"]]
+    assert names == ["progressive_resizing", "tta_flip", "tta_shift"] and DEFAULTS["test_every_epoch"] is True
+    # the recipe's parts agree: the resized epochs are planned for the run's length and lie inside the first
+    # cycle, which ends where the augmentations (and the TTA) start
+    resize, first = DEFAULTS["callbacks"][0], DEFAULTS["schedule"]["cycle_epochs"][0]
+    assert resize["run_epochs"] == DEFAULTS["epochs"] == sum(DEFAULTS["schedule"]["cycle_epochs"])
+    assert sum(resize["epochs"]) < first == DEFAULTS["data"]["augment_from_epoch"]
+    assert resize["strict"] is False
     assert "eval" not in DEFAULTS and "ema" not in DEFAULTS and "parallel" in DEFAULTS
 
 

@@ -55,7 +55,7 @@ warnings.filterwarnings("default", category=ConfigDeprecationWarning)
 # Component options not listed take the factory's defaults.
 DEFAULTS: dict[str, Any] = {
     "seed": 0,
-    "epochs": 22,
+    "epochs": 24,
     "batch_size": 256,
     "lr": 0.2,
     "device": "cpu",
@@ -69,8 +69,9 @@ DEFAULTS: dict[str, Any] = {
     # what the run predicts: "auto" = the dataset's task (classification for the default recipe), or a name from
     # traintricks.evaluation.tasks.TASKS (classification, regression, multilabel)
     "task": "auto",
-    # the default recipe: a first one-cycle of 5 epochs on plain images gives ~92.8% in under two minutes, a second
-    # of 17 epochs with crop + flip (and flip + shift TTA) continues to ~94% (docs/benchmarks.md); 1/30 of the training
+    # the default recipe: a first one-cycle of 7 epochs on plain images, the first 4 of them at 0.72 of the height
+    # (progressive_resizing in callbacks), gives ~93.2%, a second of 17 epochs with crop + flip (and flip + shift
+    # TTA) continues to ~94% (docs/benchmarks.md); 1/30 of the training
     # images (2,000 of Fashion-MNIST) for validation. Pooling before the norm makes the full-resolution stage's
     # norm and activation 4x cheaper (models/cnn.py).
     # data.target: the csv source's label column (or list of regression target columns); data.factory: the python
@@ -79,7 +80,7 @@ DEFAULTS: dict[str, Any] = {
     # data.workers (DataLoader processes, -1: min(2, CPUs)): the folder source's streaming (data/streaming.py);
     # data.label: cifar100's "fine" (default) or "coarse" labels
     "data": {"name": "fashion_mnist", "root": "", "limit": 0, "val_size": 0.0333, "augment": ["crop", "flip"],
-             "augment_from_epoch": 5, "target": "", "factory": "", "image_size": 0, "skip_bad": False,
+             "augment_from_epoch": 7, "target": "", "factory": "", "image_size": 0, "skip_bad": False,
              "stream": "auto", "max_memory_mb": 2048, "workers": -1, "label": ""},
     # 24-48-96 channels: +0.6 points over 16-32-64 at 25 epochs for 1.7x the step time (docs/benchmarks.md)
     "model": {"name": "cnn", "widths": [24, 48, 96], "blocks": [1, 2, 2], "pool_before_norm": True},
@@ -87,14 +88,17 @@ DEFAULTS: dict[str, Any] = {
               "decay_norm_and_bias": False},
     # min_warmup_steps: a cycle too short to warm up over 15 optimizer steps peaks lower (optim/schedules.py), so
     # short runs (--set data.limit=...) learn; the full run's cycles warm up over hundreds of steps, unchanged
-    "schedule": {"name": "multicycle", "cycle_epochs": [5, 17], "peaks": [1.0, 0.5], "min_warmup_steps": 15},
+    "schedule": {"name": "multicycle", "cycle_epochs": [7, 17], "peaks": [1.0, 0.5], "min_warmup_steps": 15},
     "loss": {"name": "cross_entropy", "label_smoothing": 0.1},
     "early_stopping": {"name": "none"},
     "curriculum": {"name": "none"},
     # techniques in the training loop, by name from traintricks.training.callbacks.CALLBACKS (in this order, after
-    # the engine's own); the default recipe tests with flip TTA once the flips start (data.augment_from_epoch), and
+    # the engine's own); the default recipe trains its first 4 epochs on smaller images (planned for its 24 epochs:
+    # a run of another length rescales them as multicycle does its cycles; a model or data that cannot be resized is
+    # trained at full size with a warning), tests with flip TTA once the flips start (data.augment_from_epoch), and
     # its final evaluation adds the 1-pixel shifts of the image and its mirror (tta_shift: ten views)
-    "callbacks": ["tta_flip", "tta_shift"],
+    "callbacks": [{"name": "progressive_resizing", "sizes": [0.72], "epochs": [4], "run_epochs": 24, "strict": False},
+                  "tta_flip", "tta_shift"],
     "test_every_epoch": True,
     "grad_transforms": [],
     "accumulate_steps": 1,
@@ -515,8 +519,10 @@ def _translate_old_tables(cfg: dict[str, Any]) -> None:
     translation (unknown, or a value of the wrong type) raises :class:`ConfigError` naming it and the
     replacement."""
     ev = cfg.pop("eval", None)
-    if ev is not None or isinstance(cfg.get("ema"), dict):
-        _set_callback(cfg, "tta_shift", False)       # a config with an old table predates the shift TTA
+    if (ev is not None or isinstance(cfg.get("ema"), dict)) and cfg.get("callbacks") == DEFAULTS["callbacks"]:
+        # a config with an old table predates the callbacks list: the recipe's list of that time (the shift TTA and
+        # progressive resizing came later)
+        cfg["callbacks"] = ["tta_flip"]
     if ev is not None:
         if not isinstance(ev, dict):
             raise ConfigError("eval", f"the [eval] table is replaced by {RENAMED['eval.tta_flip']} and "

@@ -361,3 +361,30 @@ def test_multicycle_step_with_a_fractional_epoch_is_onecyclelr_of_its_cycle():
             t.step(pos - start)
         g, h = o.param_groups[0], r.param_groups[0]
         assert (g["lr"], g["momentum"]) == pytest.approx((h["lr"], h["momentum"]), rel=1e-12)
+
+
+# ------------------------------------------------- augmentation starting at a cycle boundary moves with the cycles
+@pytest.mark.parametrize("epochs, start, want", [(24, 7, 7), (8, 7, 2), (48, 7, 14), (12, 7, 4),
+                                                 (8, 3, 3),      # not at a boundary: kept
+                                                 (8, 0, 0)])
+def test_augment_from_epoch_at_a_cycle_boundary_is_rescaled_with_the_cycles(epochs, start, want):
+    from traintricks.config import load_config
+    from traintricks.training.recipe import augment_from_epoch
+    cfg = load_config(None, [f"epochs={epochs}", f"data.augment_from_epoch={start}"])
+    assert cfg["schedule"]["cycle_epochs"] == [7, 17]            # the default recipe's cycles
+    assert augment_from_epoch(cfg) == want
+    other = load_config(None, [f"epochs={epochs}", f"data.augment_from_epoch={start}", "schedule.name=onecycle"])
+    assert augment_from_epoch(other) == start                     # no cycles to follow: as given
+
+
+def test_a_shortened_default_recipe_augments_its_second_cycle(tiny_cfg):
+    """Found by a new user: on --set epochs=8 the cycles were rescaled (2 + 6) but crop/flip still started at
+    epoch 7; the loader and the TTA now start with the second cycle."""
+    from traintricks.config import DEFAULTS
+    from traintricks.training import build_trainer
+    from traintricks.training.callbacks import FlipTTA
+    t = build_trainer(tiny_cfg("epochs=8", "schedule.name=multicycle", "schedule.cycle_epochs=[7, 17]",
+                               f"data.augment_from_epoch={DEFAULTS['data']['augment_from_epoch']}",
+                               'data.augment=["flip"]', 'callbacks=["tta_flip"]'), progress=False)
+    assert t.train_loader.transform_from_epoch == 2
+    assert t.find_callback(FlipTTA).from_epoch == 2

@@ -242,3 +242,11 @@ def test_no_views_counted_before_from_epoch(tiny_cfg):
     t = build_trainer(tiny_cfg("epochs=1", "data.augment=[\"flip\"]", "data.augment_from_epoch=5",
                                "callbacks=[\"tta_flip\", \"tta_shift\"]"), progress=False)
     assert "tta_views" not in t.fit()
+
+
+def test_no_views_counted_on_inputs_that_are_not_images(tiny_cfg):
+    """Found by a new user: a csv run said tta_views = 10 while its inputs were evaluated without any TTA."""
+    with pytest.warns(UserWarning, match="applies to images"):
+        t = build_trainer(tiny_cfg("data.name=diabetes", "model.name=mlp", "task=regression", "epochs=1",
+                                   'callbacks=["tta_flip", "tta_shift"]'), progress=False)
+    assert "tta_views" not in t.fit()

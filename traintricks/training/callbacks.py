@@ -286,13 +286,15 @@ class FlipTTA(Callback):
 
     def __init__(self, from_epoch: int = 0) -> None:
         self.from_epoch = from_epoch
+        self.images: bool | None = None      # whether the evaluated inputs were images (None: none seen yet)
 
     def on_fit_end(self, trainer, summary) -> None:
         # how many views the final test metrics average (tta_shift, after this callback, overwrites it)
-        if trainer.epoch >= self.from_epoch:
+        if trainer.epoch >= self.from_epoch and self.images is not False:
             summary["tta_views"] = 2
 
     def on_eval_outputs(self, trainer, inputs, outputs):
+        self.images = inputs.ndim == 4
         if inputs.ndim == 4 and trainer.epoch >= self.from_epoch:
             return 0.5 * (outputs + trainer.output_fn(trainer.eval_forward(inputs.flip(-1))).float())
         return None
@@ -340,6 +342,7 @@ class ShiftTTA(Callback):
         if isinstance(shift, bool) or not isinstance(shift, int) or shift < 1:
             raise ValueError(f"shift must be an integer >= 1, got {shift!r}")
         self.shift, self.every_epoch, self.from_epoch = shift, every_epoch, from_epoch
+        self.images: bool | None = None      # whether the evaluated inputs were images (None: none seen yet)
 
     def setup(self, trainer) -> None:
         cbs = list(trainer.callbacks)
@@ -351,7 +354,7 @@ class ShiftTTA(Callback):
     def on_fit_end(self, trainer, summary) -> None:
         # the evaluations from here on are the final ones (trainer.after_training): have the trainer recompute the
         # test metrics with the views (the last epoch's were computed without them)
-        if trainer.epoch >= self.from_epoch:
+        if trainer.epoch >= self.from_epoch and self.images is not False:
             flip = self._flip_before(trainer, self)
             summary["tta_views"] = 10 if flip is not None and trainer.epoch >= flip.from_epoch else 5
             if not self.every_epoch:
@@ -379,6 +382,7 @@ class ShiftTTA(Callback):
                 for dy, dx in ((-s, 0), (s, 0), (0, -s), (0, s))]
 
     def on_eval_outputs(self, trainer, inputs, outputs):
+        self.images = inputs.ndim == 4
         if inputs.ndim != 4 or trainer.epoch < self.from_epoch:
             return None
         if not (self.every_epoch or trainer.after_training):

@@ -23,6 +23,7 @@ from ..data import (AUGMENTATIONS, CURRICULA, Compose, CurriculumLoader, DataSpl
                     data_from_config)
 from ..data.curriculum import load_scores, reference_scores
 from ..data.datasets import data_stats
+from ..data.resize import ProgressiveResizing
 from ..data.streaming import split_loader
 from ..evaluation import EARLY_STOPPING
 from ..evaluation.tasks import loss_for_task, losses_for_task, resolve_task
@@ -91,7 +92,7 @@ def build_augment(specs: list, num_classes: int | None = None, data: DataSplits 
                 augs[-1](torch.zeros(2, *shape), generator=torch.Generator().manual_seed(0))
             except (ValueError, RuntimeError, IndexError) as e:
                 raise ConfigError(f"data.augment[{i}]", f"{spec['name']!r} cannot transform this data's inputs of "
-                                  f"shape {shape} ({e}); set data.augment = [] or keep the augmentations that "
+                                  f"shape {shape} (tried on a batch of two: {e}); set data.augment = [] or keep the augmentations that "
                                   "apply to them") from None
     return Compose(augs) if augs else None
 
@@ -279,6 +280,21 @@ def build_curriculum(cfg: dict[str, Any], data: DataSplits, batch_size: int, loa
     return CurriculumLoader(data.train_x, data.train_y, batch_size, order, pacing, cfg["epochs"], **loader_args)
 
 
+def augment_from_epoch(cfg: dict[str, Any]) -> int:
+    """``data.augment_from_epoch`` for this run. With a ``multicycle`` schedule planned for ``sum(cycle_epochs)``
+    epochs and a run of another length ``E`` (the schedule rescales its cycles to the run), a start at a cycle's
+    boundary ``b`` moves with it, to ``round(E * b / sum(cycle_epochs))``, so that the augmented cycles stay the
+    augmented ones (the default recipe's second cycle, on a ``--set epochs=8`` run); any other start is kept."""
+    start, s = cfg["data"]["augment_from_epoch"], cfg["schedule"]
+    cycles = s.get("cycle_epochs") if s.get("name") == "multicycle" else None
+    if not cycles or not start or sum(cycles) == cfg["epochs"]:
+        return start
+    bounds = [sum(cycles[:i + 1]) for i in range(len(cycles))]
+    if not any(abs(start - b) < 1e-9 for b in bounds):
+        return start
+    return int(round(cfg["epochs"] * start / sum(cycles)))
+
+
 def _refusing_key(message: str, cfg: dict[str, Any]) -> str:
     """The config key a refusal raised while building the trainer is about: a callback named at the start of the
     message (``callbacks[i]``), precision, or the callbacks list."""
@@ -338,9 +354,10 @@ def build_trainer(cfg: dict[str, Any], data: DataSplits | None = None, out_dir: 
     if streamed and cfg["curriculum"]["name"] != "none":
         raise ConfigError("curriculum.name", "a curriculum orders the training set in memory; the images are "
                                              "streamed from disk: set data.stream = false")
+    augment_from = augment_from_epoch(cfg)
     loader_args = dict(drop_last=len(data.train_y) > bs, seed=cfg["seed"],
                        transform=build_augment(d["augment"], data.num_classes, data), rank=rank, world_size=world,
-                       transform_from_epoch=d["augment_from_epoch"])
+                       transform_from_epoch=augment_from)
     if cfg["curriculum"]["name"] == "none":
         train = split_loader(data, "train", bs // (world * acc), shuffle=True, **loader_args)
     else:
@@ -389,10 +406,14 @@ def build_trainer(cfg: dict[str, Any], data: DataSplits | None = None, out_dir: 
                           f"overwrite the rate {o['name']} learns (hypergradient descent, 1703.04782); use "
                           f"'constant', or 'step' / 'exponential' (they scale the learned rate)")
     loss_fn = build_loss(cfg, model, data)
-    if d["augment"] and d["augment_from_epoch"] >= cfg["epochs"]:
-        warnings.warn(f"data.augment is never applied: data.augment_from_epoch ({d['augment_from_epoch']}) >= "
+    tta_names = [n for n in map(lambda it: as_spec(it)["name"], cfg["callbacks"]) if n in ("tta_flip", "tta_shift")]
+    if d["augment"] and augment_from >= cfg["epochs"]:
+        moved = f" (rescaled with the cycles from {d['augment_from_epoch']})" if augment_from != d["augment_from_epoch"] \
+            else ""
+        tta = f", nor the test-time augmentation that starts with it ({', '.join(tta_names)})" if tta_names else ""
+        warnings.warn(f"data.augment is never applied{tta}: data.augment_from_epoch ({augment_from}{moved}) >= "
                       f"epochs ({cfg['epochs']}); set data.augment_from_epoch lower", stacklevel=2)
-    techniques = build_callbacks(cfg["callbacks"], {"model": model, "from_epoch": d["augment_from_epoch"],
+    techniques = build_callbacks(cfg["callbacks"], {"model": model, "from_epoch": augment_from,
                                                     "mean": data.mean or [0.0], "std": data.std or [1.0],
                                                     "data_range": list(data.pixel_range)})   # the raw inputs' range
     if cfg["model"].get("fold_for_eval") and not any(isinstance(c, FoldForEval) for c in techniques):
@@ -447,6 +468,14 @@ def build_trainer(cfg: dict[str, Any], data: DataSplits | None = None, out_dir: 
         # a combination the trainer or a callback's setup refuses (SWA starting after the last epoch, fp16 with a
         # closure optimizer, two weight averages): a ConfigError naming the key, before any work starts
         raise ConfigError(_refusing_key(str(e), cfg), str(e)) from None
+    # progressive resizing tried on an example of the data's shape now, not at the first resized batch: a model or
+    # data it cannot resize is a ConfigError naming the entry (strict), or one warning and full-size training
+    resizing = [i for i, it in enumerate(cfg["callbacks"]) if as_spec(it)["name"] == "progressive_resizing"]
+    for i, cb in zip(resizing, [c for c in trainer.callbacks if isinstance(c, ProgressiveResizing)]):
+        try:
+            cb.check(trainer, torch.zeros(1, *data.input_shape, device=trainer.device))
+        except ValueError as e:
+            raise ConfigError(f"callbacks[{i}]", str(e)) from None
     trainer.probe = machine     # summary.json's "probe"
     # the machine's choices written into the run's config.toml: a resumed run (another process, maybe a noisier
     # moment) continues with the precision, memory format, compile and threads it started with, not a new probe

@@ -68,6 +68,9 @@ def write_report(out_dir: str | os.PathLike, summary: dict[str, Any], history: S
     if f"test_{m}" in s:
         name = "accuracy" if m == "accuracy" else m
         lines.append(f"- **test {name}: {s[f'test_{m}']:.4f}** (test loss {s['test_loss']:.4f})")
+    if s.get("tta_views"):
+        which = {2: "'tta_flip'", 5: "'tta_shift'", 10: "'tta_flip', 'tta_shift'"}.get(s["tta_views"], "")
+        lines.append(f"- test metrics: the mean of {s['tta_views']} test-time views of each image (callbacks {which})")
     if "test_robust_accuracy" in s:
         lines.append(f"- test robust accuracy (PGD, callbacks 'adversarial'): {s['test_robust_accuracy']:.4f}")
     if s.get("task", "classification") != "classification":
@@ -89,11 +92,15 @@ def write_report(out_dir: str | os.PathLike, summary: dict[str, Any], history: S
               "| epoch | train loss | train acc | val loss | val acc | test acc | lr | s |" if m == "accuracy" else
               f"| epoch | train loss | train {m} | val loss | val {m} | test {m} | lr | s |",
               "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    sized = any("image_size" in r for r in history)      # progressive resizing: the size each epoch trained on
+    if sized:
+        lines[-2:] = [lines[-2][:-1] + "| image size |", lines[-1] + "---:|"]
     f = lambda r, k, fmt: format(r[k], fmt) if k in r else ""  # noqa: E731
     for r in history:
         lines.append(f"| {r['epoch']} | {f(r, 'train_loss', '.4f')} | {f(r, f'train_{m}', '.4f')} | "
                      f"{f(r, 'val_loss', '.4f')} | {f(r, f'val_{m}', '.4f')} | {f(r, f'test_{m}', '.4f')} | "
-                     f"{f(r, 'lr', '.3g')} | {f(r, 'epoch_seconds', '.1f')} |")
+                     f"{f(r, 'lr', '.3g')} | {f(r, 'epoch_seconds', '.1f')} |" + (f" {f(r, 'image_size', 'd')} |"
+                                                                                   if sized else ""))
     lines += ["", "## Config", "", "```toml", config_toml.rstrip(), "```", ""]
     path = out / "report.md"
     atomic_write_text(path, "\n".join(line for line in lines if line is not None))

@@ -5,7 +5,7 @@ Runs (``--runs``, any subset, in this order):
 
 - ``recipe``: ``traintricks train`` with no config (the default recipe; precision, memory format, compile and
   threads chosen by the machine probe unless ``--precision`` forces one);
-- ``fast``: ``configs/fast.toml`` (the default recipe's first cycle on its own);
+- ``fast``: ``configs/fast.toml`` (a shorter version of the default recipe's first cycle, on its own);
 - ``example``: the recipe of PyTorch's ``examples/mnist/main.py``, re-written from its published
   hyper-parameters: its Net (conv 32, conv 64, max pool, dropout 0.25, fc 128, dropout 0.5, fc 10,
   log-softmax + NLL), Adadelta at lr 1.0, StepLR gamma 0.7 stepped per epoch, batch 64, 14 epochs, fp32;

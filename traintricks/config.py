@@ -50,8 +50,9 @@ class ConfigDeprecationWarning(DeprecationWarning):
 warnings.filterwarnings("default", category=ConfigDeprecationWarning)
 
 
-# The default recipe: trains a small CNN on Fashion-MNIST to about 94% test accuracy in less training time than the
-# PyTorch MNIST example's 14 epochs, in fp32 (about 0.88x) and in bf16 (about 0.45x) (docs/benchmarks.md, issue 19).
+# The default recipe: trains a small CNN on Fashion-MNIST to about 94% test accuracy in the training time of the
+# PyTorch MNIST example's 14 epochs in fp32 (0.91-1.01x, the host's drift) and in half of it in bf16 (about 0.49x)
+# (docs/benchmarks.md, issue 19).
 # Component options not listed take the factory's defaults.
 DEFAULTS: dict[str, Any] = {
     "seed": 0,

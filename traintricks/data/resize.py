@@ -143,7 +143,6 @@ class ProgressiveResizing(Callback):
             self.ends = [min(int(round(trainer.epochs * c / self.run_epochs)), last)
                          for c in itertools.accumulate(self.epochs)]
             return
-        self.ends = list(itertools.accumulate(self.epochs))
         if sum(self.epochs) >= trainer.epochs:
             raise ValueError(f"progressive_resizing: its stages cover {sum(self.epochs)} epochs of the run's "
                              f"{trainer.epochs}: the run would never train at full size (evaluation is at full size); "

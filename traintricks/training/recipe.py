@@ -406,13 +406,6 @@ def build_trainer(cfg: dict[str, Any], data: DataSplits | None = None, out_dir: 
                           f"overwrite the rate {o['name']} learns (hypergradient descent, 1703.04782); use "
                           f"'constant', or 'step' / 'exponential' (they scale the learned rate)")
     loss_fn = build_loss(cfg, model, data)
-    tta_names = [n for n in map(lambda it: as_spec(it)["name"], cfg["callbacks"]) if n in ("tta_flip", "tta_shift")]
-    if d["augment"] and augment_from >= cfg["epochs"]:
-        moved = f" (rescaled with the cycles from {d['augment_from_epoch']})" if augment_from != d["augment_from_epoch"] \
-            else ""
-        tta = f", nor the test-time augmentation that starts with it ({', '.join(tta_names)})" if tta_names else ""
-        warnings.warn(f"data.augment is never applied{tta}: data.augment_from_epoch ({augment_from}{moved}) >= "
-                      f"epochs ({cfg['epochs']}); set data.augment_from_epoch lower", stacklevel=2)
     techniques = build_callbacks(cfg["callbacks"], {"model": model, "from_epoch": augment_from,
                                                     "mean": data.mean or [0.0], "std": data.std or [1.0],
                                                     "data_range": list(data.pixel_range)})   # the raw inputs' range
@@ -425,6 +418,12 @@ def build_trainer(cfg: dict[str, Any], data: DataSplits | None = None, out_dir: 
         except ConfigError as e:
             warnings.warn(f"{e}; evaluating the model unfolded", stacklevel=2)
     tta = [c.name for c in techniques if isinstance(c, (FlipTTA, ShiftTTA))]
+    if d["augment"] and augment_from >= cfg["epochs"]:
+        moved = f" (rescaled with the cycles from {d['augment_from_epoch']})" if augment_from != d["augment_from_epoch"] \
+            else ""
+        off = f", nor the test-time augmentation that starts with it ({', '.join(tta)})" if tta else ""
+        warnings.warn(f"data.augment is never applied{off}: data.augment_from_epoch ({augment_from}{moved}) >= "
+                      f"epochs ({cfg['epochs']}); set data.augment_from_epoch lower", stacklevel=2)
     images = len(getattr(data, "input_shape", (0, 0, 0))) == 3
     if tta and not images:
         warnings.warn(f"callbacks: {', '.join(repr(n) for n in tta)} test-time augmentation applies to images "
@@ -464,18 +463,16 @@ def build_trainer(cfg: dict[str, Any], data: DataSplits | None = None, out_dir: 
                           checkpoint_every_steps=cfg.get("checkpoint_every_steps", 0),
                           checkpoint_every_seconds=cfg.get("checkpoint_every_seconds", 0.0),
                           keep_checkpoints=cfg.get("keep_checkpoints", 2))
+        # progressive resizing tried on an example of the data's shape now, not at the first resized batch: a model
+        # or data it cannot resize is refused here (strict), or one warning and full-size training
+        for cb in trainer.callbacks:
+            if isinstance(cb, ProgressiveResizing):
+                cb.check(trainer, torch.zeros(1, *data.input_shape, device=trainer.device))
     except ValueError as e:
         # a combination the trainer or a callback's setup refuses (SWA starting after the last epoch, fp16 with a
-        # closure optimizer, two weight averages): a ConfigError naming the key, before any work starts
+        # closure optimizer, two weight averages, a model progressive resizing cannot resize): a ConfigError naming
+        # the key, before any work starts
         raise ConfigError(_refusing_key(str(e), cfg), str(e)) from None
-    # progressive resizing tried on an example of the data's shape now, not at the first resized batch: a model or
-    # data it cannot resize is a ConfigError naming the entry (strict), or one warning and full-size training
-    resizing = [i for i, it in enumerate(cfg["callbacks"]) if as_spec(it)["name"] == "progressive_resizing"]
-    for i, cb in zip(resizing, [c for c in trainer.callbacks if isinstance(c, ProgressiveResizing)]):
-        try:
-            cb.check(trainer, torch.zeros(1, *data.input_shape, device=trainer.device))
-        except ValueError as e:
-            raise ConfigError(f"callbacks[{i}]", str(e)) from None
     trainer.probe = machine     # summary.json's "probe"
     # the machine's choices written into the run's config.toml: a resumed run (another process, maybe a noisier
     # moment) continues with the precision, memory format, compile and threads it started with, not a new probe

@@ -179,9 +179,30 @@ def test_sizes_as_fractions_of_the_data_height():
     assert [r["image_size"] for r in t.history] == [14, 20, 28]
     assert ProgressiveResizing.pixels(0.72, 32) == 23 and ProgressiveResizing.pixels(0.72, 8) == 6
     assert ProgressiveResizing.pixels(0.01, 8) == 1 and ProgressiveResizing.pixels(20, 8) == 20
-    for bad, match in (([0.5, 20], "all pixels"), ([1.5], r"in \(0, 1\)"), ([True], "all pixels"),
+    for bad, match in (([0.5, 20], "all pixels"), ([1.5], r"in \(0, 1\]"), ([0.0], r"in \(0, 1\]"),
+                       ([True], "all pixels"),
                        (["20"], "all pixels")):
         with pytest.raises(ValueError, match=match):
+            ProgressiveResizing(bad, [1] * len(bad))
+
+
+def test_a_schedule_may_start_again_small_after_a_full_size_stage():
+    """1.0 (full size) ends a ramp; the next stage may be small again (resizing at a multicycle restart). A drop
+    anywhere else is still refused (a new user's [6, 4] was silent once)."""
+    x, y = _data(8, 28, 28)
+    sizes = Sizes()
+    model = _pooled()
+    t = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.01), F.cross_entropy, [(x, y)], epochs=7,
+                progress=False, precision=PRECISION,
+                callbacks=[ProgressiveResizing([0.5, 1.0, 0.72, 0.86], [2, 1, 1, 2]), sizes])
+    t.fit()
+    assert [max(sizes.train[e])[0] for e in range(7)] == [14, 14, 28, 20, 24, 24, 28]
+    assert [r["image_size"] for r in t.history] == [14, 14, 28, 20, 24, 24, 28]
+    cb = ProgressiveResizing([0.72, 1.0, 0.72], [4, 3, 4], run_epochs=24)
+    cb.setup(type("T", (), {"epochs": 12})())          # rescaled: ends round(12 * (4, 7, 11) / 24) = 2, 4, 6 (5.5)
+    assert [cb.size_at(e) for e in range(12)] == [0.72] * 2 + [1.0] * 2 + [0.72] * 2 + [None] * 6
+    for bad in ([0.5, 0.9, 0.5], [0.72, 0.5], [20, 28, 20]):
+        with pytest.raises(ValueError, match="sizes must grow.*after a full-size stage"):
             ProgressiveResizing(bad, [1] * len(bad))
 
 

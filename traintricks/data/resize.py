@@ -4,8 +4,10 @@ and the last ones at full size, as a callback that resizes each training batch b
 Schedule: ``sizes = [s_1, ..., s_k]`` with ``epochs = [e_1, ..., e_k]``: the first ``e_1`` epochs at ``s_1``
 pixels, the next ``e_2`` at ``s_2``, ..., every later epoch at the data's own size (so the final epochs are at full
 size; a size at or above the full size leaves the batch as it is). ``s`` is the new height in pixels (an integer),
-or a fraction of the data's height (a float in (0, 1): ``round(s * H)`` pixels, so that one schedule suits images
-of any size); the width keeps the aspect ratio, ``round(s * W / H)``. The batch ``(N, C, H, W)`` float is resized
+or a fraction of the data's height (a float in (0, 1]: ``round(s * H)`` pixels, so that one schedule suits images
+of any size; 1.0 is full size); the width keeps the aspect ratio, ``round(s * W / H)``. Sizes grow; after a
+full-size stage (1.0) a schedule may start again from a small size, as at a ``multicycle`` restart: ``sizes =
+[0.72, 1.0, 0.72], epochs = [4, 3, 4]`` trains epochs 1-4 and 8-11 at 0.72 of the height, the others at full size. The batch ``(N, C, H, W)`` float is resized
 on the device with ``F.interpolate(mode, antialias=True)`` (bilinear by default: a smooth downsampling, as loading
 smaller images would give), **after** the loader's augmentations (crop, flip, cutout... act at full size) and
 before any other ``on_before_forward`` callback listed after it (list ``progressive_resizing`` before
@@ -32,12 +34,12 @@ Each epoch's record gets ``image_size`` (the height trained on).
 from __future__ import annotations
 
 import itertools
-import warnings
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from ..errors import warn
 from ..callback import Callback
 
 __all__ = ["ProgressiveResizing"]
@@ -48,7 +50,7 @@ class ProgressiveResizing(Callback):
 
     Args:
         sizes: the heights of the first stages, in pixels (``[16, 24]``) or as fractions of the data's height
-            (``[0.5, 0.75]``).
+            (``[0.5, 0.75]``; 1.0: full size, after which the sizes may start small again).
         epochs: how many epochs each stage lasts (same length as ``sizes``), e.g. ``[2, 2]``.
         mode: ``F.interpolate``'s mode (``"bilinear"``, ``"bicubic"``, ``"area"``, ``"nearest"``).
         run_epochs: the run length the stages are planned for (0: as given); on a run of another length the stage
@@ -56,7 +58,8 @@ class ProgressiveResizing(Callback):
         strict: raise (True) or warn once and train at full size (False) for a model that does not accept the
             smaller sizes or inputs that are not float images.
 
-    Raises ``ValueError`` for sizes or epoch counts < 1, lists of different lengths, an unknown mode or
+    Raises ``ValueError`` for sizes or epoch counts < 1, lists of different lengths, sizes that shrink other than
+    after a full-size stage (1.0), an unknown mode or
     ``run_epochs < 0``; with ``run_epochs = 0``, when the stages cover the whole run; when ``strict``, at the first
     resized batch, for inputs other than (N, C, H, W) float or a model that does not accept the sizes."""
 
@@ -73,15 +76,17 @@ class ProgressiveResizing(Callback):
                 any(fractions) and not all(fractions):
             raise ValueError(f"sizes must be all pixels (integers) or all fractions of the data's height "
                              f"(floats in (0, 1)), got {sizes}")
-        if any(fractions) and not all(0.0 < v < 1.0 for v in sizes):
-            raise ValueError(f"sizes as fractions of the data's height must be in (0, 1), got {sizes} (pixels are "
-                             "integers)")
+        if any(fractions) and not all(0.0 < v <= 1.0 for v in sizes):
+            raise ValueError(f"sizes as fractions of the data's height must be in (0, 1] (1.0: full size), got "
+                             f"{sizes} (pixels are integers)")
         if min(sizes) <= 0 or min(epochs) < 1:
             raise ValueError(f"sizes and epochs must be >= 1, got {sizes}, {epochs}")
         if mode not in self.MODES:
             raise ValueError(f"mode must be one of {', '.join(self.MODES)}, got {mode!r}")
-        if any(b <= a for a, b in zip(sizes, sizes[1:])):
-            raise ValueError(f"progressive_resizing: sizes must grow ({sizes}): small images first, full size last")
+        if any(b <= a and not (fractions[0] and a == 1.0) for a, b in zip(sizes, sizes[1:])):
+            raise ValueError(f"progressive_resizing: sizes must grow ({sizes}): small images first, full size last "
+                             "(they may start again from a small size after a full-size stage, 1.0, e.g. at a "
+                             "multicycle restart: [0.72, 1.0, 0.72])")
         if isinstance(run_epochs, bool) or not isinstance(run_epochs, int) or run_epochs < 0:
             raise ValueError(f"run_epochs must be an integer >= 0 (0: the stages as given), got {run_epochs!r}")
         self.sizes, self.epochs, self.mode = sizes, epochs, mode
@@ -175,8 +180,8 @@ class ProgressiveResizing(Callback):
             return False
         smallest = self.pixels(min(self.sizes), x.shape[-2])
         if smallest >= x.shape[-2] and (self.strict or not isinstance(self.sizes[0], float)):
-            warnings.warn(f"progressive_resizing: size {smallest} is not below the images' {x.shape[-2]} pixels: "
-                          "those epochs train at full size (choose sizes below the data's)", stacklevel=3)
+            warn(f"progressive_resizing: size {smallest} is not below the images' {x.shape[-2]} pixels: "
+                 "those epochs train at full size (choose sizes below the data's)")
         try:
             self._check(trainer, x)
         except ValueError as e:
@@ -189,8 +194,8 @@ class ProgressiveResizing(Callback):
         if self.strict:
             raise ValueError(message)
         self.disabled = True
-        warnings.warn(f"{message}; the batches are trained on as they are instead (progressive_resizing: "
-                      "strict = false)", stacklevel=3)
+        warn(f"{message}; the batches are trained on as they are instead (progressive_resizing: "
+             "strict = false)")
 
     def on_train_epoch_end(self, trainer, record) -> None:
         size = self.size_at(trainer.epoch)

@@ -32,13 +32,13 @@ import csv
 import importlib
 import math
 import os
-import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from ..errors import warn
 from .datasets import DATASETS, RawData, _fixed_test_split
 from .idx import DataError
 from .images import decode_image as _decode, is_grey as _is_grey
@@ -387,8 +387,8 @@ def _image_files(split_dir: Path, stats: list[tuple[str, int, int]] | None = Non
                 st = e.stat()
                 stats.append((prefix + e.name, st.st_size, st.st_mtime_ns))
     if ignored:                      # said, not silently left out (a new user's .txt and an unlisted format)
-        warnings.warn(f"{split_dir}: {len(ignored)} file(s) that are not images by their suffix were left out "
-                      f"(e.g. {', '.join(sorted(ignored)[:3])}; images are {'/'.join(IMAGE_SUFFIXES)})", stacklevel=3)
+        warn(f"{split_dir}: {len(ignored)} file(s) that are not images by their suffix were left out "
+             f"(e.g. {', '.join(sorted(ignored)[:3])}; images are {'/'.join(IMAGE_SUFFIXES)})")
     return classes, files
 
 
@@ -472,8 +472,7 @@ def _streamed(p: Path, classes: list[str], files: list[list[str]], test_files: l
         if i not in labels:
             raise DataError(f"{p / 'train' / c}: empty class (every image in it was skipped as unreadable)")
     if skipped:
-        warnings.warn(f"data.skip_bad: skipped {len(skipped)} unreadable image(s): {', '.join(skipped)}",
-                      stacklevel=3)
+        warn(f"data.skip_bad: skipped {len(skipped)} unreadable image(s): {', '.join(skipped)}")
     return StreamedRaw(paths, labels, t_paths if test_files is not None else None,
                        t_labels if test_files is not None else None, classes, (channels, h, w), image_size,
                        skip_bad, workers)
@@ -526,8 +525,8 @@ def folder(root: str = "", image_size: int = 0, skip_bad: bool = False, stream: 
             if stream == "auto" and held * 4 > max_bytes:      # a cache written under a larger data.max_memory_mb
                 return _streamed(p, classes, files, test_files, image_size, skip_bad, workers, None)
             if c["skipped"]:
-                warnings.warn(f"data.skip_bad: skipped {len(c['skipped'])} unreadable image(s): "
-                              f"{', '.join(c['skipped'])}", stacklevel=2)
+                warn(f"data.skip_bad: skipped {len(c['skipped'])} unreadable image(s): "
+                     f"{', '.join(c['skipped'])}")
             if c["test_x"] is None:
                 return RawData(*_fixed_test_split(c["x"], c["y"], TEST_FRACTION), class_names=c["classes"])
             return RawData(c["x"], c["y"], c["test_x"], c["test_y"], class_names=c["classes"])
@@ -550,16 +549,15 @@ def folder(root: str = "", image_size: int = 0, skip_bad: bool = False, stream: 
     x, xt = x[:len(imgs)], (x[len(imgs):] if test_files is not None else None)
     y, yt = y[:len(imgs)], (y[len(imgs):] if test_files is not None else None)
     if skipped:
-        warnings.warn(f"data.skip_bad: skipped {len(skipped)} unreadable image(s): {', '.join(skipped)}",
-                      stacklevel=2)
+        warn(f"data.skip_bad: skipped {len(skipped)} unreadable image(s): {', '.join(skipped)}")
     try:
         tmp = cache.with_name(cache.name + ".tmp")
         torch.save({"key": key, "x": x, "y": y, "test_x": xt, "test_y": yt, "classes": classes,
                     "skipped": skipped}, tmp)
         tmp.replace(cache)
     except OSError as e:             # a read-only data folder: decoded every time
-        warnings.warn(f"{cache}: cannot write the decoded-image cache ({e}); the images are decoded on every "
-                      f"load", stacklevel=2)
+        warn(f"{cache}: cannot write the decoded-image cache ({e}); the images are decoded on every "
+             f"load")
     if xt is None:
         return RawData(*_fixed_test_split(x, y, TEST_FRACTION), class_names=classes)
     return RawData(x, y, xt, yt, class_names=classes)

@@ -21,13 +21,13 @@ Only what the labels and paths need is held in memory; ``train_x`` is refused (`
 from __future__ import annotations
 
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import torch
 
+from ..errors import warn
 from .idx import DataError
 from .images import decode_image
 from .loader import TensorLoader
@@ -136,8 +136,8 @@ class StreamLoader(TensorLoader):
             new = [i for i in bad if i not in self._warned]
             if new:
                 self._warned.update(new)
-                warnings.warn(f"data.skip_bad: skipped {len(new)} unreadable image(s) while streaming: "
-                              f"{', '.join(self.x.paths[i] for i in new)}", stacklevel=2)
+                warn(f"data.skip_bad: skipped {len(new)} unreadable image(s) while streaming: "
+                     f"{', '.join(self.x.paths[i] for i in new)}")
             if xb is None:
                 continue
             yb = self.y[torch.tensor(kept, dtype=torch.long)]

@@ -20,13 +20,13 @@ with its reason in a :class:`FoldReport`.
 from __future__ import annotations
 
 import copy
-import warnings
 from dataclasses import dataclass, field
 
 import torch
 import torch.fx as fx
 from torch import nn
 
+from ..errors import warn
 from . import batchnorm as _bn_module
 from . import batchrenorm as _brn_module
 from .fused import _BatchNormAct
@@ -600,7 +600,7 @@ def fold_batchnorm(model: nn.Module, *, return_report: bool = False, example_inp
     folded_model, report = fold_model(copy.deepcopy(model), example_inputs=example_inputs, inplace=False)
     if not report.folded:
         why = "; ".join(f"{n}: {r}" for n, r in report.not_folded) or "the model has no batch norm"
-        warnings.warn(f"fold_batchnorm folded nothing ({why})", stacklevel=2)
+        warn(f"fold_batchnorm folded nothing ({why})")
     folded_model.folded_batchnorms = len(report.folded)
     folded_model.fold_report = report
     return (folded_model, report) if return_report else folded_model

@@ -57,13 +57,13 @@ from __future__ import annotations
 
 import inspect
 import math
-import warnings
 from typing import Any, Callable, Sequence
 
 import torch
 from torch.optim import lr_scheduler as _torch
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
+from ..errors import warn
 from ..callback import Callback
 from ..registry import Registry
 
@@ -664,9 +664,9 @@ def _warmup_cap(steps: int, pct_start: float, min_warmup_steps: int) -> float:
         return 1.0
     cap = min(1.0, pct_start * steps / min_warmup_steps)
     if cap < 1.0:
-        warnings.warn(f"a one-cycle of {steps} steps warms up over {pct_start * steps:.3g} steps, fewer than "
-                      f"min_warmup_steps={min_warmup_steps}: its peak is scaled by {cap:.3g} (set "
-                      f"schedule.min_warmup_steps=0 for the uncapped peak)", stacklevel=3)
+        warn(f"a one-cycle of {steps} steps warms up over {pct_start * steps:.3g} steps, fewer than "
+             f"min_warmup_steps={min_warmup_steps}: its peak is scaled by {cap:.3g} (set "
+             f"schedule.min_warmup_steps=0 for the uncapped peak)")
     return cap
 
 
@@ -720,9 +720,9 @@ def multicycle(optimizer: torch.optim.Optimizer, total_steps: int, steps_per_epo
     steps = [b - a for a, b in zip([0] + bounds[:-1], bounds)]
     peaks = list(peaks) or [1.0] * len(steps)
     if any(n < 2 for n in steps):
-        warnings.warn(f"schedule multicycle: cycle_epochs {list(cycle_epochs)} would make a cycle of fewer than 2 "
-                      f"steps in this {total_steps}-step run ({steps}); using one one-cycle over the "
-                      f"{total_steps} steps instead", stacklevel=2)
+        warn(f"schedule multicycle: cycle_epochs {list(cycle_epochs)} would make a cycle of fewer than 2 "
+             f"steps in this {total_steps}-step run ({steps}); using one one-cycle over the "
+             f"{total_steps} steps instead")
         steps, peaks = [total_steps], peaks[:1]
     steps[-1] += 1               # as in onecycle: the last update gets the cycle's last rate
     peaks = [p * _warmup_cap(n, pct_start, min_warmup_steps) for p, n in zip(peaks, steps)]
@@ -746,8 +746,8 @@ def cosine(optimizer: torch.optim.Optimizer, total_steps: int, steps_per_epoch: 
     warm = int(round(warmup_epochs * steps_per_epoch))
     if warm >= total_steps:
         half = total_steps // 2
-        warnings.warn(f"schedule cosine: warmup_epochs {warmup_epochs} ({warm} steps) is not shorter than this "
-                      f"{total_steps}-step run; warming up over {half} steps (half the run) instead", stacklevel=2)
+        warn(f"schedule cosine: warmup_epochs {warmup_epochs} ({warm} steps) is not shorter than this "
+             f"{total_steps}-step run; warming up over {half} steps (half the run) instead")
         warm = half
 
     def factor(t: int) -> float:
@@ -769,8 +769,8 @@ def step(optimizer: torch.optim.Optimizer, total_steps: int, steps_per_epoch: in
         raise ValueError(f"step_epochs must be >= 1, got {step_epochs}")
     size = step_epochs * steps_per_epoch
     if size >= total_steps:
-        warnings.warn(f"schedule step: step_epochs {step_epochs} ({size} steps) is not shorter than this "
-                      f"{total_steps}-step run; the rate never decays (a constant rate)", stacklevel=2)
+        warn(f"schedule step: step_epochs {step_epochs} ({size} steps) is not shorter than this "
+             f"{total_steps}-step run; the rate never decays (a constant rate)")
     return StepLR(optimizer, step_size=size, gamma=gamma)
 
 
@@ -795,9 +795,8 @@ def cosine_restarts(optimizer: torch.optim.Optimizer, total_steps: int, steps_pe
         raise ValueError(f"first_epochs must be > 0, got {first_epochs}")
     t0 = max(1, int(round(first_epochs * steps_per_epoch)))
     if t0 > total_steps >= 1:
-        warnings.warn(f"schedule cosine_restarts: first_epochs {first_epochs} ({t0} steps) is longer than this "
-                      f"{total_steps}-step run; using one cosine period over the {total_steps} steps instead",
-                      stacklevel=2)
+        warn(f"schedule cosine_restarts: first_epochs {first_epochs} ({t0} steps) is longer than this "
+             f"{total_steps}-step run; using one cosine period over the {total_steps} steps instead")
         t0 = total_steps
     return CosineRestarts(optimizer, t0, mult, eta_min=min_factor * optimizer.param_groups[0]["lr"])
 
@@ -816,9 +815,9 @@ def cyclic(optimizer: torch.optim.Optimizer, total_steps: int, steps_per_epoch: 
         raise ValueError(f"half_cycle_epochs must be > 0, got {half_cycle_epochs}")
     half = max(1, int(round(half_cycle_epochs * steps_per_epoch)))
     if 2 * half > total_steps >= 2:
-        warnings.warn(f"schedule cyclic: half_cycle_epochs {half_cycle_epochs} ({half} steps) leaves no whole cycle "
-                      f"in this {total_steps}-step run; using half-cycles of {total_steps // 2} steps (one cycle "
-                      f"over the run) instead", stacklevel=2)
+        warn(f"schedule cyclic: half_cycle_epochs {half_cycle_epochs} ({half} steps) leaves no whole cycle "
+             f"in this {total_steps}-step run; using half-cycles of {total_steps // 2} steps (one cycle "
+             f"over the run) instead")
         half = total_steps // 2
     hi = [g["lr"] for g in optimizer.param_groups]
     return Cyclic(optimizer, [h * min_factor for h in hi], hi, half, mode=mode, gamma=gamma,
@@ -835,8 +834,8 @@ def batch_size_increase(optimizer: torch.optim.Optimizer, total_steps: int, step
     A run that ends before the first milestone keeps its batch size, with a warning saying so."""
     epochs = total_steps / max(1, steps_per_epoch)
     if milestones and min(milestones) >= epochs:
-        warnings.warn(f"schedule batch_size_increase: milestones {list(milestones)} all fall at or after the end of "
-                      f"this {epochs:g}-epoch run; the batch size never grows", stacklevel=2)
+        warn(f"schedule batch_size_increase: milestones {list(milestones)} all fall at or after the end of "
+             f"this {epochs:g}-epoch run; the batch size never grows")
     return BatchSizeLR(optimizer, BatchSizeSchedule(batch_size, list(milestones), factor, max_batch_size or None))
 
 

@@ -1,8 +1,9 @@
 """Waiting for spawned worker processes (Hogwild, asynchronous SGD) and the shared failure policy."""
 from __future__ import annotations
 
-import warnings
 from typing import Sequence
+
+from ..errors import warn
 
 
 def join_workers(procs: Sequence, timeout: float | None, what: str, first_rank: int = 0) -> list[int]:
@@ -18,8 +19,8 @@ def join_workers(procs: Sequence, timeout: float | None, what: str, first_rank: 
     codes = [p.exitcode for p in procs]
     failed = [i for i, c in enumerate(codes) if c != 0]
     if failed and len(failed) < len(procs):
-        warnings.warn(f"{what}s {[first_rank + i for i in failed]} stopped early (exit codes "
-                      f"{[codes[i] for i in failed]}); the others finished the run", stacklevel=3)
+        warn(f"{what}s {[first_rank + i for i in failed]} stopped early (exit codes "
+             f"{[codes[i] for i in failed]}); the others finished the run")
     elif failed:
         raise RuntimeError(f"every {what} failed (exit codes {codes})")
     return codes

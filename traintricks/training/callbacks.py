@@ -35,6 +35,7 @@ from typing import Any, Callable, Sequence
 import torch
 from tqdm import tqdm
 
+from ..errors import warn
 from ..callback import Callback
 from ..evaluation.averaging import SWA, CheckpointAverage
 from ..data.resize import ProgressiveResizing
@@ -97,9 +98,9 @@ def default_interval(scheduler: Any) -> str:
         return "epoch"
     if isinstance(scheduler, _PER_STEP_TORCH + (ClosedFormLR,)):
         return "step"
-    warnings.warn(f"Trainer: scheduler {type(scheduler).__name__} given without scheduler_interval is stepped once "
-                  "per epoch (torch's convention for it); pass scheduler_interval='step' to step it after every "
-                  "optimizer step", UserWarning, stacklevel=4)
+    warn(f"Trainer: scheduler {type(scheduler).__name__} given without scheduler_interval is stepped once "
+         "per epoch (torch's convention for it); pass scheduler_interval='step' to step it after every "
+         "optimizer step", UserWarning)
     return "epoch"
 
 

@@ -12,12 +12,12 @@ import functools
 import inspect
 import random
 import time
-import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
 
+from ..errors import warn
 from ..config import DEFAULTS, ConfigError, load_config, to_toml, with_factory_defaults
 from ..data import (AUGMENTATIONS, CURRICULA, Compose, CurriculumLoader, DataSplits, as_spec,
                     data_from_config)
@@ -197,8 +197,8 @@ def build_model(cfg: dict[str, Any], in_shape: Sequence[int], num_classes: int, 
     elif "norm_groups" in spec and "norm_groups" not in by_factory:
         raise ConfigError("model.norm_groups", "sets the groups of model.norm's conversion; set model.norm too")
     if spec.get("zero_init_residual") and not zero_init_residual(model):
-        warnings.warn(f"model.zero_init_residual: model {spec['name']!r} has no residual additions (y = x + f(x)) "
-                      "whose branch ends in a norm, conv or linear layer; nothing was zeroed", stacklevel=2)
+        warn(f"model.zero_init_residual: model {spec['name']!r} has no residual additions (y = x + f(x)) "
+             "whose branch ends in a norm, conv or linear layer; nothing was zeroed")
     for i, item in enumerate(spec.get("regularization", [])):
         r = as_spec(item)
         model = _build(f"model.regularization[{i}]", r, REGULARIZERS.get(r["name"]), model, **_options(r))
@@ -214,7 +214,7 @@ def build_model(cfg: dict[str, Any], in_shape: Sequence[int], num_classes: int, 
         except ConfigError as e:
             if "already fit" not in str(e):
                 raise
-            warnings.warn(f"{e} (nothing is recomputed)", stacklevel=2)   # the budget holds as the model is
+            warn(f"{e} (nothing is recomputed)")   # the budget holds as the model is
     model.eval()
     try:  # a dry forward pass: shape problems surface now, naming the model, not mid-training
         with torch.no_grad():
@@ -328,8 +328,8 @@ def build_trainer(cfg: dict[str, Any], data: DataSplits | None = None, out_dir: 
                                            f"{', '.join(fits)}")
         # the default recipe's cross-entropy, untouched, becomes the task's own loss (written so in config.toml)
         cfg = {**cfg, "loss": loss_for_task(task, cfg["loss"])}
-        warnings.warn(f"task {task!r}: loss {cfg['loss']['name']!r} (the default recipe's cross_entropy fits "
-                      f"classification only)", stacklevel=2)
+        warn(f"task {task!r}: loss {cfg['loss']['name']!r} (the default recipe's cross_entropy fits "
+             f"classification only)")
     if model is None:
         model = build_model(cfg, data.input_shape, data.num_classes)
     # the "auto" settings (precision, channels-last, compile, threads): a sub-second timing of this model
@@ -416,32 +416,32 @@ def build_trainer(cfg: dict[str, Any], data: DataSplits | None = None, out_dir: 
             _surgery("model.fold_for_eval", surgery.fold_batchnorm, copy.deepcopy(model).eval())
             techniques.append(FoldForEval())       # last: it folds whichever model the others chose to evaluate
         except ConfigError as e:
-            warnings.warn(f"{e}; evaluating the model unfolded", stacklevel=2)
+            warn(f"{e}; evaluating the model unfolded")
     tta = [c.name for c in techniques if isinstance(c, (FlipTTA, ShiftTTA))]
     if d["augment"] and augment_from >= cfg["epochs"]:
         moved = f" (rescaled with the cycles from {d['augment_from_epoch']})" if augment_from != d["augment_from_epoch"] \
             else ""
         off = f", nor the test-time augmentation that starts with it ({', '.join(tta)})" if tta else ""
-        warnings.warn(f"data.augment is never applied{off}: data.augment_from_epoch ({augment_from}{moved}) >= "
-                      f"epochs ({cfg['epochs']}); set data.augment_from_epoch lower", stacklevel=2)
+        warn(f"data.augment is never applied{off}: data.augment_from_epoch ({augment_from}{moved}) >= "
+             f"epochs ({cfg['epochs']}); set data.augment_from_epoch lower")
     images = len(getattr(data, "input_shape", (0, 0, 0))) == 3
     if tta and not images:
-        warnings.warn(f"callbacks: {', '.join(repr(n) for n in tta)} test-time augmentation applies to images "
-                      f"(C, H, W) only; these inputs have shape {tuple(data.input_shape)} and are evaluated "
-                      "without it", stacklevel=2)
+        warn(f"callbacks: {', '.join(repr(n) for n in tta)} test-time augmentation applies to images "
+             f"(C, H, W) only; these inputs have shape {tuple(data.input_shape)} and are evaluated "
+             "without it")
     if images and any(isinstance(c, FlipTTA) for c in techniques) and \
             not any(as_spec(a)["name"] == "flip" for a in d["augment"]):
-        warnings.warn("callbacks: 'tta_flip' is on but data.augment has no 'flip': the model is tested on mirror "
-                      "images it never trained on", stacklevel=2)
+        warn("callbacks: 'tta_flip' is on but data.augment has no 'flip': the model is tested on mirror "
+             "images it never trained on")
     shift = next((c for c in techniques if isinstance(c, ShiftTTA)), None)
     if images and shift is not None:
         specs = [{**AUGMENTATIONS.defaults(a["name"]), **a} for a in map(as_spec, d["augment"])]
         reach = [a["padding"] if a["name"] == "crop" else a["max_shift"]
                  for a in specs if a["name"] in ("crop", "translate")]
         if max(reach, default=0) < shift.shift:
-            warnings.warn(f"callbacks: 'tta_shift' (shift {shift.shift}) is on but data.augment has no 'crop' or "
-                          f"'translate' reaching {shift.shift} pixel{'s' if shift.shift > 1 else ''}: the model is "
-                          "tested on translations it never trained on", stacklevel=2)
+            warn(f"callbacks: 'tta_shift' (shift {shift.shift}) is on but data.augment has no 'crop' or "
+                 f"'translate' reaching {shift.shift} pixel{'s' if shift.shift > 1 else ''}: the model is "
+                 "tested on translations it never trained on")
     es = cfg["early_stopping"]
     early = None if es["name"] == "none" else _build("early_stopping", es, EARLY_STOPPING.get(es["name"]), **_options(es))
     if early is not None and val is None and early.monitor.startswith("val"):

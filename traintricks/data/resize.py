@@ -7,12 +7,12 @@ size; a size at or above the full size leaves the batch as it is). ``s`` is the 
 or a fraction of the data's height (a float in (0, 1]: ``round(s * H)`` pixels, so that one schedule suits images
 of any size; 1.0 is full size); the width keeps the aspect ratio, ``round(s * W / H)``. Sizes grow; after a
 full-size stage (1.0) a schedule may start again from a small size, as at a ``multicycle`` restart: ``sizes =
-[0.72, 1.0, 0.72], epochs = [4, 3, 4]`` trains epochs 1-4 and 8-11 at 0.72 of the height, the others at full size. The batch ``(N, C, H, W)`` float is resized
-on the device with ``F.interpolate(mode, antialias=True)`` (bilinear by default: a smooth downsampling, as loading
-smaller images would give), **after** the loader's augmentations (crop, flip, cutout... act at full size) and
-before any other ``on_before_forward`` callback listed after it (list ``progressive_resizing`` before
-``adversarial``, so that the attack is made on the image the model sees). Evaluation is untouched: at full size,
-with flip TTA when asked.
+[0.72, 1.0, 0.72], epochs = [4, 3, 4]`` trains epochs 1-4 and 8-11 at 0.72 of the height, the others at full
+size. The batch ``(N, C, H, W)`` float is resized on the device with ``F.interpolate(mode, antialias=True)``
+(bilinear by default: a smooth downsampling, as loading smaller images would give), **after** the loader's
+augmentations (crop, flip, cutout... act at full size) and before any other ``on_before_forward`` callback listed
+after it (list ``progressive_resizing`` before ``adversarial``, so that the attack is made on the image the model
+sees). Evaluation is untouched: at full size, with flip TTA when asked.
 
 The model must accept every size: a network ending in global pooling does (the ``cnn`` and ``resnet`` models), one
 with a flattening linear layer does not. At the first resized batch the callback runs the model (eval mode, no

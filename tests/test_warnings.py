@@ -50,3 +50,15 @@ def test_recipe_and_config_warnings_name_the_users_call(tiny_cfg, tmp_path):
     with pytest.warns(ConfigDeprecationWarning) as rec:
         load_config(None, ["eval.tta_flip=false"])
     assert all(w.filename == __file__ for w in _only(rec, ConfigDeprecationWarning))
+
+
+def test_under_the_cli_a_warning_at_the_entry_point_prints_without_its_meaningless_location(monkeypatch):
+    """Found by a new user: every CLI warning printed as '.venv/bin/traintricks:8: UserWarning: ...' followed by
+    'sys.exit(main())'."""
+    from traintricks.cli import _cli_warning_format
+    monkeypatch.setattr("sys.argv", ["/venv/bin/traintricks", "train"])
+    fmt = _cli_warning_format(warnings.formatwarning)
+    assert fmt("lr too high", UserWarning, "/venv/bin/traintricks", 8) == "traintricks: UserWarning: lr too high\n"
+    assert fmt("x", UserWarning, "/usr/lib/python3.11/runpy.py", 88) == "traintricks: UserWarning: x\n"
+    other = fmt("deprecated", FutureWarning, "/site-packages/torch/nn/modules/module.py", 1)
+    assert other.startswith("/site-packages/torch/nn/modules/module.py:1: FutureWarning: deprecated")

@@ -98,6 +98,7 @@ def _cmd_config(args: argparse.Namespace) -> int:
 def _cmd_lr_find(args: argparse.Namespace) -> int:
     from .data import DataError
     from .optim.lr_find import lr_find, plot_lr_find
+    from .optim.schedules import ScheduleWarning
     from .training import build_trainer
 
     import warnings
@@ -106,7 +107,7 @@ def _cmd_lr_find(args: argparse.Namespace) -> int:
         with warnings.catch_warnings():
             # the range test steps its own rates over --steps batches: the run's schedule and epochs (and what
             # the recipe warns about them) do not apply
-            warnings.filterwarnings("ignore", module=r"traintricks\.optim\.schedules")
+            warnings.filterwarnings("ignore", category=ScheduleWarning)
             warnings.filterwarnings("ignore", message="data.augment is never applied")
             trainer = build_trainer(cfg, progress=False)
     except (ConfigError, DataError) as e:
@@ -304,11 +305,30 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _cli_warning_format(default):
+    """The library's warnings name the first caller outside traintricks: under the CLI that is the entry point
+    (``bin/traintricks:8``, or runpy's line under ``python -m``), which says nothing to the user; those print as
+    ``traintricks: UserWarning: message``. Warnings of other libraries keep their file and line."""
+    entry = os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+
+    def format_warning(message, category, filename, lineno, line=None):
+        if os.path.abspath(filename) == entry or os.path.basename(filename) == "runpy.py":
+            return f"traintricks: {category.__name__}: {message}\n"
+        return default(message, category, filename, lineno, line)
+    return format_warning
+
+
 def main(argv: list[str] | None = None) -> int:
+    import warnings
     if "" not in sys.path and os.getcwd() not in sys.path:      # as under python -m: model.name = "mymodels:Net"
         sys.path.append(os.getcwd())                           # finds mymodels.py in the current directory
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    default = warnings.formatwarning
+    warnings.formatwarning = _cli_warning_format(default)
+    try:
+        return args.func(args)
+    finally:
+        warnings.formatwarning = default
 
 
 if __name__ == "__main__":

@@ -131,11 +131,12 @@ def test_run_epochs_rescales_the_stages_to_the_run_and_keeps_the_last_epoch_full
 def test_run_epochs_never_resizes_the_last_epoch():
     cb = ProgressiveResizing([12, 20], [3, 3], run_epochs=7)
     t = type("T", (), {"epochs": 4})()
-    cb.setup(t)                            # boundaries round(4 * 3 / 7) = 2, round(4 * 6 / 7) = 3 -> capped at 3
-    assert [cb.size_at(e) for e in range(4)] == [12, 12, 20, None]
+    cb.setup(t)                            # spans [0, 12/7 = 1.71), [1.71, 24/7 = 3.43); epoch 3 the last
+    # epoch 1 overlaps both stages: the larger size; epoch 2 inside the second; the last always full
+    assert [cb.size_at(e) for e in range(4)] == [12, 20, 20, None]
     t.epochs = 2
-    cb.setup(t)                            # round(6/7) = 1, round(12/7) = 2 -> capped at 1
-    assert [cb.size_at(e) for e in range(2)] == [12, None]
+    cb.setup(t)                            # spans [0, 0.86), [0.86, 1.71): epoch 0 overlaps both
+    assert [cb.size_at(e) for e in range(2)] == [20, None]
     with pytest.raises(ValueError, match="run_epochs"):
         ProgressiveResizing([12], [1], run_epochs=-1)
 
@@ -180,8 +181,8 @@ def test_sizes_as_fractions_of_the_data_height():
     assert ProgressiveResizing.pixels(0.72, 32) == 23 and ProgressiveResizing.pixels(0.72, 8) == 6
     assert ProgressiveResizing.pixels(0.01, 8) == 1 and ProgressiveResizing.pixels(20, 8) == 20
     for bad, match in (([0.5, 20], "all pixels"), ([1.5], r"in \(0, 1\]"), ([0.0], r"in \(0, 1\]"),
-                       ([True], "all pixels"),
-                       (["20"], "all pixels")):
+                       ([True], "must be numbers"),
+                       (["20"], "must be numbers")):
         with pytest.raises(ValueError, match=match):
             ProgressiveResizing(bad, [1] * len(bad))
 
@@ -199,11 +200,68 @@ def test_a_schedule_may_start_again_small_after_a_full_size_stage():
     assert [max(sizes.train[e])[0] for e in range(7)] == [14, 14, 28, 20, 24, 24, 28]
     assert [r["image_size"] for r in t.history] == [14, 14, 28, 20, 24, 24, 28]
     cb = ProgressiveResizing([0.72, 1.0, 0.72], [4, 3, 4], run_epochs=24)
-    cb.setup(type("T", (), {"epochs": 12})())          # rescaled: ends round(12 * (4, 7, 11) / 24) = 2, 4, 6 (5.5)
-    assert [cb.size_at(e) for e in range(12)] == [0.72] * 2 + [1.0] * 2 + [0.72] * 2 + [None] * 6
+    cb.setup(type("T", (), {"epochs": 12})())          # rescaled spans [0, 2), [2, 3.5), [3.5, 5.5)
+    # epoch 3 overlaps the full-size stage (full), epoch 4 lies inside the restart's span, epoch 5 reaches past it
+    assert [cb.size_at(e) for e in range(12)] == [0.72] * 2 + [1.0] * 2 + [0.72] + [None] * 7
     for bad in ([0.5, 0.9, 0.5], [0.72, 0.5], [20, 28, 20]):
         with pytest.raises(ValueError, match="sizes must grow.*after a full-size stage"):
             ProgressiveResizing(bad, [1] * len(bad))
+
+
+def test_restarts_in_pixels_and_a_plain_1_for_full_size():
+    """Found by a new user: [16, 32, 16] was refused with a hint (1.0) that was then refused in a pixel
+    schedule; TOML's plain 1 in [0.5, 1, 0.5] was refused as mixing pixels and fractions."""
+    assert ProgressiveResizing([16, 1.0, 16], [1, 1, 1]).sizes == [16, 1.0, 16]
+    assert ProgressiveResizing([0.5, 1, 0.5], [1, 1, 1]).sizes == [0.5, 1.0, 0.5]
+    assert ProgressiveResizing([16, 1, 16], [1, 1, 1]).sizes == [16, 1.0, 16]
+    x, y = _data(8, 28, 28)
+    sizes = Sizes()
+    model = _pooled()
+    t = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.01), F.cross_entropy, [(x, y)], epochs=4,
+                progress=False, precision=PRECISION, callbacks=[ProgressiveResizing([14, 1.0, 20], [1, 1, 1]), sizes])
+    t.fit()
+    assert [max(sizes.train[e])[0] for e in range(4)] == [14, 28, 20, 28]
+
+
+def test_a_schedule_ending_at_full_size_may_cover_the_run():
+    """Found by a new user: sizes [0.5, 1.0], epochs [2, 6] on an 8-epoch run was refused as never training at
+    full size."""
+    cb = ProgressiveResizing([0.5, 1.0], [2, 6])
+    cb.setup(type("T", (), {"epochs": 8})())
+    assert [cb.size_at(e) for e in range(8)] == [0.5, 0.5] + [1.0] * 6
+    with pytest.raises(ValueError, match="never train at full size"):
+        ProgressiveResizing([0.5, 1.0, 0.5], [2, 4, 2]).setup(type("T", (), {"epochs": 8})())
+
+
+@pytest.mark.parametrize("run, want", [
+    # planned for 8 epochs: [0.5] x 2, [1.0] x 2, [0.5] x 2, then full (a multicycle of [4, 4] restarting at 4)
+    (8, [16, 16, 32, 32, 16, 16, 32, 32]),
+    # 7 epochs: spans [0, 1.75), [1.75, 3.5), [3.5, 5.25); the restart at 3.5 is mid-epoch 3: epoch 3 stays full
+    # (small images never start before the restart), epoch 4 small, epoch 5 reaches past the schedule: full
+    (7, [16, 32, 32, 32, 16, 32, 32]),
+    # 5 epochs: spans [0, 1.25), [1.25, 2.5), [2.5, 3.75): no whole epoch inside the second small stage
+    (5, [16, 32, 32, 32, 32])])
+def test_rescaled_restarts_never_resize_the_previous_cycles_end(run, want):
+    """Found by a new user: rounding each boundary to the nearest epoch put the first cycle's cool-down (which
+    multicycle ends mid-epoch) on small images, or the restart's small images half an epoch early."""
+    cb = ProgressiveResizing([0.5, 1.0, 0.5], [2, 2, 2], run_epochs=8)
+    cb.setup(type("T", (), {"epochs": run})())
+    assert [cb.pixels(s, 32) if s is not None else 32 for s in map(cb.size_at, range(run))] == want
+
+
+def test_every_size_not_below_the_images_warns_and_a_refusal_is_one_message():
+    x, y = _data(8, 28, 28)
+    model = _pooled()
+    t = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.01), F.cross_entropy, [(x, y)], epochs=4,
+                progress=False, precision=PRECISION, callbacks=[ProgressiveResizing([16, 40], [1, 2])])
+    with pytest.warns(UserWarning, match="size 40 is not below the images' 28 pixels"):
+        t.fit()
+    flat = nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 3))
+    t = Trainer(flat, torch.optim.SGD(flat.parameters(), lr=0.1), F.cross_entropy, [(x, y)], epochs=2,
+                progress=False, precision=PRECISION, callbacks=[ProgressiveResizing([16], [1])])
+    with pytest.raises(ValueError, match="global pooling") as info:
+        t.fit()
+    assert info.value.__context__ is None and info.value.__cause__ is None     # not printed twice, chained
 
 
 # ------------------------------------------------------------------- in the recipe (the default recipe uses it)

@@ -8,6 +8,7 @@ from torch.optim import lr_scheduler as tl
 
 from traintricks.optim import (SCHEDULES, ConstantLR, CosineRestarts, Cyclic, ExponentialLR, MultiCycle, OneCycle,
                                StepLR, Warmup)
+from traintricks.optim.schedules import ScheduleWarning
 
 
 def _opt(lr=1.0, momentum=0.9, groups=1):
@@ -295,7 +296,7 @@ def test_every_schedule_name_too_long_for_the_run_falls_back_with_a_one_line_not
     o = _opt(momentum=0.9)
     with pytest.warns(UserWarning, match=note) as rec:
         s = SCHEDULES.get(name)(o, total, per, **kw)
-    assert len([w for w in rec if w.category is UserWarning]) == 1 and "\n" not in str(rec[0].message)
+    assert len([w for w in rec if w.category is ScheduleWarning]) == 1 and "\n" not in str(rec[0].message)
     lrs = [o.param_groups[0]["lr"]] + _run(s.step, o, total - 1)
     assert all(0 < v <= 1.0 + 1e-12 for v in lrs)
     if name == "cosine_restarts":       # one period over the run, as torch's CosineAnnealingWarmRestarts(T_0=10)

@@ -4,11 +4,11 @@ and the last ones at full size, as a callback that resizes each training batch b
 Schedule: ``sizes = [s_1, ..., s_k]`` with ``epochs = [e_1, ..., e_k]``: the first ``e_1`` epochs at ``s_1``
 pixels, the next ``e_2`` at ``s_2``, ..., every later epoch at the data's own size (so the final epochs are at full
 size; a size at or above the full size leaves the batch as it is). ``s`` is the new height in pixels (an integer),
-or a fraction of the data's height (a float in (0, 1]: ``round(s * H)`` pixels, so that one schedule suits images
-of any size; 1.0 is full size); the width keeps the aspect ratio, ``round(s * W / H)``. Sizes grow; after a
-full-size stage (1.0) a schedule may start again from a small size, as at a ``multicycle`` restart: ``sizes =
-[0.72, 1.0, 0.72], epochs = [4, 3, 4]`` trains epochs 1-4 and 8-11 at 0.72 of the height, the others at full
-size. The batch ``(N, C, H, W)`` float is resized on the device with ``F.interpolate(mode, antialias=True)``
+or a fraction of the data's height (a float in (0, 1): ``round(s * H)`` pixels, so that one schedule suits images
+of any size); ``1`` or ``1.0`` is full size in either form. The width keeps the aspect ratio,
+``round(s * W / H)``. Sizes grow; after a full-size stage (1.0) a schedule may start again from a small size, as at
+a ``multicycle`` restart: ``sizes = [0.72, 1.0, 0.72], epochs = [4, 3, 4]`` (or ``[20, 1.0, 20]`` in pixels) trains
+epochs 1-4 and 8-11 at 0.72 of the height, the others at full size. The batch ``(N, C, H, W)`` float is resized on the device with ``F.interpolate(mode, antialias=True)``
 (bilinear by default: a smooth downsampling, as loading smaller images would give), **after** the loader's
 augmentations (crop, flip, cutout... act at full size) and before any other ``on_before_forward`` callback listed
 after it (list ``progressive_resizing`` before ``adversarial``, so that the attack is made on the image the model
@@ -20,8 +20,11 @@ gradient, one example) at the schedule's smallest size and at full size and refu
 the model and the size when either fails or the outputs' shapes differ.
 
 Runs of another length (``run_epochs``): stages planned for a run of ``run_epochs`` epochs are rescaled to the
-run's ``E`` epochs as ``multicycle`` rescales its cycles: stage ``k`` ends at epoch ``round(E * (e_1 + ... + e_k) /
-run_epochs)``, and the last epoch is always at full size (a stage that would reach it is cut). The default recipe
+run's ``E`` epochs as ``multicycle`` rescales its cycles: stage ``k`` ends at ``E * (e_1 + ... + e_k) / run_epochs``
+epochs, which may fall inside an epoch (as a cycle's end does: multicycle counts steps). An epoch overlapping
+several stages takes the largest of their sizes, full size when it overlaps a full-size stage or reaches past the
+schedule, so small images never outlast their span (a restart's small images never start before the restart,
+nor does the previous cycle's cool-down end on them); the last epoch is always at full size. The default recipe
 plans its first cycle's four epochs at 0.72 of the height (20 of Fashion-MNIST's 28 pixels) for its 24 epochs,
 so ``--set epochs=12`` resizes two, and a run of a few epochs none. With ``run_epochs = 0`` (the default) the
 stages are taken as given, and stages covering the whole run are refused.
@@ -71,27 +74,34 @@ class ProgressiveResizing(Callback):
         sizes, epochs = list(sizes), [int(e) for e in epochs]
         if not sizes or len(sizes) != len(epochs):
             raise ValueError(f"sizes and epochs must be non-empty lists of one length, got {sizes}, {epochs}")
-        fractions = [isinstance(v, float) for v in sizes]
-        if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in sizes) or \
-                any(fractions) and not all(fractions):
-            raise ValueError(f"sizes must be all pixels (integers) or all fractions of the data's height "
-                             f"(floats in (0, 1)), got {sizes}")
-        if any(fractions) and not all(0.0 < v <= 1.0 for v in sizes):
+        if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in sizes):
+            raise ValueError(f"sizes must be numbers: pixels (integers) or fractions of the data's height (floats "
+                             f"in (0, 1]), got {sizes}")
+        # 1 (or 1.0) is full size in either form (a 1-pixel image is never meant): 1.0 in a schedule of pixels
+        sizes = [1.0 if v == 1 else v for v in sizes]
+        rest = [v for v in sizes if v != 1.0]
+        fraction = any(isinstance(v, float) for v in rest)
+        if fraction and not all(isinstance(v, float) for v in rest):
+            raise ValueError(f"sizes must be all pixels (integers) or all fractions of the data's height (floats "
+                             f"in (0, 1]), with 1.0 for full size in either, got {sizes}")
+        if fraction and not all(0.0 < v < 1.0 for v in rest):
             raise ValueError(f"sizes as fractions of the data's height must be in (0, 1] (1.0: full size), got "
                              f"{sizes} (pixels are integers)")
         if min(sizes) <= 0 or min(epochs) < 1:
             raise ValueError(f"sizes and epochs must be >= 1, got {sizes}, {epochs}")
         if mode not in self.MODES:
             raise ValueError(f"mode must be one of {', '.join(self.MODES)}, got {mode!r}")
-        if any(b <= a and not (fractions[0] and a == 1.0) for a, b in zip(sizes, sizes[1:])):
-            raise ValueError(f"progressive_resizing: sizes must grow ({sizes}): small images first, full size last "
-                             "(they may start again from a small size after a full-size stage, 1.0, e.g. at a "
-                             "multicycle restart: [0.72, 1.0, 0.72])")
+        if any(a != 1.0 and b != 1.0 and b <= a for a, b in zip(sizes, sizes[1:])):
+            raise ValueError(f"sizes must grow ({sizes}): small images first, full size last (they may start "
+                             "again from a small size after a full-size stage, 1.0, e.g. at a multicycle restart: "
+                             "[0.72, 1.0, 0.72] or, in pixels, [20, 1.0, 20])")
         if isinstance(run_epochs, bool) or not isinstance(run_epochs, int) or run_epochs < 0:
             raise ValueError(f"run_epochs must be an integer >= 0 (0: the stages as given), got {run_epochs!r}")
         self.sizes, self.epochs, self.mode = sizes, epochs, mode
         self.run_epochs, self.strict = run_epochs, bool(strict)
-        self.ends = list(itertools.accumulate(epochs))   # the epoch each stage ends at, for this run (setup)
+        # where each stage ends, in epochs of this run (setup rescales them: fractional when run_epochs is set)
+        self.ends: list[float] = [float(e) for e in itertools.accumulate(epochs)]
+        self.last: int | None = None          # with run_epochs: the run's last epoch, always at full size
         self.disabled = False                 # strict=False and the model or inputs refused the sizes
         self.checked = False
         self.full: int | None = None          # the data's own height, once a batch was seen
@@ -102,13 +112,23 @@ class ProgressiveResizing(Callback):
         return max(1, round(size * height)) if isinstance(size, float) else size
 
     def size_at(self, epoch: int) -> int | float | None:
-        """The size trained on in ``epoch`` (0-based), as given in ``sizes``; ``None``: full size."""
-        if self.disabled:
+        """The size trained on in ``epoch`` (0-based), as given in ``sizes`` (1.0: full size); ``None``: full size,
+        after the schedule. An epoch that overlaps several stages' (rescaled) spans takes the largest of their
+        sizes, full size when it reaches past the schedule: small images never outlast their planned span."""
+        if self.disabled or epoch == self.last:
             return None
+        overlapped, start = [], 0.0
         for s, end in zip(self.sizes, self.ends):
-            if epoch < end:
-                return s
-        return None
+            if start < epoch + 1 and end > epoch:
+                overlapped.append(s)
+            start = end
+        if not overlapped or epoch + 1 > self.ends[-1]:
+            return None
+        return 1.0 if 1.0 in overlapped else max(overlapped)
+
+    def resizes(self, epochs: int) -> bool:
+        """Whether any of a run's ``epochs`` (after ``setup``) trains on resized images."""
+        return any(self.size_at(e) not in (None, 1.0) for e in range(epochs))
 
     def resize(self, x: torch.Tensor, size: int) -> torch.Tensor:
         h, w = x.shape[-2:]
@@ -127,7 +147,8 @@ class ProgressiveResizing(Callback):
         try:
             with torch.no_grad():
                 outs = {}
-                for s in (self.pixels(min(self.sizes), x.shape[-2]), x.shape[-2]):
+                small = [v for v in self.sizes if v != 1.0] or [1.0]
+                for s in (self.pixels(min(small), x.shape[-2]), x.shape[-2]):
                     try:
                         outs[s] = trainer.output_fn(model(self.resize(x[:1], s))).shape
                     except RuntimeError as e:
@@ -143,12 +164,12 @@ class ProgressiveResizing(Callback):
 
     def setup(self, trainer) -> None:
         if self.run_epochs:
-            # multicycle's rescaling of its cycles, with the last epoch kept at full size
-            last = max(trainer.epochs - 1, 0)
-            self.ends = [min(int(round(trainer.epochs * c / self.run_epochs)), last)
-                         for c in itertools.accumulate(self.epochs)]
+            # multicycle's rescaling of its cycles (a boundary may fall inside an epoch: size_at), the last epoch
+            # kept at full size
+            self.ends = [trainer.epochs * c / self.run_epochs for c in itertools.accumulate(self.epochs)]
+            self.last = max(trainer.epochs - 1, 0)
             return
-        if sum(self.epochs) >= trainer.epochs:
+        if sum(self.epochs) >= trainer.epochs and self.size_at(trainer.epochs - 1) != 1.0:
             raise ValueError(f"progressive_resizing: its stages cover {sum(self.epochs)} epochs of the run's "
                              f"{trainer.epochs}: the run would never train at full size (evaluation is at full size); "
                              "give the stages fewer epochs or the run more, or set run_epochs (the run length the "
@@ -159,7 +180,7 @@ class ProgressiveResizing(Callback):
         if isinstance(x, torch.Tensor) and x.ndim == 4:
             self.full = int(x.shape[-2])
         size = self.size_at(trainer.epoch)
-        if size is None:
+        if size is None or size == 1.0:         # full size: nothing to resize, nothing to check
             return
         if not self.checked and not self.check(trainer, x):
             return
@@ -178,16 +199,20 @@ class ProgressiveResizing(Callback):
             self._refuse(f"progressive_resizing needs float image batches (N, C, H, W), got "
                          f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
             return False
-        smallest = self.pixels(min(self.sizes), x.shape[-2])
-        if smallest >= x.shape[-2] and (self.strict or not isinstance(self.sizes[0], float)):
-            warn(f"progressive_resizing: size {smallest} is not below the images' {x.shape[-2]} pixels: "
-                 "those epochs train at full size (choose sizes below the data's)")
+        height, small = x.shape[-2], [v for v in self.sizes if v != 1.0]
+        big = sorted({self.pixels(v, height) for v in small if self.pixels(v, height) >= height})
+        if big and (self.strict or not isinstance(small[0], float)):
+            warn(f"progressive_resizing: size{'s' if len(big) > 1 else ''} {', '.join(map(str, big))} "
+                 f"{'are' if len(big) > 1 else 'is'} not below the images' {height} pixels: those epochs train at "
+                 "full size (choose sizes below the data's)")
         try:
             self._check(trainer, x)
         except ValueError as e:
-            self._refuse(str(e))
-            return False
-        return True
+            message = str(e)
+        else:
+            return True
+        self._refuse(message)            # outside the except: one message, not a chained pair
+        return False
 
     def _refuse(self, message: str) -> None:
         """Raise (``strict``), or train at full size from here on with one warning."""
@@ -195,7 +220,7 @@ class ProgressiveResizing(Callback):
             raise ValueError(message)
         self.disabled = True
         warn(f"{message}; the batches are trained on as they are instead (progressive_resizing: "
-             "strict = false)")
+             "strict = false; leave progressive_resizing out of callbacks to silence this)")
 
     def on_train_epoch_end(self, trainer, record) -> None:
         size = self.size_at(trainer.epoch)

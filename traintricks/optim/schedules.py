@@ -91,6 +91,11 @@ def _check_gamma(gamma: float) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- chainable
+class ScheduleWarning(UserWarning):
+    """A schedule adjusted to a run it does not fit as configured (a cycle too short to warm up, a warm-up or
+    step longer than the run...): the warning says what was done instead. Filter it by this category."""
+
+
 class StepLR(_torch.StepLR):
     """Multiply the rate by ``gamma`` every ``step_size`` steps: ``torch.optim.lr_scheduler.StepLR`` itself.
 
@@ -666,7 +671,7 @@ def _warmup_cap(steps: int, pct_start: float, min_warmup_steps: int) -> float:
     if cap < 1.0:
         warn(f"a one-cycle of {steps} steps warms up over {pct_start * steps:.3g} steps, fewer than "
              f"min_warmup_steps={min_warmup_steps}: its peak is scaled by {cap:.3g} (set "
-             f"schedule.min_warmup_steps=0 for the uncapped peak)")
+             f"schedule.min_warmup_steps=0 for the uncapped peak)", ScheduleWarning)
     return cap
 
 
@@ -722,7 +727,7 @@ def multicycle(optimizer: torch.optim.Optimizer, total_steps: int, steps_per_epo
     if any(n < 2 for n in steps):
         warn(f"schedule multicycle: cycle_epochs {list(cycle_epochs)} would make a cycle of fewer than 2 "
              f"steps in this {total_steps}-step run ({steps}); using one one-cycle over the "
-             f"{total_steps} steps instead")
+             f"{total_steps} steps instead", ScheduleWarning)
         steps, peaks = [total_steps], peaks[:1]
     steps[-1] += 1               # as in onecycle: the last update gets the cycle's last rate
     peaks = [p * _warmup_cap(n, pct_start, min_warmup_steps) for p, n in zip(peaks, steps)]
@@ -747,7 +752,7 @@ def cosine(optimizer: torch.optim.Optimizer, total_steps: int, steps_per_epoch: 
     if warm >= total_steps:
         half = total_steps // 2
         warn(f"schedule cosine: warmup_epochs {warmup_epochs} ({warm} steps) is not shorter than this "
-             f"{total_steps}-step run; warming up over {half} steps (half the run) instead")
+             f"{total_steps}-step run; warming up over {half} steps (half the run) instead", ScheduleWarning)
         warm = half
 
     def factor(t: int) -> float:
@@ -770,7 +775,7 @@ def step(optimizer: torch.optim.Optimizer, total_steps: int, steps_per_epoch: in
     size = step_epochs * steps_per_epoch
     if size >= total_steps:
         warn(f"schedule step: step_epochs {step_epochs} ({size} steps) is not shorter than this "
-             f"{total_steps}-step run; the rate never decays (a constant rate)")
+             f"{total_steps}-step run; the rate never decays (a constant rate)", ScheduleWarning)
     return StepLR(optimizer, step_size=size, gamma=gamma)
 
 
@@ -796,7 +801,7 @@ def cosine_restarts(optimizer: torch.optim.Optimizer, total_steps: int, steps_pe
     t0 = max(1, int(round(first_epochs * steps_per_epoch)))
     if t0 > total_steps >= 1:
         warn(f"schedule cosine_restarts: first_epochs {first_epochs} ({t0} steps) is longer than this "
-             f"{total_steps}-step run; using one cosine period over the {total_steps} steps instead")
+             f"{total_steps}-step run; using one cosine period over the {total_steps} steps instead", ScheduleWarning)
         t0 = total_steps
     return CosineRestarts(optimizer, t0, mult, eta_min=min_factor * optimizer.param_groups[0]["lr"])
 
@@ -817,7 +822,7 @@ def cyclic(optimizer: torch.optim.Optimizer, total_steps: int, steps_per_epoch: 
     if 2 * half > total_steps >= 2:
         warn(f"schedule cyclic: half_cycle_epochs {half_cycle_epochs} ({half} steps) leaves no whole cycle "
              f"in this {total_steps}-step run; using half-cycles of {total_steps // 2} steps (one cycle "
-             f"over the run) instead")
+             f"over the run) instead", ScheduleWarning)
         half = total_steps // 2
     hi = [g["lr"] for g in optimizer.param_groups]
     return Cyclic(optimizer, [h * min_factor for h in hi], hi, half, mode=mode, gamma=gamma,
@@ -835,7 +840,7 @@ def batch_size_increase(optimizer: torch.optim.Optimizer, total_steps: int, step
     epochs = total_steps / max(1, steps_per_epoch)
     if milestones and min(milestones) >= epochs:
         warn(f"schedule batch_size_increase: milestones {list(milestones)} all fall at or after the end of "
-             f"this {epochs:g}-epoch run; the batch size never grows")
+             f"this {epochs:g}-epoch run; the batch size never grows", ScheduleWarning)
     return BatchSizeLR(optimizer, BatchSizeSchedule(batch_size, list(milestones), factor, max_batch_size or None))
 
 

@@ -466,7 +466,7 @@ def build_trainer(cfg: dict[str, Any], data: DataSplits | None = None, out_dir: 
         # progressive resizing tried on an example of the data's shape now, not at the first resized batch: a model
         # or data it cannot resize is refused here (strict), or one warning and full-size training
         for cb in trainer.callbacks:
-            if isinstance(cb, ProgressiveResizing):
+            if isinstance(cb, ProgressiveResizing) and cb.resizes(trainer.epochs):   # (a short run may resize none)
                 cb.check(trainer, torch.zeros(1, *data.input_shape, device=trainer.device))
     except ValueError as e:
         # a combination the trainer or a callback's setup refuses (SWA starting after the last epoch, fp16 with a

@@ -301,3 +301,12 @@ def _inline(entry):
         return "true" if v is True else "false" if v is False else f'"{v}"' if isinstance(v, str) else \
             "[" + ", ".join(map(val, v)) + "]" if isinstance(v, list) else str(v)
     return "{" + ", ".join(f"{k} = {val(v)}" for k, v in entry.items()) + "}"
+
+
+def test_report_html_shows_the_image_size_of_each_epoch(tiny_cfg, tmp_path):
+    """Found by a new user: report.md showed each epoch's image size, report.html did not."""
+    from traintricks.evaluation.report import render_run_report
+    from traintricks.training import run
+    run(tiny_cfg("epochs=3", 'callbacks=[{name = "progressive_resizing", sizes = [6], epochs = [2]}]'), tmp_path)
+    html = render_run_report(tmp_path).read_text()
+    assert "Training image height (progressive resizing): 6 px: epochs 1-2; 8 px: epoch 3" in html

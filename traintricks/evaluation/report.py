@@ -222,7 +222,7 @@ def render_run_report(run_dir: str | Path, sets: Sequence[str] = ()) -> Path:
                       reverse=True)[:5]
     sections = [("Summary", table(head, ["metric", "value"]))]
     if "curves" in pngs:
-        sections.append(("Learning curves", image(pngs["curves"], "curves")))
+        sections.append(("Learning curves", image(pngs["curves"], "curves") + _image_sizes(history)))
     sections += [
         ("Confusion matrix", image(pngs["confusion"], "confusion") +
          "<p>Most confused (true &rarr; predicted): " +
@@ -241,6 +241,23 @@ def render_run_report(run_dir: str | Path, sets: Sequence[str] = ()) -> Path:
     out = run_dir / "report.html"
     ckpt.atomic_write_text(out, page(title, sections, intro))
     return out
+
+
+def _image_sizes(history: list[dict[str, Any]]) -> str:
+    """Progressive resizing's image height per epoch (``image_size`` in metrics.jsonl), as runs of epochs:
+    "20 px: epochs 1-4; 28 px: epochs 5-24" ("" when no epoch recorded one)."""
+    spans: list[list[int]] = []             # [size, first epoch, last epoch]
+    for r in history:
+        if "image_size" not in r:
+            continue
+        if spans and spans[-1][0] == r["image_size"] and spans[-1][2] == r["epoch"] - 1:
+            spans[-1][2] = r["epoch"]
+        else:
+            spans.append([r["image_size"], r["epoch"], r["epoch"]])
+    if not spans:
+        return ""
+    text = "; ".join(f"{size} px: epoch{'s' if a != b else ''} {a}{f'-{b}' if a != b else ''}" for size, a, b in spans)
+    return f"<p>Training image height (progressive resizing): {esc(text)}</p>"
 
 
 def _grad_norm_png(history: list[dict[str, Any]], run_dir: Path, plt) -> Path | None:

@@ -310,3 +310,13 @@ def test_report_html_shows_the_image_size_of_each_epoch(tiny_cfg, tmp_path):
     run(tiny_cfg("epochs=3", 'callbacks=[{name = "progressive_resizing", sizes = [6], epochs = [2]}]'), tmp_path)
     html = render_run_report(tmp_path).read_text()
     assert "Training image height (progressive resizing): 6 px: epochs 1-2; 8 px: epoch 3" in html
+
+
+def test_the_console_epoch_line_shows_the_image_size(capsys):
+    """Found by a new user: the epoch's image size was in the records and reports, not on the console."""
+    x, y = _data(8, 28, 28)
+    model = _pooled()
+    Trainer(model, torch.optim.SGD(model.parameters(), lr=0.01), F.cross_entropy, [(x, y)], epochs=2,
+            progress=True, precision=PRECISION, callbacks=[ProgressiveResizing([14], [1])]).fit()
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("epoch ")]
+    assert [line.split(" | ")[-2] for line in lines] == ["14 px", "28 px"], lines

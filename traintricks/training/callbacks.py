@@ -509,6 +509,8 @@ class ProgressBar(Callback):
                                                            if "val_accuracy" in r else ""))
         if "test_accuracy" in r:
             parts.append(f"test acc {r['test_accuracy']:.4f}")
+        if "image_size" in r:                    # progressive resizing: the height this epoch trained on
+            parts.append(f"{r['image_size']} px")
         parts.append(f"lr {r['lr']:.3g}  {r['epoch_seconds']:.1f}s")
         tqdm.write(" | ".join(parts), file=sys.stderr)
 

@@ -17,6 +17,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from .config import ConfigError, load_config, to_toml, with_factory_defaults
@@ -101,7 +102,6 @@ def _cmd_lr_find(args: argparse.Namespace) -> int:
     from .optim.schedules import ScheduleWarning
     from .training import build_trainer
 
-    import warnings
     try:
         cfg = load_config(args.config, args.set)
         with warnings.catch_warnings():
@@ -319,7 +319,6 @@ def _cli_warning_format(default):
 
 
 def main(argv: list[str] | None = None) -> int:
-    import warnings
     if "" not in sys.path and os.getcwd() not in sys.path:      # as under python -m: model.name = "mymodels:Net"
         sys.path.append(os.getcwd())                           # finds mymodels.py in the current directory
     args = build_parser().parse_args(argv)

@@ -8,11 +8,12 @@ or a fraction of the data's height (a float in (0, 1): ``round(s * H)`` pixels, 
 of any size); ``1`` or ``1.0`` is full size in either form. The width keeps the aspect ratio,
 ``round(s * W / H)``. Sizes grow; after a full-size stage (1.0) a schedule may start again from a small size, as at
 a ``multicycle`` restart: ``sizes = [0.72, 1.0, 0.72], epochs = [4, 3, 4]`` (or ``[20, 1.0, 20]`` in pixels) trains
-epochs 1-4 and 8-11 at 0.72 of the height, the others at full size. The batch ``(N, C, H, W)`` float is resized on the device with ``F.interpolate(mode, antialias=True)``
-(bilinear by default: a smooth downsampling, as loading smaller images would give), **after** the loader's
-augmentations (crop, flip, cutout... act at full size) and before any other ``on_before_forward`` callback listed
-after it (list ``progressive_resizing`` before ``adversarial``, so that the attack is made on the image the model
-sees). Evaluation is untouched: at full size, with flip TTA when asked.
+epochs 1-4 and 8-11 at 0.72 of the height, the others at full size. The batch ``(N, C, H, W)`` float is resized
+on the device with ``F.interpolate(mode, antialias=True)`` (bilinear by default: a smooth downsampling, as loading
+smaller images would give), **after** the loader's augmentations (crop, flip, cutout... act at full size) and
+before any other ``on_before_forward`` callback listed after it (list ``progressive_resizing`` before
+``adversarial``, so that the attack is made on the image the model sees). Evaluation is untouched: at full size,
+with flip TTA when asked.
 
 The model must accept every size: a network ending in global pooling does (the ``cnn`` and ``resnet`` models), one
 with a flattening linear layer does not. At the first resized batch the callback runs the model (eval mode, no
@@ -27,7 +28,7 @@ schedule, so small images never outlast their span (a restart's small images nev
 nor does the previous cycle's cool-down end on them); the last epoch is always at full size. The default recipe
 plans its first cycle's four epochs at 0.72 of the height (20 of Fashion-MNIST's 28 pixels) for its 24 epochs,
 so ``--set epochs=12`` resizes two, and a run of a few epochs none. With ``run_epochs = 0`` (the default) the
-stages are taken as given, and stages covering the whole run are refused.
+stages are taken as given, and stages covering the whole run are refused unless the last is full size (1.0).
 
 ``strict = False`` (the default recipe's): a model that does not accept the smaller sizes, or inputs that are not
 float images (N, C, H, W), are trained at full size as they are, with one warning, instead of raising.
@@ -63,7 +64,8 @@ class ProgressiveResizing(Callback):
 
     Raises ``ValueError`` for sizes or epoch counts < 1, lists of different lengths, sizes that shrink other than
     after a full-size stage (1.0), an unknown mode or
-    ``run_epochs < 0``; with ``run_epochs = 0``, when the stages cover the whole run; when ``strict``, at the first
+    ``run_epochs < 0``; with ``run_epochs = 0``, when the stages cover the whole run without ending at full size;
+    when ``strict``, at the first
     resized batch, for inputs other than (N, C, H, W) float or a model that does not accept the sizes."""
 
     name = "progressive_resizing"
@@ -98,6 +100,7 @@ class ProgressiveResizing(Callback):
         if isinstance(run_epochs, bool) or not isinstance(run_epochs, int) or run_epochs < 0:
             raise ValueError(f"run_epochs must be an integer >= 0 (0: the stages as given), got {run_epochs!r}")
         self.sizes, self.epochs, self.mode = sizes, epochs, mode
+        self.resized = rest                   # the sizes that resize (1.0 is full size)
         self.run_epochs, self.strict = run_epochs, bool(strict)
         # where each stage ends, in epochs of this run (setup rescales them: fractional when run_epochs is set)
         self.ends: list[float] = [float(e) for e in itertools.accumulate(epochs)]
@@ -147,8 +150,7 @@ class ProgressiveResizing(Callback):
         try:
             with torch.no_grad():
                 outs = {}
-                small = [v for v in self.sizes if v != 1.0] or [1.0]
-                for s in (self.pixels(min(small), x.shape[-2]), x.shape[-2]):
+                for s in (self.pixels(min(self.resized or [1.0]), x.shape[-2]), x.shape[-2]):
                     try:
                         outs[s] = trainer.output_fn(model(self.resize(x[:1], s))).shape
                     except RuntimeError as e:
@@ -199,9 +201,9 @@ class ProgressiveResizing(Callback):
             self._refuse(f"progressive_resizing needs float image batches (N, C, H, W), got "
                          f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
             return False
-        height, small = x.shape[-2], [v for v in self.sizes if v != 1.0]
-        big = sorted({self.pixels(v, height) for v in small if self.pixels(v, height) >= height})
-        if big and (self.strict or not isinstance(small[0], float)):
+        height = x.shape[-2]
+        big = sorted({self.pixels(v, height) for v in self.resized if self.pixels(v, height) >= height})
+        if big and (self.strict or not isinstance(self.resized[0], float)):
             warn(f"progressive_resizing: size{'s' if len(big) > 1 else ''} {', '.join(map(str, big))} "
                  f"{'are' if len(big) > 1 else 'is'} not below the images' {height} pixels: those epochs train at "
                  "full size (choose sizes below the data's)")

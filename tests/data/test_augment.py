@@ -171,3 +171,86 @@ def test_calling_conventions_give_clear_errors():
         RandomFlip()(x, torch.Generator())
     with pytest.raises(TypeError, match="must return \\(x, y\\)"):
         next(iter(TensorLoader(x, torch.zeros(4), 2, transform=lambda x, y, generator=None: x)))
+
+
+# ---- alternating flip (Jordan 2024, arXiv:2404.00498) ----
+
+def _mirrored(out, x):
+    """Which examples of ``out`` are the mirror of ``x`` (and not equal to it): bool (N,)."""
+    return (out == x.flip(-1)).flatten(1).all(1) & ~(out == x).flatten(1).all(1)
+
+
+def test_alternating_flip_mirrors_each_example_once_in_two_consecutive_epochs():
+    from traintricks.data import AlternatingFlip
+    x = torch.randn(4000, 1, 3, 5)
+    idx = torch.arange(4000)
+    a = AlternatingFlip()
+    first = _mirrored(a(x, index=idx, epoch=0), x)
+    for e in range(1, 5):
+        now = _mirrored(a(x, index=idx, epoch=e), x)
+        assert torch.equal(now, ~first if e % 2 else first), e     # b_i xor (e mod 2)
+    # about half start mirrored: a binomial(4000, 1/2) count, within ~4 standard deviations (31.6 each)
+    assert abs(first.float().sum().item() - 2000) < 130
+    # a fixed function of (seed, index, epoch): another seed draws other bits; the generator plays no part
+    assert torch.equal(a(x, index=idx, epoch=3, generator=torch.Generator().manual_seed(9)),
+                       AlternatingFlip(0)(x, index=idx, epoch=3))
+    other = _mirrored(AlternatingFlip(seed=1)(x, index=idx, epoch=0), x)
+    assert 0.4 < (other ^ first).float().mean().item() < 0.6
+    # an example's flip depends on its index, not on its place in the batch
+    perm = torch.randperm(4000, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(_mirrored(a(x[perm], index=perm, epoch=0), x[perm]), first[perm])
+
+
+def test_alternating_flip_refuses_a_call_without_index_or_epoch():
+    from traintricks.data import AlternatingFlip
+    x = torch.randn(4, 1, 2, 2)
+    with pytest.raises(TypeError, match="index=idx, epoch=e"):
+        AlternatingFlip()(x)
+    with pytest.raises(TypeError, match="dataset indices and the epoch"):
+        AlternatingFlip()(x, index=torch.arange(4))
+    with pytest.raises(ValueError, match=r"one dataset index per example, shape \(4,\), got \(3,\)"):
+        AlternatingFlip()(x, index=torch.arange(3), epoch=0)
+    y = torch.arange(4)
+    out, yy = AlternatingFlip()(x, y, index=torch.arange(4), epoch=1)
+    assert yy is y and out.shape == x.shape
+
+
+def test_compose_passes_index_and_epoch_to_the_augmentations_that_use_them_only():
+    from traintricks.data import AlternatingFlip
+    seen = []
+
+    def plain(x, y=None, generator=None):          # a user's transform of the plain convention
+        seen.append(len(x))
+        return x if y is None else (x, y)
+
+    aug = Compose([plain, AlternatingFlip(), RandomCrop(0)])
+    assert aug.uses_index and not Compose([plain, RandomFlip()]).uses_index
+    x, idx = torch.randn(6, 1, 2, 3), torch.arange(10, 16)
+    out = aug(x, index=idx, epoch=1)
+    assert seen == [6] and torch.equal(out, AlternatingFlip()(x, index=idx, epoch=1))
+
+
+def test_loader_shows_each_example_plain_and_mirrored_in_consecutive_epochs():
+    """Through TensorLoader (shuffled, augmentation from epoch 2, dropped last batch, two ranks): each example
+    is seen in one orientation at epoch e and the other at e + 1, by its dataset index."""
+    from traintricks.data import AlternatingFlip
+    n = 50
+    x = torch.randn(n, 1, 3, 4)
+    for rank, world in ((0, 1), (1, 2)):
+        loader = TensorLoader(x, torch.arange(n), 6, shuffle=True, seed=4, transform=Compose([AlternatingFlip()]),
+                              transform_from_epoch=2, rank=rank, world_size=world)
+        views = []
+        for epoch in range(2, 5):
+            loader.set_epoch(epoch)
+            state = {}
+            for xb, yb in loader:
+                m = _mirrored(xb, x[yb])
+                assert torch.equal(xb[~m], x[yb][~m])                   # the rest untouched
+                state.update(zip(yb.tolist(), m.tolist()))
+            views.append(state)
+        assert len(views[0]) > n // (2 * world)
+        for a, b in zip(views, views[1:]):
+            common = a.keys() & b.keys()
+            assert common and all(a[i] != b[i] for i in common)
+    loader.set_epoch(1)                                                 # before transform_from_epoch: plain
+    assert all(torch.equal(xb, x[yb]) for xb, yb in loader)

@@ -10,7 +10,7 @@ from PIL import Image
 
 from traintricks.config import ConfigError, load_config
 from traintricks.data import DataError, load_data
-from traintricks.data.augment import Compose, RandomCrop, RandomFlip
+from traintricks.data.augment import AlternatingFlip, Compose, RandomCrop, RandomFlip
 from traintricks.data.streaming import STATS_SAMPLE, StreamedSplits, StreamLoader, split_loader
 from traintricks.training import build_trainer, run
 from traintricks.training import checkpoint as ckpt
@@ -47,7 +47,8 @@ def test_streamed_batches_equal_the_in_memory_ones_with_0_and_2_workers(tmp_path
     torch.testing.assert_close(torch.tensor(st.std), torch.tensor(mem.std))
     for split in ("train", "val", "test"):
         assert torch.equal(getattr(st, f"{split}_y"), getattr(mem, f"{split}_y")), split
-    aug = Compose([RandomCrop(padding=2), RandomFlip()])
+    # the alternating flip checks that the streamed batches carry their dataset indices
+    aug = Compose([RandomCrop(padding=2), RandomFlip(), AlternatingFlip()])
     for workers in (0, 2):
         st.workers = workers
         for epoch in (0, 1):

@@ -409,3 +409,22 @@ def test_recipe_schedule_counts_every_update_with_accumulation(tiny_cfg):
     assert small.scheduler.total == plain.scheduler.total
     small.fit()
     assert len(small_lrs) == 2 and small.scheduler.last_epoch == 2
+
+
+def test_alternating_flip_trains_from_a_config_with_flip_tta_and_no_warning(tiny_cfg):
+    import warnings as _w
+    with _w.catch_warnings():
+        _w.simplefilter("error")
+        t = build_trainer(tiny_cfg('data.augment=["crop", "alternating_flip"]', "data.augment_from_epoch=0",
+                                   'callbacks=["tta_flip"]', "epochs=2"), progress=False)
+    loader = t.train_loader
+    assert loader.transform.uses_index
+    loader.set_epoch(1)
+    plan, g = loader._plan()
+    idx = plan[0]
+    xb, yb = loader.batch(idx, g)
+    flip = loader.transform.augs[1].mask(idx, 1)
+    assert flip.any() and (~flip).any()
+    assert torch.equal(yb, loader.y[idx])
+    t.fit()
+    assert len(t.history) == 2

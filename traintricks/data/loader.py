@@ -84,13 +84,20 @@ class TensorLoader:
 
     def batch(self, idx: slice | torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """The examples ``idx``, augmented with generator ``g`` and in the loader's memory format."""
-        return self.finish_batch(self.x[idx], self.y[idx], g)
+        return self.finish_batch(self.x[idx], self.y[idx], g, idx)
 
-    def finish_batch(self, xb: torch.Tensor, yb: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def finish_batch(self, xb: torch.Tensor, yb: torch.Tensor, g: torch.Generator,
+                     index: slice | torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Augment a fetched batch with generator ``g`` (from ``transform_from_epoch`` on) and put it in the
-        loader's memory format."""
+        loader's memory format. A transform with ``uses_index`` (alternating flip) also gets the batch's dataset
+        ``index`` (a slice or int64 tensor; required then) and the loader's epoch."""
         if self.transform is not None and self.epoch >= self.transform_from_epoch:
-            out = self.transform(xb, yb, generator=g)
+            kw: dict = {}
+            if getattr(self.transform, "uses_index", False):
+                if isinstance(index, slice):
+                    index = torch.arange(len(self.x))[index]
+                kw = {"index": index, "epoch": self.epoch}
+            out = self.transform(xb, yb, generator=g, **kw)
             if not (isinstance(out, tuple) and len(out) == 2):
                 raise TypeError(f"TensorLoader: transform {self.transform!r} must return (x, y) when called "
                                 f"transform(x, y, generator=g) (the augmentations' convention); got "

@@ -140,8 +140,9 @@ class StreamLoader(TensorLoader):
                      f"{', '.join(self.x.paths[i] for i in new)}")
             if xb is None:
                 continue
-            yb = self.y[torch.tensor(kept, dtype=torch.long)]
-            yield self.finish_batch(((xb.float() - self.mean) / self.std).contiguous(), yb, g)
+            kept_index = torch.tensor(kept, dtype=torch.long)
+            yb = self.y[kept_index]
+            yield self.finish_batch(((xb.float() - self.mean) / self.std).contiguous(), yb, g, kept_index)
 
     def decoded(self) -> torch.Tensor:
         """Every image, in order, standardized (float32 ``(N, C, H, W)``): a split materialized in memory."""

@@ -89,7 +89,8 @@ def build_augment(specs: list, num_classes: int | None = None, data: DataSplits 
         if shape and len(shape) != 3 and not getattr(augs[-1], "mixes_labels", False):
             # not images: try the augmentation on a batch of this data's shape now, not epochs into the run
             try:
-                augs[-1](torch.zeros(2, *shape), generator=torch.Generator().manual_seed(0))
+                kw = {"index": torch.arange(2), "epoch": 0} if getattr(augs[-1], "uses_index", False) else {}
+                augs[-1](torch.zeros(2, *shape), generator=torch.Generator().manual_seed(0), **kw)
             except (ValueError, RuntimeError, IndexError) as e:
                 raise ConfigError(f"data.augment[{i}]", f"{spec['name']!r} cannot transform this data's inputs of "
                                   f"shape {shape} (tried on a batch of two: {e}); set data.augment = [] or keep the augmentations that "
@@ -430,9 +431,9 @@ def build_trainer(cfg: dict[str, Any], data: DataSplits | None = None, out_dir: 
              f"(C, H, W) only; these inputs have shape {tuple(data.input_shape)} and are evaluated "
              "without it")
     if images and any(isinstance(c, FlipTTA) for c in techniques) and \
-            not any(as_spec(a)["name"] == "flip" for a in d["augment"]):
-        warn("callbacks: 'tta_flip' is on but data.augment has no 'flip': the model is tested on mirror "
-             "images it never trained on")
+            not any(as_spec(a)["name"] in ("flip", "alternating_flip") for a in d["augment"]):
+        warn("callbacks: 'tta_flip' is on but data.augment has no 'flip' or 'alternating_flip': the model is "
+             "tested on mirror images it never trained on")
     shift = next((c for c in techniques if isinstance(c, ShiftTTA)), None)
     if images and shift is not None:
         specs = [{**AUGMENTATIONS.defaults(a["name"]), **a} for a in map(as_spec, d["augment"])]

@@ -320,3 +320,41 @@ def test_the_console_epoch_line_shows_the_image_size(capsys):
             progress=True, precision=PRECISION, callbacks=[ProgressiveResizing([14], [1])]).fit()
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("epoch ")]
     assert [line.split(" | ")[-2] for line in lines] == ["14 px", "28 px"], lines
+
+
+def test_a_plain_trainer_over_tensors_refuses_a_model_it_cannot_resize_when_built():
+    """Last stop's open item: in Python a strict refusal came at the first resized batch of fit(). A loader holding
+    its images as a tensor (TensorLoader, a DataLoader over a TensorDataset) is tried when the Trainer is built;
+    a list of batches, a custom collate or a transform that might reshape still waits for the first batch."""
+    from traintricks.data.augment import Compose, RandomCrop
+    x, y = _data(16)
+    torch.manual_seed(0)
+    flat = nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 3))
+
+    def build(loader, **kw):
+        return Trainer(flat, torch.optim.SGD(flat.parameters(), lr=0.1), F.cross_entropy, loader, epochs=2,
+                       progress=False, precision=PRECISION, callbacks=[ProgressiveResizing([16], [1], **kw)])
+
+    tensors = torch.utils.data.TensorDataset(x, y)
+    for loader in (TensorLoader(x, y, 8), TensorLoader(x, y, 8, transform=Compose([RandomCrop(2)])),
+                   torch.utils.data.DataLoader(tensors, batch_size=8)):
+        with pytest.raises(ValueError, match="does not accept 16-pixel inputs.*global pooling"):
+            build(loader)
+        with pytest.warns(UserWarning, match="global pooling.*as they are"):
+            t = build(loader, strict=False)
+        assert t.callbacks and next(c for c in t.callbacks if isinstance(c, ProgressiveResizing)).disabled
+    # left to the first batch: nothing to look at without iterating, or something that may reshape the batch
+    later = [[(x, y)], TensorLoader(x, y, 8, transform=lambda xb, yb, generator=None: (xb, yb)),
+             torch.utils.data.DataLoader(tensors, batch_size=8,
+                                         collate_fn=lambda b: torch.utils.data.default_collate(b))]
+    for loader in later:
+        t = build(loader)
+        with pytest.raises(ValueError, match="global pooling"):
+            t.fit()
+    # a model that can be resized is tried without changing it (eval, no_grad; training mode restored)
+    model = _pooled()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    t = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), F.cross_entropy, TensorLoader(x, y, 8),
+                epochs=2, progress=False, precision=PRECISION, callbacks=[ProgressiveResizing([16], [1])])
+    assert model.training and all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert next(c for c in t.callbacks if isinstance(c, ProgressiveResizing)).checked

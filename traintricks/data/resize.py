@@ -49,6 +49,31 @@ from ..callback import Callback
 __all__ = ["ProgressiveResizing"]
 
 
+def _example_input(loader: Any) -> torch.Tensor | None:
+    """The first training input, (1, C, H, W) float, when ``loader`` holds its inputs as such a tensor and batches
+    them as they are (a ``TensorLoader`` with no transform or this package's augmentations, which keep the shape; a
+    plain ``DataLoader`` over a ``TensorDataset``), else None. Nothing is iterated (a user's loader may start
+    workers or draw random numbers), and anything a transform or a collate function might reshape is left to the
+    first batch."""
+    from .augment import BatchTransform, Compose, Mixup
+    ours = (BatchTransform, Mixup)
+    x = getattr(loader, "x", None)
+    if isinstance(x, torch.Tensor):
+        t = getattr(loader, "transform", None)
+        shape_kept = t is None or isinstance(t, ours) or isinstance(t, Compose) and \
+            all(isinstance(a, ours) for a in t.augs)
+        if not shape_kept:
+            return None
+    else:
+        dataset = getattr(loader, "dataset", None)
+        plain = isinstance(loader, torch.utils.data.DataLoader) and \
+            loader.collate_fn is torch.utils.data.default_collate
+        x = dataset.tensors[0] if plain and isinstance(dataset, torch.utils.data.TensorDataset) else None
+    if isinstance(x, torch.Tensor) and x.ndim == 4 and x.is_floating_point() and len(x):
+        return x[:1]
+    return None
+
+
 class ProgressiveResizing(Callback):
     """Grow the training images' size over the epochs (module docstring).
 
@@ -65,8 +90,10 @@ class ProgressiveResizing(Callback):
     Raises ``ValueError`` for sizes or epoch counts < 1, lists of different lengths, sizes that shrink other than
     after a full-size stage (1.0), an unknown mode or
     ``run_epochs < 0``; with ``run_epochs = 0``, when the stages cover the whole run without ending at full size;
-    when ``strict``, at the first
-    resized batch, for inputs other than (N, C, H, W) float or a model that does not accept the sizes."""
+    when ``strict``, for inputs other than (N, C, H, W) float or a model that does not accept the sizes: when the
+    trainer is built if its training loader shows an example without being iterated (a
+    :class:`~traintricks.data.TensorLoader`, a ``DataLoader`` over a ``TensorDataset``), else at the first resized
+    batch."""
 
     name = "progressive_resizing"
     MODES = ("bilinear", "bicubic", "area", "nearest")
@@ -170,12 +197,15 @@ class ProgressiveResizing(Callback):
             # kept at full size
             self.ends = [trainer.epochs * c / self.run_epochs for c in itertools.accumulate(self.epochs)]
             self.last = max(trainer.epochs - 1, 0)
-            return
-        if sum(self.epochs) >= trainer.epochs and self.size_at(trainer.epochs - 1) != 1.0:
+        elif sum(self.epochs) >= trainer.epochs and self.size_at(trainer.epochs - 1) != 1.0:
             raise ValueError(f"progressive_resizing: its stages cover {sum(self.epochs)} epochs of the run's "
                              f"{trainer.epochs}: the run would never train at full size (evaluation is at full size); "
                              "give the stages fewer epochs or the run more, or set run_epochs (the run length the "
                              "stages are planned for: they are then rescaled to the run)")
+        # tried now, when the trainer is built, on an example its loader shows without being iterated
+        example = _example_input(getattr(trainer, "train_loader", None))
+        if example is not None and self.resizes(trainer.epochs):
+            self.check(trainer, example.to(getattr(trainer, "device", example.device)))
 
     def on_before_forward(self, trainer) -> None:
         x, y, extras = trainer.batch

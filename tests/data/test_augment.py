@@ -208,8 +208,13 @@ def test_alternating_flip_refuses_a_call_without_index_or_epoch():
         AlternatingFlip()(x)
     with pytest.raises(TypeError, match="dataset indices and the epoch"):
         AlternatingFlip()(x, index=torch.arange(4))
-    with pytest.raises(ValueError, match=r"one dataset index per example, shape \(4,\), got \(3,\)"):
+    with pytest.raises(ValueError, match=r"one dataset index per example of the batch x \(x.shape\[0\] = 4: "
+                                         r"shape \(4,\)\), got shape \(3,\); x is a batch"):
         AlternatingFlip()(x, index=torch.arange(3), epoch=0)
+    with pytest.raises(ValueError, match=r"x.shape\[0\] = 3.*not a single example"):     # one (C, H, W) image
+        AlternatingFlip()(torch.randn(3, 4, 4), index=torch.tensor([0]), epoch=0)
+    with pytest.raises(TypeError, match="integer dataset indices, got dtype torch.float32"):
+        AlternatingFlip()(x, index=torch.tensor([0.5, 0.7, 1.0, 2.0]), epoch=0)
     y = torch.arange(4)
     out, yy = AlternatingFlip()(x, y, index=torch.arange(4), epoch=1)
     assert yy is y and out.shape == x.shape
@@ -254,3 +259,25 @@ def test_loader_shows_each_example_plain_and_mirrored_in_consecutive_epochs():
             assert common and all(a[i] != b[i] for i in common)
     loader.set_epoch(1)                                                 # before transform_from_epoch: plain
     assert all(torch.equal(xb, x[yb]) for xb, yb in loader)
+
+
+def test_loader_without_set_epoch_starts_a_new_epoch_at_each_pass():
+    """Found by a new user: in a loop of their own that never called set_epoch, a shuffled TensorLoader gave the
+    same order (and the same flips) every epoch. Each new pass is now the next epoch, as a DataLoader reshuffles;
+    once set_epoch is called the caller numbers the epochs (the trainer does, every epoch)."""
+    from traintricks.data import AlternatingFlip
+    x = torch.randn(40, 1, 2, 3)
+    loader = TensorLoader(x, torch.arange(40), 8, shuffle=True, seed=1, transform=Compose([AlternatingFlip()]))
+    passes = [[(xb, yb) for xb, yb in loader] for _ in range(3)]
+    orders = [torch.cat([yb for _, yb in p]) for p in passes]
+    assert loader.epoch == 2 and not torch.equal(orders[0], orders[1]) and not torch.equal(orders[1], orders[2])
+    for e, p in enumerate(passes):                      # pass e is epoch e: its order and its flips
+        ref = TensorLoader(x, torch.arange(40), 8, shuffle=True, seed=1, transform=Compose([AlternatingFlip()]))
+        ref.set_epoch(e)
+        assert all(torch.equal(a, c) and torch.equal(b, d) for (a, b), (c, d) in zip(p, ref, strict=True))
+    state = [_mirrored(torch.cat([xb for xb, _ in p]), x[o]) for p, o in zip(passes, orders)]
+    flips = [dict(zip(o.tolist(), m.tolist())) for o, m in zip(orders, state)]
+    assert all(flips[0][i] != flips[1][i] != flips[2][i] for i in range(40))
+    loader.set_epoch(0)                                 # explicit epochs: repeated passes repeat the epoch
+    again = [torch.cat([yb for _, yb in loader]) for _ in range(2)]
+    assert torch.equal(again[0], orders[0]) and torch.equal(again[1], orders[0]) and loader.epoch == 0

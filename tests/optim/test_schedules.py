@@ -142,8 +142,8 @@ def test_config_names_bind_the_class_defaults():
 
 
 def test_default_recipe_schedule_is_unchanged_for_a_full_run():
-    """The default recipe's multicycle on a full run (22 epochs of 226 steps) is, step by step, torch's OneCycleLR
-    with the recipe's values (pct 0.25, div 10, final 100, linear) over its cycles (5 and 17 epochs) at peaks 1
+    """The default recipe's multicycle on a full run (its epochs of 226 steps) is, step by step, torch's OneCycleLR
+    with the recipe's values (pct 0.25, div 10, final 100, linear) over its two cycles at peaks 1
     and 0.5."""
     from traintricks.config import DEFAULTS
     spec = {k: v for k, v in DEFAULTS["schedule"].items() if k != "name"}
@@ -159,7 +159,7 @@ def test_default_recipe_schedule_is_unchanged_for_a_full_run():
         o.step()
         s.step()
     ref = []
-    for n, peak in ((first * per, 1.0), (second * per + 1, 0.5)):
+    for n, peak in ((first * per, 1.0), (second * per, 0.5)):
         r = _opt(0.2 * peak)
         t = tl.OneCycleLR(r, 0.2 * peak, n, pct_start=0.25, anneal_strategy="linear", div_factor=10.0,
                           final_div_factor=100.0)
@@ -371,8 +371,8 @@ def test_multicycle_step_with_a_fractional_epoch_is_onecyclelr_of_its_cycle():
 def test_augment_from_epoch_at_a_cycle_boundary_is_rescaled_with_the_cycles(epochs, start, want):
     from traintricks.config import load_config
     from traintricks.training.recipe import augment_from_epoch
-    cfg = load_config(None, [f"epochs={epochs}", f"data.augment_from_epoch={start}"])
-    assert cfg["schedule"]["cycle_epochs"] == [7, 17]            # the default recipe's cycles
+    cfg = load_config(None, [f"epochs={epochs}", f"data.augment_from_epoch={start}", "schedule.cycle_epochs=[7, 17]"])
+    assert cfg["schedule"]["name"] == "multicycle"               # the default recipe's schedule
     assert augment_from_epoch(cfg) == want
     other = load_config(None, [f"epochs={epochs}", f"data.augment_from_epoch={start}", "schedule.name=onecycle"])
     assert augment_from_epoch(other) == start                     # no cycles to follow: as given
@@ -389,3 +389,28 @@ def test_a_shortened_default_recipe_augments_its_second_cycle(tiny_cfg):
                                'data.augment=["flip"]', 'callbacks=["tta_flip"]'), progress=False)
     assert t.train_loader.transform_from_epoch == 2
     assert t.find_callback(FlipTTA).from_epoch == 2
+
+
+@pytest.mark.parametrize("name, extra, floor", [("onecycle", [], 0.05 / 10 / 100),
+                                                ("multicycle", ["schedule.cycle_epochs=[1, 2]",
+                                                                "schedule.peaks=[1.0, 0.5]"], 0.025 / 10 / 100)])
+def test_the_last_update_trains_at_the_cycle_s_final_rate(tiny_cfg, name, extra, floor):
+    """Found by a new user: onecycle and multicycle planned one step more than the run takes, so the last update
+    trained one step short of the cycle's floor (a 15-step one-cycle ended at 0.017 instead of 0.0002). Recorded
+    through the Trainer, before each optimizer step."""
+    from traintricks.callback import Callback
+    from traintricks.training import build_trainer
+    lrs = []
+
+    class Rates(Callback):
+        name = "rates"
+
+        def on_before_optimizer_step(self, trainer, params):
+            lrs.append(trainer.optimizer.param_groups[0]["lr"])
+
+    t = build_trainer(tiny_cfg("epochs=3", "lr=0.05", f"schedule.name={name}", "schedule.min_warmup_steps=0",
+                               "optim.name=sgd", *extra), progress=False, callbacks=[Rates()])
+    t.fit()
+    assert len(lrs) == 3 * len(t.train_loader) >= 6
+    assert lrs[-1] == pytest.approx(floor, rel=1e-9)
+    assert lrs[-2] > lrs[-1] and min(lrs) == pytest.approx(min(floor, lrs[-1]))

@@ -428,3 +428,26 @@ def test_alternating_flip_trains_from_a_config_with_flip_tta_and_no_warning(tiny
     assert torch.equal(yb, loader.y[idx])
     t.fit()
     assert len(t.history) == 2
+    # the flip pattern follows the run's seed (found by a new user: every seed got seed 0's), unless the entry sets one
+    for extra, want in (("seed=3", 3), ("seed=0", 0)):
+        t = build_trainer(tiny_cfg('data.augment=["alternating_flip"]', extra), progress=False)
+        assert t.train_loader.transform.augs[0].seed == want
+    t = build_trainer(tiny_cfg('data.augment=[{name = "alternating_flip", seed = 5}]', "seed=3"), progress=False)
+    assert t.train_loader.transform.augs[0].seed == 5
+
+
+def test_summary_records_what_the_planned_values_became_on_this_run(tiny_cfg, tmp_path):
+    """Found by a new user: config.toml keeps the planned augment_from_epoch and cycles; a shorter run moves them.
+    summary.json's as_run says what ran, and final_eval_seconds the time of the final evaluation (TTA views),
+    which wall_seconds leaves out."""
+    cfg = tiny_cfg("epochs=8", "schedule.name=multicycle", "schedule.cycle_epochs=[7, 17]",
+                   "data.augment_from_epoch=7", 'data.augment=["crop"]', 'callbacks=["tta_shift"]')
+    summary = run(cfg, tmp_path / "r", progress=False)
+    saved = json.loads((tmp_path / "r" / "summary.json").read_text())
+    per = len(build_trainer(cfg, progress=False).train_loader)
+    assert saved["as_run"]["augment_from_epoch"] == 2 == round(8 * 7 / 24)
+    steps = saved["as_run"]["cycle_steps"]
+    assert sum(steps) == 8 * per and steps[0] == round(8 * per * 7 / 24)
+    assert saved["final_eval_seconds"] > 0 and summary["final_eval_seconds"] == saved["final_eval_seconds"]
+    plain = run(tiny_cfg("epochs=1"), tmp_path / "p", progress=False)
+    assert plain["as_run"] == {}                             # no augmentation, one cycle: nothing moved

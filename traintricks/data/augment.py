@@ -105,14 +105,16 @@ class AlternatingFlip(BatchTransform):
         b_i XOR (e mod 2) = 1,
 
     with ``b_i`` a fixed pseudo-random bit per example (a hash of ``i`` and ``seed``: about half the examples start
-    mirrored). Each example is thus seen once plain and once mirrored in every two consecutive epochs, where the
+    mirrored; from a config, ``seed`` is the run's unless the entry sets it). Each example is thus seen once plain and once mirrored in every two consecutive epochs, where the
     random flip of :class:`RandomFlip` shows it the same way twice in a row with probability 1/2; the paper finds
     it better than random flipping wherever flipping helps.
 
     Called ``aug(x, y=None, generator=None, *, index, epoch)``: ``index`` is the batch's dataset indices (int64
     ``(N,)``) and ``epoch`` the epoch number (:class:`~traintricks.data.TensorLoader` passes both; ``generator`` is
-    not used: the flips are a function of ``(seed, i, e)`` alone, so a resumed run repeats them). Raises
-    ``TypeError`` when either is missing and ``ValueError`` when ``index`` does not give one index per example.
+    not used: the flips are a function of ``(seed, i, e)`` alone, so a resumed run repeats them). In a loop of your
+    own over a ``DataLoader``, let the dataset return each example's index (``return x[i], y[i], i``) and call
+    ``flip(xb, index=ib, epoch=epoch)`` on each batch. Raises ``TypeError`` when either is missing or ``index`` is
+    not integer, and ``ValueError`` when ``index`` does not give one index per example of the batch.
     """
 
     uses_index = True
@@ -138,9 +140,12 @@ class AlternatingFlip(BatchTransform):
                             "indices and the epoch: call aug(x, y, index=idx, epoch=e) (TensorLoader passes both); "
                             "for a random flip use flip")
         index = torch.as_tensor(index)
+        if index.is_floating_point() or index.is_complex() or index.dtype == torch.bool:
+            raise TypeError(f"alternating_flip: index must hold integer dataset indices, got dtype {index.dtype}")
         if index.shape != (x.shape[0],):
-            raise ValueError(f"alternating_flip: index must have one dataset index per example, shape "
-                             f"({x.shape[0]},), got {tuple(index.shape)}")
+            raise ValueError(f"alternating_flip: index must have one dataset index per example of the batch x "
+                             f"(x.shape[0] = {x.shape[0]}: shape ({x.shape[0]},)), got shape {tuple(index.shape)}; "
+                             "x is a batch (N, ...), not a single example")
         m = self.mask(index, int(epoch))
         out = torch.where(m.view(-1, *([1] * (x.ndim - 1))), x.flip(-1), x)
         return out if y is None else (out, y)
@@ -331,8 +336,8 @@ AUGMENTATIONS.register("crop", RandomCrop,
                        summary="Random crop after zero padding (random translation by up to `padding` pixels).")
 AUGMENTATIONS.register("flip", RandomFlip, summary="Random horizontal flip with probability p.")
 AUGMENTATIONS.register("alternating_flip", AlternatingFlip,
-                       summary="Alternating flip: each example mirrored every other epoch, from a random start "
-                               "(2404.00498).")
+                       summary="Alternating flip: each example mirrored every other epoch, from a pseudo-random "
+                               "start (the run's seed) (2404.00498).")
 AUGMENTATIONS.register("translate", RandomTranslate, summary="Random shift by up to max_shift pixels per axis, zero fill.")
 AUGMENTATIONS.register("cutout", Cutout, summary="Cutout: zero a size x size square at a random centre (1708.04552).")
 AUGMENTATIONS.register("random_erasing", RandomErasing, options=("p", "scale", "ratio"),

@@ -103,6 +103,7 @@ class CurriculumLoader(TensorLoader):
         return min(len(self.x), max(self.batch_size * self.world_size, math.ceil(self.pacing(t) * len(self.x))))
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        self._begin_pass()
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)      # shared by every rank
         aug = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) * 7919 + self.rank)
         gb = self.batch_size * self.world_size

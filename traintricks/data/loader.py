@@ -2,9 +2,11 @@
 
 A :class:`TensorLoader` shuffles with a generator seeded by ``(seed, epoch)``, so every epoch's
 order and augmentation are a function of the seed and the epoch number alone: a run resumed
-from a checkpoint sees exactly the batches an uninterrupted run would. With ``world_size`` K > 1 every
-process draws the same permutation and takes its ``batch_size`` share (``rank``) of each global batch
-of ``K * batch_size``.
+from a checkpoint sees exactly the batches an uninterrupted run would. The trainer numbers the epochs
+(``set_epoch``, as with ``DistributedSampler``); in a loop of your own that never calls it, each new pass over
+the loader is the next epoch (a new order and new augmentations, as a shuffled ``DataLoader`` gives). With
+``world_size`` K > 1 every process draws the same permutation and takes its ``batch_size`` share (``rank``) of
+each global batch of ``K * batch_size``.
 """
 from __future__ import annotations
 
@@ -19,7 +21,8 @@ class TensorLoader:
     Args:
         x, y: inputs and targets, same first dimension.
         batch_size: examples per batch.
-        shuffle: draw a new permutation each epoch (seeded by ``seed`` and the epoch).
+        shuffle: draw a new permutation each epoch (seeded by ``seed`` and the epoch: ``set_epoch(e)``, or, if it
+            is never called, one more than the last pass's for each new pass).
         drop_last: skip the final incomplete batch.
         transform: a batch transform by the one convention of :mod:`traintricks.data.augment`, called
             ``transform(x_batch, y_batch, generator=g)`` and returning ``(x, y)``: any augmentation (crop, flip,
@@ -51,9 +54,19 @@ class TensorLoader:
             raise ValueError(f"transform_from_epoch must be >= 0, got {transform_from_epoch}")
         self.transform_from_epoch = transform_from_epoch
         self.epoch = 0
+        self._epoch_set = False         # set_epoch called: the caller numbers the epochs
+        self._passes = 0
 
     def set_epoch(self, epoch: int) -> None:
+        """Make the next pass epoch ``epoch`` (its order and augmentations); from then on the caller numbers them."""
         self.epoch = epoch
+        self._epoch_set = True
+
+    def _begin_pass(self) -> None:
+        """Start a pass over the data: without ``set_epoch``, each pass after the first is the next epoch."""
+        if not self._epoch_set and self._passes:
+            self.epoch += 1
+        self._passes += 1
 
     def __len__(self) -> int:
         n, g = len(self.x), self.batch_size * self.world_size
@@ -78,6 +91,7 @@ class TensorLoader:
         return plan, g
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        self._begin_pass()
         plan, g = self._plan()
         for idx in plan:
             yield self.batch(idx, g)

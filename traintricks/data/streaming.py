@@ -129,6 +129,7 @@ class StreamLoader(TensorLoader):
         return self._loader
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        self._begin_pass()
         plan, g = self._plan()
         n = len(self.x)
         self._batches.plan = [list(range(n)[idx]) if isinstance(idx, slice) else idx.tolist() for idx in plan]
@@ -146,12 +147,12 @@ class StreamLoader(TensorLoader):
 
     def decoded(self) -> torch.Tensor:
         """Every image, in order, standardized (float32 ``(N, C, H, W)``): a split materialized in memory."""
-        saved = self.shuffle, self.transform
+        saved = self.shuffle, self.transform, self.epoch, self._passes
         self.shuffle, self.transform = False, None
         try:
             parts = [xb for xb, _ in self]
-        finally:
-            self.shuffle, self.transform = saved
+        finally:           # not a training pass: the epoch count is left as it was
+            self.shuffle, self.transform, self.epoch, self._passes = saved
         return torch.cat(parts) if parts else torch.empty(0, *self.x.shape)
 
 

@@ -688,12 +688,13 @@ def onecycle(optimizer: torch.optim.Optimizer, total_steps: int, steps_per_epoch
         raise ValueError(f"min_warmup_steps must be >= 0, got {min_warmup_steps}")
     if total_steps < 1:
         raise ValueError(f"total_steps must be >= 1, got {total_steps}")
-    # OneCycleLR ends its cycle at step total_steps - 1; the trainer steps the schedule after every one
-    # of the total_steps updates, so one extra step makes the last update's rate the cycle's last.
-    # (OneCycle checks pct_start and anneal.)
-    cap = _warmup_cap(total_steps + 1, pct_start, min_warmup_steps)
+    # OneCycleLR's rate at step t (0-based) is the cycle's at t / (total_steps - 1); the trainer steps the schedule
+    # after each of the run's total_steps updates, so update t trains at step t's rate and the last update at the
+    # cycle's last rate, initial_lr / final_div_factor. (OneCycle checks pct_start and anneal.)
+    n = max(total_steps, 2)           # a 1-step run (OneCycle needs 2): its update at the cycle's start
+    cap = _warmup_cap(n, pct_start, min_warmup_steps)
     max_lr = [g["lr"] * cap for g in optimizer.param_groups]
-    return OneCycle(optimizer, max_lr=max_lr, total_steps=total_steps + 1, pct_start=pct_start,
+    return OneCycle(optimizer, max_lr=max_lr, total_steps=n, pct_start=pct_start,
                     div_factor=div_factor, final_div_factor=final_div_factor, anneal=anneal,
                     cycle_momentum=cycle_momentum and _has_momentum(optimizer), base_momentum=base_momentum,
                     max_momentum=max_momentum, three_phase=three_phase)
@@ -728,8 +729,7 @@ def multicycle(optimizer: torch.optim.Optimizer, total_steps: int, steps_per_epo
         warn(f"schedule multicycle: cycle_epochs {list(cycle_epochs)} would make a cycle of fewer than 2 "
              f"steps in this {total_steps}-step run ({steps}); using one one-cycle over the "
              f"{total_steps} steps instead", ScheduleWarning)
-        steps, peaks = [total_steps], peaks[:1]
-    steps[-1] += 1               # as in onecycle: the last update gets the cycle's last rate
+        steps, peaks = [max(total_steps, 2)], peaks[:1]      # a 1-step run: its update at the cycle's start
     peaks = [p * _warmup_cap(n, pct_start, min_warmup_steps) for p, n in zip(peaks, steps)]
     return MultiCycle(optimizer, [g["lr"] for g in optimizer.param_groups], steps, peaks,
                       pct_start=pct_start, div_factor=div_factor, final_div_factor=final_div_factor,

@@ -74,10 +74,14 @@ def _options(spec: dict[str, Any], drop: Sequence[str] = ()) -> dict[str, Any]:
     return {k: v for k, v in spec.items() if k != "name" and k not in drop}
 
 
-def build_augment(specs: list, num_classes: int | None = None, data: DataSplits | None = None) -> Compose | None:
+def build_augment(specs: list, num_classes: int | None = None, data: DataSplits | None = None,
+                  seed: int | None = None) -> Compose | None:
     """The config's ``data.augment`` list as one transform (mixup/cutmix get the number of classes; the policies
-    get ``data``'s standardization ``mean``, ``std`` and raw ``pixel_range``)."""
+    get ``data``'s standardization ``mean``, ``std`` and raw ``pixel_range``; an augmentation with a ``seed`` option
+    of its own, the alternating flip's pattern, gets the run's ``seed`` unless its entry sets one)."""
     supplied: dict[str, Any] = {"num_classes": num_classes}
+    if seed is not None:
+        supplied["seed"] = seed
     if data is not None:
         supplied.update(mean=data.mean or None, std=data.std or None, pixel_range=data.pixel_range)
     augs = []
@@ -85,7 +89,9 @@ def build_augment(specs: list, num_classes: int | None = None, data: DataSplits 
     for i, item in enumerate(specs):
         spec = as_spec(item)
         factory = AUGMENTATIONS.get(spec["name"])
-        augs.append(_build(f"data.augment[{i}]", spec, factory, **_supplied(factory, supplied), **_options(spec)))
+        given = _options(spec)
+        augs.append(_build(f"data.augment[{i}]", spec, factory,
+                           **{k: v for k, v in _supplied(factory, supplied).items() if k not in given}, **given))
         if shape and len(shape) != 3 and not getattr(augs[-1], "mixes_labels", False):
             # not images: try the augmentation on a batch of this data's shape now, not epochs into the run
             try:
@@ -357,7 +363,8 @@ def build_trainer(cfg: dict[str, Any], data: DataSplits | None = None, out_dir: 
                                              "streamed from disk: set data.stream = false")
     augment_from = augment_from_epoch(cfg)
     loader_args = dict(drop_last=len(data.train_y) > bs, seed=cfg["seed"],
-                       transform=build_augment(d["augment"], data.num_classes, data), rank=rank, world_size=world,
+                       transform=build_augment(d["augment"], data.num_classes, data, cfg["seed"]), rank=rank,
+                       world_size=world,
                        transform_from_epoch=augment_from)
     if cfg["curriculum"]["name"] == "none":
         train = split_loader(data, "train", bs // (world * acc), shuffle=True, **loader_args)
@@ -442,7 +449,7 @@ def build_trainer(cfg: dict[str, Any], data: DataSplits | None = None, out_dir: 
         if max(reach, default=0) < shift.shift:
             warn(f"callbacks: 'tta_shift' (shift {shift.shift}) is on but data.augment has no 'crop' or "
                  f"'translate' reaching {shift.shift} pixel{'s' if shift.shift > 1 else ''}: the model is "
-                 "tested on translations it never trained on")
+                 "tested on translations it never trained on (list callbacks without 'tta_shift' to drop it)")
     es = cfg["early_stopping"]
     early = None if es["name"] == "none" else _build("early_stopping", es, EARLY_STOPPING.get(es["name"]), **_options(es))
     if early is not None and val is None and early.monitor.startswith("val"):
@@ -566,11 +573,20 @@ def _same_run_on_every_process(out: Path) -> None:
 
 
 def _run_meta(cfg: dict[str, Any], trainer: Trainer) -> dict[str, Any]:
-    """The summary's description of a run: dataset, model, seed, parameter count, threads."""
+    """The summary's description of a run: dataset, model, seed, parameter count, threads, and ``as_run``: what
+    the config's planned values became on this run (``augment_from_epoch``, 0-based, moved with the cycles on a
+    run of another length; the schedule's cycles in optimizer steps)."""
+    as_run: dict[str, Any] = {}
+    start = getattr(trainer.train_loader, "transform_from_epoch", None)
+    if cfg["data"]["augment"] and start is not None:
+        as_run["augment_from_epoch"] = start
+    cycles = getattr(trainer.scheduler, "cycles", None)
+    if cycles:
+        as_run["cycle_steps"] = [n for _, n, _ in cycles]
     return {"dataset": cfg["data"]["name"], "model": cfg["model"]["name"], "task": trainer.task.name,
             "seed": cfg["seed"],
             "parameters": sum(p.numel() for p in trainer.model.parameters()), "threads": torch.get_num_threads(),
-            "probe": getattr(trainer, "probe", None)}
+            "probe": getattr(trainer, "probe", None), "as_run": as_run}
 
 
 def _run_hogwild(cfg: dict[str, Any], out: Path, resume: bool) -> dict[str, Any]:

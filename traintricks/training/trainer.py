@@ -716,7 +716,10 @@ class Trainer:
 
     def finish(self) -> dict[str, Any]:
         """Let callbacks end the run (``on_fit_end``: e.g. put the best weights back), evaluate on the test set
-        when the last record has no test metrics or the weights changed, and build the summary."""
+        when the last record has no test metrics or the weights changed, and build the summary
+        (``wall_seconds``: training and the per-epoch evaluations; ``final_eval_seconds``: this final part, e.g.
+        the test-time augmentation views)."""
+        t_final = time.perf_counter()
         self._eval_stale = False
         self.after_training = True
         summary: dict[str, Any] = {"epochs": self.epoch, "stopped_early": self.stopped_early,
@@ -735,6 +738,7 @@ class Trainer:
         if self.history and f"val_{primary}" in self.history[-1]:
             summary[f"final_val_{primary}"] = self.history[-1][f"val_{primary}"]
         summary["wall_seconds"] = self.wall_seconds
+        summary["final_eval_seconds"] = round(time.perf_counter() - t_final, 3)
         return summary
 
     def best_epoch(self) -> int:

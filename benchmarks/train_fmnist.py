@@ -199,7 +199,8 @@ def main() -> None:
                     help="config override for the recipe run (repeatable)")
     ap.add_argument("--reference", action="append", default=[], metavar="FILE",
                     help="take the runs not in --runs (e.g. the example's 14 epochs, an expensive reference) from "
-                         "this earlier result JSON of the same machine (repeatable; the first file holding a run "
+                         "this earlier result JSON of the same machine, or a recipe run of "
+                         "results/issue19_ablation/drive.py (repeatable; the first file holding a run "
                          "wins); they are marked 'from' FILE")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="benchmarks/results/train_fmnist.json")
@@ -228,6 +229,9 @@ def main() -> None:
             result[name] = run_plain(name, data, epochs, "adadelta" if name == "example" else "adam", args.seed)
     for file in args.reference:
         ref = json.loads(Path(file).read_text())
+        if "final_test_accuracy" in ref:       # one recipe run (results/issue19_ablation/drive.py's NAME.json)
+            ref = {"recipe": ref, "command": f"drive.py {ref['config']} {' '.join(ref['overrides'])} "
+                                             f"(seed in the file name)"}
         for name in RUNS:
             if name not in result and name in ref:
                 result[name] = {**ref[name], "from": f"{file} ({ref.get('date', '?')}, {ref['command']})"}

@@ -26,7 +26,7 @@ epochs, which may fall inside an epoch (as a cycle's end does: multicycle counts
 several stages takes the largest of their sizes, full size when it overlaps a full-size stage or reaches past the
 schedule, so small images never outlast their span (a restart's small images never start before the restart,
 nor does the previous cycle's cool-down end on them); the last epoch is always at full size. The default recipe
-plans its first cycle's four epochs at 0.72 of the height (20 of Fashion-MNIST's 28 pixels) for its 24 epochs,
+plans its first cycle's four epochs at 0.72 of the height (20 of Fashion-MNIST's 28 pixels) for its 23 epochs,
 so ``--set epochs=12`` resizes two, and a run of a few epochs none. With ``run_epochs = 0`` (the default) the
 stages are taken as given, and stages covering the whole run are refused unless the last is full size (1.0).
 

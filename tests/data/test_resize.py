@@ -358,3 +358,16 @@ def test_a_plain_trainer_over_tensors_refuses_a_model_it_cannot_resize_when_buil
                 epochs=2, progress=False, precision=PRECISION, callbacks=[ProgressiveResizing([16], [1])])
     assert model.training and all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     assert next(c for c in t.callbacks if isinstance(c, ProgressiveResizing)).checked
+
+
+def test_the_model_is_tried_once_when_the_recipe_builds_an_in_memory_run(tiny_cfg, monkeypatch):
+    """Found in review: the Trainer's setup (a TensorLoader shows an example) and the recipe both tried the model,
+    so an in-memory run probed it twice at build time; a passed check is not repeated."""
+    calls = []
+    original = ProgressiveResizing._check
+    monkeypatch.setattr(ProgressiveResizing, "_check", lambda self, *a: (calls.append(1), original(self, *a))[1])
+    t = build_trainer(tiny_cfg("epochs=4", 'callbacks=[{name = "progressive_resizing", sizes = [0.75], '
+                                           'epochs = [1]}]'), progress=False)
+    assert len(calls) == 1
+    t.fit()
+    assert len(calls) == 1 and t.history[0]["image_size"] == 6

@@ -109,7 +109,7 @@ class TensorLoader:
             kw: dict = {}
             if getattr(self.transform, "uses_index", False):
                 if isinstance(index, slice):
-                    index = torch.arange(len(self.x))[index]
+                    index = torch.arange(*index.indices(len(self.x)))
                 kw = {"index": index, "epoch": self.epoch}
             out = self.transform(xb, yb, generator=g, **kw)
             if not (isinstance(out, tuple) and len(out) == 2):

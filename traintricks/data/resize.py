@@ -214,7 +214,7 @@ class ProgressiveResizing(Callback):
         size = self.size_at(trainer.epoch)
         if size is None or size == 1.0:         # full size: nothing to resize, nothing to check
             return
-        if not self.checked and not self.check(trainer, x):
+        if not self.check(trainer, x):
             return
         size = self.pixels(size, x.shape[-2])
         trainer.batch = (self.resize(x, size), y, extras)
@@ -224,9 +224,11 @@ class ProgressiveResizing(Callback):
         when the run is built): float images (N, C, H, W) and a model whose output has one shape at the smallest
         size and at full size. Returns whether the batches will be resized; when not, raises ``ValueError``
         (``strict``) or warns once and leaves the batches as they are. Warns when the sizes are not below the
-        images' (in pixels, or when ``strict``)."""
+        images' (in pixels, or when ``strict``). Once a check has passed, returns True at once."""
         if self.disabled:
             return False
+        if self.checked:
+            return True
         if not isinstance(x, torch.Tensor) or x.ndim != 4 or not x.is_floating_point():
             self._refuse(f"progressive_resizing needs float image batches (N, C, H, W), got "
                          f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
